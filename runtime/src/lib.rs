@@ -1,0 +1,13 @@
+//! petal-runtime: the GGUF model file, quantization, and (later) the encoder forward pass.
+//!
+//! The core is `no_std` + `alloc`; the default `std` feature adds file I/O, memory mapping and
+//! the GGUF writer.
+#![no_std]
+#![deny(missing_docs)]
+
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod gguf;
+pub mod quant;
