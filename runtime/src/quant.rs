@@ -129,8 +129,7 @@ pub fn quantize_block_q8_0(x: &[f32; QK]) -> BlockQ8_0 {
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut qs = [0i8; QK];
     for (q, &v) in qs.iter_mut().zip(x) {
-        // `f32::round` rounds half away from zero, as C's `roundf`.
-        *q = (v * id).round() as i8;
+        *q = round_half_away(v * id) as i8;
     }
     BlockQ8_0 { d: f16::from_f32(d).to_bits(), qs }
 }
@@ -147,12 +146,22 @@ pub fn quantize_block_q4_0(x: &[f32; QK]) -> BlockQ4_0 {
     }
     let d = max / -8.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    let q = |v: f32| -> u8 { ((v * id + 8.5).trunc() as u8).min(15) };
+    // `as u8` truncates toward zero (the operand is at least 0.5 here) and saturates.
+    let q = |v: f32| -> u8 { ((v * id + 8.5) as u8).min(15) };
     let mut qs = [0u8; QK / 2];
     for (j, b) in qs.iter_mut().enumerate() {
         *b = q(x[j]) | (q(x[j + QK / 2]) << 4);
     }
     BlockQ4_0 { d: f16::from_f32(d).to_bits(), qs }
+}
+
+/// C's `roundf` (half away from zero) for `|x| < 2^31`, written as gguf-py's `np_roundf` since
+/// `f32::round` is not in `core`.
+fn round_half_away(x: f32) -> i32 {
+    let a = x.abs();
+    let floored = a as i32;
+    let r = floored + (2.0 * (a - floored as f32)) as i32;
+    if x < 0.0 { -r } else { r }
 }
 
 /// Dequantizes a Q8_0 block.
@@ -368,6 +377,13 @@ mod tests {
             dequantize(&vec![0u8; 33], TensorType::Q8_0, 32, &mut y),
             Err(QuantError::ByteLength { expected: 34, got: 33 })
         );
+    }
+
+    #[test]
+    fn rounding_matches_roundf() {
+        for (x, r) in [(0.5, 1), (-0.5, -1), (1.49, 1), (2.5, 3), (-2.5, -3), (126.6, 127), (0.0, 0)] {
+            assert_eq!(round_half_away(x), r, "{x}");
+        }
     }
 
     #[test]
