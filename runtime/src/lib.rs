@@ -4,6 +4,7 @@
 //! the GGUF writer.
 #![no_std]
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 
 extern crate alloc;
 #[cfg(feature = "std")]
@@ -11,3 +12,6 @@ extern crate std;
 
 pub mod gguf;
 pub mod quant;
+#[cfg(feature = "std")]
+#[allow(unsafe_code)]
+pub mod mmap;

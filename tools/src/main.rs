@@ -1,1 +1,158 @@
-fn main() {}
+//! `petal`: convert Hugging Face checkpoints to GGUF and look inside them.
+
+mod convert;
+mod hf;
+mod inspect;
+mod tokenizer_meta;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Result};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use petal_runtime::quant::TensorType;
+
+/// Run pre-trained language models on small devices.
+#[derive(Parser)]
+#[command(name = "petal", version, about)]
+struct Cli {
+    /// Print only errors on stderr (no progress bar, no log).
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert a Hugging Face model folder to one GGUF file.
+    Convert {
+        /// The model folder: config.json, model.safetensors, tokenizer.json (and
+        /// 1_Pooling/config.json for a sentence-transformers model).
+        src: PathBuf,
+        /// The GGUF file to write (atomically).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Storage type of the large matrices: f32, f16, q8_0 or q4_0.
+        #[arg(long, default_value = "q8_0", value_parser = parse_dtype)]
+        dtype: TensorType,
+        /// Pooling of the sentence embedding (default: the sentence-transformers config, else
+        /// CLS for a model with a head and mean without).
+        #[arg(long, value_enum)]
+        pooling: Option<convert::Pooling>,
+        /// L2-normalize the embedding (default: as the sentence-transformers modules say).
+        #[arg(long)]
+        normalize: Option<bool>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a GGUF file's keys and tensors, after checking alignment and bounds.
+    Inspect {
+        /// The GGUF file.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// With --json, print arrays in full instead of their first elements.
+        #[arg(long, requires = "json")]
+        full_arrays: bool,
+    },
+}
+
+fn parse_dtype(s: &str) -> Result<TensorType, String> {
+    TensorType::from_name(s).ok_or_else(|| format!("unknown dtype {s:?} (f32, f16, q8_0, q4_0)"))
+}
+
+fn progress_bar(quiet: bool) -> ProgressBar {
+    let pb = ProgressBar::new(0);
+    if quiet || !std::io::stderr().is_terminal() {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .expect("static template"),
+    );
+    pb
+}
+
+fn convert_summary(r: &convert::ConvertReport) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let w = r.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4);
+    let _ = writeln!(o, "{:<w$}  {:<5}  {:<14}  {:>10}  {:>10}", "tensor", "type", "shape", "bytes", "rel.rms");
+    for t in &r.tensors {
+        let err = t.rel_rms_error.map_or("-".to_string(), |e| format!("{e:.3e}"));
+        let shape = format!("{:?}", t.shape);
+        let _ = writeln!(o, "{:<w$}  {:<5}  {:<14}  {:>10}  {:>10}", t.name, t.ty, shape, t.bytes, err);
+    }
+    let _ = writeln!(
+        o,
+        "wrote {}: {} {} ({} tensors, {} bytes, {:.1} MB); pooling {}, normalize {}",
+        r.output,
+        r.architecture,
+        r.dtype,
+        r.tensors.len(),
+        r.file_bytes,
+        r.file_bytes as f64 / 1e6,
+        r.pooling.name(),
+        r.normalize
+    );
+    let worst = r
+        .tensors
+        .iter()
+        .filter_map(|t| Some((t.rel_rms_error?, t)))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    if let Some((e, t)) = worst {
+        let _ = writeln!(o, "largest relative RMS error: {e:.3e} ({})", t.name);
+    }
+    if let Some(l) = &r.labels {
+        let _ = writeln!(o, "labels: {}", l.join(", "));
+    }
+    if !r.dropped.is_empty() {
+        let _ = writeln!(o, "dropped (unused without a head): {}", r.dropped.join(", "));
+    }
+    o
+}
+
+/// Writes a result to stdout; a closed pipe (`petal inspect m.gguf | head`) is not an error.
+fn emit(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Convert { src, output, dtype, pooling, normalize, json } => {
+            let opts = convert::ConvertOptions { src, out: output, dtype, pooling, normalize };
+            let report = convert::convert(&opts, &progress_bar(cli.quiet))?;
+            if json {
+                emit(&(serde_json::to_string(&report)? + "\n"))?;
+            } else {
+                emit(&convert_summary(&report))?;
+            }
+        }
+        Command::Inspect { file, json, full_arrays } => emit(&inspect::inspect(&file, json, full_arrays)?)?,
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(if cli.quiet { "error" } else { "info" }))
+        .format_timestamp(None)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", anyhow!(e).chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}

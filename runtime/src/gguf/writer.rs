@@ -180,6 +180,12 @@ impl GgufWriter {
             buf.flush()?;
             n
         };
+        // The temporary file is created 0600; a model file is meant to be shared read-only.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        }
         tmp.as_file().sync_all()?;
         tmp.persist(path).map_err(|e| e.error)?;
         Ok(n)

@@ -1,0 +1,288 @@
+//! `petal convert`: a Hugging Face checkpoint folder to one GGUF file.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use half::{bf16, f16};
+use indicatif::ProgressBar;
+use petal_runtime::gguf::names::{self, pooling, tensor};
+use petal_runtime::gguf::{GgufWriter, OwnedValue};
+use petal_runtime::mmap::Mapping;
+use petal_runtime::quant::{self, TensorType};
+use safetensors::{Dtype, SafeTensors};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::hf::{self, Arch, Config, Mapped};
+
+/// How the pooled embedding is formed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// Mean over the tokens of the text.
+    Mean,
+    /// The first token's hidden state.
+    Cls,
+}
+
+impl Pooling {
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ConvertOptions {
+    pub src: PathBuf,
+    pub out: PathBuf,
+    pub dtype: TensorType,
+    pub pooling: Option<Pooling>,
+    pub normalize: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TensorReport {
+    pub name: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub shape: Vec<usize>,
+    pub bytes: usize,
+    /// `sqrt(sum (w - deq(q(w)))^2 / sum w^2)`, for tensors not stored as F32.
+    pub rel_rms_error: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConvertReport {
+    pub output: String,
+    pub architecture: &'static str,
+    pub dtype: &'static str,
+    pub pooling: Pooling,
+    pub normalize: bool,
+    pub labels: Option<Vec<String>>,
+    pub source_sha256: String,
+    pub file_bytes: u64,
+    pub tensor_bytes: u64,
+    pub tensors: Vec<TensorReport>,
+    /// Source tensors not written (BERT's pooler in a model without a head).
+    pub dropped: Vec<String>,
+    /// Matrices kept as F16 because their rows are not a multiple of 32.
+    pub fallbacks: Vec<String>,
+}
+
+/// The storage type of tensor `name` when the user asked for `requested` (docs/FORMAT.md).
+fn storage_type(name: &str, requested: TensorType, shape: &[usize]) -> (TensorType, bool) {
+    let large = name == tensor::TOKEN_EMBD
+        || (name.starts_with("blk.") && name.ends_with(".weight") && !name.contains("_norm."));
+    let small_matrix = [tensor::POSITION_EMBD, "cls.weight", "cls.output.weight"].contains(&name);
+    let wanted = if large {
+        requested
+    } else if small_matrix && requested != TensorType::F32 {
+        TensorType::F16
+    } else {
+        TensorType::F32
+    };
+    let ne0 = *shape.last().unwrap_or(&0);
+    if ne0 % wanted.block_len() != 0 {
+        (TensorType::F16, true)
+    } else {
+        (wanted, false)
+    }
+}
+
+fn to_f32(name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<Vec<f32>> {
+    let b = view.data();
+    Ok(match view.dtype() {
+        Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F16 => b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::BF16 => b.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        other => bail!("tensor \"{name}\" has dtype {other:?} (expected F32, F16 or BF16)"),
+    })
+}
+
+pub fn convert(opts: &ConvertOptions, progress: &ProgressBar) -> Result<ConvertReport> {
+    let src = &opts.src;
+    if !src.exists() {
+        bail!("{}: no such file or directory", src.display());
+    }
+    if src.is_file() {
+        if src.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
+            bail!("{}: ONNX import is not available yet (convert the Hugging Face folder instead)", src.display());
+        }
+        bail!("{}: expected a Hugging Face model folder (config.json, model.safetensors, tokenizer.json)", src.display());
+    }
+    let config = Config::load(&src.join("config.json"))?;
+    let tok_path = src.join("tokenizer.json");
+    let tokenizer_json =
+        std::fs::read_to_string(&tok_path).with_context(|| format!("{}: cannot read", tok_path.display()))?;
+    let st_path = src.join("model.safetensors");
+    let map = Mapping::open(&st_path).with_context(|| format!("{}: cannot open", st_path.display()))?;
+    let st = SafeTensors::deserialize(map.bytes())
+        .map_err(|e| anyhow::anyhow!("{}: corrupt safetensors file: {e}", st_path.display()))?;
+    let sha = hex(&Sha256::digest(map.bytes()));
+
+    // Map every source tensor; refuse what petal does not know.
+    let arch = config.arch;
+    let mut found: BTreeMap<String, (String, safetensors::tensor::TensorView<'_>)> = BTreeMap::new();
+    let mut pooler = BTreeMap::new();
+    let mut dropped = Vec::new();
+    let mut source_names = st.names();
+    source_names.sort();
+    for source in source_names {
+        let view = st.tensor(source).map_err(|e| anyhow::anyhow!("{}: tensor \"{source}\": {e}", st_path.display()))?;
+        let target = match hf::map_name(arch, source) {
+            Some(Mapped::Tensor(t)) => t,
+            Some(Mapped::Pooler(p)) => {
+                pooler.insert(p, (source.to_string(), view));
+                continue;
+            }
+            Some(Mapped::Skip) => continue,
+            None => bail!("{}: unexpected tensor \"{source}\" for architecture {}", st_path.display(), arch.gguf_name()),
+        };
+        if let Some((other, _)) = found.insert(target.clone(), (source.to_string(), view)) {
+            bail!("{}: tensors \"{other}\" and \"{source}\" both map to \"{target}\"", st_path.display());
+        }
+    }
+    let head_rows = found.get("cls.output.weight").map(|(_, v)| v.shape().first().copied().unwrap_or(0));
+    if head_rows.is_some() && arch == Arch::Bert {
+        for (p, v) in std::mem::take(&mut pooler) {
+            found.insert(format!("{}.{p}", tensor::CLS), v);
+        }
+    }
+    dropped.extend(pooler.into_values().map(|(s, _)| s));
+    if !dropped.is_empty() {
+        log::info!("no classification head: dropping the unused pooler ({})", dropped.join(", "));
+    }
+    let labels = match (head_rows, &config.labels) {
+        (None, _) => None,
+        (Some(k), Some(l)) if l.len() == k => Some(l.clone()),
+        (Some(k), Some(l)) => bail!(
+            "{}: id2label has {} labels but the classifier has {k} outputs",
+            src.join("config.json").display(),
+            l.len()
+        ),
+        (Some(k), None) => Some((0..k).map(|i| format!("LABEL_{i}")).collect()),
+    };
+
+    let expected = hf::expected_tensors(&config, head_rows);
+    for (name, shape) in &expected {
+        let Some((source, view)) = found.get(name) else {
+            bail!("{}: missing tensor for \"{name}\" (shape {shape:?})", st_path.display());
+        };
+        if view.shape() != shape.as_slice() {
+            bail!(
+                "{}: tensor \"{source}\" has shape {:?}, expected {shape:?} from config.json",
+                st_path.display(),
+                view.shape()
+            );
+        }
+    }
+    if let Some(extra) = found.keys().find(|k| !expected.iter().any(|(n, _)| n == *k)) {
+        let (source, _) = &found[extra];
+        bail!("{}: unexpected tensor \"{source}\" (no layer or head for it in config.json)", st_path.display());
+    }
+
+    let st_pooling = hf::sentence_pooling(src)?;
+    let pooling = opts.pooling.unwrap_or(match st_pooling {
+        Some(p) if p.mean => Pooling::Mean,
+        Some(_) => Pooling::Cls,
+        None if head_rows.is_some() => Pooling::Cls,
+        None => Pooling::Mean,
+    });
+    let normalize = opts.normalize.unwrap_or(st_pooling.is_some_and(|p| p.normalize));
+
+    let mut w = GgufWriter::new();
+    let an = arch.gguf_name();
+    let key = |s: &str| names::arch_key(an, s);
+    w.set(names::ARCHITECTURE, an);
+    let model_name = src.canonicalize().ok().and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()));
+    w.set(names::NAME, model_name.unwrap_or_else(|| "model".into()));
+    w.set(names::FILE_TYPE, names::file_type(opts.dtype));
+    w.set(&key(names::BLOCK_COUNT), config.layers as u32);
+    w.set(&key(names::CONTEXT_LENGTH), (config.max_positions - config.position_offset) as u32);
+    w.set(&key(names::EMBEDDING_LENGTH), config.hidden as u32);
+    w.set(&key(names::FEED_FORWARD_LENGTH), config.ffn as u32);
+    w.set(&key(names::HEAD_COUNT), config.heads as u32);
+    w.set(&key(names::LAYER_NORM_EPS), config.eps);
+    w.set(&key(names::CAUSAL), false);
+    w.set(&key(names::POOLING_TYPE), if pooling == Pooling::Mean { pooling::MEAN } else { pooling::CLS });
+    w.set(names::NORMALIZE, normalize);
+    w.set(names::POSITION_OFFSET, config.position_offset as u32);
+    w.set(names::PAD_TOKEN_ID, config.pad_token_id);
+    if let Some(l) = &labels {
+        w.set(&key(names::OUTPUT_LABELS), OwnedValue::StringArray(l.clone()));
+        w.set(names::HEAD_ACTIVATION, arch.head_activation());
+        w.set(names::HEAD_INPUT, "cls");
+    }
+    w.set(names::SOURCE_SHA256, sha.clone());
+    w.set(names::SOURCE_FORMAT, "safetensors");
+    w.set(names::CONVERTER_VERSION, concat!("petal ", env!("CARGO_PKG_VERSION")));
+    crate::tokenizer_meta::write_tokenizer_keys(&mut w, &tokenizer_json)
+        .with_context(|| format!("{}", tok_path.display()))?;
+    if config.type_vocab > 0 {
+        w.set(names::TOKENIZER_TOKEN_TYPE_COUNT, config.type_vocab as u32);
+    }
+
+    progress.set_length(expected.len() as u64);
+    let mut reports = Vec::with_capacity(expected.len());
+    let mut fallbacks = Vec::new();
+    let mut source_list = Vec::with_capacity(expected.len());
+    for (name, shape) in &expected {
+        progress.set_message(name.clone());
+        let (source, view) = &found[name];
+        let values = to_f32(source, view).with_context(|| format!("{}", st_path.display()))?;
+        let (ty, fell_back) = storage_type(name, opts.dtype, shape);
+        if fell_back {
+            log::warn!("{name}: rows of {} are not a multiple of 32; stored as F16", shape.last().unwrap_or(&0));
+            fallbacks.push(name.clone());
+        }
+        let mut bytes = Vec::new();
+        quant::quantize(&values, ty, &mut bytes).with_context(|| format!("tensor \"{name}\""))?;
+        let rel_rms_error = (ty != TensorType::F32).then(|| {
+            let mut back = Vec::new();
+            quant::dequantize(&bytes, ty, values.len(), &mut back).expect("bytes just encoded");
+            quant::relative_rms_error(&values, &back)
+        });
+        reports.push(TensorReport {
+            name: name.clone(),
+            source: source.clone(),
+            ty: ty.to_string(),
+            shape: shape.clone(),
+            bytes: bytes.len(),
+            rel_rms_error,
+        });
+        source_list.push(source.clone());
+        w.add_tensor(name, shape, ty, bytes)?;
+        progress.inc(1);
+    }
+    w.set(names::SOURCE_TENSOR_NAMES, OwnedValue::StringArray(source_list));
+    progress.set_message(format!("writing {}", opts.out.display()));
+    let file_bytes = w
+        .write_atomic(&opts.out)
+        .with_context(|| format!("{}: cannot write", opts.out.display()))?;
+    progress.finish_and_clear();
+
+    Ok(ConvertReport {
+        output: opts.out.display().to_string(),
+        architecture: an,
+        dtype: opts.dtype.name(),
+        pooling,
+        normalize,
+        labels,
+        source_sha256: sha,
+        file_bytes,
+        tensor_bytes: reports.iter().map(|r| r.bytes as u64).sum(),
+        tensors: reports,
+        dropped,
+        fallbacks,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
