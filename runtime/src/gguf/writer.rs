@@ -173,7 +173,16 @@ impl GgufWriter {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let mut tmp = tempfile::Builder::new().prefix(".petal-").suffix(".tmp").tempfile_in(dir)?;
+        if !dir.is_dir() {
+            let msg = format!("{} is not an existing folder", dir.display());
+            return Err(io::Error::new(io::ErrorKind::NotFound, msg));
+        }
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".petal-")
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            // tempfile's message names its random path; the caller names the real one.
+            .map_err(|e| io::Error::from(e.kind()))?;
         let n = {
             let mut buf = io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
             let n = self.write_to(&mut buf)?;
