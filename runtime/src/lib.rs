@@ -1,4 +1,4 @@
-//! petal-runtime: the GGUF model file, quantization, and (later) the encoder forward pass.
+//! petal-runtime: the GGUF model file, quantization, kernels, and the encoder forward pass.
 //!
 //! The core is `no_std` + `alloc`; the default `std` feature adds file I/O, memory mapping and
 //! the GGUF writer.
@@ -10,8 +10,14 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod bert;
+pub mod config;
 pub mod gguf;
+pub mod kernels;
 pub mod quant;
+pub mod weights;
+#[cfg(feature = "std")]
+pub mod pipeline;
 #[cfg(feature = "std")]
 #[allow(unsafe_code)]
 pub mod mmap;

@@ -1,9 +1,6 @@
 //! `petal`: convert Hugging Face checkpoints to GGUF and look inside them.
 
-mod convert;
-mod hf;
-mod inspect;
-mod tokenizer_meta;
+use petal_tools::{convert, inspect};
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

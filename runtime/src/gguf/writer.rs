@@ -38,6 +38,32 @@ impl OwnedValue {
     }
 }
 
+impl OwnedValue {
+    /// An owned copy of a value read from a file; `None` for the types petal never writes
+    /// (8- and 16-bit integers, i64, and arrays other than string, f32 and i32 arrays).
+    pub fn from_value(v: &crate::gguf::Value<'_>) -> Option<Self> {
+        use crate::gguf::Value;
+        Some(match *v {
+            Value::U32(x) => OwnedValue::U32(x),
+            Value::I32(x) => OwnedValue::I32(x),
+            Value::U64(x) => OwnedValue::U64(x),
+            Value::F32(x) => OwnedValue::F32(x),
+            Value::F64(x) => OwnedValue::F64(x),
+            Value::Bool(x) => OwnedValue::Bool(x),
+            Value::String(s) => OwnedValue::String(s.into()),
+            Value::Array(a) => match a.elem_type() {
+                ValueType::String => OwnedValue::StringArray(a.iter().filter_map(|e| e.as_str().map(Into::into)).collect()),
+                ValueType::F32 => OwnedValue::F32Array(a.iter().filter_map(|e| e.as_f32()).collect()),
+                ValueType::I32 => OwnedValue::I32Array(
+                    a.iter().filter_map(|e| if let Value::I32(x) = e { Some(x) } else { None }).collect(),
+                ),
+                _ => return None,
+            },
+            _ => return None,
+        })
+    }
+}
+
 impl From<&str> for OwnedValue {
     fn from(s: &str) -> Self {
         OwnedValue::String(s.into())

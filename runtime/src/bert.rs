@@ -1,0 +1,336 @@
+//! The encoder: one implementation for BERT (MiniLM), DistilBERT, RoBERTa and XLM-R, and for
+//! every weight type. It reads top to bottom like the paper: embeddings, self-attention,
+//! feed-forward, layer, encoder, pooling, head.
+//!
+//! Sequences of a batch are packed one after another, without padding: a batch of lengths
+//! `[n0, n1, ...]` is `n0 + n1 + ...` rows of hidden states, and attention runs within each
+//! sequence, so padded positions are never computed.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::config::{HeadActivation, LoadError, ModelConfig, Pooling};
+use crate::gguf::names::tensor::Block;
+use crate::gguf::Gguf;
+use crate::kernels;
+use crate::weights::{Linear, Norm, Weights};
+
+/// Token ids of a batch of sequences, concatenated.
+#[derive(Clone, Copy, Debug)]
+pub struct Input<'a> {
+    /// Token ids of every sequence, one after another.
+    pub ids: &'a [u32],
+    /// Token type ids, as `ids` (all 0 when `None`).
+    pub type_ids: Option<&'a [u32]>,
+    /// Length of each sequence; they add up to `ids.len()`.
+    pub lens: &'a [usize],
+}
+
+/// Why a forward pass was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ForwardError {
+    /// A token id is not in the vocabulary.
+    TokenOutOfRange {
+        /// The id.
+        id: u32,
+        /// Vocabulary size.
+        vocab: usize,
+    },
+    /// A token type id has no embedding.
+    TypeOutOfRange {
+        /// The id.
+        id: u32,
+        /// Token types available.
+        types: usize,
+    },
+    /// A sequence is longer than the model's positions.
+    TooLong {
+        /// Its length.
+        len: usize,
+        /// The most tokens a sequence may have.
+        max: usize,
+    },
+    /// A sequence has no tokens.
+    EmptySequence,
+    /// `lens` does not add up to the number of ids, or `type_ids` has another length.
+    LengthMismatch,
+}
+
+impl fmt::Display for ForwardError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ForwardError::TokenOutOfRange { id, vocab } => write!(f, "token id {id} is outside the vocabulary of {vocab}"),
+            ForwardError::TypeOutOfRange { id, types } => write!(f, "token type {id} is outside the {types} types"),
+            ForwardError::TooLong { len, max } => write!(f, "sequence of {len} tokens exceeds the model's {max}"),
+            ForwardError::EmptySequence => write!(f, "empty sequence"),
+            ForwardError::LengthMismatch => write!(f, "sequence lengths do not match the token ids"),
+        }
+    }
+}
+
+impl core::error::Error for ForwardError {}
+
+/// Points where training and adapters plug into the forward pass. Every method defaults to
+/// doing nothing.
+pub trait Hooks {
+    /// Sees the hidden states after the embeddings (`index` 0) and after layer `index - 1`.
+    fn hidden_state(&mut self, _index: usize, _states: &[f32]) {}
+
+    /// Sees, and may change, the output `y` (`[tokens, out]`) that linear layer `part` of layer
+    /// `layer` computed from `x` (`[tokens, in]`): LoRA and IA3 act here.
+    fn linear_output(&mut self, _layer: usize, _part: Block, _x: &[f32], _y: &mut [f32]) {}
+}
+
+/// Hooks that do nothing: plain inference.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoHooks;
+
+impl Hooks for NoHooks {}
+
+/// Hidden states of a packed batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hidden {
+    /// `[tokens, hidden]`, row-major.
+    pub states: Vec<f32>,
+    /// Length of each sequence.
+    pub lens: Vec<usize>,
+    /// Hidden size.
+    pub hidden: usize,
+}
+
+impl Hidden {
+    /// The states of sequence `s`, `[lens[s], hidden]`.
+    pub fn sequence(&self, s: usize) -> &[f32] {
+        let start: usize = self.lens[..s].iter().sum();
+        &self.states[start * self.hidden..(start + self.lens[s]) * self.hidden]
+    }
+}
+
+/// The encoder over a model file's bytes `B` (a memory mapping, a buffer, or a `&'static [u8]`
+/// in flash).
+#[derive(Debug)]
+pub struct Encoder<B> {
+    bytes: B,
+    config: ModelConfig,
+    weights: Weights,
+}
+
+impl<B: AsRef<[u8]>> Encoder<B> {
+    /// Validates the file in `bytes` and resolves the encoder's tensors in it.
+    pub fn new(bytes: B) -> Result<Self, LoadError> {
+        let (config, weights) = {
+            let g = Gguf::parse(bytes.as_ref())?;
+            let config = ModelConfig::from_gguf(&g)?;
+            let weights = Weights::resolve(&g, &config)?;
+            (config, weights)
+        };
+        Ok(Encoder { bytes, config, weights })
+    }
+
+    /// The configuration read from the file.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The resolved tensors.
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    /// The file's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.bytes.as_ref()
+    }
+
+    /// Most tokens one sequence may have.
+    pub fn max_tokens(&self) -> usize {
+        self.config.context_length
+    }
+
+    fn linear(&self, lin: &Linear, x: &[f32], n: usize) -> Vec<f32> {
+        let bytes = self.bytes();
+        let w = lin.weight.view(bytes);
+        let mut y = vec![0f32; n * w.rows];
+        kernels::linear(x, n, &w, &lin.bias.f32s(bytes), &mut y);
+        y
+    }
+
+    fn norm(&self, norm: &Norm, x: &mut [f32]) {
+        let bytes = self.bytes();
+        kernels::layer_norm(x, &norm.weight.f32s(bytes), &norm.bias.f32s(bytes), self.config.eps);
+    }
+
+    fn check(&self, input: &Input<'_>) -> Result<(), ForwardError> {
+        if input.lens.iter().sum::<usize>() != input.ids.len()
+            || input.type_ids.is_some_and(|t| t.len() != input.ids.len())
+        {
+            return Err(ForwardError::LengthMismatch);
+        }
+        if let Some(&len) = input.lens.iter().find(|&&l| l > self.config.context_length) {
+            return Err(ForwardError::TooLong { len, max: self.config.context_length });
+        }
+        if input.lens.contains(&0) {
+            return Err(ForwardError::EmptySequence);
+        }
+        let vocab = self.weights.token_embd.rows;
+        if let Some(&id) = input.ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(ForwardError::TokenOutOfRange { id, vocab });
+        }
+        let types = self.weights.token_types.map_or(1, |t| t.rows);
+        if let Some(&id) = input.type_ids.and_then(|t| t.iter().find(|&&id| id as usize >= types)) {
+            return Err(ForwardError::TypeOutOfRange { id, types });
+        }
+        Ok(())
+    }
+
+    /// Embeddings: word + position (+ token type), then LayerNorm. `[tokens, H]`.
+    fn embeddings(&self, input: &Input<'_>) -> Vec<f32> {
+        let (bytes, h) = (self.bytes(), self.config.hidden);
+        let words = self.weights.token_embd.view(bytes);
+        let positions = self.weights.position_embd.view(bytes);
+        let types = self.weights.token_types.map(|t| t.view(bytes));
+        let mut x = vec![0f32; input.ids.len() * h];
+        let mut row = vec![0f32; h];
+        let mut t = 0;
+        for &len in input.lens {
+            for pos in 0..len {
+                let out = &mut x[t * h..(t + 1) * h];
+                words.dequantize_row(input.ids[t] as usize, out);
+                positions.dequantize_row(self.config.position_offset + pos, &mut row);
+                out.iter_mut().zip(&row).for_each(|(o, p)| *o += p);
+                if let Some(types) = &types {
+                    let ty = input.type_ids.map_or(0, |ids| ids[t]) as usize;
+                    types.dequantize_row(ty, &mut row);
+                    out.iter_mut().zip(&row).for_each(|(o, p)| *o += p);
+                }
+                t += 1;
+            }
+        }
+        self.norm(&self.weights.embd_norm, &mut x);
+        x
+    }
+
+    /// Multi-head self-attention within each sequence; returns the context `[tokens, H]`
+    /// before the output projection.
+    fn attention(&self, q: &[f32], k: &[f32], v: &[f32], lens: &[usize]) -> Vec<f32> {
+        let (h, heads) = (self.config.hidden, self.config.heads);
+        let dh = h / heads;
+        let scale = 1.0 / libm::sqrtf(dh as f32);
+        let mut ctx = vec![0f32; q.len()];
+        let mut scores = Vec::new();
+        let mut start = 0;
+        for &n in lens {
+            scores.resize(n, 0.0);
+            for head in 0..heads {
+                let col = head * dh;
+                for i in start..start + n {
+                    let qi = &q[i * h + col..i * h + col + dh];
+                    for (j, s) in (start..start + n).zip(scores.iter_mut()) {
+                        *s = kernels::dot(qi, &k[j * h + col..j * h + col + dh]) * scale;
+                    }
+                    kernels::softmax(&mut scores);
+                    let out = &mut ctx[i * h + col..i * h + col + dh];
+                    for (j, &p) in (start..start + n).zip(scores.iter()) {
+                        let vj = &v[j * h + col..j * h + col + dh];
+                        out.iter_mut().zip(vj).for_each(|(o, &x)| *o += p * x);
+                    }
+                }
+            }
+            start += n;
+        }
+        ctx
+    }
+
+    /// Runs the encoder; returns the last hidden states.
+    pub fn forward(&self, input: &Input<'_>, hooks: &mut dyn Hooks) -> Result<Hidden, ForwardError> {
+        self.check(input)?;
+        let n = input.ids.len();
+        let mut x = self.embeddings(input);
+        hooks.hidden_state(0, &x);
+        for (l, layer) in self.weights.layers.iter().enumerate() {
+            let mut proj = |part: Block, lin: &Linear, inp: &[f32]| {
+                let mut y = self.linear(lin, inp, n);
+                hooks.linear_output(l, part, inp, &mut y);
+                y
+            };
+            // Self-attention, then residual and LayerNorm (post-LN).
+            let q = proj(Block::AttnQ, &layer.q, &x);
+            let k = proj(Block::AttnK, &layer.k, &x);
+            let v = proj(Block::AttnV, &layer.v, &x);
+            let ctx = self.attention(&q, &k, &v, input.lens);
+            let mut a = proj(Block::AttnOutput, &layer.o, &ctx);
+            a.iter_mut().zip(&x).for_each(|(a, x)| *a += x);
+            self.norm(&layer.attn_norm, &mut a);
+            // Feed-forward with exact GELU, then residual and LayerNorm.
+            let mut u = proj(Block::FfnUp, &layer.up, &a);
+            kernels::gelu(&mut u);
+            let mut d = proj(Block::FfnDown, &layer.down, &u);
+            d.iter_mut().zip(&a).for_each(|(d, a)| *d += a);
+            self.norm(&layer.out_norm, &mut d);
+            x = d;
+            hooks.hidden_state(l + 1, &x);
+        }
+        Ok(Hidden { states: x, lens: input.lens.to_vec(), hidden: self.config.hidden })
+    }
+
+    /// Sentence embeddings: pooled as the file says (mean or CLS), L2-normalized if it says so.
+    pub fn pool(&self, hidden: &Hidden) -> Vec<Vec<f32>> {
+        let h = hidden.hidden;
+        (0..hidden.lens.len())
+            .map(|s| {
+                let seq = hidden.sequence(s);
+                let mut e = match self.config.pooling {
+                    Pooling::Cls => seq[..h].to_vec(),
+                    Pooling::Mean => mean_rows(seq, h),
+                };
+                if self.config.normalize {
+                    l2_normalize(&mut e);
+                }
+                e
+            })
+            .collect()
+    }
+
+    /// Classification logits of each sequence, from its first token, or `None` without a head.
+    pub fn logits(&self, hidden: &Hidden) -> Option<Vec<Vec<f32>>> {
+        let head = self.weights.head?;
+        let h = hidden.hidden;
+        let first: Vec<f32> = (0..hidden.lens.len()).flat_map(|s| hidden.sequence(s)[..h].to_vec()).collect();
+        let n = hidden.lens.len();
+        let mut z = self.linear(&head.dense, &first, n);
+        match self.config.head_activation {
+            HeadActivation::Tanh => z.iter_mut().for_each(|v| *v = libm::tanhf(*v)),
+            HeadActivation::Relu => z.iter_mut().for_each(|v| *v = v.max(0.0)),
+        }
+        let logits = self.linear(&head.out, &z, n);
+        Some(logits.chunks_exact(head.out.weight.rows).map(|c| c.to_vec()).collect())
+    }
+}
+
+/// Mean of the rows of `x` (`[n, h]`).
+pub fn mean_rows(x: &[f32], h: usize) -> Vec<f32> {
+    let n = x.len() / h;
+    let mut m = vec![0f32; h];
+    for row in x.chunks_exact(h) {
+        m.iter_mut().zip(row).for_each(|(m, v)| *m += v);
+    }
+    m.iter_mut().for_each(|v| *v /= n as f32);
+    m
+}
+
+/// Scales `x` to unit L2 norm (leaves a zero vector alone).
+pub fn l2_normalize(x: &mut [f32]) {
+    let norm = libm::sqrtf(x.iter().map(|v| v * v).sum());
+    if norm > 0.0 {
+        x.iter_mut().for_each(|v| *v /= norm);
+    }
+}
+
+/// Softmax of logits into probabilities.
+pub fn probabilities(logits: &[f32]) -> Vec<f32> {
+    let mut p = logits.to_vec();
+    kernels::softmax(&mut p);
+    p
+}

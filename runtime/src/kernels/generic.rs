@@ -1,0 +1,69 @@
+//! Scalar reference kernels: plain Rust, the ground truth for every SIMD variant.
+
+use alloc::vec;
+
+use crate::weights::Matrix;
+
+/// Dot product with eight partial sums (so the compiler can vectorize it).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// See [`super::linear`]. Each weight row is decoded once and serves every token.
+pub fn linear(x: &[f32], n: usize, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) {
+    let (rows, cols) = (w.rows, w.cols);
+    debug_assert_eq!(x.len(), n * cols);
+    debug_assert_eq!(y.len(), n * rows);
+    let mut row = vec![0f32; cols];
+    for o in 0..rows {
+        w.dequantize_row(o, &mut row);
+        let b = bias.get(o).copied().unwrap_or(0.0);
+        for t in 0..n {
+            y[t * rows + o] = dot(&x[t * cols..(t + 1) * cols], &row) + b;
+        }
+    }
+}
+
+/// See [`super::layer_norm`]. Mean and variance accumulate in f64.
+pub fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let h = w.len();
+    for row in x.chunks_exact_mut(h) {
+        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / h as f64;
+        let var = row.iter().map(|&v| (v as f64 - mean) * (v as f64 - mean)).sum::<f64>() / h as f64;
+        let inv = 1.0 / libm::sqrt(var + eps as f64);
+        for ((v, &g), &beta) in row.iter_mut().zip(w).zip(b) {
+            *v = ((*v as f64 - mean) * inv) as f32 * g + beta;
+        }
+    }
+}
+
+/// See [`super::softmax`].
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = libm::expf(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// See [`super::gelu`].
+pub fn gelu(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        *v = 0.5 * *v * (1.0 + libm::erff(*v * core::f32::consts::FRAC_1_SQRT_2));
+    }
+}

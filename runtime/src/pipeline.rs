@@ -1,0 +1,245 @@
+//! Text in, embeddings or predictions out: the model file mapped, its tokenizer, the encoder.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::string::{String, ToString};
+use std::vec::Vec;
+
+use tokenizers::{Tokenizer, TruncationParams};
+
+use crate::bert::{probabilities, Encoder, ForwardError, Hooks, Input, NoHooks};
+use crate::config::LoadError;
+use crate::gguf::{names, Gguf};
+use crate::mmap::Mapping;
+
+/// Where a model's bytes live.
+#[derive(Debug)]
+pub enum Storage {
+    /// Memory-mapped, read-only (the default).
+    Mapped(Mapping),
+    /// Read into memory (for filesystems where mapping is unsafe or unavailable).
+    Buffered(Vec<u8>),
+}
+
+impl AsRef<[u8]> for Storage {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Storage::Mapped(m) => m.bytes(),
+            Storage::Buffered(b) => b,
+        }
+    }
+}
+
+/// Errors of the text pipeline.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The file could not be read.
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not a usable model.
+    Load {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: LoadError,
+    },
+    /// Tokenization failed.
+    Tokenize(String),
+    /// The encoder refused the input.
+    Forward(ForwardError),
+    /// `classify` on a model without a classification head.
+    NoHead,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            Error::Load { path, source } => write!(f, "{}: {source}", path.display()),
+            Error::Tokenize(e) => write!(f, "tokenizer: {e}"),
+            Error::Forward(e) => e.fmt(f),
+            Error::NoHead => write!(
+                f,
+                "this model has no classification head (convert a checkpoint with one, or adapt one with `petal adapt`)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// One text's prediction.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prediction {
+    /// The most probable label.
+    pub label: String,
+    /// Its index.
+    pub index: usize,
+    /// Its probability.
+    pub score: f32,
+    /// Every label's probability, in label order.
+    pub scores: Vec<f32>,
+}
+
+/// A model file ready for text: `Send + Sync`, so one model serves many threads.
+#[derive(Debug)]
+pub struct Model {
+    encoder: Encoder<Storage>,
+    /// Where `tokenizer.huggingface.json` is in the file.
+    tokenizer_json: Range<usize>,
+    /// Built from the embedded JSON on first use: opening a model allocates almost nothing.
+    tokenizer: OnceLock<Result<Tokenizer, String>>,
+    max_length: usize,
+    batch_size: usize,
+}
+
+/// Texts encoded per forward pass by default.
+pub const DEFAULT_BATCH_SIZE: usize = 8;
+
+impl Model {
+    /// Maps the file at `path` read-only and loads it without copying weights.
+    ///
+    /// The mapping relies on the file not being truncated while the model is open: on a
+    /// filesystem where another process may do that (or where mapping fails), use
+    /// [`Model::open_buffered`], since a truncated mapping kills the process with SIGBUS.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let map = Mapping::open(path).map_err(|source| Error::Io { path: path.into(), source })?;
+        Self::from_storage(Storage::Mapped(map), path)
+    }
+
+    /// Reads the whole file at `path` into memory and loads it.
+    pub fn open_buffered(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
+        Self::from_storage(Storage::Buffered(bytes), path)
+    }
+
+    /// Loads a model from bytes already in `storage`; `path` names it in errors.
+    pub fn from_storage(storage: Storage, path: &Path) -> Result<Self, Error> {
+        let load = |source| Error::Load { path: path.into(), source };
+        let encoder = Encoder::new(storage).map_err(load)?;
+        let tokenizer_json = {
+            let g = Gguf::parse(encoder.bytes()).map_err(|e| load(e.into()))?;
+            let json = g
+                .get(names::TOKENIZER_HF_JSON)
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| load(LoadError::MissingKey(names::TOKENIZER_HF_JSON.into())))?;
+            let start = json.as_ptr() as usize - encoder.bytes().as_ptr() as usize;
+            start..start + json.len()
+        };
+        let max_length = encoder.max_tokens();
+        Ok(Model { encoder, tokenizer_json, tokenizer: OnceLock::new(), max_length, batch_size: DEFAULT_BATCH_SIZE })
+    }
+
+    /// The encoder.
+    pub fn encoder(&self) -> &Encoder<Storage> {
+        &self.encoder
+    }
+
+    /// Longest token sequence; longer texts are truncated. At most the model's positions.
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    /// Sets the longest token sequence (clamped to 2 ..= the model's positions).
+    pub fn set_max_length(&mut self, n: usize) {
+        self.max_length = n.clamp(2, self.encoder.max_tokens());
+        // Rebuilt with the new truncation on next use.
+        self.tokenizer = OnceLock::new();
+    }
+
+    /// The tokenizer, built from the JSON in the file on first call.
+    pub fn tokenizer(&self) -> Result<&Tokenizer, Error> {
+        let built = self.tokenizer.get_or_init(|| {
+            // The range was cut from a valid UTF-8 string of this very file.
+            let json = std::str::from_utf8(&self.encoder.bytes()[self.tokenizer_json.clone()]).map_err(|e| e.to_string())?;
+            let mut t: Tokenizer = json.parse().map_err(|e: tokenizers::Error| e.to_string())?;
+            t.with_padding(None);
+            t.with_truncation(Some(TruncationParams { max_length: self.max_length, ..Default::default() }))
+                .map_err(|e| e.to_string())?;
+            Ok(t)
+        });
+        built.as_ref().map_err(|e| Error::Tokenize(e.clone()))
+    }
+
+    /// Sets how many texts go through the encoder together (at least 1).
+    pub fn set_batch_size(&mut self, n: usize) {
+        self.batch_size = n.max(1);
+    }
+
+    /// Token ids and type ids of `text`, with special tokens, truncated to `max_length`.
+    pub fn tokenize(&self, text: &str) -> Result<(Vec<u32>, Vec<u32>), Error> {
+        let enc = self.tokenizer()?.encode(text, true).map_err(|e| Error::Tokenize(e.to_string()))?;
+        Ok((enc.get_ids().to_vec(), enc.get_type_ids().to_vec()))
+    }
+
+    /// Runs `texts` through the encoder in batches, calling `each` with every batch's output.
+    fn run<T>(
+        &self,
+        texts: &[&str],
+        hooks: &mut dyn Hooks,
+        mut each: impl FnMut(&crate::bert::Hidden) -> Vec<T>,
+    ) -> Result<Vec<T>, Error> {
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(self.batch_size) {
+            let (mut ids, mut types, mut lens) = (Vec::new(), Vec::new(), Vec::new());
+            for text in chunk {
+                let (i, t) = self.tokenize(text)?;
+                lens.push(i.len());
+                ids.extend(i);
+                types.extend(t);
+            }
+            let input = Input { ids: &ids, type_ids: Some(&types), lens: &lens };
+            let hidden = self.encoder.forward(&input, hooks).map_err(Error::Forward)?;
+            out.extend(each(&hidden));
+        }
+        Ok(out)
+    }
+
+    /// Sentence embeddings of `texts`, pooled and normalized as the file says.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, Error> {
+        self.embed_with(texts, &mut NoHooks)
+    }
+
+    /// [`Model::embed`] with hooks in the forward pass (adapters).
+    pub fn embed_with(&self, texts: &[&str], hooks: &mut dyn Hooks) -> Result<Vec<Vec<f32>>, Error> {
+        self.run(texts, hooks, |h| self.encoder.pool(h))
+    }
+
+    /// Predictions for `texts`; an error if the model has no classification head.
+    pub fn classify(&self, texts: &[&str]) -> Result<Vec<Prediction>, Error> {
+        let labels = self.encoder.config().labels.as_ref().ok_or(Error::NoHead)?;
+        let logits = self.run(texts, &mut NoHooks, |h| self.encoder.logits(h).unwrap_or_default())?;
+        Ok(logits
+            .iter()
+            .map(|l| {
+                let scores = probabilities(l);
+                let index = scores
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map_or(0, |(i, _)| i);
+                Prediction { label: labels[index].clone(), index, score: scores[index], scores }
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Model>();
+    }
+}

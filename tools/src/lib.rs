@@ -1,0 +1,7 @@
+//! petal-tools: the `petal` command line's work, as a library (the binary is thin): converting
+//! checkpoints, inspecting files.
+
+pub mod convert;
+pub mod hf;
+pub mod inspect;
+pub mod tokenizer_meta;
