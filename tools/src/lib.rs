@@ -3,5 +3,6 @@
 
 pub mod convert;
 pub mod hf;
+pub mod infer;
 pub mod inspect;
 pub mod tokenizer_meta;

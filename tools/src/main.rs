@@ -1,5 +1,6 @@
 //! `petal`: convert Hugging Face checkpoints to GGUF and look inside them.
 
+use petal_tools::infer::{self, RunArgs};
 use petal_tools::{convert, inspect};
 
 use std::io::IsTerminal;
@@ -45,6 +46,25 @@ enum Command {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Sentence embeddings of texts (arguments, or stdin one a line): plain (space-separated
+    /// numbers, one text a line) or --json lines.
+    Embed {
+        /// The model file.
+        model: PathBuf,
+        /// Texts; without any, stdin is read one text a line.
+        texts: Vec<String>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Classify texts (arguments, or stdin one a line): `label<TAB>score` a line, or --json lines.
+    Classify {
+        /// The model file (with a classification head).
+        model: PathBuf,
+        /// Texts; without any, stdin is read one text a line.
+        texts: Vec<String>,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// Print a GGUF file's keys and tensors, after checking alignment and bounds.
     Inspect {
@@ -134,6 +154,34 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 emit(&convert_summary(&report))?;
             }
+        }
+        Command::Embed { model, texts, run } => {
+            let m = infer::open(&model, &run)?;
+            let mut open = true;
+            infer::for_each_batch(&texts, run.batch_size, |batch| {
+                let emb = m.embed(batch)?;
+                let out: String = batch.iter().zip(&emb).map(|(t, e)| infer::format_embedding(t, e, run.json)).collect();
+                if open {
+                    open = infer::write_out(&out)?;
+                }
+                Ok(())
+            })?;
+        }
+        Command::Classify { model, texts, run } => {
+            let m = infer::open(&model, &run)?;
+            let labels = m.encoder().config().labels.clone().ok_or_else(|| {
+                anyhow!("{}: this model has no classification head (convert a checkpoint with one, or adapt one)", model.display())
+            })?;
+            let mut open = true;
+            infer::for_each_batch(&texts, run.batch_size, |batch| {
+                let preds = m.classify(batch)?;
+                let out: String =
+                    batch.iter().zip(&preds).map(|(t, p)| infer::format_prediction(t, p, &labels, run.json)).collect();
+                if open {
+                    open = infer::write_out(&out)?;
+                }
+                Ok(())
+            })?;
         }
         Command::Inspect { file, json, full_arrays } => emit(&inspect::inspect(&file, json, full_arrays)?)?,
     }

@@ -1,0 +1,106 @@
+//! `petal embed` and `petal classify`: texts from the command line or stdin, one a line.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use petal_runtime::pipeline::{Model, Prediction};
+use serde_json::json;
+
+/// Settings shared by `embed` and `classify`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Longest token sequence; longer texts are truncated (default: the model's maximum).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = petal_runtime::pipeline::DEFAULT_BATCH_SIZE)]
+    pub batch_size: usize,
+    /// Read the file into memory instead of mapping it (for filesystems where another process
+    /// may truncate it while mapped, which would kill this one with SIGBUS).
+    #[arg(long)]
+    pub no_mmap: bool,
+    /// Print one JSON object a line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn open(path: &Path, args: &RunArgs) -> Result<Model> {
+    let mut model = if args.no_mmap { Model::open_buffered(path) } else { Model::open(path) }?;
+    if let Some(n) = args.max_length {
+        if n < 2 {
+            bail!("--max-length {n} leaves no room for the special tokens (at least 2)");
+        }
+        model.set_max_length(n);
+    }
+    model.set_batch_size(args.batch_size);
+    Ok(model)
+}
+
+/// Calls `each` with batches of `batch` texts: the arguments, or stdin's lines. A line that is
+/// not UTF-8 stops the run with its line number; `\r\n` endings are accepted.
+pub fn for_each_batch(texts: &[String], batch: usize, mut each: impl FnMut(&[&str]) -> Result<()>) -> Result<()> {
+    if !texts.is_empty() {
+        for chunk in texts.chunks(batch.max(1)) {
+            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            each(&refs)?;
+        }
+        return Ok(());
+    }
+    let stdin = std::io::stdin().lock();
+    let mut pending: Vec<String> = Vec::with_capacity(batch);
+    for (i, line) in stdin.split(b'\n').enumerate() {
+        let mut line = line.context("cannot read stdin")?;
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        let Ok(text) = String::from_utf8(line) else {
+            // Finish the valid lines before it, then stop.
+            let refs: Vec<&str> = pending.iter().map(String::as_str).collect();
+            if !refs.is_empty() {
+                each(&refs)?;
+            }
+            bail!("stdin line {}: not valid UTF-8", i + 1);
+        };
+        pending.push(text);
+        if pending.len() == batch.max(1) {
+            let refs: Vec<&str> = pending.iter().map(String::as_str).collect();
+            each(&refs)?;
+            pending.clear();
+        }
+    }
+    if !pending.is_empty() {
+        let refs: Vec<&str> = pending.iter().map(String::as_str).collect();
+        each(&refs)?;
+    }
+    Ok(())
+}
+
+/// Writes `s` to stdout; `Ok(false)` once the reader has gone (a closed pipe).
+pub fn write_out(s: &str) -> Result<bool> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn format_embedding(text: &str, e: &[f32], as_json: bool) -> String {
+    if as_json {
+        json!({ "text": text, "embedding": e }).to_string() + "\n"
+    } else {
+        let v: Vec<String> = e.iter().map(|x| format!("{x:.6}")).collect();
+        v.join(" ") + "\n"
+    }
+}
+
+pub fn format_prediction(text: &str, p: &Prediction, labels: &[String], as_json: bool) -> String {
+    if as_json {
+        let scores: serde_json::Map<String, serde_json::Value> =
+            labels.iter().zip(&p.scores).map(|(l, s)| (l.clone(), json!(s))).collect();
+        json!({ "text": text, "label": p.label, "score": p.score, "scores": scores }).to_string() + "\n"
+    } else {
+        format!("{}\t{:.4}\n", p.label, p.score)
+    }
+}
