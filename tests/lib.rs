@@ -32,7 +32,7 @@ pub fn asset(rel: &str) -> PathBuf {
 pub fn convert_to(src: &Path, dtype: TensorType, dir: &Path) -> PathBuf {
     let name = src.file_name().unwrap().to_string_lossy();
     let out = dir.join(format!("{name}-{}.gguf", dtype.name()));
-    let opts = ConvertOptions { src: src.to_path_buf(), out: out.clone(), dtype, pooling: None, normalize: None };
+    let opts = ConvertOptions::new(src.to_path_buf(), out.clone(), dtype);
     convert(&opts, &indicatif::ProgressBar::hidden()).unwrap_or_else(|e| panic!("convert {}: {e:#}", src.display()));
     out
 }

@@ -42,6 +42,55 @@ pub struct ConvertOptions {
     pub dtype: TensorType,
     pub pooling: Option<Pooling>,
     pub normalize: Option<bool>,
+    /// The `tokenizer.json` to embed (required for ONNX; overrides the folder's for safetensors).
+    pub tokenizer: Option<PathBuf>,
+    /// Attention heads, for an ONNX file whose graph does not tell.
+    pub heads: Option<usize>,
+}
+
+impl ConvertOptions {
+    /// Options with the defaults of the command line.
+    pub fn new(src: PathBuf, out: PathBuf, dtype: TensorType) -> Self {
+        ConvertOptions { src, out, dtype, pooling: None, normalize: None, tokenizer: None, heads: None }
+    }
+}
+
+/// A source tensor: a view into a safetensors file, or values decoded from another format.
+#[derive(Debug)]
+pub enum SourceData<'a> {
+    Safetensors(safetensors::tensor::TensorView<'a>),
+    F32(Vec<f32>),
+}
+
+#[derive(Debug)]
+pub struct SourceTensor<'a> {
+    pub shape: Vec<usize>,
+    pub data: SourceData<'a>,
+}
+
+impl SourceTensor<'_> {
+    fn to_f32(&self, name: &str) -> Result<Vec<f32>> {
+        match &self.data {
+            SourceData::Safetensors(v) => to_f32(name, v),
+            SourceData::F32(v) => Ok(v.clone()),
+        }
+    }
+}
+
+/// A checkpoint read from any source format, with names in Hugging Face's scheme.
+#[derive(Debug)]
+pub struct Checkpoint<'a> {
+    pub config: Config,
+    /// Source tensors by (Hugging Face style) name.
+    pub tensors: BTreeMap<String, SourceTensor<'a>>,
+    /// The weights file, for messages.
+    pub weights_path: PathBuf,
+    pub sha256: String,
+    pub format: &'static str,
+    pub sentence_pooling: Option<hf::SentencePooling>,
+    pub tokenizer_json: String,
+    pub tokenizer_path: PathBuf,
+    pub name: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -111,29 +160,51 @@ pub fn convert(opts: &ConvertOptions, progress: &ProgressBar) -> Result<ConvertR
     }
     if src.is_file() {
         if src.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
-            bail!("{}: ONNX import is not available yet (convert the Hugging Face folder instead)", src.display());
+            let onnx = crate::onnx::OnnxWeights::load(src)?;
+            let ck = onnx.checkpoint(opts)?;
+            return write_checkpoint(ck, opts, progress);
         }
-        bail!("{}: expected a Hugging Face model folder (config.json, model.safetensors, tokenizer.json)", src.display());
+        bail!("{}: expected a Hugging Face model folder (config.json, model.safetensors, tokenizer.json) or an .onnx file", src.display());
     }
     let config = Config::load(&src.join("config.json"))?;
-    let tok_path = src.join("tokenizer.json");
-    let tokenizer_json =
-        std::fs::read_to_string(&tok_path).with_context(|| format!("{}: cannot read", tok_path.display()))?;
+    let tokenizer_path = opts.tokenizer.clone().unwrap_or_else(|| src.join("tokenizer.json"));
+    let tokenizer_json = std::fs::read_to_string(&tokenizer_path)
+        .with_context(|| format!("{}: cannot read", tokenizer_path.display()))?;
     let st_path = src.join("model.safetensors");
     let map = Mapping::open(&st_path).with_context(|| format!("{}: cannot open", st_path.display()))?;
     let st = SafeTensors::deserialize(map.bytes())
         .map_err(|e| anyhow::anyhow!("{}: corrupt safetensors file: {e}", st_path.display()))?;
-    let sha = hex(&Sha256::digest(map.bytes()));
+    let mut tensors = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        tensors.insert(name, SourceTensor { shape: view.shape().to_vec(), data: SourceData::Safetensors(view) });
+    }
+    let name = src.canonicalize().ok().and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()));
+    let ck = Checkpoint {
+        config,
+        tensors,
+        weights_path: st_path,
+        sha256: hex(&Sha256::digest(map.bytes())),
+        format: "safetensors",
+        sentence_pooling: hf::sentence_pooling(src)?,
+        tokenizer_json,
+        tokenizer_path,
+        name: name.unwrap_or_else(|| "model".into()),
+    };
+    write_checkpoint(ck, opts, progress)
+}
 
+/// Maps, checks, quantizes and writes a checkpoint.
+pub fn write_checkpoint(ck: Checkpoint<'_>, opts: &ConvertOptions, progress: &ProgressBar) -> Result<ConvertReport> {
+    let config = ck.config;
+    let st_path = &ck.weights_path;
+    let src = &opts.src;
     // Map every source tensor; refuse what petal does not know.
     let arch = config.arch;
-    let mut found: BTreeMap<String, (String, safetensors::tensor::TensorView<'_>)> = BTreeMap::new();
+    let mut found: BTreeMap<String, (String, &SourceTensor<'_>)> = BTreeMap::new();
     let mut pooler = BTreeMap::new();
     let mut dropped = Vec::new();
-    let mut source_names = st.names();
-    source_names.sort();
-    for source in source_names {
-        let view = st.tensor(source).map_err(|e| anyhow::anyhow!("{}: tensor \"{source}\": {e}", st_path.display()))?;
+    for (source, view) in &ck.tensors {
+        let source = source.as_str();
         let target = match hf::map_name(arch, source) {
             Some(Mapped::Tensor(t)) => t,
             Some(Mapped::Pooler(p)) => {
@@ -147,7 +218,7 @@ pub fn convert(opts: &ConvertOptions, progress: &ProgressBar) -> Result<ConvertR
             bail!("{}: tensors \"{other}\" and \"{source}\" both map to \"{target}\"", st_path.display());
         }
     }
-    let head_rows = found.get("cls.output.weight").map(|(_, v)| v.shape().first().copied().unwrap_or(0));
+    let head_rows = found.get("cls.output.weight").map(|(_, v)| v.shape.first().copied().unwrap_or(0));
     if head_rows.is_some() && arch == Arch::Bert {
         for (p, v) in std::mem::take(&mut pooler) {
             found.insert(format!("{}.{p}", tensor::CLS), v);
@@ -162,7 +233,7 @@ pub fn convert(opts: &ConvertOptions, progress: &ProgressBar) -> Result<ConvertR
         (Some(k), Some(l)) if l.len() == k => Some(l.clone()),
         (Some(k), Some(l)) => bail!(
             "{}: id2label has {} labels but the classifier has {k} outputs",
-            src.join("config.json").display(),
+            src.display(),
             l.len()
         ),
         (Some(k), None) => Some((0..k).map(|i| format!("LABEL_{i}")).collect()),
@@ -173,11 +244,11 @@ pub fn convert(opts: &ConvertOptions, progress: &ProgressBar) -> Result<ConvertR
         let Some((source, view)) = found.get(name) else {
             bail!("{}: missing tensor for \"{name}\" (shape {shape:?})", st_path.display());
         };
-        if view.shape() != shape.as_slice() {
+        if view.shape != *shape {
             bail!(
                 "{}: tensor \"{source}\" has shape {:?}, expected {shape:?} from config.json",
                 st_path.display(),
-                view.shape()
+                view.shape
             );
         }
     }
@@ -186,7 +257,7 @@ pub fn convert(opts: &ConvertOptions, progress: &ProgressBar) -> Result<ConvertR
         bail!("{}: unexpected tensor \"{source}\" (no layer or head for it in config.json)", st_path.display());
     }
 
-    let st_pooling = hf::sentence_pooling(src)?;
+    let st_pooling = ck.sentence_pooling;
     let pooling = opts.pooling.unwrap_or(match st_pooling {
         Some(p) if p.mean => Pooling::Mean,
         Some(_) => Pooling::Cls,
@@ -199,8 +270,7 @@ pub fn convert(opts: &ConvertOptions, progress: &ProgressBar) -> Result<ConvertR
     let an = arch.gguf_name();
     let key = |s: &str| names::arch_key(an, s);
     w.set(names::ARCHITECTURE, an);
-    let model_name = src.canonicalize().ok().and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()));
-    w.set(names::NAME, model_name.unwrap_or_else(|| "model".into()));
+    w.set(names::NAME, ck.name.clone());
     w.set(names::FILE_TYPE, names::file_type(opts.dtype));
     w.set(&key(names::BLOCK_COUNT), config.layers as u32);
     w.set(&key(names::CONTEXT_LENGTH), (config.max_positions - config.position_offset) as u32);
@@ -218,11 +288,11 @@ pub fn convert(opts: &ConvertOptions, progress: &ProgressBar) -> Result<ConvertR
         w.set(names::HEAD_ACTIVATION, arch.head_activation());
         w.set(names::HEAD_INPUT, "cls");
     }
-    w.set(names::SOURCE_SHA256, sha.clone());
-    w.set(names::SOURCE_FORMAT, "safetensors");
+    w.set(names::SOURCE_SHA256, ck.sha256.clone());
+    w.set(names::SOURCE_FORMAT, ck.format);
     w.set(names::CONVERTER_VERSION, concat!("petal ", env!("CARGO_PKG_VERSION")));
-    crate::tokenizer_meta::write_tokenizer_keys(&mut w, &tokenizer_json)
-        .with_context(|| format!("{}", tok_path.display()))?;
+    crate::tokenizer_meta::write_tokenizer_keys(&mut w, &ck.tokenizer_json)
+        .with_context(|| format!("{}", ck.tokenizer_path.display()))?;
     if config.type_vocab > 0 {
         w.set(names::TOKENIZER_TOKEN_TYPE_COUNT, config.type_vocab as u32);
     }
@@ -234,7 +304,7 @@ pub fn convert(opts: &ConvertOptions, progress: &ProgressBar) -> Result<ConvertR
     for (name, shape) in &expected {
         progress.set_message(name.clone());
         let (source, view) = &found[name];
-        let values = to_f32(source, view).with_context(|| format!("{}", st_path.display()))?;
+        let values = view.to_f32(source).with_context(|| format!("{}", st_path.display()))?;
         let (ty, fell_back) = storage_type(name, opts.dtype, shape);
         if fell_back {
             log::warn!("{name}: rows of {} are not a multiple of 32; stored as F16", shape.last().unwrap_or(&0));
@@ -273,7 +343,7 @@ pub fn convert(opts: &ConvertOptions, progress: &ProgressBar) -> Result<ConvertR
         pooling,
         normalize,
         labels,
-        source_sha256: sha,
+        source_sha256: ck.sha256.clone(),
         file_bytes,
         tensor_bytes: reports.iter().map(|r| r.bytes as u64).sum(),
         tensors: reports,

@@ -23,6 +23,37 @@ pub struct RunArgs {
     /// Print one JSON object a line.
     #[arg(long)]
     pub json: bool,
+    /// Which engine runs the model: petal's encoder on a GGUF file, or tract on an ONNX file
+    /// (mean pooling; for ONNX models petal cannot convert).
+    #[arg(long, value_enum, default_value = "petal")]
+    pub engine: Engine,
+    /// With --engine tract: the tokenizer.json of the ONNX model.
+    #[arg(long)]
+    pub tokenizer: Option<std::path::PathBuf>,
+    /// With --engine tract: L2-normalize the mean-pooled embedding.
+    #[arg(long)]
+    pub normalize: bool,
+}
+
+/// The engine of `embed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// petal's own encoder over a GGUF file.
+    Petal,
+    /// tract over an ONNX file.
+    Tract,
+}
+
+/// Longest sequence the tract engine feeds (BERT's position table).
+const TRACT_MAX_LENGTH: usize = 512;
+
+/// Opens `path` with the tract engine.
+pub fn open_tract(path: &Path, args: &RunArgs) -> Result<crate::tract_engine::TractEncoder> {
+    let tok = args
+        .tokenizer
+        .as_ref()
+        .with_context(|| format!("{}: --engine tract needs --tokenizer tokenizer.json", path.display()))?;
+    crate::tract_engine::TractEncoder::load(path, tok, args.max_length.unwrap_or(TRACT_MAX_LENGTH))
 }
 
 pub fn open(path: &Path, args: &RunArgs) -> Result<Model> {

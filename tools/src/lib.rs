@@ -5,4 +5,6 @@ pub mod convert;
 pub mod hf;
 pub mod infer;
 pub mod inspect;
+pub mod onnx;
 pub mod tokenizer_meta;
+pub mod tract_engine;

@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use petal_runtime::quant::TensorType;
@@ -27,8 +27,8 @@ struct Cli {
 enum Command {
     /// Convert a Hugging Face model folder to one GGUF file.
     Convert {
-        /// The model folder: config.json, model.safetensors, tokenizer.json (and
-        /// 1_Pooling/config.json for a sentence-transformers model).
+        /// The model folder (config.json, model.safetensors, tokenizer.json, and
+        /// 1_Pooling/config.json for a sentence-transformers model), or an ONNX file.
         src: PathBuf,
         /// The GGUF file to write (atomically).
         #[arg(short, long)]
@@ -43,6 +43,12 @@ enum Command {
         /// L2-normalize the embedding (default: as the sentence-transformers modules say).
         #[arg(long)]
         normalize: Option<bool>,
+        /// The tokenizer.json to embed: required for an ONNX file; for a folder, overrides its own.
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        /// Attention heads of an ONNX model, when its graph does not tell.
+        #[arg(long)]
+        heads: Option<usize>,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
@@ -146,8 +152,8 @@ fn emit(text: &str) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Convert { src, output, dtype, pooling, normalize, json } => {
-            let opts = convert::ConvertOptions { src, out: output, dtype, pooling, normalize };
+        Command::Convert { src, output, dtype, pooling, normalize, tokenizer, heads, json } => {
+            let opts = convert::ConvertOptions { src, out: output, dtype, pooling, normalize, tokenizer, heads };
             let report = convert::convert(&opts, &progress_bar(cli.quiet))?;
             if json {
                 emit(&(serde_json::to_string(&report)? + "\n"))?;
@@ -156,10 +162,17 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Embed { model, texts, run } => {
-            let m = infer::open(&model, &run)?;
+            let (petal, tract) = match run.engine {
+                infer::Engine::Petal => (Some(infer::open(&model, &run)?), None),
+                infer::Engine::Tract => (None, Some(infer::open_tract(&model, &run)?)),
+            };
             let mut open = true;
             infer::for_each_batch(&texts, run.batch_size, |batch| {
-                let emb = m.embed(batch)?;
+                let emb = match (&petal, &tract) {
+                    (Some(m), _) => m.embed(batch)?,
+                    (_, Some(t)) => t.embed(batch, run.normalize)?,
+                    _ => unreachable!("one engine is open"),
+                };
                 let out: String = batch.iter().zip(&emb).map(|(t, e)| infer::format_embedding(t, e, run.json)).collect();
                 if open {
                     open = infer::write_out(&out)?;
@@ -168,6 +181,9 @@ fn run(cli: Cli) -> Result<()> {
             })?;
         }
         Command::Classify { model, texts, run } => {
+            if run.engine == infer::Engine::Tract {
+                bail!("{}: the tract engine only embeds (classification needs a GGUF file with a head)", model.display());
+            }
             let m = infer::open(&model, &run)?;
             let labels = m.encoder().config().labels.clone().ok_or_else(|| {
                 anyhow!("{}: this model has no classification head (convert a checkpoint with one, or adapt one)", model.display())
