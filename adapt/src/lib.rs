@@ -1,7 +1,15 @@
-//! petal-adapt: on-device adaptation (backward pass, PEFT methods, trainer, adapter files).
+//! petal-adapt: on-device adaptation from a few labelled examples.
 //!
-//! Not written yet: see the project's adaptation issue. The crate exists so that the workspace
-//! has its final shape and dependency direction (tools -> adapt -> runtime).
+//! Today: labelled data (JSON lines), the classifier-head method (a linear head trained with
+//! AdamW on the frozen model's sentence embeddings), adapter files, and evaluation. The
+//! parameter-efficient methods that need a backward pass through the encoder (LoRA, adapters,
+//! prompts, prefixes, BitFit, IA3) build on the runtime's forward hooks.
 #![deny(missing_docs)]
+
+pub mod adapter;
+pub mod data;
+pub mod eval;
+pub mod optim;
+pub mod train_head;
 
 pub use petal_runtime as runtime;

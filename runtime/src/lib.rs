@@ -13,6 +13,7 @@ extern crate std;
 pub mod bert;
 pub mod config;
 pub mod gguf;
+pub mod head;
 pub mod kernels;
 pub mod quant;
 pub mod weights;

@@ -11,6 +11,7 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::bert::{probabilities, Encoder, ForwardError, Hooks, Input, NoHooks};
 use crate::config::LoadError;
+use crate::head::{HeadInput, LinearHead};
 use crate::gguf::{names, Gguf};
 use crate::mmap::Mapping;
 
@@ -214,23 +215,30 @@ impl Model {
         self.run(texts, hooks, |h| self.encoder.pool(h))
     }
 
-    /// Predictions for `texts`; an error if the model has no classification head.
+    /// Predictions for `texts` by the file's head; an error if the model has none.
     pub fn classify(&self, texts: &[&str]) -> Result<Vec<Prediction>, Error> {
         let labels = self.encoder.config().labels.as_ref().ok_or(Error::NoHead)?;
         let logits = self.run(texts, &mut NoHooks, |h| self.encoder.logits(h).unwrap_or_default())?;
-        Ok(logits
-            .iter()
-            .map(|l| {
-                let scores = probabilities(l);
-                let index = scores
-                    .iter()
-                    .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(b.1))
-                    .map_or(0, |(i, _)| i);
-                Prediction { label: labels[index].clone(), index, score: scores[index], scores }
-            })
-            .collect())
+        Ok(predictions(&logits, labels))
     }
+
+    /// Predictions for `texts` by `head` (an adapter's), in place of the file's.
+    pub fn classify_with_head(&self, texts: &[&str], head: &LinearHead) -> Result<Vec<Prediction>, Error> {
+        let HeadInput::Pooled = head.input;
+        let logits: Vec<Vec<f32>> = self.embed(texts)?.iter().map(|e| head.logits(e)).collect();
+        Ok(predictions(&logits, &head.labels))
+    }
+}
+
+fn predictions(logits: &[Vec<f32>], labels: &[String]) -> Vec<Prediction> {
+    logits
+        .iter()
+        .map(|l| {
+            let scores = probabilities(l);
+            let index = scores.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+            Prediction { label: labels[index].clone(), index, score: scores[index], scores }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! petal-tools: the `petal` command line's work, as a library (the binary is thin): converting
 //! checkpoints, inspecting files.
 
+pub mod adapt_cmd;
 pub mod convert;
 pub mod hf;
 pub mod infer;

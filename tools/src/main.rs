@@ -1,7 +1,8 @@
 //! `petal`: convert Hugging Face checkpoints to GGUF and look inside them.
 
 use petal_tools::infer::{self, RunArgs};
-use petal_tools::{convert, inspect};
+use petal_adapt::train_head::HeadConfig;
+use petal_tools::{adapt_cmd, convert, inspect};
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -65,10 +66,52 @@ enum Command {
     },
     /// Classify texts (arguments, or stdin one a line): `label<TAB>score` a line, or --json lines.
     Classify {
-        /// The model file (with a classification head).
+        /// The model file (with a classification head, or with --adapter).
         model: PathBuf,
+        /// An adapter trained by `petal adapt` for this model.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         /// Texts; without any, stdin is read one text a line.
         texts: Vec<String>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Learn a classifier from a few labelled examples (JSON lines `{"text": ..., "label": ...}`)
+    /// over the frozen model; writes a small adapter file.
+    Adapt {
+        /// The model file.
+        model: PathBuf,
+        /// Training examples, one JSON object a line.
+        #[arg(long)]
+        train: PathBuf,
+        /// What to train.
+        #[arg(long, value_enum, default_value = "head")]
+        method: adapt_cmd::Method,
+        /// The adapter file to write (atomically).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Training epochs.
+        #[arg(long, default_value_t = HeadConfig::default().epochs)]
+        epochs: u32,
+        /// Peak learning rate (AdamW, linear warmup and decay).
+        #[arg(long, default_value_t = HeadConfig::default().optim.lr)]
+        lr: f32,
+        /// Stop training after this many seconds, keeping what was learned.
+        #[arg(long)]
+        max_seconds: Option<f64>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Accuracy, macro-F1 and confusion matrix on a labelled test file.
+    Eval {
+        /// The model file.
+        model: PathBuf,
+        /// An adapter trained by `petal adapt` for this model.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// Test examples, one JSON object a line.
+        #[arg(long)]
+        test: PathBuf,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -180,17 +223,21 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             })?;
         }
-        Command::Classify { model, texts, run } => {
+        Command::Classify { model, adapter, texts, run } => {
             if run.engine == infer::Engine::Tract {
                 bail!("{}: the tract engine only embeds (classification needs a GGUF file with a head)", model.display());
             }
             let m = infer::open(&model, &run)?;
-            let labels = m.encoder().config().labels.clone().ok_or_else(|| {
-                anyhow!("{}: this model has no classification head (convert a checkpoint with one, or adapt one)", model.display())
-            })?;
+            let head = adapter.as_deref().map(|a| adapt_cmd::load_adapter(&m, a)).transpose()?;
+            let labels = match &head {
+                Some(h) => h.labels.clone(),
+                None => m.encoder().config().labels.clone().ok_or_else(|| {
+                    anyhow!("{}: this model has no classification head (pass --adapter from `petal adapt`)", model.display())
+                })?,
+            };
             let mut open = true;
             infer::for_each_batch(&texts, run.batch_size, |batch| {
-                let preds = m.classify(batch)?;
+                let preds = adapt_cmd::predict(&m, head.as_ref(), batch)?;
                 let out: String =
                     batch.iter().zip(&preds).map(|(t, p)| infer::format_prediction(t, p, &labels, run.json)).collect();
                 if open {
@@ -198,6 +245,32 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 Ok(())
             })?;
+        }
+        Command::Adapt { model, train, method, output, epochs, lr, max_seconds, run } => {
+            let m = infer::open(&model, &run)?;
+            let mut cfg = HeadConfig { epochs, max_time: adapt_cmd::budget(max_seconds), ..HeadConfig::default() };
+            cfg.optim.lr = lr;
+            let quiet = cli.quiet;
+            let bars = |what: &str| {
+                let pb = progress_bar(quiet);
+                pb.set_message(what.to_string());
+                pb
+            };
+            let s = adapt_cmd::adapt(&m, &model, &train, method, &output, &cfg, run.batch_size, &bars)?;
+            if run.json {
+                emit(&(serde_json::to_string(&s)? + "\n"))?;
+            } else {
+                emit(&format!(
+                    "wrote {}: {} head over {} examples, labels {}; {} epochs, loss {:.4}, training accuracy {:.3}, {:.1} s\n",
+                    s.output, s.method, s.examples, s.labels.join(", "), s.epochs, s.final_loss, s.train_accuracy, s.seconds
+                ))?;
+            }
+        }
+        Command::Eval { model, adapter, test, run } => {
+            let m = infer::open(&model, &run)?;
+            let head = adapter.as_deref().map(|a| adapt_cmd::load_adapter(&m, a)).transpose()?;
+            let r = adapt_cmd::evaluate(&m, head.as_ref(), &test, run.batch_size, &progress_bar(cli.quiet))?;
+            emit(&adapt_cmd::format_report(&r, run.json))?;
         }
         Command::Inspect { file, json, full_arrays } => emit(&inspect::inspect(&file, json, full_arrays)?)?,
     }
