@@ -91,9 +91,11 @@ fi
 # gguf-py 0.19 has no __version__; accept an importable package of the pinned version.
 "$ASSETS/pyenv/bin/python" -c "import importlib.metadata as m; assert m.version('gguf') == '$GGUF_VERSION'"
 
-log "building petal (release)"
-cargo build --release --quiet -p petal-tools
-PETAL=$ROOT/target/release/petal
+# PETAL_PROFILE=dev reuses the test build (CI); the default is an optimized release build.
+PROFILE=${PETAL_PROFILE:-release}
+log "building petal ($PROFILE)"
+cargo build --profile "$PROFILE" --quiet -p petal-tools
+if [ "$PROFILE" = dev ]; then PETAL=$ROOT/target/debug/petal; else PETAL=$ROOT/target/$PROFILE/petal; fi
 mkdir -p "$ASSETS/models"
 for dtype in f16 q8_0 q4_0; do
   out="$ASSETS/models/minilm-$dtype.gguf"

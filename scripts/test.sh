@@ -10,7 +10,7 @@ log() { printf '[test] %s\n' "$*" >&2; }
 log "rust targets"
 rustup target add thumbv7em-none-eabihf >/dev/null 2>&1 || rustup target add thumbv7em-none-eabihf
 
-bash scripts/setup.sh
+PETAL_PROFILE=dev bash scripts/setup.sh
 
 log "no_std core for thumbv7em-none-eabihf"
 cargo build --quiet -p petal-runtime --no-default-features --target thumbv7em-none-eabihf

@@ -79,7 +79,7 @@ pub fn adapt(
     let correct = x.iter().zip(&y).filter(|(xi, &yi)| argmax(&head.logits(xi)) == yi).count();
     let adapter = Adapter { base_sha256: base_hash(model.encoder().bytes()), head };
     adapter.save(output).with_context(|| format!("{}: cannot write", output.display()))?;
-    log::info!("adapter for {} written to {}", model_path.display(), output.display());
+    log::debug!("adapter for {} written to {}", model_path.display(), output.display());
     Ok(AdaptSummary {
         output: output.display().to_string(),
         method: "head",

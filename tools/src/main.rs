@@ -261,7 +261,7 @@ fn run(cli: Cli) -> Result<()> {
                 emit(&(serde_json::to_string(&s)? + "\n"))?;
             } else {
                 emit(&format!(
-                    "wrote {}: {} head over {} examples, labels {}; {} epochs, loss {:.4}, training accuracy {:.3}, {:.1} s\n",
+                    "wrote {}: {} method over {} examples, labels {}; {} epochs, loss {:.4}, training accuracy {:.3}, {:.1} s\n",
                     s.output, s.method, s.examples, s.labels.join(", "), s.epochs, s.final_loss, s.train_accuracy, s.seconds
                 ))?;
             }
