@@ -2,6 +2,8 @@
 
 use alloc::vec;
 
+use crate::kernels::qdot::{block_scale, ActBlock, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
+use crate::quant::QK;
 use crate::weights::Matrix;
 
 /// Dot product with eight partial sums (so the compiler can vectorize it).
@@ -66,4 +68,29 @@ pub fn gelu(x: &mut [f32]) {
     for v in x.iter_mut() {
         *v = 0.5 * *v * (1.0 + libm::erff(*v * core::f32::consts::FRAC_1_SQRT_2));
     }
+}
+
+/// Scalar reference of a Q8_0 weight row against activation blocks: exact i32 block sums,
+/// scaled and accumulated in f32.
+pub fn dot_q8_0(w: &[u8], x: &[ActBlock]) -> f32 {
+    let mut s = 0f32;
+    for (wb, xb) in w.chunks_exact(Q8_0_BLOCK_BYTES).zip(x) {
+        let isum: i32 = wb[2..].iter().zip(&xb.qs).map(|(&q, &a)| q as i8 as i32 * a as i32).sum();
+        s += block_scale(wb) * xb.d * isum as f32;
+    }
+    s
+}
+
+/// Scalar reference of a Q4_0 weight row against activation blocks.
+pub fn dot_q4_0(w: &[u8], x: &[ActBlock]) -> f32 {
+    let mut s = 0f32;
+    for (wb, xb) in w.chunks_exact(Q4_0_BLOCK_BYTES).zip(x) {
+        let mut isum = 0i32;
+        for (j, &b) in wb[2..].iter().enumerate() {
+            isum += ((b & 0x0f) as i32 - 8) * xb.qs[j] as i32;
+            isum += ((b >> 4) as i32 - 8) * xb.qs[j + QK / 2] as i32;
+        }
+        s += block_scale(wb) * xb.d * isum as f32;
+    }
+    s
 }

@@ -1,15 +1,155 @@
-//! Compute kernels, in tract-linalg's layout: this module is the frame (the functions the
-//! encoder calls, and the dispatch), [`generic`] holds the scalar references every optimized
-//! variant is tested against.
+//! Compute kernels, in tract-linalg's layout: this module is the frame (the kernel set, its
+//! run-time selection, and the operations the encoder calls), [`generic`] holds the scalar
+//! references, and each ISA has its own module whose kernels are tested against them.
+//!
+//! Selection happens once, by CPU feature detection; `PETAL_KERNELS=generic` forces the scalar
+//! references.
 
 pub mod generic;
+pub mod qdot;
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub mod x86_64;
 
+use alloc::vec::Vec;
+
+use crate::quant::{TensorType, QK};
 use crate::weights::Matrix;
+use qdot::ActBlock;
+
+/// One implementation of every kernel.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelSet {
+    /// Name, for reports (`generic`, `avx2`).
+    pub name: &'static str,
+    /// Q8_0 weight row · activation blocks.
+    pub dot_q8_0: fn(&[u8], &[ActBlock]) -> f32,
+    /// Q4_0 weight row · activation blocks.
+    pub dot_q4_0: fn(&[u8], &[ActBlock]) -> f32,
+    /// f32 · f32.
+    pub dot_f32: fn(&[f32], &[f32]) -> f32,
+}
+
+/// The scalar references.
+pub const GENERIC: KernelSet =
+    KernelSet { name: "generic", dot_q8_0: generic::dot_q8_0, dot_q4_0: generic::dot_q4_0, dot_f32: generic::dot };
+
+/// The AVX2 + FMA set, when this CPU has both.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+pub fn avx2() -> Option<KernelSet> {
+    if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+        return None;
+    }
+    #[allow(unsafe_code)]
+    fn q8(w: &[u8], x: &[ActBlock]) -> f32 {
+        assert!(w.len() >= x.len() * qdot::Q8_0_BLOCK_BYTES);
+        // SAFETY: this set is only handed out after detecting AVX2 and FMA; length asserted.
+        unsafe { x86_64::avx2::dot_q8_0(w, x) }
+    }
+    #[allow(unsafe_code)]
+    fn q4(w: &[u8], x: &[ActBlock]) -> f32 {
+        assert!(w.len() >= x.len() * qdot::Q4_0_BLOCK_BYTES);
+        // SAFETY: this set is only handed out after detecting AVX2 and FMA; length asserted.
+        unsafe { x86_64::avx2::dot_q4_0(w, x) }
+    }
+    #[allow(unsafe_code)]
+    fn f(a: &[f32], b: &[f32]) -> f32 {
+        // SAFETY: this set is only handed out after detecting AVX2 and FMA.
+        unsafe { x86_64::avx2::dot_f32(a, b) }
+    }
+    Some(KernelSet { name: "avx2", dot_q8_0: q8, dot_q4_0: q4, dot_f32: f })
+}
+
+/// The kernel set in use: the best this CPU supports, unless `PETAL_KERNELS=generic`.
+pub fn active() -> KernelSet {
+    #[cfg(feature = "std")]
+    {
+        static ACTIVE: std::sync::OnceLock<KernelSet> = std::sync::OnceLock::new();
+        *ACTIVE.get_or_init(|| {
+            if std::env::var("PETAL_KERNELS").is_ok_and(|v| v == "generic") {
+                return GENERIC;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if let Some(k) = avx2() {
+                return k;
+            }
+            GENERIC
+        })
+    }
+    #[cfg(not(feature = "std"))]
+    GENERIC
+}
+
+/// Below this many multiply-adds a linear layer runs on one thread.
+#[cfg(feature = "std")]
+const PARALLEL_MIN_MACS: usize = 1 << 16;
 
 /// `y[t, o] = sum_i x[t, i] * W[o, i] + bias[o]` for `n` tokens; `x` is `[n, W.cols]`, `y` is
-/// `[n, W.rows]`, row-major.
+/// `[n, W.rows]`, row-major. Q8_0 and Q4_0 weights are multiplied in integers against
+/// activations quantized per 32 values (Q4_0 against two levels, the quantized activations and
+/// their quantized residual, so its result stays within cosine 0.9999 of f32 arithmetic over
+/// the same weights); F32 and F16 in f32. Output rows are split across the
+/// thread pool when the product is large enough.
 pub fn linear(x: &[f32], n: usize, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) {
-    generic::linear(x, n, w, bias, y)
+    let k = active();
+    let (rows, cols) = (w.rows, w.cols);
+    debug_assert_eq!(x.len(), n * cols);
+    debug_assert_eq!(y.len(), n * rows);
+    let (mut xq, mut xr) = (Vec::new(), Vec::new());
+    match w.ty {
+        TensorType::Q8_0 => qdot::quantize_activations(x, &mut xq),
+        TensorType::Q4_0 => qdot::quantize_activations_two_level(x, &mut xq, &mut xr),
+        _ => {}
+    }
+    let bpr = cols / QK;
+    // Computes output rows `r0..r0 + out.len() / n` into `out`, laid out `[row][token]`.
+    let rows_into = |r0: usize, out: &mut [f32]| {
+        let mut buf = Vec::new();
+        for (i, o_out) in out.chunks_exact_mut(n).enumerate() {
+            let o = r0 + i;
+            let b = bias.get(o).copied().unwrap_or(0.0);
+            let wr = w.row(o);
+            match w.ty {
+                TensorType::Q8_0 => {
+                    for (t, v) in o_out.iter_mut().enumerate() {
+                        *v = (k.dot_q8_0)(wr, &xq[t * bpr..(t + 1) * bpr]) + b;
+                    }
+                }
+                TensorType::Q4_0 => {
+                    for (t, v) in o_out.iter_mut().enumerate() {
+                        let blocks = t * bpr..(t + 1) * bpr;
+                        *v = (k.dot_q4_0)(wr, &xq[blocks.clone()]) + (k.dot_q4_0)(wr, &xr[blocks]) + b;
+                    }
+                }
+                _ => {
+                    buf.resize(cols, 0.0);
+                    w.dequantize_row(o, &mut buf);
+                    for (t, v) in o_out.iter_mut().enumerate() {
+                        *v = (k.dot_f32)(&x[t * cols..(t + 1) * cols], &buf) + b;
+                    }
+                }
+            }
+        }
+    };
+    let mut by_row = alloc::vec![0f32; rows * n];
+    #[cfg(feature = "std")]
+    {
+        let threads = rayon::current_num_threads();
+        if threads > 1 && rows * n * cols >= PARALLEL_MIN_MACS {
+            use rayon::prelude::*;
+            let chunk_rows = rows.div_ceil(threads * 4).max(1);
+            by_row.par_chunks_mut(chunk_rows * n).enumerate().for_each(|(c, out)| rows_into(c * chunk_rows, out));
+        } else {
+            rows_into(0, &mut by_row);
+        }
+    }
+    #[cfg(not(feature = "std"))]
+    rows_into(0, &mut by_row);
+    for o in 0..rows {
+        for t in 0..n {
+            y[t * rows + o] = by_row[o * n + t];
+        }
+    }
 }
 
 /// LayerNorm of each row of `x` (rows of `w.len()`), in place.
@@ -29,5 +169,11 @@ pub fn gelu(x: &mut [f32]) {
 
 /// Dot product.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    generic::dot(a, b)
+    (active().dot_f32)(a, b)
+}
+
+/// Sets the number of threads of the pool (once, before the first use; later calls fail).
+#[cfg(feature = "std")]
+pub fn set_threads(n: usize) -> Result<(), rayon::ThreadPoolBuildError> {
+    rayon::ThreadPoolBuilder::new().num_threads(n).build_global()
 }
