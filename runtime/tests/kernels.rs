@@ -46,6 +46,12 @@ fn block_dots_match_the_reference() {
                 let (got, want) = (dot(&wq, &xq), reference(&wq, &xq));
                 let scale: f32 = w.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum::<f32>() + 1e-6;
                 assert!((got - want).abs() <= QDOT_REL_TOL * scale, "{} {ty}: {got} vs {want}", k.name);
+                if ty == TensorType::Q8_0 {
+                    let four = (k.dot_q8_0_x4)(&wq, [&xq, &xq, &xq, &xq]);
+                    for g in four {
+                        assert!((g - want).abs() <= QDOT_REL_TOL * scale, "{} x4: {g} vs {want}", k.name);
+                    }
+                }
             }
         }
     }

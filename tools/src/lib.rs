@@ -2,6 +2,7 @@
 //! checkpoints, inspecting files.
 
 pub mod adapt_cmd;
+pub mod bench;
 pub mod convert;
 pub mod hf;
 pub mod infer;

@@ -20,6 +20,9 @@ struct Cli {
     /// Print only errors on stderr (no progress bar, no log).
     #[arg(long, short, global = true)]
     quiet: bool,
+    /// Threads for the encoder (default: every core).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -114,6 +117,18 @@ enum Command {
         test: PathBuf,
         #[command(flatten)]
         run: RunArgs,
+    },
+    /// Latency (batch 1 at 16, 64 and 128 tokens), throughput (batch 8 x 128), cold start and
+    /// memory of a model file on this machine.
+    Bench {
+        /// The model file.
+        model: PathBuf,
+        /// Timed runs per latency figure.
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print a GGUF file's keys and tensors, after checking alignment and bounds.
     Inspect {
@@ -272,6 +287,11 @@ fn run(cli: Cli) -> Result<()> {
             let r = adapt_cmd::evaluate(&m, head.as_ref(), &test, run.batch_size, &progress_bar(cli.quiet))?;
             emit(&adapt_cmd::format_report(&r, run.json))?;
         }
+        Command::Bench { model, runs, json } => {
+            let threads = petal_runtime::kernels::threads();
+            let r = petal_tools::bench::bench(&model, runs.max(1), threads)?;
+            emit(&if json { serde_json::to_string(&r)? + "\n" } else { petal_tools::bench::format(&r) })?;
+        }
         Command::Inspect { file, json, full_arrays } => emit(&inspect::inspect(&file, json, full_arrays)?)?,
     }
     Ok(())
@@ -282,6 +302,16 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(if cli.quiet { "error" } else { "info" }))
         .format_timestamp(None)
         .init();
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            eprintln!("error: --threads must be at least 1");
+            return ExitCode::FAILURE;
+        }
+        if let Err(e) = petal_runtime::kernels::set_threads(n) {
+            eprintln!("error: cannot start {n} threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

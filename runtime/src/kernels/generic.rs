@@ -94,3 +94,8 @@ pub fn dot_q4_0(w: &[u8], x: &[ActBlock]) -> f32 {
     }
     s
 }
+
+/// Scalar reference of four tokens against one Q8_0 weight row.
+pub fn dot_q8_0_x4(w: &[u8], x: [&[ActBlock]; 4]) -> [f32; 4] {
+    [dot_q8_0(w, x[0]), dot_q8_0(w, x[1]), dot_q8_0(w, x[2]), dot_q8_0(w, x[3])]
+}

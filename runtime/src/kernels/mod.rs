@@ -24,6 +24,8 @@ pub struct KernelSet {
     pub name: &'static str,
     /// Q8_0 weight row · activation blocks.
     pub dot_q8_0: fn(&[u8], &[ActBlock]) -> f32,
+    /// Q8_0 weight row · four tokens' activation blocks.
+    pub dot_q8_0_x4: fn(&[u8], [&[ActBlock]; 4]) -> [f32; 4],
     /// Q4_0 weight row · activation blocks.
     pub dot_q4_0: fn(&[u8], &[ActBlock]) -> f32,
     /// f32 · f32.
@@ -32,32 +34,47 @@ pub struct KernelSet {
 
 /// The scalar references.
 pub const GENERIC: KernelSet =
-    KernelSet { name: "generic", dot_q8_0: generic::dot_q8_0, dot_q4_0: generic::dot_q4_0, dot_f32: generic::dot };
+    KernelSet {
+    name: "generic",
+    dot_q8_0: generic::dot_q8_0,
+    dot_q8_0_x4: generic::dot_q8_0_x4,
+    dot_q4_0: generic::dot_q4_0, dot_f32: generic::dot };
 
-/// The AVX2 + FMA set, when this CPU has both.
+/// The AVX2 + FMA + F16C set, when this CPU has them.
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 pub fn avx2() -> Option<KernelSet> {
-    if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+    if !(std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c"))
+    {
         return None;
     }
     #[allow(unsafe_code)]
     fn q8(w: &[u8], x: &[ActBlock]) -> f32 {
         assert!(w.len() >= x.len() * qdot::Q8_0_BLOCK_BYTES);
-        // SAFETY: this set is only handed out after detecting AVX2 and FMA; length asserted.
+        // SAFETY: this set is only handed out after detecting AVX2, FMA and F16C; length asserted.
         unsafe { x86_64::avx2::dot_q8_0(w, x) }
+    }
+    #[allow(unsafe_code)]
+    fn q8x4(w: &[u8], x: [&[ActBlock]; 4]) -> [f32; 4] {
+        let nb = x[0].len();
+        assert!(w.len() >= nb * qdot::Q8_0_BLOCK_BYTES && x.iter().all(|s| s.len() == nb));
+        // SAFETY: this set is only handed out after detecting AVX2, FMA and F16C; lengths
+        // asserted.
+        unsafe { x86_64::avx2::dot_q8_0_x4(w, x) }
     }
     #[allow(unsafe_code)]
     fn q4(w: &[u8], x: &[ActBlock]) -> f32 {
         assert!(w.len() >= x.len() * qdot::Q4_0_BLOCK_BYTES);
-        // SAFETY: this set is only handed out after detecting AVX2 and FMA; length asserted.
+        // SAFETY: this set is only handed out after detecting AVX2, FMA and F16C; length asserted.
         unsafe { x86_64::avx2::dot_q4_0(w, x) }
     }
     #[allow(unsafe_code)]
     fn f(a: &[f32], b: &[f32]) -> f32 {
-        // SAFETY: this set is only handed out after detecting AVX2 and FMA.
+        // SAFETY: this set is only handed out after detecting AVX2, FMA and F16C.
         unsafe { x86_64::avx2::dot_f32(a, b) }
     }
-    Some(KernelSet { name: "avx2", dot_q8_0: q8, dot_q4_0: q4, dot_f32: f })
+    Some(KernelSet { name: "avx2", dot_q8_0: q8, dot_q8_0_x4: q8x4, dot_q4_0: q4, dot_f32: f })
 }
 
 /// The kernel set in use: the best this CPU supports, unless `PETAL_KERNELS=generic`.
@@ -111,8 +128,17 @@ pub fn linear(x: &[f32], n: usize, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) 
             let wr = w.row(o);
             match w.ty {
                 TensorType::Q8_0 => {
-                    for (t, v) in o_out.iter_mut().enumerate() {
-                        *v = (k.dot_q8_0)(wr, &xq[t * bpr..(t + 1) * bpr]) + b;
+                    let tok = |t: usize| &xq[t * bpr..(t + 1) * bpr];
+                    let mut t = 0;
+                    while t + 4 <= n {
+                        let r = (k.dot_q8_0_x4)(wr, [tok(t), tok(t + 1), tok(t + 2), tok(t + 3)]);
+                        for (j, v) in r.iter().enumerate() {
+                            o_out[t + j] = v + b;
+                        }
+                        t += 4;
+                    }
+                    for (t, v) in o_out.iter_mut().enumerate().skip(t) {
+                        *v = (k.dot_q8_0)(wr, tok(t)) + b;
                     }
                 }
                 TensorType::Q4_0 => {
@@ -170,6 +196,12 @@ pub fn gelu(x: &mut [f32]) {
 /// Dot product.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     (active().dot_f32)(a, b)
+}
+
+/// Threads of the pool.
+#[cfg(feature = "std")]
+pub fn threads() -> usize {
+    rayon::current_num_threads()
 }
 
 /// Sets the number of threads of the pool (once, before the first use; later calls fail).
