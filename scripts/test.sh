@@ -14,6 +14,7 @@ PETAL_PROFILE=dev bash scripts/setup.sh
 
 log "no_std core for thumbv7em-none-eabihf"
 cargo build --quiet -p petal-runtime --no-default-features --target thumbv7em-none-eabihf
+cargo build --quiet -p petal-board --target thumbv7em-none-eabihf
 
 log "cargo test --workspace"
 cargo test --workspace 2>&1 | tee target/test.log

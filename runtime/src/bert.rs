@@ -218,27 +218,34 @@ impl<B: AsRef<[u8]>> Encoder<B> {
         let (h, heads) = (self.config.hidden, self.config.heads);
         let dh = h / heads;
         let scale = 1.0 / libm::sqrtf(dh as f32);
-        let mut ctx = vec![0f32; q.len()];
-        let mut scores = Vec::new();
-        let mut start = 0;
-        for &n in lens {
-            scores.resize(n, 0.0);
-            for head in 0..heads {
-                let col = head * dh;
-                for i in start..start + n {
-                    let qi = &q[i * h + col..i * h + col + dh];
-                    for (j, s) in (start..start + n).zip(scores.iter_mut()) {
-                        *s = kernels::dot(qi, &k[j * h + col..j * h + col + dh]) * scale;
-                    }
-                    kernels::softmax(&mut scores);
-                    let out = &mut ctx[i * h + col..i * h + col + dh];
-                    for (j, &p) in (start..start + n).zip(scores.iter()) {
-                        let vj = &v[j * h + col..j * h + col + dh];
-                        out.iter_mut().zip(vj).for_each(|(o, &x)| *o += p * x);
-                    }
+        let starts: Vec<usize> = lens.iter().scan(0, |s, &n| { let a = *s; *s += n; Some(a) }).collect();
+        // One task per (sequence, head): softmax(q k^T / sqrt(dh)) v, as `[n, dh]`.
+        let tasks = kernels::par_map(lens.len() * heads, |task| {
+            let (s, head) = (task / heads, task % heads);
+            let (start, n, col) = (starts[s], lens[s], head * dh);
+            let mut out = vec![0f32; n * dh];
+            let mut scores = vec![0f32; n];
+            for i in 0..n {
+                let qi = &q[(start + i) * h + col..(start + i) * h + col + dh];
+                for (j, sc) in scores.iter_mut().enumerate() {
+                    *sc = kernels::dot(qi, &k[(start + j) * h + col..(start + j) * h + col + dh]) * scale;
+                }
+                kernels::softmax(&mut scores);
+                let o = &mut out[i * dh..(i + 1) * dh];
+                for (j, &p) in scores.iter().enumerate() {
+                    let vj = &v[(start + j) * h + col..(start + j) * h + col + dh];
+                    o.iter_mut().zip(vj).for_each(|(o, &x)| *o += p * x);
                 }
             }
-            start += n;
+            out
+        });
+        let mut ctx = vec![0f32; q.len()];
+        for (task, out) in tasks.iter().enumerate() {
+            let (s, head) = (task / heads, task % heads);
+            for (i, row) in out.chunks_exact(dh).enumerate() {
+                let at = (starts[s] + i) * h + head * dh;
+                ctx[at..at + dh].copy_from_slice(row);
+            }
         }
         ctx
     }

@@ -90,6 +90,20 @@ pub struct Prediction {
 }
 
 /// A model file ready for text: `Send + Sync`, so one model serves many threads.
+///
+/// ```no_run
+/// use petal_runtime::pipeline::Model;
+///
+/// let model = Model::open("assets/models/minilm-q8_0.gguf")?;
+/// let embeddings = model.embed(&["A cat sits on the mat.", "Markets fell today."])?;
+/// assert_eq!(embeddings[0].len(), 384);
+///
+/// let classifier = Model::open("sentiment.gguf")?; // converted from a checkpoint with a head
+/// for p in classifier.classify(&["what a lovely day"])? {
+///     println!("{} {:.3}", p.label, p.score);
+/// }
+/// # Ok::<(), petal_runtime::pipeline::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Model {
     encoder: Encoder<Storage>,

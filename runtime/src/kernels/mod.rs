@@ -97,6 +97,9 @@ pub fn active() -> KernelSet {
     GENERIC
 }
 
+/// Tokens whose activations stay in L1 while a chunk of weight rows passes over them.
+const TOKEN_TILE: usize = 16;
+
 /// Below this many multiply-adds a linear layer runs on one thread.
 #[cfg(feature = "std")]
 const PARALLEL_MIN_MACS: usize = 1 << 16;
@@ -119,39 +122,46 @@ pub fn linear(x: &[f32], n: usize, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) 
         _ => {}
     }
     let bpr = cols / QK;
-    // Computes output rows `r0..r0 + out.len() / n` into `out`, laid out `[row][token]`.
+    // Computes output rows `r0..r0 + out.len() / n` into `out`, laid out `[row][token]`. Tokens
+    // go in tiles of TOKEN_TILE whose quantized activations stay in L1 while every weight row of
+    // the chunk passes over them.
     let rows_into = |r0: usize, out: &mut [f32]| {
         let mut buf = Vec::new();
-        for (i, o_out) in out.chunks_exact_mut(n).enumerate() {
-            let o = r0 + i;
-            let b = bias.get(o).copied().unwrap_or(0.0);
-            let wr = w.row(o);
-            match w.ty {
-                TensorType::Q8_0 => {
-                    let tok = |t: usize| &xq[t * bpr..(t + 1) * bpr];
-                    let mut t = 0;
-                    while t + 4 <= n {
-                        let r = (k.dot_q8_0_x4)(wr, [tok(t), tok(t + 1), tok(t + 2), tok(t + 3)]);
-                        for (j, v) in r.iter().enumerate() {
-                            o_out[t + j] = v + b;
+        let n_rows = out.len() / n;
+        for t0 in (0..n).step_by(TOKEN_TILE) {
+            let t1 = (t0 + TOKEN_TILE).min(n);
+            for i in 0..n_rows {
+                let o = r0 + i;
+                let b = bias.get(o).copied().unwrap_or(0.0);
+                let wr = w.row(o);
+                let o_out = &mut out[i * n..(i + 1) * n];
+                match w.ty {
+                    TensorType::Q8_0 => {
+                        let tok = |t: usize| &xq[t * bpr..(t + 1) * bpr];
+                        let mut t = t0;
+                        while t + 4 <= t1 {
+                            let r = (k.dot_q8_0_x4)(wr, [tok(t), tok(t + 1), tok(t + 2), tok(t + 3)]);
+                            for (j, v) in r.iter().enumerate() {
+                                o_out[t + j] = v + b;
+                            }
+                            t += 4;
                         }
-                        t += 4;
+                        for t in t..t1 {
+                            o_out[t] = (k.dot_q8_0)(wr, tok(t)) + b;
+                        }
                     }
-                    for (t, v) in o_out.iter_mut().enumerate().skip(t) {
-                        *v = (k.dot_q8_0)(wr, tok(t)) + b;
+                    TensorType::Q4_0 => {
+                        for t in t0..t1 {
+                            let blocks = t * bpr..(t + 1) * bpr;
+                            o_out[t] = (k.dot_q4_0)(wr, &xq[blocks.clone()]) + (k.dot_q4_0)(wr, &xr[blocks]) + b;
+                        }
                     }
-                }
-                TensorType::Q4_0 => {
-                    for (t, v) in o_out.iter_mut().enumerate() {
-                        let blocks = t * bpr..(t + 1) * bpr;
-                        *v = (k.dot_q4_0)(wr, &xq[blocks.clone()]) + (k.dot_q4_0)(wr, &xr[blocks]) + b;
-                    }
-                }
-                _ => {
-                    buf.resize(cols, 0.0);
-                    w.dequantize_row(o, &mut buf);
-                    for (t, v) in o_out.iter_mut().enumerate() {
-                        *v = (k.dot_f32)(&x[t * cols..(t + 1) * cols], &buf) + b;
+                    _ => {
+                        buf.resize(cols, 0.0);
+                        w.dequantize_row(o, &mut buf);
+                        for t in t0..t1 {
+                            o_out[t] = (k.dot_f32)(&x[t * cols..(t + 1) * cols], &buf) + b;
+                        }
                     }
                 }
             }
@@ -188,9 +198,26 @@ pub fn softmax(x: &mut [f32]) {
     generic::softmax(x)
 }
 
-/// Exact GELU, `x * Phi(x)`, in place.
+/// Exact GELU, `x * Phi(x)`, in place (in parallel chunks on the pool).
 pub fn gelu(x: &mut [f32]) {
+    #[cfg(feature = "std")]
+    {
+        use rayon::prelude::*;
+        x.par_chunks_mut(4096).for_each(generic::gelu);
+    }
+    #[cfg(not(feature = "std"))]
     generic::gelu(x)
+}
+
+/// `f(0), f(1), ..., f(count - 1)`, computed on the pool (sequentially without `std`).
+pub fn par_map<T: Send>(count: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
+    #[cfg(feature = "std")]
+    {
+        use rayon::prelude::*;
+        (0..count).into_par_iter().map(f).collect()
+    }
+    #[cfg(not(feature = "std"))]
+    (0..count).map(f).collect()
 }
 
 /// Dot product.
