@@ -33,7 +33,15 @@ impl Arch {
         })
     }
 
-    /// The `general.architecture` value.
+    /// The activation after the head's dense layer in this family's classifiers.
+    pub fn head_activation(self) -> HeadActivation {
+        match self {
+            Arch::DistilBert => HeadActivation::Relu,
+            _ => HeadActivation::Tanh,
+        }
+    }
+
+    /// The `general.architecture` value (also Hugging Face's `model_type`).
     pub fn name(self) -> &'static str {
         match self {
             Arch::Bert => "bert",
@@ -60,6 +68,16 @@ pub enum HeadActivation {
     Tanh,
     /// DistilBERT's pre_classifier.
     Relu,
+}
+
+impl HeadActivation {
+    /// The `petal.head.activation` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            HeadActivation::Tanh => "tanh",
+            HeadActivation::Relu => "relu",
+        }
+    }
 }
 
 /// Why a file could not be loaded as a model.
@@ -221,8 +239,9 @@ impl ModelConfig {
             return Err(LoadError::BadKey { key: key(names::OUTPUT_LABELS), expected: "a non-empty array of strings" });
         }
         let head_activation = match g.get(names::HEAD_ACTIVATION).map(|v| v.as_str()) {
-            None | Some(Some("tanh")) => HeadActivation::Tanh,
-            Some(Some("relu")) => HeadActivation::Relu,
+            None => arch.head_activation(),
+            Some(Some(a)) if a == HeadActivation::Tanh.name() => HeadActivation::Tanh,
+            Some(Some(a)) if a == HeadActivation::Relu.name() => HeadActivation::Relu,
             Some(_) => {
                 return Err(LoadError::BadKey { key: names::HEAD_ACTIVATION.to_string(), expected: "\"tanh\" or \"relu\"" })
             }

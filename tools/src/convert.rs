@@ -212,7 +212,7 @@ pub fn write_checkpoint(ck: Checkpoint<'_>, opts: &ConvertOptions, progress: &Pr
                 continue;
             }
             Some(Mapped::Skip) => continue,
-            None => bail!("{}: unexpected tensor \"{source}\" for architecture {}", st_path.display(), arch.gguf_name()),
+            None => bail!("{}: unexpected tensor \"{source}\" for architecture {}", st_path.display(), arch.name()),
         };
         if let Some((other, _)) = found.insert(target.clone(), (source.to_string(), view)) {
             bail!("{}: tensors \"{other}\" and \"{source}\" both map to \"{target}\"", st_path.display());
@@ -267,7 +267,7 @@ pub fn write_checkpoint(ck: Checkpoint<'_>, opts: &ConvertOptions, progress: &Pr
     let normalize = opts.normalize.unwrap_or(st_pooling.is_some_and(|p| p.normalize));
 
     let mut w = GgufWriter::new();
-    let an = arch.gguf_name();
+    let an = arch.name();
     let key = |s: &str| names::arch_key(an, s);
     w.set(names::ARCHITECTURE, an);
     w.set(names::NAME, ck.name.clone());
@@ -285,7 +285,7 @@ pub fn write_checkpoint(ck: Checkpoint<'_>, opts: &ConvertOptions, progress: &Pr
     w.set(names::PAD_TOKEN_ID, config.pad_token_id);
     if let Some(l) = &labels {
         w.set(&key(names::OUTPUT_LABELS), OwnedValue::StringArray(l.clone()));
-        w.set(names::HEAD_ACTIVATION, arch.head_activation());
+        w.set(names::HEAD_ACTIVATION, arch.head_activation().name());
         w.set(names::HEAD_INPUT, "cls");
     }
     w.set(names::SOURCE_SHA256, ck.sha256.clone());

@@ -8,39 +8,14 @@ use anyhow::{bail, Context, Result};
 use petal_runtime::gguf::names::tensor::{self, Block};
 use serde::Deserialize;
 
-/// The architectures petal converts, by `general.architecture` value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Arch {
-    Bert,
-    DistilBert,
-    Roberta,
-    XlmRoberta,
-}
+pub use petal_runtime::config::Arch;
 
-impl Arch {
-    pub fn gguf_name(self) -> &'static str {
-        match self {
-            Arch::Bert => "bert",
-            Arch::DistilBert => "distilbert",
-            Arch::Roberta => "roberta",
-            Arch::XlmRoberta => "xlm-roberta",
-        }
-    }
-
-    /// The prefix the base model's tensors carry in a `*ForSequenceClassification` checkpoint.
-    fn prefix(self) -> &'static str {
-        match self {
-            Arch::Bert => "bert.",
-            Arch::DistilBert => "distilbert.",
-            Arch::Roberta | Arch::XlmRoberta => "roberta.",
-        }
-    }
-
-    pub fn head_activation(self) -> &'static str {
-        match self {
-            Arch::DistilBert => "relu",
-            _ => "tanh",
-        }
+/// The prefix the base model's tensors carry in a `*ForSequenceClassification` checkpoint.
+fn prefix(arch: Arch) -> &'static str {
+    match arch {
+        Arch::DistilBert => "distilbert.",
+        Arch::Roberta | Arch::XlmRoberta => "roberta.",
+        _ => "bert.",
     }
 }
 
@@ -106,16 +81,11 @@ impl Config {
 
     pub fn parse(text: &str) -> Result<Self> {
         let raw: RawConfig = serde_json::from_str(text).context("invalid JSON")?;
-        let arch = match raw.model_type.as_deref() {
-            Some("bert") => Arch::Bert,
-            Some("distilbert") => Arch::DistilBert,
-            Some("roberta") => Arch::Roberta,
-            Some("xlm-roberta") => Arch::XlmRoberta,
-            Some(other) => bail!(
-                "unknown architecture \"{other}\" (petal converts bert, distilbert, roberta, xlm-roberta)"
-            ),
-            None => bail!("missing \"model_type\""),
-        };
+        // Hugging Face's model_type values are petal's architecture names.
+        let model_type = raw.model_type.as_deref().context("missing \"model_type\"")?;
+        let arch = Arch::from_name(model_type).with_context(|| {
+            format!("unknown architecture \"{model_type}\" (petal converts bert, distilbert, roberta, xlm-roberta)")
+        })?;
         if let Some(t) = raw.position_embedding_type.as_deref() {
             if t != "absolute" {
                 bail!("position_embedding_type \"{t}\" is not supported (only \"absolute\")");
@@ -201,7 +171,7 @@ pub enum Mapped {
 
 /// Maps a checkpoint tensor name onto petal's name, or `None` for a tensor petal does not know.
 pub fn map_name(arch: Arch, source: &str) -> Option<Mapped> {
-    let name = source.strip_prefix(arch.prefix()).unwrap_or(source);
+    let name = source.strip_prefix(prefix(arch)).unwrap_or(source);
     let param = |s: &str| -> Option<&'static str> {
         match s {
             "weight" => Some("weight"),
