@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
 # The project's whole test suite, as CI runs it on a fresh machine: installs what it needs,
 # fetches and converts the real model (scripts/setup.sh), checks the no_std core builds for a
-# Cortex-M, and runs every cargo test (goldens, hostile files, gguf-py interop).
+# Cortex-M, runs every cargo test (goldens, hostile files, gguf-py interop), and the runtime's
+# suite on aarch64 and armv7 under qemu-user.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 log() { printf '[test] %s\n' "$*" >&2; }
 
-log "rust targets"
-rustup target add thumbv7em-none-eabihf >/dev/null 2>&1 || rustup target add thumbv7em-none-eabihf
+log "rust targets and the ARM cross toolchains"
+TARGETS=(thumbv7em-none-eabihf aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
+rustup target add "${TARGETS[@]}" >/dev/null 2>&1 || rustup target add "${TARGETS[@]}"
+if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-gcc >/dev/null \
+   || ! command -v qemu-arm >/dev/null || ! command -v arm-linux-gnueabihf-gcc >/dev/null; then
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf \
+    libc6-dev-arm64-cross libc6-dev-armhf-cross qemu-user >/dev/null
+fi
 
 PETAL_PROFILE=dev bash scripts/setup.sh
 
@@ -17,8 +26,22 @@ cargo build --quiet -p petal-runtime --no-default-features --target thumbv7em-no
 cargo build --quiet -p petal-board --target thumbv7em-none-eabihf
 
 log "cargo test --workspace"
+mkdir -p target
+set +e  # keep going to print the duration and the summary; the exit status is kept
 cargo test --workspace 2>&1 | tee target/test.log
 status=${PIPESTATUS[0]}
+
+# The runtime's suite on ARM Linux under qemu-user (.cargo/config.toml sets linkers and
+# runners): aarch64 on QEMU's default CPU and on a Cortex-A53 (no dotprod, no i8mm), and armv7.
+for run in "aarch64-unknown-linux-gnu:" "aarch64-unknown-linux-gnu:cortex-a53" "armv7-unknown-linux-gnueabihf:"; do
+  target=${run%%:*} cpu=${run#*:}
+  log "petal-runtime tests on $target under qemu${cpu:+ (QEMU_CPU=$cpu)}"
+  if [ -n "$cpu" ]; then export QEMU_CPU=$cpu; else unset QEMU_CPU; fi
+  if [ "$status" = 0 ]; then
+    cargo test -p petal-runtime --target "$target" 2>&1 | tee -a target/test.log
+    status=${PIPESTATUS[0]}
+  fi
+done
 log "finished in $(( $(date +%s) - start )) s"
 grep -h "^test result:" target/test.log | awk '{p+=$4; f+=$6} END {printf "summary: %d passed, %d failed\n", p, f}'
 exit "$status"

@@ -16,6 +16,7 @@ const FDOT_REL_TOL: f32 = 1e-5;
 const LINEAR_ACT_QUANT_MIN_COS: f64 = 0.9995;
 
 fn variants() -> Vec<KernelSet> {
+    #[allow(unused_mut)] // only x86_64 adds variants today
     let mut v = vec![kernels::GENERIC];
     #[cfg(target_arch = "x86_64")]
     v.extend(kernels::avx2());
