@@ -16,10 +16,12 @@ const FDOT_REL_TOL: f32 = 1e-5;
 const LINEAR_ACT_QUANT_MIN_COS: f64 = 0.9995;
 
 fn variants() -> Vec<KernelSet> {
-    #[allow(unused_mut)] // only x86_64 adds variants today
+    #[allow(unused_mut)] // targets without variants (armv7) keep the reference alone
     let mut v = vec![kernels::GENERIC];
     #[cfg(target_arch = "x86_64")]
     v.extend(kernels::avx2());
+    #[cfg(target_arch = "aarch64")]
+    v.extend(kernels::neon());
     v
 }
 

@@ -10,6 +10,9 @@ pub mod qdot;
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 pub mod x86_64;
+#[cfg(target_arch = "aarch64")]
+#[allow(unsafe_code)]
+pub mod aarch64;
 
 use alloc::vec::Vec;
 
@@ -77,6 +80,21 @@ pub fn avx2() -> Option<KernelSet> {
     Some(KernelSet { name: "avx2", dot_q8_0: q8, dot_q8_0_x4: q8x4, dot_q4_0: q4, dot_f32: f })
 }
 
+/// The NEON set (aarch64 always has NEON); Q4_0 and f32 products use the references.
+#[cfg(target_arch = "aarch64")]
+pub fn neon() -> Option<KernelSet> {
+    #[allow(unsafe_code)]
+    fn q8(w: &[u8], x: &[ActBlock]) -> f32 {
+        assert!(w.len() >= x.len() * qdot::Q8_0_BLOCK_BYTES);
+        // SAFETY: NEON is part of the aarch64 baseline; length asserted.
+        unsafe { aarch64::neon::dot_q8_0(w, x) }
+    }
+    fn q8x4(w: &[u8], x: [&[ActBlock]; 4]) -> [f32; 4] {
+        [q8(w, x[0]), q8(w, x[1]), q8(w, x[2]), q8(w, x[3])]
+    }
+    Some(KernelSet { name: "neon", dot_q8_0: q8, dot_q8_0_x4: q8x4, dot_q4_0: generic::dot_q4_0, dot_f32: generic::dot })
+}
+
 /// The kernel set in use: the best this CPU supports, unless `PETAL_KERNELS=generic`.
 pub fn active() -> KernelSet {
     #[cfg(feature = "std")]
@@ -88,6 +106,10 @@ pub fn active() -> KernelSet {
             }
             #[cfg(target_arch = "x86_64")]
             if let Some(k) = avx2() {
+                return k;
+            }
+            #[cfg(target_arch = "aarch64")]
+            if let Some(k) = neon() {
                 return k;
             }
             GENERIC
