@@ -200,12 +200,7 @@ fn convert_summary(r: &convert::ConvertReport) -> String {
 
 /// Writes a result to stdout; a closed pipe (`petal inspect m.gguf | head`) is not an error.
 fn emit(text: &str) -> Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(()),
-    }
+    infer::write_out(text).map(|_| ())
 }
 
 fn run(cli: Cli) -> Result<()> {
