@@ -83,13 +83,15 @@ log "assets verified in $ASSETS"
 
 # The Python side of the interop tests: the gguf package (and numpy) in a private venv.
 GGUF_VERSION=0.19.0
-if ! "$ASSETS/pyenv/bin/python" -c "import gguf, sys; sys.exit(gguf.__version__ != '$GGUF_VERSION')" 2>/dev/null; then
+have_gguf() {
+  "$ASSETS/pyenv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('gguf') != '$GGUF_VERSION')" 2>/dev/null
+}
+if ! have_gguf; then
   log "creating $ASSETS/pyenv with gguf==$GGUF_VERSION"
   "$PYTHON" -m venv "$ASSETS/pyenv"
   "$ASSETS/pyenv/bin/python" -m pip install --quiet --disable-pip-version-check "gguf==$GGUF_VERSION"
 fi
-# gguf-py 0.19 has no __version__; accept an importable package of the pinned version.
-"$ASSETS/pyenv/bin/python" -c "import importlib.metadata as m; assert m.version('gguf') == '$GGUF_VERSION'"
+have_gguf || { log "gguf==$GGUF_VERSION did not install into $ASSETS/pyenv"; exit 1; }
 
 # PETAL_PROFILE=dev reuses the test build (CI); the default is an optimized release build.
 PROFILE=${PETAL_PROFILE:-release}
