@@ -12,7 +12,6 @@ use petal_runtime::mmap::Mapping;
 use petal_runtime::quant::{self, TensorType};
 use safetensors::{Dtype, SafeTensors};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::hf::{self, Arch, Config, Mapped};
 
@@ -183,7 +182,7 @@ pub fn convert(opts: &ConvertOptions, progress: &ProgressBar) -> Result<ConvertR
         config,
         tensors,
         weights_path: st_path,
-        sha256: hex(&Sha256::digest(map.bytes())),
+        sha256: petal_adapt::adapter::base_hash(map.bytes()),
         format: "safetensors",
         sentence_pooling: hf::sentence_pooling(src)?,
         tokenizer_json,
@@ -350,9 +349,5 @@ pub fn write_checkpoint(ck: Checkpoint<'_>, opts: &ConvertOptions, progress: &Pr
         dropped,
         fallbacks,
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 use tract_onnx::pb::{self, NodeProto, TensorProto};
 use tract_onnx::prelude::Framework;
 
@@ -195,7 +194,7 @@ fn hf_name(name: &str) -> Option<&str> {
 impl OnnxWeights {
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-        let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let sha256 = petal_adapt::adapter::base_hash(&bytes);
         let proto = tract_onnx::onnx()
             .proto_model_for_read(&mut &bytes[..])
             .map_err(|e| anyhow::anyhow!("{}: not a valid ONNX file: {e}", path.display()))?;
