@@ -11,7 +11,10 @@ use petal_tools::convert::{convert, ConvertOptions};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// A golden folder copied into the project (`testdata/golden/NAME`).
@@ -22,9 +25,15 @@ pub fn golden(name: &str) -> PathBuf {
 /// The fetched assets (`scripts/setup.sh`), or `$PETAL_ASSETS`. Panics with the fix when a
 /// needed file is missing: these tests never skip.
 pub fn asset(rel: &str) -> PathBuf {
-    let root = std::env::var_os("PETAL_ASSETS").map(PathBuf::from).unwrap_or_else(|| workspace().join("assets"));
+    let root = std::env::var_os("PETAL_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("assets"));
     let p = root.join(rel);
-    assert!(p.exists(), "{} is missing: run scripts/setup.sh first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup.sh first",
+        p.display()
+    );
     p
 }
 
@@ -33,7 +42,8 @@ pub fn convert_to(src: &Path, dtype: TensorType, dir: &Path) -> PathBuf {
     let name = src.file_name().unwrap().to_string_lossy();
     let out = dir.join(format!("{name}-{}.gguf", dtype.name()));
     let opts = ConvertOptions::new(src.to_path_buf(), out.clone(), dtype);
-    convert(&opts, &indicatif::ProgressBar::hidden()).unwrap_or_else(|e| panic!("convert {}: {e:#}", src.display()));
+    convert(&opts, &indicatif::ProgressBar::hidden())
+        .unwrap_or_else(|e| panic!("convert {}: {e:#}", src.display()));
     out
 }
 
@@ -45,14 +55,19 @@ pub fn dequantized_copy(src: &Path, out: &Path) {
     let mut w = GgufWriter::new();
     for (k, v) in g.metadata() {
         if *k != petal_runtime::gguf::names::ALIGNMENT {
-            w.set(k, OwnedValue::from_value(v).unwrap_or_else(|| panic!("key {k} not copyable")));
+            w.set(
+                k,
+                OwnedValue::from_value(v).unwrap_or_else(|| panic!("key {k} not copyable")),
+            );
         }
     }
     for t in g.tensors() {
         let mut f = Vec::new();
-        petal_runtime::quant::dequantize(g.tensor_data(t), t.ty, t.n_elements() as usize, &mut f).unwrap();
+        petal_runtime::quant::dequantize(g.tensor_data(t), t.ty, t.n_elements() as usize, &mut f)
+            .unwrap();
         let bytes = f.iter().flat_map(|x| x.to_le_bytes()).collect();
-        w.add_tensor(t.name, &t.shape(), TensorType::F32, bytes).unwrap();
+        w.add_tensor(t.name, &t.shape(), TensorType::F32, bytes)
+            .unwrap();
     }
     w.write_atomic(out).unwrap();
 }
@@ -75,12 +90,27 @@ pub fn read_golden(path: &Path) -> HashMap<String, GoldenTensor> {
         .map(|(name, v)| {
             let d = v.data();
             let values: Vec<f64> = match v.dtype() {
-                safetensors::Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-                safetensors::Dtype::F64 => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
-                safetensors::Dtype::I64 => d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+                safetensors::Dtype::F32 => d
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
+                safetensors::Dtype::F64 => d
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+                safetensors::Dtype::I64 => d
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
                 other => panic!("{name}: unexpected dtype {other:?}"),
             };
-            (name, GoldenTensor { shape: v.shape().to_vec(), values })
+            (
+                name,
+                GoldenTensor {
+                    shape: v.shape().to_vec(),
+                    values,
+                },
+            )
         })
         .collect()
 }
@@ -95,6 +125,12 @@ pub fn cosine(a: &[f32], b: &[f64]) -> f64 {
 
 /// The texts of a `golden.json`.
 pub fn golden_texts(dir: &Path) -> Vec<String> {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
-    v["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect()
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
+    v["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect()
 }

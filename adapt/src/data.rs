@@ -56,17 +56,37 @@ impl fmt::Display for DataError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DataError::Io(p, e) => write!(f, "{}: {e}", p.display()),
-            DataError::InvalidJson { path, line, message } => {
-                write!(f, "{}: line {line}: invalid JSON: {message}", path.display())
+            DataError::InvalidJson {
+                path,
+                line,
+                message,
+            } => {
+                write!(
+                    f,
+                    "{}: line {line}: invalid JSON: {message}",
+                    path.display()
+                )
             }
             DataError::MissingField { path, line, field } => {
-                write!(f, "{}: line {line}: missing string field \"{field}\"", path.display())
+                write!(
+                    f,
+                    "{}: line {line}: missing string field \"{field}\"",
+                    path.display()
+                )
             }
             DataError::UnknownField { path, line, field } => {
-                write!(f, "{}: line {line}: unknown field \"{field}\" (expected \"text\" and \"label\")", path.display())
+                write!(
+                    f,
+                    "{}: line {line}: unknown field \"{field}\" (expected \"text\" and \"label\")",
+                    path.display()
+                )
             }
             DataError::Empty(p) => write!(f, "{}: no examples", p.display()),
-            DataError::OneClass(p, l) => write!(f, "{}: every example has label \"{l}\"; at least two classes are needed", p.display()),
+            DataError::OneClass(p, l) => write!(
+                f,
+                "{}: every example has label \"{l}\"; at least two classes are needed",
+                p.display()
+            ),
         }
     }
 }
@@ -87,26 +107,38 @@ pub fn parse_jsonl(text: &str, path: &Path) -> Result<Vec<Example>, DataError> {
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| DataError::InvalidJson {
-            path: path.into(),
-            line: line_no,
-            message: e.to_string(),
-        })?;
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| DataError::InvalidJson {
+                path: path.into(),
+                line: line_no,
+                message: e.to_string(),
+            })?;
         let obj = v.as_object().ok_or_else(|| DataError::InvalidJson {
             path: path.into(),
             line: line_no,
             message: "not an object".into(),
         })?;
         if let Some(k) = obj.keys().find(|k| *k != "text" && *k != "label") {
-            return Err(DataError::UnknownField { path: path.into(), line: line_no, field: k.clone() });
+            return Err(DataError::UnknownField {
+                path: path.into(),
+                line: line_no,
+                field: k.clone(),
+            });
         }
         let field = |f: &'static str| {
             obj.get(f)
                 .and_then(|v| v.as_str())
                 .map(str::to_string)
-                .ok_or(DataError::MissingField { path: path.into(), line: line_no, field: f })
+                .ok_or(DataError::MissingField {
+                    path: path.into(),
+                    line: line_no,
+                    field: f,
+                })
         };
-        out.push(Example { text: field("text")?, label: field("label")? });
+        out.push(Example {
+            text: field("text")?,
+            label: field("label")?,
+        });
     }
     if out.is_empty() {
         return Err(DataError::Empty(path.into()));
@@ -134,7 +166,8 @@ mod tests {
 
     #[test]
     fn good_lines_and_blank_lines() {
-        let e = parse("{\"text\":\"a\",\"label\":\"x\"}\n\n{\"label\":\"y\",\"text\":\"b\"}\n").unwrap();
+        let e = parse("{\"text\":\"a\",\"label\":\"x\"}\n\n{\"label\":\"y\",\"text\":\"b\"}\n")
+            .unwrap();
         assert_eq!(e.len(), 2);
         assert_eq!(labels(&e, Path::new("t")).unwrap(), ["x", "y"]);
     }
@@ -142,12 +175,24 @@ mod tests {
     #[test]
     fn each_error_names_the_line() {
         let msg = |s: &str| parse(s).unwrap_err().to_string();
-        assert_eq!(msg("{\"text\":\"a\",\"label\":\"x\"}\n{oops\n"), "t.jsonl: line 2: invalid JSON: key must be a string at line 1 column 2");
-        assert_eq!(msg("{\"text\":\"a\"}"), "t.jsonl: line 1: missing string field \"label\"");
-        assert_eq!(msg("{\"text\":\"a\",\"label\":\"x\",\"id\":3}"), "t.jsonl: line 1: unknown field \"id\" (expected \"text\" and \"label\")");
+        assert_eq!(
+            msg("{\"text\":\"a\",\"label\":\"x\"}\n{oops\n"),
+            "t.jsonl: line 2: invalid JSON: key must be a string at line 1 column 2"
+        );
+        assert_eq!(
+            msg("{\"text\":\"a\"}"),
+            "t.jsonl: line 1: missing string field \"label\""
+        );
+        assert_eq!(
+            msg("{\"text\":\"a\",\"label\":\"x\",\"id\":3}"),
+            "t.jsonl: line 1: unknown field \"id\" (expected \"text\" and \"label\")"
+        );
         assert_eq!(msg("[1]"), "t.jsonl: line 1: invalid JSON: not an object");
         assert_eq!(msg("\n\n"), "t.jsonl: no examples");
         let one = parse("{\"text\":\"a\",\"label\":\"x\"}").unwrap();
-        assert_eq!(labels(&one, Path::new("t.jsonl")).unwrap_err().to_string(), "t.jsonl: every example has label \"x\"; at least two classes are needed");
+        assert_eq!(
+            labels(&one, Path::new("t.jsonl")).unwrap_err().to_string(),
+            "t.jsonl: every example has label \"x\"; at least two classes are needed"
+        );
     }
 }

@@ -39,7 +39,11 @@ pub fn report(labels: &[String], gold: &[usize], predicted: &[usize]) -> Report 
     Report {
         labels: labels.to_vec(),
         confusion,
-        accuracy: if n == 0 { 0.0 } else { correct as f64 / n as f64 },
+        accuracy: if n == 0 {
+            0.0
+        } else {
+            correct as f64 / n as f64
+        },
         macro_f1: f1s.iter().sum::<f64>() / k.max(1) as f64,
         n,
     }

@@ -9,6 +9,8 @@
 pub mod adapter;
 pub mod data;
 pub mod eval;
+pub mod grad;
+pub mod methods;
 pub mod optim;
 pub mod train_head;
 

@@ -19,7 +19,14 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, warmup: 0.1 }
+        AdamWConfig {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            warmup: 0.1,
+        }
     }
 }
 
@@ -36,7 +43,13 @@ pub struct AdamW {
 impl AdamW {
     /// State for `n` parameters over `total_steps` steps.
     pub fn new(cfg: AdamWConfig, n: usize, total_steps: u32) -> Self {
-        AdamW { cfg, m: vec![0.0; n], v: vec![0.0; n], step: 0, total_steps: total_steps.max(1) }
+        AdamW {
+            cfg,
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+            step: 0,
+            total_steps: total_steps.max(1),
+        }
     }
 
     /// The learning rate of the next step: linear warmup, then linear decay to 0.
@@ -79,7 +92,15 @@ mod tests {
 
     #[test]
     fn schedule_warms_up_then_decays() {
-        let mut o = AdamW::new(AdamWConfig { lr: 1.0, warmup: 0.1, ..Default::default() }, 1, 100);
+        let mut o = AdamW::new(
+            AdamWConfig {
+                lr: 1.0,
+                warmup: 0.1,
+                ..Default::default()
+            },
+            1,
+            100,
+        );
         let mut lrs = Vec::new();
         let mut p = [0.0f32];
         for _ in 0..100 {
@@ -93,12 +114,24 @@ mod tests {
 
     #[test]
     fn minimizes_a_quadratic() {
-        let mut o = AdamW::new(AdamWConfig { lr: 0.1, weight_decay: 0.0, warmup: 0.0, ..Default::default() }, 2, 500);
+        let mut o = AdamW::new(
+            AdamWConfig {
+                lr: 0.1,
+                weight_decay: 0.0,
+                warmup: 0.0,
+                ..Default::default()
+            },
+            2,
+            500,
+        );
         let mut p = [3.0f32, -2.0];
         for _ in 0..500 {
             let g = [2.0 * (p[0] - 1.0), 2.0 * (p[1] + 0.5)];
             o.update(&mut p, &g, &|_| true);
         }
-        assert!((p[0] - 1.0).abs() < 1e-2 && (p[1] + 0.5).abs() < 1e-2, "{p:?}");
+        assert!(
+            (p[0] - 1.0).abs() < 1e-2 && (p[1] + 0.5).abs() < 1e-2,
+            "{p:?}"
+        );
     }
 }

@@ -23,7 +23,12 @@ impl Default for HeadConfig {
     fn default() -> Self {
         HeadConfig {
             epochs: 300,
-            optim: AdamWConfig { lr: 0.05, weight_decay: 0.01, warmup: 0.05, ..Default::default() },
+            optim: AdamWConfig {
+                lr: 0.05,
+                weight_decay: 0.01,
+                warmup: 0.05,
+                ..Default::default()
+            },
             max_time: None,
         }
     }
@@ -41,7 +46,10 @@ pub fn loss_and_grad(head: &LinearHead, x: &[Vec<f32>], y: &[usize]) -> (f32, Ve
         loss -= p[yi].max(1e-12).ln();
         for c in 0..k {
             let g = (p[c] - if c == yi { 1.0 } else { 0.0 }) / n;
-            grad[c * d..(c + 1) * d].iter_mut().zip(xi).for_each(|(gw, &xv)| *gw += g * xv);
+            grad[c * d..(c + 1) * d]
+                .iter_mut()
+                .zip(xi)
+                .for_each(|(gw, &xv)| *gw += g * xv);
             grad[k * d + c] += g;
         }
     }
@@ -59,7 +67,12 @@ pub fn train(
     mut progress: impl FnMut(u32, f32),
 ) -> LinearHead {
     let (k, d) = (labels.len(), x.first().map_or(0, Vec::len));
-    let mut head = LinearHead { input: HeadInput::Pooled, labels, weight: vec![0.0; k * d], bias: vec![0.0; k] };
+    let mut head = LinearHead {
+        input: HeadInput::Pooled,
+        labels,
+        weight: vec![0.0; k * d],
+        bias: vec![0.0; k],
+    };
     let mut opt = AdamW::new(cfg.optim, k * d + k, cfg.epochs);
     let start = Instant::now();
     let mut params = vec![0f32; k * d + k];
@@ -112,9 +125,17 @@ mod tests {
 
     #[test]
     fn separable_data_is_learned() {
-        let x: Vec<Vec<f32>> = (0..20).map(|i| vec![if i % 2 == 0 { 1.0 } else { -1.0 }, (i as f32).cos()]).collect();
+        let x: Vec<Vec<f32>> = (0..20)
+            .map(|i| vec![if i % 2 == 0 { 1.0 } else { -1.0 }, (i as f32).cos()])
+            .collect();
         let y: Vec<usize> = (0..20).map(|i| i % 2).collect();
-        let head = train(&x, &y, vec!["even".into(), "odd".into()], &HeadConfig::default(), |_, _| {});
+        let head = train(
+            &x,
+            &y,
+            vec!["even".into(), "odd".into()],
+            &HeadConfig::default(),
+            |_, _| {},
+        );
         let correct = x.iter().zip(&y).filter(|(xi, &yi)| {
             let l = head.logits(xi);
             (l[1] > l[0]) as usize == yi

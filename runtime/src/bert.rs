@@ -61,26 +61,68 @@ pub enum ForwardError {
 impl fmt::Display for ForwardError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ForwardError::TokenOutOfRange { id, vocab } => write!(f, "token id {id} is outside the vocabulary of {vocab}"),
-            ForwardError::TypeOutOfRange { id, types } => write!(f, "token type {id} is outside the {types} types"),
-            ForwardError::TooLong { len, max } => write!(f, "sequence of {len} tokens exceeds the model's {max}"),
+            ForwardError::TokenOutOfRange { id, vocab } => {
+                write!(f, "token id {id} is outside the vocabulary of {vocab}")
+            }
+            ForwardError::TypeOutOfRange { id, types } => {
+                write!(f, "token type {id} is outside the {types} types")
+            }
+            ForwardError::TooLong { len, max } => {
+                write!(f, "sequence of {len} tokens exceeds the model's {max}")
+            }
             ForwardError::EmptySequence => write!(f, "empty sequence"),
-            ForwardError::LengthMismatch => write!(f, "sequence lengths do not match the token ids"),
+            ForwardError::LengthMismatch => {
+                write!(f, "sequence lengths do not match the token ids")
+            }
         }
     }
 }
 
 impl core::error::Error for ForwardError {}
 
+/// Where a LayerNorm sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NormSite {
+    /// After the embeddings.
+    Embeddings,
+    /// After self-attention in layer `n`.
+    Attention(usize),
+    /// After the feed-forward in layer `n`.
+    Output(usize),
+}
+
 /// Points where training and adapters plug into the forward pass. Every method defaults to
-/// doing nothing.
+/// doing nothing; the training tape records what the backward pass needs through them.
 pub trait Hooks {
     /// Sees the hidden states after the embeddings (`index` 0) and after layer `index - 1`.
     fn hidden_state(&mut self, _index: usize, _states: &[f32]) {}
 
+    /// Sees, and may replace, the word embedding of token `token` (its index in the packed
+    /// batch): prompt tuning puts its virtual tokens here.
+    fn word_embedding(&mut self, _token: usize, _row: &mut [f32]) {}
+
     /// Sees, and may change, the output `y` (`[tokens, out]`) that linear layer `part` of layer
-    /// `layer` computed from `x` (`[tokens, in]`): LoRA and IA3 act here.
+    /// `layer` computed from `x` (`[tokens, in]`): LoRA, IA3, BitFit and bottleneck adapters
+    /// act here.
     fn linear_output(&mut self, _layer: usize, _part: Block, _x: &[f32], _y: &mut [f32]) {}
+
+    /// Sees the input of a LayerNorm (`[tokens, H]`).
+    fn norm_input(&mut self, _site: NormSite, _x: &[f32]) {}
+
+    /// Sees, and may change, the output of a LayerNorm.
+    fn norm_output(&mut self, _site: NormSite, _y: &mut [f32]) {}
+
+    /// Positions to skip before each sequence's first token: prefix tuning's virtual tokens
+    /// occupy the first positions, as in Hugging Face models given past keys and values.
+    fn position_shift(&self) -> usize {
+        0
+    }
+
+    /// Keys and values (`[P, H]` each, after their projections) that every sequence attends to
+    /// before its own tokens in layer `layer`: prefix tuning.
+    fn attention_prefix(&self, _layer: usize) -> Option<(&[f32], &[f32])> {
+        None
+    }
 }
 
 /// Hooks that do nothing: plain inference.
@@ -126,7 +168,11 @@ impl<B: AsRef<[u8]>> Encoder<B> {
             let weights = Weights::resolve(&g, &config)?;
             (config, weights)
         };
-        Ok(Encoder { bytes, config, weights })
+        Ok(Encoder {
+            bytes,
+            config,
+            weights,
+        })
     }
 
     /// The configuration read from the file.
@@ -159,17 +205,29 @@ impl<B: AsRef<[u8]>> Encoder<B> {
 
     fn norm(&self, norm: &Norm, x: &mut [f32]) {
         let bytes = self.bytes();
-        kernels::layer_norm(x, &norm.weight.f32s(bytes), &norm.bias.f32s(bytes), self.config.eps);
+        kernels::layer_norm(
+            x,
+            &norm.weight.f32s(bytes),
+            &norm.bias.f32s(bytes),
+            self.config.eps,
+        );
     }
 
-    fn check(&self, input: &Input<'_>) -> Result<(), ForwardError> {
+    fn hooked_norm(&self, norm: &Norm, site: NormSite, x: &mut [f32], hooks: &mut dyn Hooks) {
+        hooks.norm_input(site, x);
+        self.norm(norm, x);
+        hooks.norm_output(site, x);
+    }
+
+    fn check(&self, input: &Input<'_>, shift: usize) -> Result<(), ForwardError> {
         if input.lens.iter().sum::<usize>() != input.ids.len()
             || input.type_ids.is_some_and(|t| t.len() != input.ids.len())
         {
             return Err(ForwardError::LengthMismatch);
         }
-        if let Some(&len) = input.lens.iter().find(|&&l| l > self.config.context_length) {
-            return Err(ForwardError::TooLong { len, max: self.config.context_length });
+        let max = self.config.context_length.saturating_sub(shift);
+        if let Some(&len) = input.lens.iter().find(|&&l| l > max) {
+            return Err(ForwardError::TooLong { len, max });
         }
         if input.lens.contains(&0) {
             return Err(ForwardError::EmptySequence);
@@ -179,26 +237,31 @@ impl<B: AsRef<[u8]>> Encoder<B> {
             return Err(ForwardError::TokenOutOfRange { id, vocab });
         }
         let types = self.weights.token_types.map_or(1, |t| t.rows);
-        if let Some(&id) = input.type_ids.and_then(|t| t.iter().find(|&&id| id as usize >= types)) {
+        if let Some(&id) = input
+            .type_ids
+            .and_then(|t| t.iter().find(|&&id| id as usize >= types))
+        {
             return Err(ForwardError::TypeOutOfRange { id, types });
         }
         Ok(())
     }
 
     /// Embeddings: word + position (+ token type), then LayerNorm. `[tokens, H]`.
-    fn embeddings(&self, input: &Input<'_>) -> Vec<f32> {
+    fn embeddings(&self, input: &Input<'_>, hooks: &mut dyn Hooks) -> Vec<f32> {
         let (bytes, h) = (self.bytes(), self.config.hidden);
         let words = self.weights.token_embd.view(bytes);
         let positions = self.weights.position_embd.view(bytes);
         let types = self.weights.token_types.map(|t| t.view(bytes));
         let mut x = vec![0f32; input.ids.len() * h];
         let mut row = vec![0f32; h];
+        let first = self.config.position_offset + hooks.position_shift();
         let mut t = 0;
         for &len in input.lens {
             for pos in 0..len {
                 let out = &mut x[t * h..(t + 1) * h];
                 words.dequantize_row(input.ids[t] as usize, out);
-                positions.dequantize_row(self.config.position_offset + pos, &mut row);
+                hooks.word_embedding(t, out);
+                positions.dequantize_row(first + pos, &mut row);
                 out.iter_mut().zip(&row).for_each(|(o, p)| *o += p);
                 if let Some(types) = &types {
                     let ty = input.type_ids.map_or(0, |ids| ids[t]) as usize;
@@ -208,33 +271,63 @@ impl<B: AsRef<[u8]>> Encoder<B> {
                 t += 1;
             }
         }
-        self.norm(&self.weights.embd_norm, &mut x);
+        self.hooked_norm(&self.weights.embd_norm, NormSite::Embeddings, &mut x, hooks);
         x
     }
 
-    /// Multi-head self-attention within each sequence; returns the context `[tokens, H]`
-    /// before the output projection.
-    fn attention(&self, q: &[f32], k: &[f32], v: &[f32], lens: &[usize]) -> Vec<f32> {
+    /// Multi-head self-attention within each sequence, after the `prefix` keys and values if
+    /// any; returns the context `[tokens, H]` before the output projection.
+    fn attention(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        lens: &[usize],
+        prefix: Option<(&[f32], &[f32])>,
+    ) -> Vec<f32> {
         let (h, heads) = (self.config.hidden, self.config.heads);
         let dh = h / heads;
         let scale = 1.0 / libm::sqrtf(dh as f32);
-        let starts: Vec<usize> = lens.iter().scan(0, |s, &n| { let a = *s; *s += n; Some(a) }).collect();
+        let starts: Vec<usize> = lens
+            .iter()
+            .scan(0, |s, &n| {
+                let a = *s;
+                *s += n;
+                Some(a)
+            })
+            .collect();
         // One task per (sequence, head): softmax(q k^T / sqrt(dh)) v, as `[n, dh]`.
         let tasks = kernels::par_map(lens.len() * heads, |task| {
             let (s, head) = (task / heads, task % heads);
             let (start, n, col) = (starts[s], lens[s], head * dh);
+            let (pk, pv) = prefix.unwrap_or((&[], &[]));
+            let np = pk.len() / h;
+            // Key/value row j of this sequence: the prefix's first, then the sequence's own.
+            let key = |j: usize| {
+                if j < np {
+                    &pk[j * h + col..j * h + col + dh]
+                } else {
+                    &k[(start + j - np) * h + col..(start + j - np) * h + col + dh]
+                }
+            };
+            let value = |j: usize| {
+                if j < np {
+                    &pv[j * h + col..j * h + col + dh]
+                } else {
+                    &v[(start + j - np) * h + col..(start + j - np) * h + col + dh]
+                }
+            };
             let mut out = vec![0f32; n * dh];
-            let mut scores = vec![0f32; n];
+            let mut scores = vec![0f32; np + n];
             for i in 0..n {
                 let qi = &q[(start + i) * h + col..(start + i) * h + col + dh];
                 for (j, sc) in scores.iter_mut().enumerate() {
-                    *sc = kernels::dot(qi, &k[(start + j) * h + col..(start + j) * h + col + dh]) * scale;
+                    *sc = kernels::dot(qi, key(j)) * scale;
                 }
                 kernels::softmax(&mut scores);
                 let o = &mut out[i * dh..(i + 1) * dh];
                 for (j, &p) in scores.iter().enumerate() {
-                    let vj = &v[(start + j) * h + col..(start + j) * h + col + dh];
-                    o.iter_mut().zip(vj).for_each(|(o, &x)| *o += p * x);
+                    o.iter_mut().zip(value(j)).for_each(|(o, &x)| *o += p * x);
                 }
             }
             out
@@ -251,35 +344,43 @@ impl<B: AsRef<[u8]>> Encoder<B> {
     }
 
     /// Runs the encoder; returns the last hidden states.
-    pub fn forward(&self, input: &Input<'_>, hooks: &mut dyn Hooks) -> Result<Hidden, ForwardError> {
-        self.check(input)?;
+    pub fn forward(
+        &self,
+        input: &Input<'_>,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Hidden, ForwardError> {
+        self.check(input, hooks.position_shift())?;
         let n = input.ids.len();
-        let mut x = self.embeddings(input);
+        let mut x = self.embeddings(input, hooks);
         hooks.hidden_state(0, &x);
         for (l, layer) in self.weights.layers.iter().enumerate() {
-            let mut proj = |part: Block, lin: &Linear, inp: &[f32]| {
+            let proj = |hooks: &mut dyn Hooks, part: Block, lin: &Linear, inp: &[f32]| {
                 let mut y = self.linear(lin, inp, n);
                 hooks.linear_output(l, part, inp, &mut y);
                 y
             };
             // Self-attention, then residual and LayerNorm (post-LN).
-            let q = proj(Block::AttnQ, &layer.q, &x);
-            let k = proj(Block::AttnK, &layer.k, &x);
-            let v = proj(Block::AttnV, &layer.v, &x);
-            let ctx = self.attention(&q, &k, &v, input.lens);
-            let mut a = proj(Block::AttnOutput, &layer.o, &ctx);
+            let q = proj(hooks, Block::AttnQ, &layer.q, &x);
+            let k = proj(hooks, Block::AttnK, &layer.k, &x);
+            let v = proj(hooks, Block::AttnV, &layer.v, &x);
+            let ctx = self.attention(&q, &k, &v, input.lens, hooks.attention_prefix(l));
+            let mut a = proj(hooks, Block::AttnOutput, &layer.o, &ctx);
             a.iter_mut().zip(&x).for_each(|(a, x)| *a += x);
-            self.norm(&layer.attn_norm, &mut a);
+            self.hooked_norm(&layer.attn_norm, NormSite::Attention(l), &mut a, hooks);
             // Feed-forward with exact GELU, then residual and LayerNorm.
-            let mut u = proj(Block::FfnUp, &layer.up, &a);
+            let mut u = proj(hooks, Block::FfnUp, &layer.up, &a);
             kernels::gelu(&mut u);
-            let mut d = proj(Block::FfnDown, &layer.down, &u);
+            let mut d = proj(hooks, Block::FfnDown, &layer.down, &u);
             d.iter_mut().zip(&a).for_each(|(d, a)| *d += a);
-            self.norm(&layer.out_norm, &mut d);
+            self.hooked_norm(&layer.out_norm, NormSite::Output(l), &mut d, hooks);
             x = d;
             hooks.hidden_state(l + 1, &x);
         }
-        Ok(Hidden { states: x, lens: input.lens.to_vec(), hidden: self.config.hidden })
+        Ok(Hidden {
+            states: x,
+            lens: input.lens.to_vec(),
+            hidden: self.config.hidden,
+        })
     }
 
     /// Sentence embeddings: pooled as the file says (mean or CLS), L2-normalized if it says so.
@@ -304,7 +405,9 @@ impl<B: AsRef<[u8]>> Encoder<B> {
     pub fn logits(&self, hidden: &Hidden) -> Option<Vec<Vec<f32>>> {
         let head = self.weights.head?;
         let h = hidden.hidden;
-        let first: Vec<f32> = (0..hidden.lens.len()).flat_map(|s| hidden.sequence(s)[..h].to_vec()).collect();
+        let first: Vec<f32> = (0..hidden.lens.len())
+            .flat_map(|s| hidden.sequence(s)[..h].to_vec())
+            .collect();
         let n = hidden.lens.len();
         let mut z = self.linear(&head.dense, &first, n);
         match self.config.head_activation {
@@ -312,7 +415,12 @@ impl<B: AsRef<[u8]>> Encoder<B> {
             HeadActivation::Relu => z.iter_mut().for_each(|v| *v = v.max(0.0)),
         }
         let logits = self.linear(&head.out, &z, n);
-        Some(logits.chunks_exact(head.out.weight.rows).map(|c| c.to_vec()).collect())
+        Some(
+            logits
+                .chunks_exact(head.out.weight.rows)
+                .map(|c| c.to_vec())
+                .collect(),
+        )
     }
 }
 

@@ -124,13 +124,25 @@ impl fmt::Display for LoadError {
         match self {
             LoadError::Gguf(e) => e.fmt(f),
             LoadError::MissingKey(k) => write!(f, "missing metadata key {k:?}"),
-            LoadError::BadKey { key, expected } => write!(f, "metadata key {key:?} should be {expected}"),
+            LoadError::BadKey { key, expected } => {
+                write!(f, "metadata key {key:?} should be {expected}")
+            }
             LoadError::UnknownArchitecture(a) => write!(f, "unknown architecture {a:?}"),
             LoadError::MissingTensor(t) => write!(f, "missing tensor {t:?}"),
-            LoadError::TensorShape { name, expected, found } => {
-                write!(f, "tensor {name:?} has shape {found:?}, expected {expected:?}")
+            LoadError::TensorShape {
+                name,
+                expected,
+                found,
+            } => {
+                write!(
+                    f,
+                    "tensor {name:?} has shape {found:?}, expected {expected:?}"
+                )
             }
-            LoadError::TensorType { name, found } => write!(f, "tensor {name:?} has type {found}, which petal cannot use there"),
+            LoadError::TensorType { name, found } => write!(
+                f,
+                "tensor {name:?} has type {found}, which petal cannot use there"
+            ),
             LoadError::Tokenizer(e) => write!(f, "embedded tokenizer: {e}"),
         }
     }
@@ -177,27 +189,46 @@ pub struct ModelConfig {
 }
 
 fn get_u32(g: &Gguf<'_>, key: &str) -> Result<u32, LoadError> {
-    let v = g.get(key).ok_or_else(|| LoadError::MissingKey(key.to_string()))?;
-    v.as_u32().ok_or_else(|| LoadError::BadKey { key: key.to_string(), expected: "an unsigned integer" })
+    let v = g
+        .get(key)
+        .ok_or_else(|| LoadError::MissingKey(key.to_string()))?;
+    v.as_u32().ok_or_else(|| LoadError::BadKey {
+        key: key.to_string(),
+        expected: "an unsigned integer",
+    })
 }
 
 fn get_dim(g: &Gguf<'_>, key: &str) -> Result<usize, LoadError> {
     match get_u32(g, key)? {
-        0 => Err(LoadError::BadKey { key: key.to_string(), expected: "a positive integer" }),
-        n if n > MAX_DIM => Err(LoadError::BadKey { key: key.to_string(), expected: "at most 2^20" }),
+        0 => Err(LoadError::BadKey {
+            key: key.to_string(),
+            expected: "a positive integer",
+        }),
+        n if n > MAX_DIM => Err(LoadError::BadKey {
+            key: key.to_string(),
+            expected: "at most 2^20",
+        }),
         n => Ok(n as usize),
     }
 }
 
 fn get_str<'a>(g: &Gguf<'a>, key: &str) -> Result<&'a str, LoadError> {
-    let v = g.get(key).ok_or_else(|| LoadError::MissingKey(key.to_string()))?;
-    v.as_str().ok_or_else(|| LoadError::BadKey { key: key.to_string(), expected: "a string" })
+    let v = g
+        .get(key)
+        .ok_or_else(|| LoadError::MissingKey(key.to_string()))?;
+    v.as_str().ok_or_else(|| LoadError::BadKey {
+        key: key.to_string(),
+        expected: "a string",
+    })
 }
 
 fn get_bool_or(g: &Gguf<'_>, key: &str, default: bool) -> Result<bool, LoadError> {
     match g.get(key) {
         None => Ok(default),
-        Some(v) => v.as_bool().ok_or_else(|| LoadError::BadKey { key: key.to_string(), expected: "a bool" }),
+        Some(v) => v.as_bool().ok_or_else(|| LoadError::BadKey {
+            key: key.to_string(),
+            expected: "a bool",
+        }),
     }
 }
 
@@ -205,12 +236,16 @@ impl ModelConfig {
     /// Reads the configuration from a parsed file.
     pub fn from_gguf(g: &Gguf<'_>) -> Result<Self, LoadError> {
         let arch_name = get_str(g, names::ARCHITECTURE)?;
-        let arch = Arch::from_name(arch_name).ok_or_else(|| LoadError::UnknownArchitecture(arch_name.to_string()))?;
+        let arch = Arch::from_name(arch_name)
+            .ok_or_else(|| LoadError::UnknownArchitecture(arch_name.to_string()))?;
         let key = |s: &str| names::arch_key(arch_name, s);
         let hidden = get_dim(g, &key(names::EMBEDDING_LENGTH))?;
         let heads = get_dim(g, &key(names::HEAD_COUNT))?;
         if hidden % heads != 0 {
-            return Err(LoadError::BadKey { key: key(names::HEAD_COUNT), expected: "a divisor of the embedding length" });
+            return Err(LoadError::BadKey {
+                key: key(names::HEAD_COUNT),
+                expected: "a divisor of the embedding length",
+            });
         }
         let eps_key = key(names::LAYER_NORM_EPS);
         let eps = g
@@ -218,32 +253,54 @@ impl ModelConfig {
             .ok_or_else(|| LoadError::MissingKey(eps_key.clone()))?
             .as_f32()
             .filter(|e| e.is_finite() && *e >= 0.0)
-            .ok_or(LoadError::BadKey { key: eps_key, expected: "a finite non-negative float" })?;
+            .ok_or(LoadError::BadKey {
+                key: eps_key,
+                expected: "a finite non-negative float",
+            })?;
         let pooling = match g.get(&key(names::POOLING_TYPE)).map(|v| v.as_u32()) {
             None => Pooling::Mean,
             Some(Some(pooling::MEAN)) => Pooling::Mean,
             Some(Some(pooling::CLS)) => Pooling::Cls,
-            Some(_) => return Err(LoadError::BadKey { key: key(names::POOLING_TYPE), expected: "1 (mean) or 2 (CLS)" }),
+            Some(_) => {
+                return Err(LoadError::BadKey {
+                    key: key(names::POOLING_TYPE),
+                    expected: "1 (mean) or 2 (CLS)",
+                })
+            }
         };
         let labels = match g.get(&key(names::OUTPUT_LABELS)) {
             None => None,
             Some(Value::Array(a)) => Some(
                 a.strings()
-                    .ok_or(LoadError::BadKey { key: key(names::OUTPUT_LABELS), expected: "an array of strings" })?
+                    .ok_or(LoadError::BadKey {
+                        key: key(names::OUTPUT_LABELS),
+                        expected: "an array of strings",
+                    })?
                     .map(|s| s.to_string())
                     .collect(),
             ),
-            Some(_) => return Err(LoadError::BadKey { key: key(names::OUTPUT_LABELS), expected: "an array of strings" }),
+            Some(_) => {
+                return Err(LoadError::BadKey {
+                    key: key(names::OUTPUT_LABELS),
+                    expected: "an array of strings",
+                })
+            }
         };
         if labels.as_ref().is_some_and(|l: &Vec<String>| l.is_empty()) {
-            return Err(LoadError::BadKey { key: key(names::OUTPUT_LABELS), expected: "a non-empty array of strings" });
+            return Err(LoadError::BadKey {
+                key: key(names::OUTPUT_LABELS),
+                expected: "a non-empty array of strings",
+            });
         }
         let head_activation = match g.get(names::HEAD_ACTIVATION).map(|v| v.as_str()) {
             None => arch.head_activation(),
             Some(Some(a)) if a == HeadActivation::Tanh.name() => HeadActivation::Tanh,
             Some(Some(a)) if a == HeadActivation::Relu.name() => HeadActivation::Relu,
             Some(_) => {
-                return Err(LoadError::BadKey { key: names::HEAD_ACTIVATION.to_string(), expected: "\"tanh\" or \"relu\"" })
+                return Err(LoadError::BadKey {
+                    key: names::HEAD_ACTIVATION.to_string(),
+                    expected: "\"tanh\" or \"relu\"",
+                })
             }
         };
         let position_offset = match g.get(names::POSITION_OFFSET) {
@@ -251,7 +308,10 @@ impl ModelConfig {
             Some(_) => get_u32(g, names::POSITION_OFFSET)? as usize,
         };
         if position_offset > MAX_DIM as usize {
-            return Err(LoadError::BadKey { key: names::POSITION_OFFSET.to_string(), expected: "at most 2^20" });
+            return Err(LoadError::BadKey {
+                key: names::POSITION_OFFSET.to_string(),
+                expected: "at most 2^20",
+            });
         }
         Ok(ModelConfig {
             arch,

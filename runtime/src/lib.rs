@@ -15,10 +15,10 @@ pub mod config;
 pub mod gguf;
 pub mod head;
 pub mod kernels;
-pub mod quant;
-pub mod weights;
-#[cfg(feature = "std")]
-pub mod pipeline;
 #[cfg(feature = "std")]
 #[allow(unsafe_code)]
 pub mod mmap;
+#[cfg(feature = "std")]
+pub mod pipeline;
+pub mod quant;
+pub mod weights;

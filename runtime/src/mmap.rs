@@ -26,13 +26,17 @@ impl Mapping {
     pub fn open(path: &Path) -> io::Result<Self> {
         let file = File::open(path)?;
         if file.metadata()?.len() == 0 {
-            return Ok(Mapping { inner: Inner::Empty });
+            return Ok(Mapping {
+                inner: Inner::Empty,
+            });
         }
         // SAFETY: the mapping is read-only and private to this process; the caller's contract
         // (documented above) is that the file is not truncated while mapped. All reads of the
         // bytes go through bounds-checked slices.
         let map = unsafe { memmap2::Mmap::map(&file)? };
-        Ok(Mapping { inner: Inner::Mapped(map) })
+        Ok(Mapping {
+            inner: Inner::Mapped(map),
+        })
     }
 
     /// The file's bytes.

@@ -3,16 +3,16 @@
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::string::{String, ToString};
+use std::sync::OnceLock;
 use std::vec::Vec;
 
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::bert::{probabilities, Encoder, ForwardError, Hooks, Input, NoHooks};
 use crate::config::LoadError;
-use crate::head::{HeadInput, LinearHead};
 use crate::gguf::{names, Gguf};
+use crate::head::{HeadInput, LinearHead};
 use crate::mmap::Mapping;
 
 /// Where a model's bytes live.
@@ -126,20 +126,29 @@ impl Model {
     /// [`Model::open_buffered`], since a truncated mapping kills the process with SIGBUS.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
-        let map = Mapping::open(path).map_err(|source| Error::Io { path: path.into(), source })?;
+        let map = Mapping::open(path).map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })?;
         Self::from_storage(Storage::Mapped(map), path)
     }
 
     /// Reads the whole file at `path` into memory and loads it.
     pub fn open_buffered(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })?;
         Self::from_storage(Storage::Buffered(bytes), path)
     }
 
     /// Loads a model from bytes already in `storage`; `path` names it in errors.
     pub fn from_storage(storage: Storage, path: &Path) -> Result<Self, Error> {
-        let load = |source| Error::Load { path: path.into(), source };
+        let load = |source| Error::Load {
+            path: path.into(),
+            source,
+        };
         let encoder = Encoder::new(storage).map_err(load)?;
         let tokenizer_json = {
             let g = Gguf::parse(encoder.bytes()).map_err(|e| load(e.into()))?;
@@ -151,7 +160,13 @@ impl Model {
             start..start + json.len()
         };
         let max_length = encoder.max_tokens();
-        Ok(Model { encoder, tokenizer_json, tokenizer: OnceLock::new(), max_length, batch_size: DEFAULT_BATCH_SIZE })
+        Ok(Model {
+            encoder,
+            tokenizer_json,
+            tokenizer: OnceLock::new(),
+            max_length,
+            batch_size: DEFAULT_BATCH_SIZE,
+        })
     }
 
     /// The encoder.
@@ -175,11 +190,15 @@ impl Model {
     pub fn tokenizer(&self) -> Result<&Tokenizer, Error> {
         let built = self.tokenizer.get_or_init(|| {
             // The range was cut from a valid UTF-8 string of this very file.
-            let json = std::str::from_utf8(&self.encoder.bytes()[self.tokenizer_json.clone()]).map_err(|e| e.to_string())?;
+            let json = std::str::from_utf8(&self.encoder.bytes()[self.tokenizer_json.clone()])
+                .map_err(|e| e.to_string())?;
             let mut t: Tokenizer = json.parse().map_err(|e: tokenizers::Error| e.to_string())?;
             t.with_padding(None);
-            t.with_truncation(Some(TruncationParams { max_length: self.max_length, ..Default::default() }))
-                .map_err(|e| e.to_string())?;
+            t.with_truncation(Some(TruncationParams {
+                max_length: self.max_length,
+                ..Default::default()
+            }))
+            .map_err(|e| e.to_string())?;
             Ok(t)
         });
         built.as_ref().map_err(|e| Error::Tokenize(e.clone()))
@@ -192,7 +211,10 @@ impl Model {
 
     /// Token ids and type ids of `text`, with special tokens, truncated to `max_length`.
     pub fn tokenize(&self, text: &str) -> Result<(Vec<u32>, Vec<u32>), Error> {
-        let enc = self.tokenizer()?.encode(text, true).map_err(|e| Error::Tokenize(e.to_string()))?;
+        let enc = self
+            .tokenizer()?
+            .encode(text, true)
+            .map_err(|e| Error::Tokenize(e.to_string()))?;
         Ok((enc.get_ids().to_vec(), enc.get_type_ids().to_vec()))
     }
 
@@ -212,8 +234,15 @@ impl Model {
                 ids.extend(i);
                 types.extend(t);
             }
-            let input = Input { ids: &ids, type_ids: Some(&types), lens: &lens };
-            let hidden = self.encoder.forward(&input, hooks).map_err(Error::Forward)?;
+            let input = Input {
+                ids: &ids,
+                type_ids: Some(&types),
+                lens: &lens,
+            };
+            let hidden = self
+                .encoder
+                .forward(&input, hooks)
+                .map_err(Error::Forward)?;
             out.extend(each(&hidden));
         }
         Ok(out)
@@ -225,19 +254,29 @@ impl Model {
     }
 
     /// [`Model::embed`] with hooks in the forward pass (adapters).
-    pub fn embed_with(&self, texts: &[&str], hooks: &mut dyn Hooks) -> Result<Vec<Vec<f32>>, Error> {
+    pub fn embed_with(
+        &self,
+        texts: &[&str],
+        hooks: &mut dyn Hooks,
+    ) -> Result<Vec<Vec<f32>>, Error> {
         self.run(texts, hooks, |h| self.encoder.pool(h))
     }
 
     /// Predictions for `texts` by the file's head; an error if the model has none.
     pub fn classify(&self, texts: &[&str]) -> Result<Vec<Prediction>, Error> {
         let labels = self.encoder.config().labels.as_ref().ok_or(Error::NoHead)?;
-        let logits = self.run(texts, &mut NoHooks, |h| self.encoder.logits(h).unwrap_or_default())?;
+        let logits = self.run(texts, &mut NoHooks, |h| {
+            self.encoder.logits(h).unwrap_or_default()
+        })?;
         Ok(predictions(&logits, labels))
     }
 
     /// Predictions for `texts` by `head` (an adapter's), in place of the file's.
-    pub fn classify_with_head(&self, texts: &[&str], head: &LinearHead) -> Result<Vec<Prediction>, Error> {
+    pub fn classify_with_head(
+        &self,
+        texts: &[&str],
+        head: &LinearHead,
+    ) -> Result<Vec<Prediction>, Error> {
         let HeadInput::Pooled = head.input;
         let logits: Vec<Vec<f32>> = self.embed(texts)?.iter().map(|e| head.logits(e)).collect();
         Ok(predictions(&logits, &head.labels))
@@ -249,8 +288,17 @@ fn predictions(logits: &[Vec<f32>], labels: &[String]) -> Vec<Prediction> {
         .iter()
         .map(|l| {
             let scores = probabilities(l);
-            let index = scores.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
-            Prediction { label: labels[index].clone(), index, score: scores[index], scores }
+            let index = scores
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(i, _)| i);
+            Prediction {
+                label: labels[index].clone(),
+                index,
+                score: scores[index],
+                scores,
+            }
         })
         .collect()
 }

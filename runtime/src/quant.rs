@@ -92,7 +92,9 @@ impl TensorType {
         if ne0 % bl != 0 {
             return None;
         }
-        (ne0 / bl).checked_mul(self.block_bytes() as u64)?.checked_mul(rows)
+        (ne0 / bl)
+            .checked_mul(self.block_bytes() as u64)?
+            .checked_mul(rows)
     }
 
     /// Lower-case name as used on the command line (`f32`, `f16`, `q4_0`, `q8_0`).
@@ -107,7 +109,9 @@ impl TensorType {
 
     /// Parses a name as printed by [`TensorType::name`], case-insensitively.
     pub fn from_name(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(s))
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(s))
     }
 }
 
@@ -131,7 +135,10 @@ pub fn quantize_block_q8_0(x: &[f32; QK]) -> BlockQ8_0 {
     for (q, &v) in qs.iter_mut().zip(x) {
         *q = round_half_away(v * id) as i8;
     }
-    BlockQ8_0 { d: f16::from_f32(d).to_bits(), qs }
+    BlockQ8_0 {
+        d: f16::from_f32(d).to_bits(),
+        qs,
+    }
 }
 
 /// Quantizes one block to Q4_0 with ggml's reference rounding.
@@ -152,7 +159,10 @@ pub fn quantize_block_q4_0(x: &[f32; QK]) -> BlockQ4_0 {
     for (j, b) in qs.iter_mut().enumerate() {
         *b = q(x[j]) | (q(x[j + QK / 2]) << 4);
     }
-    BlockQ4_0 { d: f16::from_f32(d).to_bits(), qs }
+    BlockQ4_0 {
+        d: f16::from_f32(d).to_bits(),
+        qs,
+    }
 }
 
 /// C's `roundf` (half away from zero) for `|x| < 2^31`, written as gguf-py's `np_roundf` since
@@ -161,7 +171,11 @@ fn round_half_away(x: f32) -> i32 {
     let a = x.abs();
     let floored = a as i32;
     let r = floored + (2.0 * (a - floored as f32)) as i32;
-    if x < 0.0 { -r } else { r }
+    if x < 0.0 {
+        -r
+    } else {
+        r
+    }
 }
 
 /// Dequantizes a Q8_0 block.
@@ -204,7 +218,10 @@ impl fmt::Display for QuantError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NotBlockMultiple { len, block } => {
-                write!(f, "{len} elements are not a multiple of the block length {block}")
+                write!(
+                    f,
+                    "{len} elements are not a multiple of the block length {block}"
+                )
             }
             Self::ByteLength { expected, got } => {
                 write!(f, "expected {expected} bytes of tensor data, got {got}")
@@ -220,11 +237,16 @@ impl core::error::Error for QuantError {}
 pub fn quantize(x: &[f32], ty: TensorType, out: &mut Vec<u8>) -> Result<(), QuantError> {
     let bl = ty.block_len();
     if x.len() % bl != 0 {
-        return Err(QuantError::NotBlockMultiple { len: x.len(), block: bl });
+        return Err(QuantError::NotBlockMultiple {
+            len: x.len(),
+            block: bl,
+        });
     }
     out.reserve(x.len() / bl * ty.block_bytes());
     match ty {
-        TensorType::F32 => x.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        TensorType::F32 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
         TensorType::F16 => x
             .iter()
             .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_bits().to_le_bytes())),
@@ -247,14 +269,22 @@ pub fn quantize(x: &[f32], ty: TensorType, out: &mut Vec<u8>) -> Result<(), Quan
 }
 
 /// Decodes `n` elements of type `ty` from little-endian `bytes` into `out`.
-pub fn dequantize(bytes: &[u8], ty: TensorType, n: usize, out: &mut Vec<f32>) -> Result<(), QuantError> {
+pub fn dequantize(
+    bytes: &[u8],
+    ty: TensorType,
+    n: usize,
+    out: &mut Vec<f32>,
+) -> Result<(), QuantError> {
     let bl = ty.block_len();
     if n % bl != 0 {
         return Err(QuantError::NotBlockMultiple { len: n, block: bl });
     }
     let expected = n / bl * ty.block_bytes();
     if bytes.len() != expected {
-        return Err(QuantError::ByteLength { expected, got: bytes.len() });
+        return Err(QuantError::ByteLength {
+            expected,
+            got: bytes.len(),
+        });
     }
     out.reserve(n);
     let mut buf = [0f32; QK];
@@ -269,7 +299,10 @@ pub fn dequantize(bytes: &[u8], ty: TensorType, n: usize, out: &mut Vec<f32>) ->
             for c in bytes.chunks_exact(ty.block_bytes()) {
                 let mut qs = [0i8; QK];
                 qs.iter_mut().zip(&c[2..]).for_each(|(q, &b)| *q = b as i8);
-                let b = BlockQ8_0 { d: u16::from_le_bytes([c[0], c[1]]), qs };
+                let b = BlockQ8_0 {
+                    d: u16::from_le_bytes([c[0], c[1]]),
+                    qs,
+                };
                 dequantize_block_q8_0(&b, &mut buf);
                 out.extend_from_slice(&buf);
             }
@@ -297,7 +330,11 @@ pub fn relative_rms_error(x: &[f32], y: &[f32]) -> f64 {
         den += a as f64 * a as f64;
     }
     if den == 0.0 {
-        if num == 0.0 { 0.0 } else { f64::INFINITY }
+        if num == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        }
     } else {
         libm_sqrt(num / den)
     }
@@ -330,7 +367,9 @@ mod tests {
 
     #[test]
     fn q8_0_roundtrip_within_half_step() {
-        let x: Vec<f32> = (0..QK * 4).map(|i| ((i as f32) * 0.37).sin() * 3.0).collect();
+        let x: Vec<f32> = (0..QK * 4)
+            .map(|i| ((i as f32) * 0.37).sin() * 3.0)
+            .collect();
         let mut bytes = Vec::new();
         quantize(&x, TensorType::Q8_0, &mut bytes).unwrap();
         assert_eq!(bytes.len(), 4 * 34);
@@ -362,7 +401,13 @@ mod tests {
         let x = [0f32; QK];
         assert_eq!(quantize_block_q8_0(&x), BlockQ8_0 { d: 0, qs: [0; QK] });
         // d = 0 / -8 is -0.0, as in ggml and gguf-py.
-        assert_eq!(quantize_block_q4_0(&x), BlockQ4_0 { d: 0x8000, qs: [0x88; QK / 2] });
+        assert_eq!(
+            quantize_block_q4_0(&x),
+            BlockQ4_0 {
+                d: 0x8000,
+                qs: [0x88; QK / 2]
+            }
+        );
     }
 
     #[test]
@@ -375,13 +420,24 @@ mod tests {
         let mut y = Vec::new();
         assert_eq!(
             dequantize(&vec![0u8; 33], TensorType::Q8_0, 32, &mut y),
-            Err(QuantError::ByteLength { expected: 34, got: 33 })
+            Err(QuantError::ByteLength {
+                expected: 34,
+                got: 33
+            })
         );
     }
 
     #[test]
     fn rounding_matches_roundf() {
-        for (x, r) in [(0.5, 1), (-0.5, -1), (1.49, 1), (2.5, 3), (-2.5, -3), (126.6, 127), (0.0, 0)] {
+        for (x, r) in [
+            (0.5, 1),
+            (-0.5, -1),
+            (1.49, 1),
+            (2.5, 3),
+            (-2.5, -3),
+            (126.6, 127),
+            (0.0, 0),
+        ] {
             assert_eq!(round_half_away(x), r, "{x}");
         }
     }

@@ -12,7 +12,9 @@ use crate::gguf::Gguf;
 use crate::quant::{self, TensorType};
 
 #[cfg(target_endian = "big")]
-compile_error!("petal reads little-endian tensor data in place and supports little-endian targets only");
+compile_error!(
+    "petal reads little-endian tensor data in place and supports little-endian targets only"
+);
 
 /// A tensor's place in the file: `rows` x `cols` elements of type `ty` (a vector has one row).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,7 +37,12 @@ impl TensorRef {
         // Ranges were checked against the file by the GGUF reader at load; a foreign byte
         // slice shorter than the file yields an empty view rather than a panic.
         let data = bytes.get(self.start..self.start + self.len).unwrap_or(&[]);
-        Matrix { ty: self.ty, rows: self.rows, cols: self.cols, data }
+        Matrix {
+            ty: self.ty,
+            rows: self.rows,
+            cols: self.cols,
+            data,
+        }
     }
 
     /// The tensor as F32 values (it must be an F32 tensor; checked at load).
@@ -48,7 +55,12 @@ impl TensorRef {
 pub fn f32_slice(bytes: &[u8]) -> Cow<'_, [f32]> {
     match bytemuck::try_cast_slice(bytes) {
         Ok(s) => Cow::Borrowed(s),
-        Err(_) => Cow::Owned(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+        Err(_) => Cow::Owned(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ),
     }
 }
 
@@ -89,7 +101,8 @@ impl<'a> Matrix<'a> {
             }
             TensorType::Q8_0 | TensorType::Q4_0 => {
                 let mut tmp = Vec::with_capacity(self.cols);
-                quant::dequantize(bytes, self.ty, self.cols, &mut tmp).expect("row length checked at load");
+                quant::dequantize(bytes, self.ty, self.cols, &mut tmp)
+                    .expect("row length checked at load");
                 out.copy_from_slice(&tmp);
             }
         }
@@ -191,7 +204,10 @@ struct Resolver<'g, 'a> {
 
 impl Resolver<'_, '_> {
     fn get(&self, name: &str, shape: &[usize], vector: bool) -> Result<TensorRef, LoadError> {
-        let t = self.g.tensor(name).ok_or_else(|| LoadError::MissingTensor(name.to_string()))?;
+        let t = self
+            .g
+            .tensor(name)
+            .ok_or_else(|| LoadError::MissingTensor(name.to_string()))?;
         let found = t.shape();
         let shape_ok = if shape.first() == Some(&0) {
             // Unknown leading dimension (vocabulary, positions, labels): any positive count.
@@ -200,14 +216,27 @@ impl Resolver<'_, '_> {
             found == shape
         };
         if !shape_ok {
-            return Err(LoadError::TensorShape { name: name.to_string(), expected: shape.to_vec(), found });
+            return Err(LoadError::TensorShape {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                found,
+            });
         }
         if vector && t.ty != TensorType::F32 {
-            return Err(LoadError::TensorType { name: name.to_string(), found: t.ty.name() });
+            return Err(LoadError::TensorType {
+                name: name.to_string(),
+                found: t.ty.name(),
+            });
         }
         let cols = *found.last().expect("at least one dimension");
         let rows = found.iter().rev().skip(1).product();
-        Ok(TensorRef { ty: t.ty, rows, cols, start: (self.g.data_offset + t.offset) as usize, len: t.size as usize })
+        Ok(TensorRef {
+            ty: t.ty,
+            rows,
+            cols,
+            start: (self.g.data_offset + t.offset) as usize,
+            len: t.size as usize,
+        })
     }
 
     fn linear(&self, prefix: &str, out: usize, inp: usize) -> Result<Linear, LoadError> {

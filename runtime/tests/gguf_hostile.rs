@@ -51,7 +51,9 @@ impl Raw {
 /// A file with alignment 64 and one F32 tensor of 16 elements.
 fn one_tensor(name: &str, dims: &[u64], ty: u32, offset: u64, data: usize) -> Raw {
     let mut r = Raw::header(3, 1, 1);
-    r.kv_u32("general.alignment", 64).tensor(name, dims, ty, offset).data(data);
+    r.kv_u32("general.alignment", 64)
+        .tensor(name, dims, ty, offset)
+        .data(data);
     r
 }
 
@@ -65,7 +67,10 @@ fn bad_magic() {
     let mut r = one_tensor("t", &[16], 0, 0, 64);
     r.0[0] = b'X';
     assert!(matches!(r.parse(), Err(GgufError::BadMagic { .. })));
-    assert!(matches!(Gguf::parse(b"GG"), Err(GgufError::BadMagic { .. })));
+    assert!(matches!(
+        Gguf::parse(b"GG"),
+        Err(GgufError::BadMagic { .. })
+    ));
 }
 
 #[test]
@@ -83,12 +88,30 @@ fn truncated_header() {
 #[test]
 fn absurd_counts() {
     let r = Raw::header(3, u64::MAX, 0);
-    assert!(matches!(r.parse(), Err(GgufError::AbsurdCount { what: "tensor count", .. })));
+    assert!(matches!(
+        r.parse(),
+        Err(GgufError::AbsurdCount {
+            what: "tensor count",
+            ..
+        })
+    ));
     let r = Raw::header(3, 0, 1 << 40);
-    assert!(matches!(r.parse(), Err(GgufError::AbsurdCount { what: "metadata count", .. })));
+    assert!(matches!(
+        r.parse(),
+        Err(GgufError::AbsurdCount {
+            what: "metadata count",
+            ..
+        })
+    ));
     let mut r = Raw::header(3, 0, 1);
     r.str(b"a").u32(9).u32(4).u64(u64::MAX / 2);
-    assert!(matches!(r.parse(), Err(GgufError::AbsurdCount { what: "array length", .. })));
+    assert!(matches!(
+        r.parse(),
+        Err(GgufError::AbsurdCount {
+            what: "array length",
+            ..
+        })
+    ));
     let mut r = Raw::header(3, 0, 1);
     r.u64(u64::MAX).u32(4).u32(0);
     assert!(matches!(r.parse(), Err(GgufError::StringTooLong { .. })));
@@ -97,13 +120,27 @@ fn absurd_counts() {
 #[test]
 fn misaligned_tensor() {
     let r = one_tensor("t", &[16], 0, 4, 128);
-    assert!(matches!(r.parse(), Err(GgufError::Misaligned { offset: 4, alignment: 64, .. })));
+    assert!(matches!(
+        r.parse(),
+        Err(GgufError::Misaligned {
+            offset: 4,
+            alignment: 64,
+            ..
+        })
+    ));
 }
 
 #[test]
 fn tensor_past_the_end() {
     let r = one_tensor("t", &[16], 0, 0, 63);
-    assert!(matches!(r.parse(), Err(GgufError::OutOfBounds { size: 64, available: 63, .. })));
+    assert!(matches!(
+        r.parse(),
+        Err(GgufError::OutOfBounds {
+            size: 64,
+            available: 63,
+            ..
+        })
+    ));
     let r = one_tensor("t", &[16], 0, u64::MAX - 63, 64);
     assert!(matches!(r.parse(), Err(GgufError::OutOfBounds { .. })));
 }
@@ -111,14 +148,24 @@ fn tensor_past_the_end() {
 #[test]
 fn unknown_tensor_type() {
     let r = one_tensor("t", &[16], 99, 0, 64);
-    assert!(matches!(r.parse(), Err(GgufError::UnknownTensorType { id: 99, .. })));
+    assert!(matches!(
+        r.parse(),
+        Err(GgufError::UnknownTensorType { id: 99, .. })
+    ));
 }
 
 #[test]
 fn shape_size_mismatch() {
     // Q8_0 rows must be a multiple of 32.
     let r = one_tensor("t", &[33], TensorType::Q8_0.ggml_id(), 0, 64);
-    assert!(matches!(r.parse(), Err(GgufError::ShapeSizeMismatch { ne0: 33, block: 32, .. })));
+    assert!(matches!(
+        r.parse(),
+        Err(GgufError::ShapeSizeMismatch {
+            ne0: 33,
+            block: 32,
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -128,7 +175,10 @@ fn bad_shapes() {
     let r = one_tensor("t", &[u64::MAX, u64::MAX], 0, 0, 64);
     assert!(matches!(r.parse(), Err(GgufError::BadShape { .. })));
     let r = one_tensor("t", &[1, 1, 1, 1, 1], 0, 0, 64);
-    assert!(matches!(r.parse(), Err(GgufError::BadDimCount { n_dims: 5, .. })));
+    assert!(matches!(
+        r.parse(),
+        Err(GgufError::BadDimCount { n_dims: 5, .. })
+    ));
 }
 
 #[test]
@@ -141,17 +191,26 @@ fn duplicate_key() {
 #[test]
 fn duplicate_tensor() {
     let mut r = Raw::header(3, 2, 1);
-    r.kv_u32("general.alignment", 64).tensor("t", &[16], 0, 0).tensor("t", &[16], 0, 64).data(128);
+    r.kv_u32("general.alignment", 64)
+        .tensor("t", &[16], 0, 0)
+        .tensor("t", &[16], 0, 64)
+        .data(128);
     assert_eq!(r.parse(), Err(GgufError::DuplicateTensor("t".into())));
 }
 
 #[test]
 fn overlapping_tensors() {
     let mut r = Raw::header(3, 2, 1);
-    r.kv_u32("general.alignment", 64).tensor("a", &[16], 0, 0).tensor("b", &[16], 0, 64).data(128);
+    r.kv_u32("general.alignment", 64)
+        .tensor("a", &[16], 0, 0)
+        .tensor("b", &[16], 0, 64)
+        .data(128);
     r.parse().unwrap();
     let mut r = Raw::header(3, 2, 1);
-    r.kv_u32("general.alignment", 64).tensor("a", &[17], 0, 0).tensor("b", &[16], 0, 64).data(128);
+    r.kv_u32("general.alignment", 64)
+        .tensor("a", &[17], 0, 0)
+        .tensor("b", &[16], 0, 64)
+        .data(128);
     // "a" is 68 bytes: it runs into "b".
     assert!(matches!(r.parse(), Err(GgufError::Overlap { .. })));
 }
@@ -160,7 +219,10 @@ fn overlapping_tensors() {
 fn bad_values() {
     let mut r = Raw::header(3, 0, 1);
     r.str(b"k").u32(77).u32(0);
-    assert!(matches!(r.parse(), Err(GgufError::UnknownValueType { id: 77, .. })));
+    assert!(matches!(
+        r.parse(),
+        Err(GgufError::UnknownValueType { id: 77, .. })
+    ));
     let mut r = Raw::header(3, 0, 1);
     r.str(b"\xff\xfe").u32(4).u32(0);
     assert!(matches!(r.parse(), Err(GgufError::InvalidUtf8 { .. })));
@@ -188,12 +250,16 @@ fn bad_alignment() {
 fn valid_file() -> Vec<u8> {
     let mut w = GgufWriter::new();
     w.set("general.architecture", "bert");
-    w.set("tokenizer.ggml.tokens", petal_runtime::gguf::OwnedValue::StringArray(vec!["a".into(), "bc".into()]));
+    w.set(
+        "tokenizer.ggml.tokens",
+        petal_runtime::gguf::OwnedValue::StringArray(vec!["a".into(), "bc".into()]),
+    );
     let x: Vec<f32> = (0..64).map(|i| i as f32).collect();
     let mut q = Vec::new();
     petal_runtime::quant::quantize(&x, TensorType::Q4_0, &mut q).unwrap();
     w.add_tensor("w", &[2, 32], TensorType::Q4_0, q).unwrap();
-    w.add_tensor("b", &[2], TensorType::F32, vec![0; 8]).unwrap();
+    w.add_tensor("b", &[2], TensorType::F32, vec![0; 8])
+        .unwrap();
     let mut out = Vec::new();
     w.write_to(&mut out).unwrap();
     out
@@ -205,7 +271,10 @@ fn every_prefix_is_rejected_without_panic() {
     Gguf::parse(&bytes).unwrap();
     let data_end = bytes.len() - 64; // the last tensor's bytes start 64 before the end
     for n in 0..data_end {
-        assert!(Gguf::parse(&bytes[..n]).is_err(), "prefix of {n} bytes accepted");
+        assert!(
+            Gguf::parse(&bytes[..n]).is_err(),
+            "prefix of {n} bytes accepted"
+        );
     }
 }
 

@@ -26,7 +26,9 @@ fn variants() -> Vec<KernelSet> {
 }
 
 fn random_vec(rng: &mut impl Rng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|_| rng.gen_range(-1.0f32..1.0) * scale).collect()
+    (0..n)
+        .map(|_| rng.gen_range(-1.0f32..1.0) * scale)
+        .collect()
 }
 
 #[test]
@@ -41,18 +43,30 @@ fn block_dots_match_the_reference() {
             let mut xq = Vec::new();
             qdot::quantize_activations(&x, &mut xq);
             for (ty, dot, reference) in [
-                (TensorType::Q8_0, k.dot_q8_0, generic::dot_q8_0 as fn(&[u8], &[qdot::ActBlock]) -> f32),
+                (
+                    TensorType::Q8_0,
+                    k.dot_q8_0,
+                    generic::dot_q8_0 as fn(&[u8], &[qdot::ActBlock]) -> f32,
+                ),
                 (TensorType::Q4_0, k.dot_q4_0, generic::dot_q4_0),
             ] {
                 let mut wq = Vec::new();
                 quant::quantize(&w, ty, &mut wq).unwrap();
                 let (got, want) = (dot(&wq, &xq), reference(&wq, &xq));
                 let scale: f32 = w.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum::<f32>() + 1e-6;
-                assert!((got - want).abs() <= QDOT_REL_TOL * scale, "{} {ty}: {got} vs {want}", k.name);
+                assert!(
+                    (got - want).abs() <= QDOT_REL_TOL * scale,
+                    "{} {ty}: {got} vs {want}",
+                    k.name
+                );
                 if ty == TensorType::Q8_0 {
                     let four = (k.dot_q8_0_x4)(&wq, [&xq, &xq, &xq, &xq]);
                     for g in four {
-                        assert!((g - want).abs() <= QDOT_REL_TOL * scale, "{} x4: {g} vs {want}", k.name);
+                        assert!(
+                            (g - want).abs() <= QDOT_REL_TOL * scale,
+                            "{} x4: {g} vs {want}",
+                            k.name
+                        );
                     }
                 }
             }
@@ -68,7 +82,11 @@ fn f32_dots_match_the_reference() {
             let (a, b) = (random_vec(&mut rng, n, 3.0), random_vec(&mut rng, n, 3.0));
             let scale: f32 = a.iter().zip(&b).map(|(x, y)| (x * y).abs()).sum::<f32>() + 1e-6;
             let (got, want) = ((k.dot_f32)(&a, &b), generic::dot(&a, &b));
-            assert!((got - want).abs() <= FDOT_REL_TOL * scale, "{} n={n}: {got} vs {want}", k.name);
+            assert!(
+                (got - want).abs() <= FDOT_REL_TOL * scale,
+                "{} n={n}: {got} vs {want}",
+                k.name
+            );
         }
     }
 }
@@ -76,22 +94,40 @@ fn f32_dots_match_the_reference() {
 #[test]
 fn quantized_linear_matches_f32_reference() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-    for (rows, cols, n) in [(1, 32, 1), (5, 64, 3), (37, 96, 17), (384, 384, 9), (130, 1536, 2)] {
+    for (rows, cols, n) in [
+        (1, 32, 1),
+        (5, 64, 3),
+        (37, 96, 17),
+        (384, 384, 9),
+        (130, 1536, 2),
+    ] {
         let w = random_vec(&mut rng, rows * cols, 0.5);
         let x = random_vec(&mut rng, n * cols, 2.0);
         let bias = random_vec(&mut rng, rows, 0.1);
         for ty in TensorType::ALL {
             let mut bytes = Vec::new();
             quant::quantize(&w, ty, &mut bytes).unwrap();
-            let m = Matrix { ty, rows, cols, data: &bytes };
+            let m = Matrix {
+                ty,
+                rows,
+                cols,
+                data: &bytes,
+            };
             let (mut got, mut want) = (vec![0f32; n * rows], vec![0f32; n * rows]);
             kernels::linear(&x, n, &m, &bias, &mut got);
             generic::linear(&x, n, &m, &bias, &mut want);
-            let dot: f64 = got.iter().zip(&want).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let dot: f64 = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum();
             let na: f64 = got.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
             let nb: f64 = want.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
             let cos = dot / (na * nb);
-            assert!(cos >= LINEAR_ACT_QUANT_MIN_COS, "{ty} {rows}x{cols} n={n}: cosine {cos}");
+            assert!(
+                cos >= LINEAR_ACT_QUANT_MIN_COS,
+                "{ty} {rows}x{cols} n={n}: cosine {cos}"
+            );
         }
     }
 }

@@ -28,7 +28,10 @@ impl Hooks for Collect {
 }
 
 fn max_abs(a: &[f32], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - y).abs())
+        .fold(0.0, f64::max)
 }
 
 fn check_tiny(name: &str) {
@@ -47,7 +50,10 @@ fn check_tiny(name: &str) {
         let mask = row("attention_mask");
         let n = mask.iter().filter(|&&m| m == 1.0).count();
         let want_ids: Vec<u32> = row("input_ids")[..n].iter().map(|&v| v as u32).collect();
-        let want_types: Vec<u32> = row("token_type_ids")[..n].iter().map(|&v| v as u32).collect();
+        let want_types: Vec<u32> = row("token_type_ids")[..n]
+            .iter()
+            .map(|&v| v as u32)
+            .collect();
         let (ids, types) = model.tokenize(text).unwrap();
         assert_eq!(ids, want_ids, "{name}: token ids of {text:?}");
         assert_eq!(types, want_types, "{name}: token types of {text:?}");
@@ -56,29 +62,50 @@ fn check_tiny(name: &str) {
         let lens = [n];
         let hidden = model
             .encoder()
-            .forward(&Input { ids: &ids, type_ids: Some(&types), lens: &lens }, &mut states)
+            .forward(
+                &Input {
+                    ids: &ids,
+                    type_ids: Some(&types),
+                    lens: &lens,
+                },
+                &mut states,
+            )
             .unwrap();
         assert_eq!(states.0.len(), n_layers + 1);
         for (l, s) in states.0.iter().enumerate() {
             let want = &g[&format!("hidden_states.{l}")].values[i * seq * h..(i * seq + n) * h];
             let e = max_abs(s, want);
-            assert!(e <= TINY_F32_MAX_ABS, "{name}: hidden_states.{l} of {text:?} off by {e}");
+            assert!(
+                e <= TINY_F32_MAX_ABS,
+                "{name}: hidden_states.{l} of {text:?} off by {e}"
+            );
         }
         let mean = mean_rows(&hidden.states, h);
         let e = max_abs(&mean, &g["mean_pooled"].values[i * h..(i + 1) * h]);
-        assert!(e <= TINY_F32_MAX_ABS, "{name}: mean_pooled of {text:?} off by {e}");
+        assert!(
+            e <= TINY_F32_MAX_ABS,
+            "{name}: mean_pooled of {text:?} off by {e}"
+        );
         let e = max_abs(&hidden.states[..h], &g["cls"].values[i * h..(i + 1) * h]);
         assert!(e <= TINY_F32_MAX_ABS, "{name}: cls of {text:?} off by {e}");
         let logits = model.encoder().logits(&hidden).unwrap();
-        let e = max_abs(&logits[0], &g["logits"].values[i * labels..(i + 1) * labels]);
-        assert!(e <= TINY_F32_MAX_ABS, "{name}: logits of {text:?} off by {e}");
+        let e = max_abs(
+            &logits[0],
+            &g["logits"].values[i * labels..(i + 1) * labels],
+        );
+        assert!(
+            e <= TINY_F32_MAX_ABS,
+            "{name}: logits of {text:?} off by {e}"
+        );
     }
     // The batched pipeline (uneven lengths packed together) gives the same predictions.
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let preds = model.classify(&refs).unwrap();
     for (i, p) in preds.iter().enumerate() {
         let want = &g["logits"].values[i * labels..(i + 1) * labels];
-        let best = (0..labels).max_by(|&a, &b| want[a].total_cmp(&want[b])).unwrap();
+        let best = (0..labels)
+            .max_by(|&a, &b| want[a].total_cmp(&want[b]))
+            .unwrap();
         assert_eq!(p.index, best, "{name}: prediction of {:?}", texts[i]);
         assert!((p.scores.iter().sum::<f32>() - 1.0).abs() < 1e-5);
     }
@@ -122,11 +149,25 @@ fn minilm_cosines(model: &mut Model) -> Vec<f64> {
         .iter()
         .enumerate()
         .map(|(i, t)| {
-            let ids: Vec<u32> = g[&format!("input_ids.{i}")].values.iter().map(|&v| v as u32).collect();
+            let ids: Vec<u32> = g[&format!("input_ids.{i}")]
+                .values
+                .iter()
+                .map(|&v| v as u32)
+                .collect();
             let text_ids: Vec<u32> = ids.iter().copied().filter(|&v| v != 0).collect();
             assert_eq!(model.tokenize(t).unwrap().0, text_ids, "token ids of {t:?}");
             let lens = [ids.len()];
-            let hidden = model.encoder().forward(&Input { ids: &ids, type_ids: None, lens: &lens }, &mut NoHooks).unwrap();
+            let hidden = model
+                .encoder()
+                .forward(
+                    &Input {
+                        ids: &ids,
+                        type_ids: None,
+                        lens: &lens,
+                    },
+                    &mut NoHooks,
+                )
+                .unwrap();
             let e = &model.encoder().pool(&hidden)[0];
             cosine(e, &want.values[i * h..(i + 1) * h])
         })
@@ -134,7 +175,10 @@ fn minilm_cosines(model: &mut Model) -> Vec<f64> {
 }
 
 fn summary(c: &[f64]) -> (f64, f64) {
-    (c.iter().sum::<f64>() / c.len() as f64, c.iter().copied().fold(f64::INFINITY, f64::min))
+    (
+        c.iter().sum::<f64>() / c.len() as f64,
+        c.iter().copied().fold(f64::INFINITY, f64::min),
+    )
 }
 
 #[test]
@@ -144,16 +188,23 @@ fn minilm_f32_and_f16_match_onnx_runtime() {
     let (mean, min) = summary(&minilm_cosines(&mut Model::open(&f32_path).unwrap()));
     eprintln!("MiniLM f32: mean cosine {mean:.7}, min {min:.7}");
     assert!(min >= MINILM_F32_MIN_COS, "f32 min cosine {min}");
-    let (mean, min) = summary(&minilm_cosines(&mut Model::open(asset("models/minilm-f16.gguf")).unwrap()));
+    let (mean, min) = summary(&minilm_cosines(
+        &mut Model::open(asset("models/minilm-f16.gguf")).unwrap(),
+    ));
     eprintln!("MiniLM f16: mean cosine {mean:.7}, min {min:.7}");
     assert!(min >= MINILM_F16_MIN_COS, "f16 min cosine {min}");
 }
 
 #[test]
 fn minilm_q8_0_matches_onnx_runtime() {
-    let (mean, min) = summary(&minilm_cosines(&mut Model::open(asset("models/minilm-q8_0.gguf")).unwrap()));
+    let (mean, min) = summary(&minilm_cosines(
+        &mut Model::open(asset("models/minilm-q8_0.gguf")).unwrap(),
+    ));
     eprintln!("MiniLM q8_0: mean cosine {mean:.6}, min {min:.6}");
-    assert!(mean >= MINILM_Q8_0_MEAN_COS && min >= MINILM_Q8_0_MIN_COS, "q8_0 mean {mean}, min {min}");
+    assert!(
+        mean >= MINILM_Q8_0_MEAN_COS && min >= MINILM_Q8_0_MIN_COS,
+        "q8_0 mean {mean}, min {min}"
+    );
 }
 
 #[test]
@@ -172,7 +223,10 @@ fn minilm_q4_0_arithmetic_matches_dequantized_f32() {
     for (x, y) in ea.iter().zip(&eb) {
         let y64: Vec<f64> = y.iter().map(|&v| v as f64).collect();
         let c = cosine(x, &y64);
-        assert!(c >= Q4_0_ARITHMETIC_MIN_COS, "q4_0 vs its dequantized f32: cosine {c}");
+        assert!(
+            c >= Q4_0_ARITHMETIC_MIN_COS,
+            "q4_0 vs its dequantized f32: cosine {c}"
+        );
     }
     let (mean, min) = summary(&minilm_cosines(&mut a));
     eprintln!("MiniLM q4_0 end figure vs ONNX Runtime f32: mean cosine {mean:.4}, min {min:.4}");

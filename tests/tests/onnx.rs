@@ -21,7 +21,8 @@ fn convert_onnx(src: &std::path::Path, out: &std::path::Path, normalize: bool) {
     o.tokenizer = Some(asset("minilm/tokenizer.json"));
     o.pooling = Some(Pooling::Mean);
     o.normalize = Some(normalize);
-    convert(&o, &indicatif::ProgressBar::hidden()).unwrap_or_else(|e| panic!("{}: {e:#}", src.display()));
+    convert(&o, &indicatif::ProgressBar::hidden())
+        .unwrap_or_else(|e| panic!("{}: {e:#}", src.display()));
 }
 
 #[test]
@@ -32,7 +33,8 @@ fn l3_onnx_conversion_matches_tract() {
     convert_onnx(&onnx, &out, true);
     let model = Model::open(&out).unwrap();
     assert_eq!(model.encoder().config().layers, 3);
-    let tract = TractEncoder::load(&onnx, &asset("minilm/tokenizer.json"), model.max_length()).unwrap();
+    let tract =
+        TractEncoder::load(&onnx, &asset("minilm/tokenizer.json"), model.max_length()).unwrap();
     let texts = texts();
     let refs: Vec<&str> = texts.iter().take(24).map(String::as_str).collect();
     let ours = model.embed(&refs).unwrap();
@@ -72,12 +74,18 @@ fn onnx_without_tokenizer_or_with_garbage_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let onnx = asset("paraphrase-minilm-l3-onnx/paraphrase-MiniLM-L3-v2.onnx");
     let o = ConvertOptions::new(onnx, dir.path().join("x.gguf"), TensorType::F32);
-    let e = format!("{:#}", convert(&o, &indicatif::ProgressBar::hidden()).unwrap_err());
+    let e = format!(
+        "{:#}",
+        convert(&o, &indicatif::ProgressBar::hidden()).unwrap_err()
+    );
     assert!(e.contains("pass --tokenizer"), "{e}");
     let bad = dir.path().join("bad.onnx");
     std::fs::write(&bad, b"\x08\x07garbage that is not protobuf \xff\xff\xff").unwrap();
     let o = ConvertOptions::new(bad, dir.path().join("y.gguf"), TensorType::F32);
-    let e = format!("{:#}", convert(&o, &indicatif::ProgressBar::hidden()).unwrap_err());
+    let e = format!(
+        "{:#}",
+        convert(&o, &indicatif::ProgressBar::hidden()).unwrap_err()
+    );
     assert!(e.contains("bad.onnx: not a valid ONNX file"), "{e}");
     assert!(!dir.path().join("y.gguf").exists());
 }

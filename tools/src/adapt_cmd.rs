@@ -22,7 +22,12 @@ pub enum Method {
 }
 
 /// Embeddings of `texts`, in batches, advancing `pb`.
-pub fn embed_all(model: &Model, texts: &[&str], batch: usize, pb: &ProgressBar) -> Result<Vec<Vec<f32>>> {
+pub fn embed_all(
+    model: &Model,
+    texts: &[&str],
+    batch: usize,
+    pb: &ProgressBar,
+) -> Result<Vec<Vec<f32>>> {
     pb.set_length(texts.len() as u64);
     let mut out = Vec::with_capacity(texts.len());
     for chunk in texts.chunks(batch.max(1)) {
@@ -60,7 +65,15 @@ pub fn adapt(
     let start = Instant::now();
     let examples = data::read_jsonl(train)?;
     let labels = data::labels(&examples, train)?;
-    let y: Vec<usize> = examples.iter().map(|e| labels.iter().position(|l| *l == e.label).expect("label listed")).collect();
+    let y: Vec<usize> = examples
+        .iter()
+        .map(|e| {
+            labels
+                .iter()
+                .position(|l| *l == e.label)
+                .expect("label listed")
+        })
+        .collect();
     let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
     let bar = pb("embedding");
     let x = embed_all(model, &texts, batch, &bar)?;
@@ -76,10 +89,23 @@ pub fn adapt(
         bar.set_message(format!("loss {loss:.4}"));
     });
     bar.finish_and_clear();
-    let correct = x.iter().zip(&y).filter(|(xi, &yi)| argmax(&head.logits(xi)) == yi).count();
-    let adapter = Adapter { base_sha256: base_hash(model.encoder().bytes()), head };
-    adapter.save(output).with_context(|| format!("{}: cannot write", output.display()))?;
-    log::debug!("adapter for {} written to {}", model_path.display(), output.display());
+    let correct = x
+        .iter()
+        .zip(&y)
+        .filter(|(xi, &yi)| argmax(&head.logits(xi)) == yi)
+        .count();
+    let adapter = Adapter {
+        base_sha256: base_hash(model.encoder().bytes()),
+        head,
+    };
+    adapter
+        .save(output)
+        .with_context(|| format!("{}: cannot write", output.display()))?;
+    log::debug!(
+        "adapter for {} written to {}",
+        model_path.display(),
+        output.display()
+    );
     Ok(AdaptSummary {
         output: output.display().to_string(),
         method: "head",
@@ -93,7 +119,10 @@ pub fn adapt(
 }
 
 fn argmax(v: &[f32]) -> usize {
-    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)
 }
 
 /// Loads the adapter at `path` and checks it belongs to `model`.
@@ -105,7 +134,11 @@ pub fn load_adapter(model: &Model, path: &Path) -> Result<LinearHead> {
 }
 
 /// Predictions by the adapter's head, or by the file's.
-pub fn predict(model: &Model, head: Option<&LinearHead>, texts: &[&str]) -> Result<Vec<Prediction>> {
+pub fn predict(
+    model: &Model,
+    head: Option<&LinearHead>,
+    texts: &[&str],
+) -> Result<Vec<Prediction>> {
     Ok(match head {
         Some(h) => model.classify_with_head(texts, h)?,
         None => model.classify(texts)?,
@@ -113,17 +146,34 @@ pub fn predict(model: &Model, head: Option<&LinearHead>, texts: &[&str]) -> Resu
 }
 
 /// Scores the model (with `head` when given) on the labelled `test` file.
-pub fn evaluate(model: &Model, head: Option<&LinearHead>, test: &Path, batch: usize, pb: &ProgressBar) -> Result<Report> {
+pub fn evaluate(
+    model: &Model,
+    head: Option<&LinearHead>,
+    test: &Path,
+    batch: usize,
+    pb: &ProgressBar,
+) -> Result<Report> {
     let labels: Vec<String> = match head {
         Some(h) => h.labels.clone(),
-        None => model.encoder().config().labels.clone().context("this model has no classification head: pass --adapter")?,
+        None => model
+            .encoder()
+            .config()
+            .labels
+            .clone()
+            .context("this model has no classification head: pass --adapter")?,
     };
     let examples: Vec<Example> = data::read_jsonl(test)?;
     let mut gold = Vec::with_capacity(examples.len());
     for (i, e) in examples.iter().enumerate() {
         match labels.iter().position(|l| *l == e.label) {
             Some(g) => gold.push(g),
-            None => bail!("{}: example {}: label \"{}\" is not one of the model's ({})", test.display(), i + 1, e.label, labels.join(", ")),
+            None => bail!(
+                "{}: example {}: label \"{}\" is not one of the model's ({})",
+                test.display(),
+                i + 1,
+                e.label,
+                labels.join(", ")
+            ),
         }
     }
     pb.set_length(examples.len() as u64);

@@ -41,7 +41,16 @@ pub struct BenchReport {
 fn proc_kb(file: &str, field: &str) -> u64 {
     std::fs::read_to_string(file)
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok()))
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix(field)?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+        })
         .unwrap_or(0)
 }
 
@@ -54,14 +63,22 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn ids_of_len(model: &Model, n: usize) -> Result<Vec<u32>> {
     let text = "the quick brown fox jumps over the lazy dog while petal runs a small language model on a board ".repeat(16);
     let (ids, _) = model.tokenize(&text)?;
-    anyhow::ensure!(ids.len() >= n, "the model's maximum length {} is below {n}", model.max_length());
+    anyhow::ensure!(
+        ids.len() >= n,
+        "the model's maximum length {} is below {n}",
+        model.max_length()
+    );
     let mut v = ids[..n - 1].to_vec();
     v.push(*ids.last().expect("non-empty"));
     Ok(v)
 }
 
 fn time_forward(model: &Model, ids: &[u32], lens: &[usize], runs: usize) -> Result<Vec<f64>> {
-    let input = Input { ids, type_ids: None, lens };
+    let input = Input {
+        ids,
+        type_ids: None,
+        lens,
+    };
     for _ in 0..3 {
         model.encoder().forward(&input, &mut NoHooks)?;
     }
@@ -85,17 +102,34 @@ pub fn bench(path: &Path, runs: usize, threads: usize) -> Result<BenchReport> {
     let ids128 = ids_of_len(&model, 128)?;
     model.embed(&["warm up the tokenizer"])?;
     let _ = time_forward(&model, &ids128, &[128], 1)?;
-    let private_growth_kb_embed_128 = proc_kb("/proc/self/smaps_rollup", "Anonymous:").saturating_sub(anon0);
+    let private_growth_kb_embed_128 =
+        proc_kb("/proc/self/smaps_rollup", "Anonymous:").saturating_sub(anon0);
 
     let mut latency = Vec::new();
     for &n in &SEQ_LENS {
         let ids = ids_of_len(&model, n)?;
         let t = time_forward(&model, &ids, &[n], runs)?;
-        latency.push(Latency { batch: 1, seq: n, median_ms: percentile(&t, 0.5), p95_ms: percentile(&t, 0.95), runs });
+        latency.push(Latency {
+            batch: 1,
+            seq: n,
+            median_ms: percentile(&t, 0.5),
+            p95_ms: percentile(&t, 0.95),
+            runs,
+        });
     }
     let ids = ids_of_len(&model, THROUGHPUT_SEQ)?;
-    let batch_ids: Vec<u32> = ids.iter().copied().cycle().take(ids.len() * THROUGHPUT_BATCH).collect();
-    let t = time_forward(&model, &batch_ids, &[THROUGHPUT_SEQ; THROUGHPUT_BATCH], (runs / 4).max(3))?;
+    let batch_ids: Vec<u32> = ids
+        .iter()
+        .copied()
+        .cycle()
+        .take(ids.len() * THROUGHPUT_BATCH)
+        .collect();
+    let t = time_forward(
+        &model,
+        &batch_ids,
+        &[THROUGHPUT_SEQ; THROUGHPUT_BATCH],
+        (runs / 4).max(3),
+    )?;
     let median = percentile(&t, 0.5);
     latency.push(Latency {
         batch: THROUGHPUT_BATCH,
@@ -114,7 +148,11 @@ pub fn bench(path: &Path, runs: usize, threads: usize) -> Result<BenchReport> {
             .arg(path)
             .arg("hello world")
             .output()?;
-        anyhow::ensure!(out.status.success(), "cold-start run failed: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "cold-start run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         cold.push(s.elapsed().as_secs_f64() * 1e3);
     }
     cold.sort_by(f64::total_cmp);
@@ -133,10 +171,16 @@ pub fn bench(path: &Path, runs: usize, threads: usize) -> Result<BenchReport> {
 }
 
 pub fn format(r: &BenchReport) -> String {
-    let mut s = format!("{} ({} kernels, {} threads)\n", r.model, r.kernels, r.threads);
+    let mut s = format!(
+        "{} ({} kernels, {} threads)\n",
+        r.model, r.kernels, r.threads
+    );
     s += "batch  seq  median ms    p95 ms  runs\n";
     for l in &r.latency {
-        s += &format!("{:>5} {:>4} {:>10.2} {:>9.2} {:>5}\n", l.batch, l.seq, l.median_ms, l.p95_ms, l.runs);
+        s += &format!(
+            "{:>5} {:>4} {:>10.2} {:>9.2} {:>5}\n",
+            l.batch, l.seq, l.median_ms, l.p95_ms, l.runs
+        );
     }
     s += &format!(
         "throughput {:.1} sequences/s (batch {} x {})\ncold start (process start to first embedding, median of {}) {:.1} ms; open {:.2} ms\npeak RSS {} kB; private memory growth after a 128-token embedding {} kB\n",

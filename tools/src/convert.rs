@@ -50,7 +50,15 @@ pub struct ConvertOptions {
 impl ConvertOptions {
     /// Options with the defaults of the command line.
     pub fn new(src: PathBuf, out: PathBuf, dtype: TensorType) -> Self {
-        ConvertOptions { src, out, dtype, pooling: None, normalize: None, tokenizer: None, heads: None }
+        ConvertOptions {
+            src,
+            out,
+            dtype,
+            pooling: None,
+            normalize: None,
+            tokenizer: None,
+            heads: None,
+        }
     }
 }
 
@@ -145,9 +153,18 @@ fn storage_type(name: &str, requested: TensorType, shape: &[usize]) -> (TensorTy
 fn to_f32(name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<Vec<f32>> {
     let b = view.data();
     Ok(match view.dtype() {
-        Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Dtype::F16 => b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        Dtype::BF16 => b.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::F32 => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => b
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => b
+            .chunks_exact(2)
+            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
         other => bail!("tensor \"{name}\" has dtype {other:?} (expected F32, F16 or BF16)"),
     })
 }
@@ -158,7 +175,10 @@ pub fn convert(opts: &ConvertOptions, progress: &ProgressBar) -> Result<ConvertR
         bail!("{}: no such file or directory", src.display());
     }
     if src.is_file() {
-        if src.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
+        if src
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+        {
             let onnx = crate::onnx::OnnxWeights::load(src)?;
             let ck = onnx.checkpoint(opts)?;
             return write_checkpoint(ck, opts, progress);
@@ -166,18 +186,31 @@ pub fn convert(opts: &ConvertOptions, progress: &ProgressBar) -> Result<ConvertR
         bail!("{}: expected a Hugging Face model folder (config.json, model.safetensors, tokenizer.json) or an .onnx file", src.display());
     }
     let config = Config::load(&src.join("config.json"))?;
-    let tokenizer_path = opts.tokenizer.clone().unwrap_or_else(|| src.join("tokenizer.json"));
+    let tokenizer_path = opts
+        .tokenizer
+        .clone()
+        .unwrap_or_else(|| src.join("tokenizer.json"));
     let tokenizer_json = std::fs::read_to_string(&tokenizer_path)
         .with_context(|| format!("{}: cannot read", tokenizer_path.display()))?;
     let st_path = src.join("model.safetensors");
-    let map = Mapping::open(&st_path).with_context(|| format!("{}: cannot open", st_path.display()))?;
+    let map =
+        Mapping::open(&st_path).with_context(|| format!("{}: cannot open", st_path.display()))?;
     let st = SafeTensors::deserialize(map.bytes())
         .map_err(|e| anyhow::anyhow!("{}: corrupt safetensors file: {e}", st_path.display()))?;
     let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {
-        tensors.insert(name, SourceTensor { shape: view.shape().to_vec(), data: SourceData::Safetensors(view) });
+        tensors.insert(
+            name,
+            SourceTensor {
+                shape: view.shape().to_vec(),
+                data: SourceData::Safetensors(view),
+            },
+        );
     }
-    let name = src.canonicalize().ok().and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()));
+    let name = src
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()));
     let ck = Checkpoint {
         config,
         tensors,
@@ -193,7 +226,11 @@ pub fn convert(opts: &ConvertOptions, progress: &ProgressBar) -> Result<ConvertR
 }
 
 /// Maps, checks, quantizes and writes a checkpoint.
-pub fn write_checkpoint(ck: Checkpoint<'_>, opts: &ConvertOptions, progress: &ProgressBar) -> Result<ConvertReport> {
+pub fn write_checkpoint(
+    ck: Checkpoint<'_>,
+    opts: &ConvertOptions,
+    progress: &ProgressBar,
+) -> Result<ConvertReport> {
     let config = ck.config;
     let st_path = &ck.weights_path;
     let src = &opts.src;
@@ -211,13 +248,22 @@ pub fn write_checkpoint(ck: Checkpoint<'_>, opts: &ConvertOptions, progress: &Pr
                 continue;
             }
             Some(Mapped::Skip) => continue,
-            None => bail!("{}: unexpected tensor \"{source}\" for architecture {}", st_path.display(), arch.name()),
+            None => bail!(
+                "{}: unexpected tensor \"{source}\" for architecture {}",
+                st_path.display(),
+                arch.name()
+            ),
         };
         if let Some((other, _)) = found.insert(target.clone(), (source.to_string(), view)) {
-            bail!("{}: tensors \"{other}\" and \"{source}\" both map to \"{target}\"", st_path.display());
+            bail!(
+                "{}: tensors \"{other}\" and \"{source}\" both map to \"{target}\"",
+                st_path.display()
+            );
         }
     }
-    let head_rows = found.get("cls.output.weight").map(|(_, v)| v.shape.first().copied().unwrap_or(0));
+    let head_rows = found
+        .get("cls.output.weight")
+        .map(|(_, v)| v.shape.first().copied().unwrap_or(0));
     if head_rows.is_some() && arch == Arch::Bert {
         for (p, v) in std::mem::take(&mut pooler) {
             found.insert(format!("{}.{p}", tensor::CLS), v);
@@ -225,7 +271,10 @@ pub fn write_checkpoint(ck: Checkpoint<'_>, opts: &ConvertOptions, progress: &Pr
     }
     dropped.extend(pooler.into_values().map(|(s, _)| s));
     if !dropped.is_empty() {
-        log::info!("no classification head: dropping the unused pooler ({})", dropped.join(", "));
+        log::info!(
+            "no classification head: dropping the unused pooler ({})",
+            dropped.join(", ")
+        );
     }
     let labels = match (head_rows, &config.labels) {
         (None, _) => None,
@@ -241,7 +290,10 @@ pub fn write_checkpoint(ck: Checkpoint<'_>, opts: &ConvertOptions, progress: &Pr
     let expected = hf::expected_tensors(&config, head_rows);
     for (name, shape) in &expected {
         let Some((source, view)) = found.get(name) else {
-            bail!("{}: missing tensor for \"{name}\" (shape {shape:?})", st_path.display());
+            bail!(
+                "{}: missing tensor for \"{name}\" (shape {shape:?})",
+                st_path.display()
+            );
         };
         if view.shape != *shape {
             bail!(
@@ -251,9 +303,15 @@ pub fn write_checkpoint(ck: Checkpoint<'_>, opts: &ConvertOptions, progress: &Pr
             );
         }
     }
-    if let Some(extra) = found.keys().find(|k| !expected.iter().any(|(n, _)| n == *k)) {
+    if let Some(extra) = found
+        .keys()
+        .find(|k| !expected.iter().any(|(n, _)| n == *k))
+    {
         let (source, _) = &found[extra];
-        bail!("{}: unexpected tensor \"{source}\" (no layer or head for it in config.json)", st_path.display());
+        bail!(
+            "{}: unexpected tensor \"{source}\" (no layer or head for it in config.json)",
+            st_path.display()
+        );
     }
 
     let st_pooling = ck.sentence_pooling;
@@ -263,7 +321,9 @@ pub fn write_checkpoint(ck: Checkpoint<'_>, opts: &ConvertOptions, progress: &Pr
         None if head_rows.is_some() => Pooling::Cls,
         None => Pooling::Mean,
     });
-    let normalize = opts.normalize.unwrap_or(st_pooling.is_some_and(|p| p.normalize));
+    let normalize = opts
+        .normalize
+        .unwrap_or(st_pooling.is_some_and(|p| p.normalize));
 
     let mut w = GgufWriter::new();
     let an = arch.name();
@@ -272,24 +332,40 @@ pub fn write_checkpoint(ck: Checkpoint<'_>, opts: &ConvertOptions, progress: &Pr
     w.set(names::NAME, ck.name.clone());
     w.set(names::FILE_TYPE, names::file_type(opts.dtype));
     w.set(&key(names::BLOCK_COUNT), config.layers as u32);
-    w.set(&key(names::CONTEXT_LENGTH), (config.max_positions - config.position_offset) as u32);
+    w.set(
+        &key(names::CONTEXT_LENGTH),
+        (config.max_positions - config.position_offset) as u32,
+    );
     w.set(&key(names::EMBEDDING_LENGTH), config.hidden as u32);
     w.set(&key(names::FEED_FORWARD_LENGTH), config.ffn as u32);
     w.set(&key(names::HEAD_COUNT), config.heads as u32);
     w.set(&key(names::LAYER_NORM_EPS), config.eps);
     w.set(&key(names::CAUSAL), false);
-    w.set(&key(names::POOLING_TYPE), if pooling == Pooling::Mean { pooling::MEAN } else { pooling::CLS });
+    w.set(
+        &key(names::POOLING_TYPE),
+        if pooling == Pooling::Mean {
+            pooling::MEAN
+        } else {
+            pooling::CLS
+        },
+    );
     w.set(names::NORMALIZE, normalize);
     w.set(names::POSITION_OFFSET, config.position_offset as u32);
     w.set(names::PAD_TOKEN_ID, config.pad_token_id);
     if let Some(l) = &labels {
-        w.set(&key(names::OUTPUT_LABELS), OwnedValue::StringArray(l.clone()));
+        w.set(
+            &key(names::OUTPUT_LABELS),
+            OwnedValue::StringArray(l.clone()),
+        );
         w.set(names::HEAD_ACTIVATION, arch.head_activation().name());
         w.set(names::HEAD_INPUT, "cls");
     }
     w.set(names::SOURCE_SHA256, ck.sha256.clone());
     w.set(names::SOURCE_FORMAT, ck.format);
-    w.set(names::CONVERTER_VERSION, concat!("petal ", env!("CARGO_PKG_VERSION")));
+    w.set(
+        names::CONVERTER_VERSION,
+        concat!("petal ", env!("CARGO_PKG_VERSION")),
+    );
     crate::tokenizer_meta::write_tokenizer_keys(&mut w, &ck.tokenizer_json)
         .with_context(|| format!("{}", ck.tokenizer_path.display()))?;
     if config.type_vocab > 0 {
@@ -303,10 +379,15 @@ pub fn write_checkpoint(ck: Checkpoint<'_>, opts: &ConvertOptions, progress: &Pr
     for (name, shape) in &expected {
         progress.set_message(name.clone());
         let (source, view) = &found[name];
-        let values = view.to_f32(source).with_context(|| format!("{}", st_path.display()))?;
+        let values = view
+            .to_f32(source)
+            .with_context(|| format!("{}", st_path.display()))?;
         let (ty, fell_back) = storage_type(name, opts.dtype, shape);
         if fell_back {
-            log::warn!("{name}: rows of {} are not a multiple of 32; stored as F16", shape.last().unwrap_or(&0));
+            log::warn!(
+                "{name}: rows of {} are not a multiple of 32; stored as F16",
+                shape.last().unwrap_or(&0)
+            );
             fallbacks.push(name.clone());
         }
         let mut bytes = Vec::new();
@@ -328,7 +409,10 @@ pub fn write_checkpoint(ck: Checkpoint<'_>, opts: &ConvertOptions, progress: &Pr
         w.add_tensor(name, shape, ty, bytes)?;
         progress.inc(1);
     }
-    w.set(names::SOURCE_TENSOR_NAMES, OwnedValue::StringArray(source_list));
+    w.set(
+        names::SOURCE_TENSOR_NAMES,
+        OwnedValue::StringArray(source_list),
+    );
     progress.set_message(format!("writing {}", opts.out.display()));
     let file_bytes = w
         .write_atomic(&opts.out)
@@ -350,4 +434,3 @@ pub fn write_checkpoint(ck: Checkpoint<'_>, opts: &ConvertOptions, progress: &Pr
         fallbacks,
     })
 }
-

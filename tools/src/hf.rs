@@ -75,14 +75,18 @@ fn need(v: Option<usize>, key: &str) -> Result<usize> {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
         Self::parse(&text).with_context(|| format!("{}", path.display()))
     }
 
     pub fn parse(text: &str) -> Result<Self> {
         let raw: RawConfig = serde_json::from_str(text).context("invalid JSON")?;
         // Hugging Face's model_type values are petal's architecture names.
-        let model_type = raw.model_type.as_deref().context("missing \"model_type\"")?;
+        let model_type = raw
+            .model_type
+            .as_deref()
+            .context("missing \"model_type\"")?;
         let arch = Arch::from_name(model_type).with_context(|| {
             format!("unknown architecture \"{model_type}\" (petal converts bert, distilbert, roberta, xlm-roberta)")
         })?;
@@ -96,7 +100,11 @@ impl Config {
             .map(|m| {
                 let mut v: Vec<(usize, String)> = m
                     .into_iter()
-                    .map(|(k, l)| k.parse::<usize>().map(|i| (i, l)).with_context(|| format!("id2label key \"{k}\" is not an integer")))
+                    .map(|(k, l)| {
+                        k.parse::<usize>()
+                            .map(|i| (i, l))
+                            .with_context(|| format!("id2label key \"{k}\" is not an integer"))
+                    })
                     .collect::<Result<_>>()?;
                 v.sort();
                 if v.iter().enumerate().any(|(i, (k, _))| i != *k) {
@@ -105,7 +113,13 @@ impl Config {
                 Ok(v.into_iter().map(|(_, l)| l).collect())
             })
             .transpose()?;
-        let pad_token_id = raw.pad_token_id.unwrap_or(if arch == Arch::Bert || arch == Arch::DistilBert { 0 } else { 1 });
+        let pad_token_id =
+            raw.pad_token_id
+                .unwrap_or(if arch == Arch::Bert || arch == Arch::DistilBert {
+                    0
+                } else {
+                    1
+                });
         let c = if arch == Arch::DistilBert {
             if raw.sinusoidal_pos_embds == Some(true) {
                 bail!("sinusoidal_pos_embds is not supported");
@@ -121,7 +135,10 @@ impl Config {
                 heads: need(raw.n_heads.or(Some(12)), "n_heads")?,
                 ffn: need(raw.hidden_dim.or(Some(3072)), "hidden_dim")?,
                 vocab: need(raw.vocab_size, "vocab_size")?,
-                max_positions: need(raw.max_position_embeddings.or(Some(512)), "max_position_embeddings")?,
+                max_positions: need(
+                    raw.max_position_embeddings.or(Some(512)),
+                    "max_position_embeddings",
+                )?,
                 type_vocab: 0,
                 eps: 1e-12,
                 pad_token_id,
@@ -144,15 +161,27 @@ impl Config {
                 type_vocab: need(raw.type_vocab_size.or(Some(2)), "type_vocab_size")?,
                 eps: raw.layer_norm_eps.unwrap_or(1e-12) as f32,
                 pad_token_id,
-                position_offset: if arch == Arch::Bert { 0 } else { pad_token_id as usize + 1 },
+                position_offset: if arch == Arch::Bert {
+                    0
+                } else {
+                    pad_token_id as usize + 1
+                },
                 labels,
             }
         };
         if c.hidden % c.heads != 0 {
-            bail!("hidden size {} is not a multiple of the head count {}", c.hidden, c.heads);
+            bail!(
+                "hidden size {} is not a multiple of the head count {}",
+                c.hidden,
+                c.heads
+            );
         }
         if c.position_offset >= c.max_positions {
-            bail!("position offset {} leaves no positions of {}", c.position_offset, c.max_positions);
+            bail!(
+                "position offset {} leaves no positions of {}",
+                c.position_offset,
+                c.max_positions
+            );
         }
         Ok(c)
     }
@@ -184,7 +213,9 @@ pub fn map_name(arch: Arch, source: &str) -> Option<Mapped> {
         return match rest {
             "word_embeddings.weight" => t(tensor::TOKEN_EMBD.into()),
             "position_embeddings.weight" => t(tensor::POSITION_EMBD.into()),
-            "token_type_embeddings.weight" if arch != Arch::DistilBert => t(tensor::TOKEN_TYPES.into()),
+            "token_type_embeddings.weight" if arch != Arch::DistilBert => {
+                t(tensor::TOKEN_TYPES.into())
+            }
             "position_ids" | "token_type_ids" => Some(Mapped::Skip),
             _ => {
                 let p = param(rest.strip_prefix("LayerNorm.")?)?;
@@ -192,7 +223,11 @@ pub fn map_name(arch: Arch, source: &str) -> Option<Mapped> {
             }
         };
     }
-    let layer_prefix = if arch == Arch::DistilBert { "transformer.layer." } else { "encoder.layer." };
+    let layer_prefix = if arch == Arch::DistilBert {
+        "transformer.layer."
+    } else {
+        "encoder.layer."
+    };
     if let Some(rest) = name.strip_prefix(layer_prefix) {
         let (n, rest) = rest.split_once('.')?;
         let n: usize = n.parse().ok()?;
@@ -232,7 +267,9 @@ pub fn map_name(arch: Arch, source: &str) -> Option<Mapped> {
         (Arch::Bert | Arch::DistilBert, "classifier") => t(format!("{}.{p}", tensor::CLS_OUTPUT)),
         (Arch::DistilBert, "pre_classifier") => t(format!("{}.{p}", tensor::CLS)),
         (Arch::Roberta | Arch::XlmRoberta, "classifier.dense") => t(format!("{}.{p}", tensor::CLS)),
-        (Arch::Roberta | Arch::XlmRoberta, "classifier.out_proj") => t(format!("{}.{p}", tensor::CLS_OUTPUT)),
+        (Arch::Roberta | Arch::XlmRoberta, "classifier.out_proj") => {
+            t(format!("{}.{p}", tensor::CLS_OUTPUT))
+        }
         _ => None,
     }
 }
@@ -299,24 +336,39 @@ pub fn sentence_pooling(dir: &Path) -> Result<Option<SentencePooling>> {
     if !pc.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&pc).with_context(|| format!("{}: cannot read", pc.display()))?;
-    let p: PoolingConfig = serde_json::from_str(&text).with_context(|| format!("{}: invalid pooling config", pc.display()))?;
-    let n_modes = [p.pooling_mode_cls_token, p.pooling_mode_mean_tokens, p.pooling_mode_max_tokens, p.pooling_mode_mean_sqrt_len_tokens]
-        .iter()
-        .filter(|&&b| b)
-        .count();
+    let text =
+        std::fs::read_to_string(&pc).with_context(|| format!("{}: cannot read", pc.display()))?;
+    let p: PoolingConfig = serde_json::from_str(&text)
+        .with_context(|| format!("{}: invalid pooling config", pc.display()))?;
+    let n_modes = [
+        p.pooling_mode_cls_token,
+        p.pooling_mode_mean_tokens,
+        p.pooling_mode_max_tokens,
+        p.pooling_mode_mean_sqrt_len_tokens,
+    ]
+    .iter()
+    .filter(|&&b| b)
+    .count();
     if n_modes != 1 || p.pooling_mode_max_tokens || p.pooling_mode_mean_sqrt_len_tokens {
-        bail!("{}: only one of mean or CLS pooling is supported", pc.display());
+        bail!(
+            "{}: only one of mean or CLS pooling is supported",
+            pc.display()
+        );
     }
     let modules = dir.join("modules.json");
     let normalize = if modules.exists() {
-        let text = std::fs::read_to_string(&modules).with_context(|| format!("{}: cannot read", modules.display()))?;
-        let m: Vec<StModule> = serde_json::from_str(&text).with_context(|| format!("{}: invalid modules list", modules.display()))?;
+        let text = std::fs::read_to_string(&modules)
+            .with_context(|| format!("{}: cannot read", modules.display()))?;
+        let m: Vec<StModule> = serde_json::from_str(&text)
+            .with_context(|| format!("{}: invalid modules list", modules.display()))?;
         m.iter().any(|m| m.ty.ends_with(".Normalize"))
     } else {
         false
     };
-    Ok(Some(SentencePooling { mean: p.pooling_mode_mean_tokens, normalize }))
+    Ok(Some(SentencePooling {
+        mean: p.pooling_mode_mean_tokens,
+        normalize,
+    }))
 }
 
 #[cfg(test)]
@@ -325,18 +377,42 @@ mod tests {
 
     #[test]
     fn names_with_and_without_prefix() {
-        for src in ["bert.encoder.layer.3.attention.self.query.weight", "encoder.layer.3.attention.self.query.weight"] {
-            assert_eq!(map_name(Arch::Bert, src), Some(Mapped::Tensor("blk.3.attn_q.weight".into())));
+        for src in [
+            "bert.encoder.layer.3.attention.self.query.weight",
+            "encoder.layer.3.attention.self.query.weight",
+        ] {
+            assert_eq!(
+                map_name(Arch::Bert, src),
+                Some(Mapped::Tensor("blk.3.attn_q.weight".into()))
+            );
         }
-        assert_eq!(map_name(Arch::Bert, "embeddings.position_ids"), Some(Mapped::Skip));
-        assert_eq!(map_name(Arch::Bert, "pooler.dense.bias"), Some(Mapped::Pooler("bias")));
-        assert_eq!(map_name(Arch::Bert, "encoder.layer.0.attention.self.rotary.weight"), None);
         assert_eq!(
-            map_name(Arch::DistilBert, "distilbert.transformer.layer.1.ffn.lin2.bias"),
+            map_name(Arch::Bert, "embeddings.position_ids"),
+            Some(Mapped::Skip)
+        );
+        assert_eq!(
+            map_name(Arch::Bert, "pooler.dense.bias"),
+            Some(Mapped::Pooler("bias"))
+        );
+        assert_eq!(
+            map_name(Arch::Bert, "encoder.layer.0.attention.self.rotary.weight"),
+            None
+        );
+        assert_eq!(
+            map_name(
+                Arch::DistilBert,
+                "distilbert.transformer.layer.1.ffn.lin2.bias"
+            ),
             Some(Mapped::Tensor("blk.1.ffn_down.bias".into()))
         );
-        assert_eq!(map_name(Arch::DistilBert, "embeddings.token_type_embeddings.weight"), None);
-        assert_eq!(map_name(Arch::Roberta, "classifier.out_proj.weight"), Some(Mapped::Tensor("cls.output.weight".into())));
+        assert_eq!(
+            map_name(Arch::DistilBert, "embeddings.token_type_embeddings.weight"),
+            None
+        );
+        assert_eq!(
+            map_name(Arch::Roberta, "classifier.out_proj.weight"),
+            Some(Mapped::Tensor("cls.output.weight".into()))
+        );
         assert_eq!(map_name(Arch::Roberta, "lm_head.dense.weight"), None);
     }
 

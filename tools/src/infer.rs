@@ -49,15 +49,21 @@ const TRACT_MAX_LENGTH: usize = 512;
 
 /// Opens `path` with the tract engine.
 pub fn open_tract(path: &Path, args: &RunArgs) -> Result<crate::tract_engine::TractEncoder> {
-    let tok = args
-        .tokenizer
-        .as_ref()
-        .with_context(|| format!("{}: --engine tract needs --tokenizer tokenizer.json", path.display()))?;
+    let tok = args.tokenizer.as_ref().with_context(|| {
+        format!(
+            "{}: --engine tract needs --tokenizer tokenizer.json",
+            path.display()
+        )
+    })?;
     crate::tract_engine::TractEncoder::load(path, tok, args.max_length.unwrap_or(TRACT_MAX_LENGTH))
 }
 
 pub fn open(path: &Path, args: &RunArgs) -> Result<Model> {
-    let mut model = if args.no_mmap { Model::open_buffered(path) } else { Model::open(path) }?;
+    let mut model = if args.no_mmap {
+        Model::open_buffered(path)
+    } else {
+        Model::open(path)
+    }?;
     if let Some(n) = args.max_length {
         if n < 2 {
             bail!("--max-length {n} leaves no room for the special tokens (at least 2)");
@@ -70,7 +76,11 @@ pub fn open(path: &Path, args: &RunArgs) -> Result<Model> {
 
 /// Calls `each` with batches of `batch` texts: the arguments, or stdin's lines. A line that is
 /// not UTF-8 stops the run with its line number; `\r\n` endings are accepted.
-pub fn for_each_batch(texts: &[String], batch: usize, mut each: impl FnMut(&[&str]) -> Result<()>) -> Result<()> {
+pub fn for_each_batch(
+    texts: &[String],
+    batch: usize,
+    mut each: impl FnMut(&[&str]) -> Result<()>,
+) -> Result<()> {
     if !texts.is_empty() {
         for chunk in texts.chunks(batch.max(1)) {
             let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
@@ -128,9 +138,13 @@ pub fn format_embedding(text: &str, e: &[f32], as_json: bool) -> String {
 
 pub fn format_prediction(text: &str, p: &Prediction, labels: &[String], as_json: bool) -> String {
     if as_json {
-        let scores: serde_json::Map<String, serde_json::Value> =
-            labels.iter().zip(&p.scores).map(|(l, s)| (l.clone(), json!(s))).collect();
-        json!({ "text": text, "label": p.label, "score": p.score, "scores": scores }).to_string() + "\n"
+        let scores: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .zip(&p.scores)
+            .map(|(l, s)| (l.clone(), json!(s)))
+            .collect();
+        json!({ "text": text, "label": p.label, "score": p.score, "scores": scores }).to_string()
+            + "\n"
     } else {
         format!("{}\t{:.4}\n", p.label, p.score)
     }

@@ -43,9 +43,22 @@ fn value_plain(v: &Value<'_>) -> String {
         Value::String(s) if s.len() > SHOWN_STRING => format!("<string, {} bytes>", s.len()),
         Value::String(s) => format!("{s:?}"),
         Value::Array(a) => {
-            let head: Vec<String> = a.iter().take(SHOWN_ELEMENTS).map(|e| value_plain(&e)).collect();
-            let more = if a.len() > SHOWN_ELEMENTS { ", ..." } else { "" };
-            format!("[{:?}; {}] [{}{more}]", a.elem_type(), a.len(), head.join(", "))
+            let head: Vec<String> = a
+                .iter()
+                .take(SHOWN_ELEMENTS)
+                .map(|e| value_plain(&e))
+                .collect();
+            let more = if a.len() > SHOWN_ELEMENTS {
+                ", ..."
+            } else {
+                ""
+            };
+            format!(
+                "[{:?}; {}] [{}{more}]",
+                a.elem_type(),
+                a.len(),
+                head.join(", ")
+            )
         }
         _ => value_json(v, false).to_string(),
     }
@@ -65,8 +78,11 @@ pub fn inspect(path: &Path, as_json: bool, full_arrays: bool) -> Result<String> 
         e.1 += t.size;
     }
     if as_json {
-        let metadata: serde_json::Map<String, Json> =
-            g.metadata().iter().map(|(k, v)| (k.to_string(), value_json(v, full_arrays))).collect();
+        let metadata: serde_json::Map<String, Json> = g
+            .metadata()
+            .iter()
+            .map(|(k, v)| (k.to_string(), value_json(v, full_arrays)))
+            .collect();
         let tensors: Vec<Json> = g
             .tensors()
             .iter()
@@ -97,7 +113,8 @@ pub fn inspect(path: &Path, as_json: bool, full_arrays: bool) -> Result<String> 
         });
         return Ok(serde_json::to_string_pretty(&out)? + "\n");
     }
-    let _ = writeln!(o, 
+    let _ = writeln!(
+        o,
         "{}: GGUF v{}, {} bytes, alignment {}, data at byte {}",
         path.display(),
         g.version,
@@ -110,11 +127,29 @@ pub fn inspect(path: &Path, as_json: bool, full_arrays: bool) -> Result<String> 
         let _ = writeln!(o, "  {k} = {}", value_plain(v));
     }
     let _ = writeln!(o, "\ntensors ({}):", g.tensors().len());
-    let w = g.tensors().iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
-    let _ = writeln!(o, "  {:<w$}  {:<5}  {:<14}  {:>12}  {:>12}", "name", "type", "shape", "offset", "bytes");
+    let w = g
+        .tensors()
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let _ = writeln!(
+        o,
+        "  {:<w$}  {:<5}  {:<14}  {:>12}  {:>12}",
+        "name", "type", "shape", "offset", "bytes"
+    );
     for t in g.tensors() {
         let shape = format!("{:?}", t.shape());
-        let _ = writeln!(o, "  {:<w$}  {:<5}  {:<14}  {:>12}  {:>12}", t.name, t.ty.to_string(), shape, t.offset, t.size);
+        let _ = writeln!(
+            o,
+            "  {:<w$}  {:<5}  {:<14}  {:>12}  {:>12}",
+            t.name,
+            t.ty.to_string(),
+            shape,
+            t.offset,
+            t.size
+        );
     }
     o.push('\n');
     for (ty, (n, b)) in &by_type {

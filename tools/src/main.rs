@@ -1,7 +1,7 @@
 //! `petal`: convert Hugging Face checkpoints to GGUF and look inside them.
 
-use petal_tools::infer::{self, RunArgs};
 use petal_adapt::train_head::HeadConfig;
+use petal_tools::infer::{self, RunArgs};
 use petal_tools::{adapt_cmd, convert, inspect};
 
 use std::io::IsTerminal;
@@ -163,11 +163,21 @@ fn convert_summary(r: &convert::ConvertReport) -> String {
     use std::fmt::Write;
     let mut o = String::new();
     let w = r.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4);
-    let _ = writeln!(o, "{:<w$}  {:<5}  {:<14}  {:>10}  {:>10}", "tensor", "type", "shape", "bytes", "rel.rms");
+    let _ = writeln!(
+        o,
+        "{:<w$}  {:<5}  {:<14}  {:>10}  {:>10}",
+        "tensor", "type", "shape", "bytes", "rel.rms"
+    );
     for t in &r.tensors {
-        let err = t.rel_rms_error.map_or("-".to_string(), |e| format!("{e:.3e}"));
+        let err = t
+            .rel_rms_error
+            .map_or("-".to_string(), |e| format!("{e:.3e}"));
         let shape = format!("{:?}", t.shape);
-        let _ = writeln!(o, "{:<w$}  {:<5}  {:<14}  {:>10}  {:>10}", t.name, t.ty, shape, t.bytes, err);
+        let _ = writeln!(
+            o,
+            "{:<w$}  {:<5}  {:<14}  {:>10}  {:>10}",
+            t.name, t.ty, shape, t.bytes, err
+        );
     }
     let _ = writeln!(
         o,
@@ -193,7 +203,11 @@ fn convert_summary(r: &convert::ConvertReport) -> String {
         let _ = writeln!(o, "labels: {}", l.join(", "));
     }
     if !r.dropped.is_empty() {
-        let _ = writeln!(o, "dropped (unused without a head): {}", r.dropped.join(", "));
+        let _ = writeln!(
+            o,
+            "dropped (unused without a head): {}",
+            r.dropped.join(", ")
+        );
     }
     o
 }
@@ -205,8 +219,25 @@ fn emit(text: &str) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Convert { src, output, dtype, pooling, normalize, tokenizer, heads, json } => {
-            let opts = convert::ConvertOptions { src, out: output, dtype, pooling, normalize, tokenizer, heads };
+        Command::Convert {
+            src,
+            output,
+            dtype,
+            pooling,
+            normalize,
+            tokenizer,
+            heads,
+            json,
+        } => {
+            let opts = convert::ConvertOptions {
+                src,
+                out: output,
+                dtype,
+                pooling,
+                normalize,
+                tokenizer,
+                heads,
+            };
             let report = convert::convert(&opts, &progress_bar(cli.quiet))?;
             if json {
                 emit(&(serde_json::to_string(&report)? + "\n"))?;
@@ -226,19 +257,31 @@ fn run(cli: Cli) -> Result<()> {
                     (_, Some(t)) => t.embed(batch, run.normalize)?,
                     _ => unreachable!("one engine is open"),
                 };
-                let out: String = batch.iter().zip(&emb).map(|(t, e)| infer::format_embedding(t, e, run.json)).collect();
+                let out: String = batch
+                    .iter()
+                    .zip(&emb)
+                    .map(|(t, e)| infer::format_embedding(t, e, run.json))
+                    .collect();
                 if open {
                     open = infer::write_out(&out)?;
                 }
                 Ok(())
             })?;
         }
-        Command::Classify { model, adapter, texts, run } => {
+        Command::Classify {
+            model,
+            adapter,
+            texts,
+            run,
+        } => {
             if run.engine == infer::Engine::Tract {
                 bail!("{}: the tract engine only embeds (classification needs a GGUF file with a head)", model.display());
             }
             let m = infer::open(&model, &run)?;
-            let head = adapter.as_deref().map(|a| adapt_cmd::load_adapter(&m, a)).transpose()?;
+            let head = adapter
+                .as_deref()
+                .map(|a| adapt_cmd::load_adapter(&m, a))
+                .transpose()?;
             let labels = match &head {
                 Some(h) => h.labels.clone(),
                 None => m.encoder().config().labels.clone().ok_or_else(|| {
@@ -248,17 +291,33 @@ fn run(cli: Cli) -> Result<()> {
             let mut open = true;
             infer::for_each_batch(&texts, run.batch_size, |batch| {
                 let preds = adapt_cmd::predict(&m, head.as_ref(), batch)?;
-                let out: String =
-                    batch.iter().zip(&preds).map(|(t, p)| infer::format_prediction(t, p, &labels, run.json)).collect();
+                let out: String = batch
+                    .iter()
+                    .zip(&preds)
+                    .map(|(t, p)| infer::format_prediction(t, p, &labels, run.json))
+                    .collect();
                 if open {
                     open = infer::write_out(&out)?;
                 }
                 Ok(())
             })?;
         }
-        Command::Adapt { model, train, method, output, epochs, lr, max_seconds, run } => {
+        Command::Adapt {
+            model,
+            train,
+            method,
+            output,
+            epochs,
+            lr,
+            max_seconds,
+            run,
+        } => {
             let m = infer::open(&model, &run)?;
-            let mut cfg = HeadConfig { epochs, max_time: adapt_cmd::budget(max_seconds), ..HeadConfig::default() };
+            let mut cfg = HeadConfig {
+                epochs,
+                max_time: adapt_cmd::budget(max_seconds),
+                ..HeadConfig::default()
+            };
             cfg.optim.lr = lr;
             let quiet = cli.quiet;
             let bars = |what: &str| {
@@ -266,7 +325,16 @@ fn run(cli: Cli) -> Result<()> {
                 pb.set_message(what.to_string());
                 pb
             };
-            let s = adapt_cmd::adapt(&m, &model, &train, method, &output, &cfg, run.batch_size, &bars)?;
+            let s = adapt_cmd::adapt(
+                &m,
+                &model,
+                &train,
+                method,
+                &output,
+                &cfg,
+                run.batch_size,
+                &bars,
+            )?;
             if run.json {
                 emit(&(serde_json::to_string(&s)? + "\n"))?;
             } else {
@@ -276,27 +344,53 @@ fn run(cli: Cli) -> Result<()> {
                 ))?;
             }
         }
-        Command::Eval { model, adapter, test, run } => {
+        Command::Eval {
+            model,
+            adapter,
+            test,
+            run,
+        } => {
             let m = infer::open(&model, &run)?;
-            let head = adapter.as_deref().map(|a| adapt_cmd::load_adapter(&m, a)).transpose()?;
-            let r = adapt_cmd::evaluate(&m, head.as_ref(), &test, run.batch_size, &progress_bar(cli.quiet))?;
+            let head = adapter
+                .as_deref()
+                .map(|a| adapt_cmd::load_adapter(&m, a))
+                .transpose()?;
+            let r = adapt_cmd::evaluate(
+                &m,
+                head.as_ref(),
+                &test,
+                run.batch_size,
+                &progress_bar(cli.quiet),
+            )?;
             emit(&adapt_cmd::format_report(&r, run.json))?;
         }
         Command::Bench { model, runs, json } => {
             let threads = petal_runtime::kernels::threads();
             let r = petal_tools::bench::bench(&model, runs.max(1), threads)?;
-            emit(&if json { serde_json::to_string(&r)? + "\n" } else { petal_tools::bench::format(&r) })?;
+            emit(&if json {
+                serde_json::to_string(&r)? + "\n"
+            } else {
+                petal_tools::bench::format(&r)
+            })?;
         }
-        Command::Inspect { file, json, full_arrays } => emit(&inspect::inspect(&file, json, full_arrays)?)?,
+        Command::Inspect {
+            file,
+            json,
+            full_arrays,
+        } => emit(&inspect::inspect(&file, json, full_arrays)?)?,
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(if cli.quiet { "error" } else { "info" }))
-        .format_timestamp(None)
-        .init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(if cli.quiet {
+        "error"
+    } else {
+        "info"
+    }))
+    .format_timestamp(None)
+    .init();
     if let Some(n) = cli.threads {
         if n == 0 {
             eprintln!("error: --threads must be at least 1");
@@ -310,7 +404,14 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", anyhow!(e).chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "));
+            eprintln!(
+                "error: {}",
+                anyhow!(e)
+                    .chain()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(": ")
+            );
             ExitCode::FAILURE
         }
     }

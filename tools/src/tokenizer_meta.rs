@@ -11,7 +11,10 @@ const MAX_VOCAB: usize = 1 << 22;
 pub fn write_tokenizer_keys(w: &mut GgufWriter, json_text: &str) -> Result<usize> {
     let v: Value = serde_json::from_str(json_text).context("invalid JSON")?;
     let model = v.get("model").context("no \"model\" section")?;
-    let kind = model.get("type").and_then(Value::as_str).context("no model \"type\"")?;
+    let kind = model
+        .get("type")
+        .and_then(Value::as_str)
+        .context("no model \"type\"")?;
     let mut tokens: Vec<Option<String>> = Vec::new();
     let mut put = |id: usize, tok: &str| -> Result<()> {
         if id >= MAX_VOCAB {
@@ -26,18 +29,36 @@ pub fn write_tokenizer_keys(w: &mut GgufWriter, json_text: &str) -> Result<usize
     let mut scores = Vec::new();
     let ggml_model = match kind {
         "WordPiece" | "BPE" => {
-            let vocab = model.get("vocab").and_then(Value::as_object).context("model \"vocab\" is not an object")?;
+            let vocab = model
+                .get("vocab")
+                .and_then(Value::as_object)
+                .context("model \"vocab\" is not an object")?;
             for (tok, id) in vocab {
-                let id = id.as_u64().with_context(|| format!("vocab id of {tok:?} is not an integer"))?;
+                let id = id
+                    .as_u64()
+                    .with_context(|| format!("vocab id of {tok:?} is not an integer"))?;
                 put(id as usize, tok)?;
             }
-            if kind == "WordPiece" { "bert" } else { "gpt2" }
+            if kind == "WordPiece" {
+                "bert"
+            } else {
+                "gpt2"
+            }
         }
         "Unigram" => {
-            let vocab = model.get("vocab").and_then(Value::as_array).context("model \"vocab\" is not a list")?;
+            let vocab = model
+                .get("vocab")
+                .and_then(Value::as_array)
+                .context("model \"vocab\" is not a list")?;
             for (id, e) in vocab.iter().enumerate() {
-                let piece = e.get(0).and_then(Value::as_str).with_context(|| format!("vocab entry {id} has no piece"))?;
-                let score = e.get(1).and_then(Value::as_f64).with_context(|| format!("vocab entry {id} has no score"))?;
+                let piece = e
+                    .get(0)
+                    .and_then(Value::as_str)
+                    .with_context(|| format!("vocab entry {id} has no piece"))?;
+                let score = e
+                    .get(1)
+                    .and_then(Value::as_f64)
+                    .with_context(|| format!("vocab entry {id} has no score"))?;
                 put(id, piece)?;
                 scores.push(score as f32);
             }
@@ -45,10 +66,17 @@ pub fn write_tokenizer_keys(w: &mut GgufWriter, json_text: &str) -> Result<usize
         }
         other => bail!("tokenizer model \"{other}\" is not supported (WordPiece, BPE, Unigram)"),
     };
-    let added = v.get("added_tokens").and_then(Value::as_array).cloned().unwrap_or_default();
+    let added = v
+        .get("added_tokens")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let mut specials = Vec::new();
     for a in &added {
-        let (Some(id), Some(content)) = (a.get("id").and_then(Value::as_u64), a.get("content").and_then(Value::as_str)) else {
+        let (Some(id), Some(content)) = (
+            a.get("id").and_then(Value::as_u64),
+            a.get("content").and_then(Value::as_str),
+        ) else {
             bail!("an added token lacks \"id\" or \"content\"");
         };
         put(id as usize, content)?;
@@ -80,7 +108,10 @@ pub fn write_tokenizer_keys(w: &mut GgufWriter, json_text: &str) -> Result<usize
         ("eos", &["</s>"]),
     ];
     for (role, candidates) in roles {
-        if let Some((_, id)) = specials.iter().find(|(c, _)| candidates.contains(&c.as_str())) {
+        if let Some((_, id)) = specials
+            .iter()
+            .find(|(c, _)| candidates.contains(&c.as_str()))
+        {
             w.set(&format!("tokenizer.ggml.{role}_token_id"), *id);
         }
     }

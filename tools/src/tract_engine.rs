@@ -24,7 +24,9 @@ pub struct TractEncoder {
 
 impl std::fmt::Debug for TractEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TractEncoder").field("inputs", &self.inputs).finish_non_exhaustive()
+        f.debug_struct("TractEncoder")
+            .field("inputs", &self.inputs)
+            .finish_non_exhaustive()
     }
 }
 
@@ -44,23 +46,44 @@ impl TractEncoder {
                 bail!("{}: unexpected model input \"{i}\"", onnx.display());
             }
         }
-        let mut tok = Tokenizer::from_file(tokenizer).map_err(|e| anyhow!("{}: {e}", tokenizer.display()))?;
+        let mut tok =
+            Tokenizer::from_file(tokenizer).map_err(|e| anyhow!("{}: {e}", tokenizer.display()))?;
         tok.with_padding(None);
-        tok.with_truncation(Some(TruncationParams { max_length, ..Default::default() }))
-            .map_err(|e| anyhow!("{}: {e}", tokenizer.display()))?;
-        Ok(TractEncoder { model, inputs, tokenizer: tok, plans: Mutex::new(HashMap::new()), hidden: None })
+        tok.with_truncation(Some(TruncationParams {
+            max_length,
+            ..Default::default()
+        }))
+        .map_err(|e| anyhow!("{}: {e}", tokenizer.display()))?;
+        Ok(TractEncoder {
+            model,
+            inputs,
+            tokenizer: tok,
+            plans: Mutex::new(HashMap::new()),
+            hidden: None,
+        })
     }
 
     fn plan(&self, n: usize) -> Result<Plan> {
-        if let Some(p) = self.plans.lock().map_err(|_| anyhow!("poisoned plan cache"))?.get(&n) {
+        if let Some(p) = self
+            .plans
+            .lock()
+            .map_err(|_| anyhow!("poisoned plan cache"))?
+            .get(&n)
+        {
             return Ok(p.clone());
         }
         let mut m = self.model.clone();
         for i in 0..self.inputs.len() {
             m.set_input_fact(i, InferenceFact::dt_shape(i64::datum_type(), tvec!(1, n)))?;
         }
-        let plan = m.into_optimized().context("tract cannot optimize this model")?.into_runnable()?;
-        self.plans.lock().map_err(|_| anyhow!("poisoned plan cache"))?.insert(n, plan.clone());
+        let plan = m
+            .into_optimized()
+            .context("tract cannot optimize this model")?
+            .into_runnable()?;
+        self.plans
+            .lock()
+            .map_err(|_| anyhow!("poisoned plan cache"))?
+            .insert(n, plan.clone());
         Ok(plan)
     }
 
@@ -68,7 +91,8 @@ impl TractEncoder {
     pub fn token_states(&self, ids: &[u32], type_ids: &[u32]) -> Result<(Vec<f32>, usize)> {
         let n = ids.len();
         let plan = self.plan(n)?;
-        let tensor = |v: Vec<i64>| -> Result<TValue> { Ok(Tensor::from_shape(&[1, n], &v)?.into()) };
+        let tensor =
+            |v: Vec<i64>| -> Result<TValue> { Ok(Tensor::from_shape(&[1, n], &v)?.into()) };
         let mut values = TVec::new();
         for name in &self.inputs {
             values.push(match name.as_str() {
@@ -79,7 +103,10 @@ impl TractEncoder {
         }
         let outputs = plan.run(values)?;
         for o in outputs.iter() {
-            if o.shape().len() == 3 && o.shape()[1] == n && self.hidden.is_none_or(|h| h == o.shape()[2]) {
+            if o.shape().len() == 3
+                && o.shape()[1] == n
+                && self.hidden.is_none_or(|h| h == o.shape()[2])
+            {
                 let h = o.shape()[2];
                 let v = o.to_plain_array_view::<f32>()?.iter().copied().collect();
                 return Ok((v, h));
@@ -93,7 +120,10 @@ impl TractEncoder {
         texts
             .iter()
             .map(|t| {
-                let enc = self.tokenizer.encode(*t, true).map_err(|e| anyhow!("tokenizer: {e}"))?;
+                let enc = self
+                    .tokenizer
+                    .encode(*t, true)
+                    .map_err(|e| anyhow!("tokenizer: {e}"))?;
                 let (states, h) = self.token_states(enc.get_ids(), enc.get_type_ids())?;
                 let mut e = petal_runtime::bert::mean_rows(&states, h);
                 if normalize {

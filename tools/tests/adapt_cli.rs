@@ -5,22 +5,38 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn minilm() -> PathBuf {
-    let root = std::env::var_os("PETAL_ASSETS").map(PathBuf::from).unwrap_or_else(|| workspace().join("assets"));
+    let root = std::env::var_os("PETAL_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("assets"));
     let p = root.join("models/minilm-q8_0.gguf");
-    assert!(p.exists(), "{} is missing: run scripts/setup.sh first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup.sh first",
+        p.display()
+    );
     p
 }
 
 fn fewshot(dataset: &str, file: &str) -> PathBuf {
-    workspace().join("bench/data/fewshot").join(dataset).join(file)
+    workspace()
+        .join("bench/data/fewshot")
+        .join(dataset)
+        .join(file)
 }
 
 fn petal(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_petal")).args(args).arg("-q").output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_petal"))
+        .args(args)
+        .arg("-q")
+        .output()
+        .unwrap()
 }
 
 fn os(s: &str) -> &std::ffi::OsStr {
@@ -33,18 +49,43 @@ fn adapt_then_classify_and_eval_on_sms_spam() {
     let adapter = dir.path().join("spam.safetensors");
     let m = minilm();
     let train = fewshot("sms-spam", "train-k8-s0.jsonl");
-    let out = petal(&[os("adapt"), m.as_os_str(), os("--train"), train.as_os_str(), os("-o"), adapter.as_os_str(), os("--json")]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = petal(&[
+        os("adapt"),
+        m.as_os_str(),
+        os("--train"),
+        train.as_os_str(),
+        os("-o"),
+        adapter.as_os_str(),
+        os("--json"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["examples"], 16);
     assert_eq!(s["labels"], serde_json::json!(["ham", "spam"]));
-    assert!(std::fs::metadata(&adapter).unwrap().len() < 8 * 1024, "adapter should be small");
+    assert!(
+        std::fs::metadata(&adapter).unwrap().len() < 8 * 1024,
+        "adapter should be small"
+    );
 
     // Same data, same settings: the same adapter bytes.
     let again = dir.path().join("again.safetensors");
-    let out = petal(&[os("adapt"), m.as_os_str(), os("--train"), train.as_os_str(), os("-o"), again.as_os_str()]);
+    let out = petal(&[
+        os("adapt"),
+        m.as_os_str(),
+        os("--train"),
+        train.as_os_str(),
+        os("-o"),
+        again.as_os_str(),
+    ]);
     assert!(out.status.success());
-    assert!(std::fs::read(&adapter).unwrap() == std::fs::read(&again).unwrap(), "adapter bytes differ between runs");
+    assert!(
+        std::fs::read(&adapter).unwrap() == std::fs::read(&again).unwrap(),
+        "adapter bytes differ between runs"
+    );
 
     let out = petal(&[
         os("classify"),
@@ -54,19 +95,44 @@ fn adapt_then_classify_and_eval_on_sms_spam() {
         os("WINNER!! Claim your free prize now, text WIN to 80086"),
         os("are we still on for dinner tonight?"),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
-    let labels: Vec<&str> = text.lines().map(|l| l.split('\t').next().unwrap()).collect();
+    let labels: Vec<&str> = text
+        .lines()
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
     assert_eq!(labels, ["spam", "ham"]);
 
     let test = fewshot("sms-spam", "test.jsonl");
-    let out = petal(&[os("eval"), m.as_os_str(), os("--adapter"), adapter.as_os_str(), os("--test"), test.as_os_str(), os("--json")]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = petal(&[
+        os("eval"),
+        m.as_os_str(),
+        os("--adapter"),
+        adapter.as_os_str(),
+        os("--test"),
+        test.as_os_str(),
+        os("--json"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["n"], 1000);
     let acc = r["accuracy"].as_f64().unwrap();
     assert!(acc > 0.75, "sms-spam K=8 head accuracy {acc}");
-    let confusion: u64 = r["confusion"].as_array().unwrap().iter().flat_map(|row| row.as_array().unwrap()).map(|v| v.as_u64().unwrap()).sum();
+    let confusion: u64 = r["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap())
+        .map(|v| v.as_u64().unwrap())
+        .sum();
     assert_eq!(confusion, 1000);
 }
 
@@ -76,16 +142,40 @@ fn adapter_of_another_base_is_refused() {
     // Train on a tiny model, then use the adapter with MiniLM.
     let tiny = dir.path().join("tiny.gguf");
     let src = workspace().join("testdata/golden/tiny-bert");
-    assert!(petal(&[os("convert"), src.as_os_str(), os("-o"), tiny.as_os_str()]).status.success());
+    assert!(
+        petal(&[os("convert"), src.as_os_str(), os("-o"), tiny.as_os_str()])
+            .status
+            .success()
+    );
     let adapter = dir.path().join("a.safetensors");
     let train = fewshot("sms-spam", "train-k8-s0.jsonl");
-    let out = petal(&[os("adapt"), tiny.as_os_str(), os("--train"), train.as_os_str(), os("-o"), adapter.as_os_str()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = petal(&[
+        os("adapt"),
+        tiny.as_os_str(),
+        os("--train"),
+        train.as_os_str(),
+        os("-o"),
+        adapter.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let m = minilm();
-    let out = petal(&[os("classify"), m.as_os_str(), os("--adapter"), adapter.as_os_str(), os("hi")]);
+    let out = petal(&[
+        os("classify"),
+        m.as_os_str(),
+        os("--adapter"),
+        adapter.as_os_str(),
+        os("hi"),
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("a.safetensors: trained on another base model"), "{err}");
+    assert!(
+        err.contains("a.safetensors: trained on another base model"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -94,20 +184,42 @@ fn bad_training_data_names_the_problem() {
     let m = minilm();
     let cases: [(&str, &str); 5] = [
         ("", "no examples"),
-        ("{\"text\":\"a\",\"label\":\"x\"}\n{\"text\":\"b\",\"label\":\"x\"}\n", "every example has label \"x\""),
-        ("{\"text\":\"a\",\"label\":\"x\"}\n{\"text\":\"b\",\"label\":\"y\",\"extra\":1}\n", "line 2: unknown field \"extra\""),
-        ("{\"text\":\"a\",\"label\":\"x\"}\nnot json\n", "line 2: invalid JSON"),
-        ("{\"label\":\"x\"}\n", "line 1: missing string field \"text\""),
+        (
+            "{\"text\":\"a\",\"label\":\"x\"}\n{\"text\":\"b\",\"label\":\"x\"}\n",
+            "every example has label \"x\"",
+        ),
+        (
+            "{\"text\":\"a\",\"label\":\"x\"}\n{\"text\":\"b\",\"label\":\"y\",\"extra\":1}\n",
+            "line 2: unknown field \"extra\"",
+        ),
+        (
+            "{\"text\":\"a\",\"label\":\"x\"}\nnot json\n",
+            "line 2: invalid JSON",
+        ),
+        (
+            "{\"label\":\"x\"}\n",
+            "line 1: missing string field \"text\"",
+        ),
     ];
     for (i, (content, want)) in cases.iter().enumerate() {
         let train = dir.path().join(format!("t{i}.jsonl"));
         std::fs::write(&train, content).unwrap();
         let out_path = dir.path().join(format!("a{i}.safetensors"));
-        let out = petal(&[os("adapt"), m.as_os_str(), os("--train"), train.as_os_str(), os("-o"), out_path.as_os_str()]);
+        let out = petal(&[
+            os("adapt"),
+            m.as_os_str(),
+            os("--train"),
+            train.as_os_str(),
+            os("-o"),
+            out_path.as_os_str(),
+        ]);
         assert!(!out.status.success());
         let err = String::from_utf8(out.stderr).unwrap();
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-        assert!(err.contains(&format!("t{i}.jsonl")) && err.contains(want), "{err}");
+        assert!(
+            err.contains(&format!("t{i}.jsonl")) && err.contains(want),
+            "{err}"
+        );
         assert!(!out_path.exists());
     }
 }

@@ -20,7 +20,10 @@ const MINILM_Q4_0_MAX_BYTES: u64 = 16_000_000;
 const Q8_0_MAX_REL_RMS: f64 = 0.01;
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn golden(name: &str) -> PathBuf {
@@ -28,22 +31,35 @@ fn golden(name: &str) -> PathBuf {
 }
 
 fn assets() -> PathBuf {
-    std::env::var_os("PETAL_ASSETS").map(PathBuf::from).unwrap_or_else(|| workspace().join("assets"))
+    std::env::var_os("PETAL_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("assets"))
 }
 
 fn python() -> PathBuf {
     let p = assets().join("pyenv/bin/python");
-    assert!(p.exists(), "{} is missing: run scripts/setup.sh first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup.sh first",
+        p.display()
+    );
     p
 }
 
 fn petal(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_petal")).args(args).output().expect("run petal")
+    Command::new(env!("CARGO_BIN_EXE_petal"))
+        .args(args)
+        .output()
+        .expect("run petal")
 }
 
 fn run_ok(args: &[&std::ffi::OsStr]) -> String {
     let out = petal(args);
-    assert!(out.status.success(), "petal {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "petal {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).expect("UTF-8 stdout")
 }
 
@@ -61,7 +77,12 @@ fn convert_and_check(src: &Path, dtype: &str, dir: &Path) -> Value {
         "--quiet".as_ref(),
     ]);
     let summary: Value = serde_json::from_str(&summary).expect("convert --json");
-    let inspect = run_ok(&["inspect".as_ref(), out.as_os_str(), "--json".as_ref(), "--full-arrays".as_ref()]);
+    let inspect = run_ok(&[
+        "inspect".as_ref(),
+        out.as_os_str(),
+        "--json".as_ref(),
+        "--full-arrays".as_ref(),
+    ]);
     let inspect_path = dir.join(format!("{dtype}.json"));
     std::fs::write(&inspect_path, &inspect).unwrap();
     let check = Command::new(python())
@@ -78,7 +99,10 @@ fn convert_and_check(src: &Path, dtype: &str, dir: &Path) -> Value {
     );
     let inspect: Value = serde_json::from_str(&inspect).unwrap();
     assert_eq!(summary["file_bytes"], inspect["file_bytes"]);
-    assert_eq!(summary["tensors"].as_array().unwrap().len(), inspect["tensor_count"].as_u64().unwrap() as usize);
+    assert_eq!(
+        summary["tensors"].as_array().unwrap().len(),
+        inspect["tensor_count"].as_u64().unwrap() as usize
+    );
     summary
 }
 
@@ -88,9 +112,18 @@ fn tiny_checkpoints_convert_at_every_dtype_and_gguf_py_agrees() {
         let dir = tempfile::tempdir().unwrap();
         for dtype in DTYPES {
             let s = convert_and_check(&golden(name), dtype, dir.path());
-            assert_eq!(s["labels"], serde_json::json!(["negative", "neutral", "positive"]), "{name}");
+            assert_eq!(
+                s["labels"],
+                serde_json::json!(["negative", "neutral", "positive"]),
+                "{name}"
+            );
             assert_eq!(s["pooling"], "cls");
-            let types: Vec<&str> = s["tensors"].as_array().unwrap().iter().map(|t| t["type"].as_str().unwrap()).collect();
+            let types: Vec<&str> = s["tensors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["type"].as_str().unwrap())
+                .collect();
             let want = match dtype {
                 "f32" => "F32",
                 "f16" => "F16",
@@ -105,7 +138,11 @@ fn tiny_checkpoints_convert_at_every_dtype_and_gguf_py_agrees() {
 #[test]
 fn minilm_converts_within_size_and_error_budgets() {
     let src = assets().join("minilm");
-    assert!(src.join("model.safetensors").exists(), "{} is missing: run scripts/setup.sh first", src.display());
+    assert!(
+        src.join("model.safetensors").exists(),
+        "{} is missing: run scripts/setup.sh first",
+        src.display()
+    );
     let dir = tempfile::tempdir().unwrap();
     for dtype in DTYPES {
         let s = convert_and_check(&src, dtype, dir.path());
@@ -118,9 +155,18 @@ fn minilm_converts_within_size_and_error_budgets() {
         match dtype {
             "q8_0" => {
                 assert!(bytes <= MINILM_Q8_0_MAX_BYTES, "q8_0 file is {bytes} bytes");
-                for t in s["tensors"].as_array().unwrap().iter().filter(|t| t["type"] == "Q8_0") {
+                for t in s["tensors"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|t| t["type"] == "Q8_0")
+                {
                     let e = t["rel_rms_error"].as_f64().unwrap();
-                    assert!(e < Q8_0_MAX_REL_RMS, "{}: relative RMS error {e}", t["name"]);
+                    assert!(
+                        e < Q8_0_MAX_REL_RMS,
+                        "{}: relative RMS error {e}",
+                        t["name"]
+                    );
                 }
             }
             "q4_0" => assert!(bytes <= MINILM_Q4_0_MAX_BYTES, "q4_0 file is {bytes} bytes"),
@@ -133,9 +179,18 @@ fn minilm_converts_within_size_and_error_budgets() {
 fn inspect_plain_lists_keys_tensors_and_totals() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m.gguf");
-    run_ok(&["convert".as_ref(), golden("tiny-roberta").as_os_str(), "-o".as_ref(), out.as_os_str(), "-q".as_ref()]);
+    run_ok(&[
+        "convert".as_ref(),
+        golden("tiny-roberta").as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "-q".as_ref(),
+    ]);
     let text = run_ok(&["inspect".as_ref(), out.as_os_str()]);
-    assert!(text.contains("general.architecture = \"roberta\""), "{text}");
+    assert!(
+        text.contains("general.architecture = \"roberta\""),
+        "{text}"
+    );
     assert!(text.contains("petal.position_offset = 2"));
     assert!(text.contains("blk.1.ffn_down.weight"));
     assert!(text.contains("total: 41 tensors"));
@@ -144,7 +199,10 @@ fn inspect_plain_lists_keys_tensors_and_totals() {
 // ---- bad input: one clear line naming the file, non-zero exit, nothing left behind ----
 
 /// A copy of tiny-bert whose weights are `weights` (name, shape, values).
-fn tiny_bert_with(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) -> PathBuf {
+fn tiny_bert_with(
+    dir: &Path,
+    edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>),
+) -> PathBuf {
     let src = golden("tiny-bert");
     let m = dir.join("model");
     std::fs::create_dir_all(&m).unwrap();
@@ -157,16 +215,27 @@ fn tiny_bert_with(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Ve
         .tensors()
         .into_iter()
         .map(|(n, v)| {
-            let vals = v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            let vals = v
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
             (n, v.shape().to_vec(), vals)
         })
         .collect();
     edit(&mut tensors);
-    let raw: Vec<(String, Vec<usize>, Vec<u8>)> =
-        tensors.into_iter().map(|(n, s, v)| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
+    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(n, s, v)| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
     let views: Vec<(String, TensorView<'_>)> = raw
         .iter()
-        .map(|(n, s, b)| (n.clone(), TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize_to_file(views, &None, &m.join("model.safetensors")).unwrap();
     m
@@ -174,8 +243,18 @@ fn tiny_bert_with(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Ve
 
 /// Runs a conversion expected to fail; returns its one-line message.
 fn convert_fails(src: &Path, out: &Path) -> String {
-    let o = petal(&["convert".as_ref(), src.as_os_str(), "-o".as_ref(), out.as_os_str(), "-q".as_ref()]);
-    assert!(!o.status.success(), "conversion of {} succeeded", src.display());
+    let o = petal(&[
+        "convert".as_ref(),
+        src.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "-q".as_ref(),
+    ]);
+    assert!(
+        !o.status.success(),
+        "conversion of {} succeeded",
+        src.display()
+    );
     let err = String::from_utf8(o.stderr).unwrap();
     assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
     assert!(err.starts_with("error: "), "{err}");
@@ -206,42 +285,73 @@ fn missing_source() {
 fn unknown_architecture() {
     let dir = tempfile::tempdir().unwrap();
     let m = tiny_bert_with(dir.path(), |_| {});
-    let cfg = std::fs::read_to_string(m.join("config.json")).unwrap().replace("\"bert\"", "\"gpt2\"");
+    let cfg = std::fs::read_to_string(m.join("config.json"))
+        .unwrap()
+        .replace("\"bert\"", "\"gpt2\"");
     std::fs::write(m.join("config.json"), cfg).unwrap();
     let err = convert_fails(&m, &dir.path().join("o.gguf"));
-    assert!(err.contains("config.json: unknown architecture \"gpt2\""), "{err}");
+    assert!(
+        err.contains("config.json: unknown architecture \"gpt2\""),
+        "{err}"
+    );
 }
 
 #[test]
 fn missing_tensor() {
     let dir = tempfile::tempdir().unwrap();
-    let m = tiny_bert_with(dir.path(), |t| t.retain(|(n, _, _)| n != "bert.encoder.layer.1.attention.self.key.bias"));
+    let m = tiny_bert_with(dir.path(), |t| {
+        t.retain(|(n, _, _)| n != "bert.encoder.layer.1.attention.self.key.bias")
+    });
     let err = convert_fails(&m, &dir.path().join("o.gguf"));
-    assert!(err.contains("model.safetensors: missing tensor for \"blk.1.attn_k.bias\""), "{err}");
+    assert!(
+        err.contains("model.safetensors: missing tensor for \"blk.1.attn_k.bias\""),
+        "{err}"
+    );
 }
 
 #[test]
 fn extra_tensor() {
     let dir = tempfile::tempdir().unwrap();
-    let m = tiny_bert_with(dir.path(), |t| t.push(("bert.encoder.layer.0.attention.self.rotary.weight".into(), vec![2], vec![0.0; 2])));
+    let m = tiny_bert_with(dir.path(), |t| {
+        t.push((
+            "bert.encoder.layer.0.attention.self.rotary.weight".into(),
+            vec![2],
+            vec![0.0; 2],
+        ))
+    });
     let err = convert_fails(&m, &dir.path().join("o.gguf"));
     assert!(err.contains("model.safetensors: unexpected tensor \"bert.encoder.layer.0.attention.self.rotary.weight\""), "{err}");
     // A layer beyond num_hidden_layers is extra too.
     let dir = tempfile::tempdir().unwrap();
-    let m = tiny_bert_with(dir.path(), |t| t.push(("bert.encoder.layer.2.output.dense.bias".into(), vec![32], vec![0.0; 32])));
+    let m = tiny_bert_with(dir.path(), |t| {
+        t.push((
+            "bert.encoder.layer.2.output.dense.bias".into(),
+            vec![32],
+            vec![0.0; 32],
+        ))
+    });
     let err = convert_fails(&m, &dir.path().join("o.gguf"));
-    assert!(err.contains("unexpected tensor \"bert.encoder.layer.2.output.dense.bias\""), "{err}");
+    assert!(
+        err.contains("unexpected tensor \"bert.encoder.layer.2.output.dense.bias\""),
+        "{err}"
+    );
 }
 
 #[test]
 fn shape_mismatch() {
     let dir = tempfile::tempdir().unwrap();
     let m = tiny_bert_with(dir.path(), |t| {
-        let e = t.iter_mut().find(|(n, _, _)| n == "bert.encoder.layer.0.intermediate.dense.weight").unwrap();
+        let e = t
+            .iter_mut()
+            .find(|(n, _, _)| n == "bert.encoder.layer.0.intermediate.dense.weight")
+            .unwrap();
         e.1 = vec![32, 64];
     });
     let err = convert_fails(&m, &dir.path().join("o.gguf"));
-    assert!(err.contains("has shape [32, 64], expected [64, 32]"), "{err}");
+    assert!(
+        err.contains("has shape [32, 64], expected [64, 32]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -252,12 +362,18 @@ fn corrupt_and_truncated_safetensors() {
     let bytes = std::fs::read(&st).unwrap();
     std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
     let err = convert_fails(&m, &dir.path().join("o.gguf"));
-    assert!(err.contains("model.safetensors: corrupt safetensors file"), "{err}");
+    assert!(
+        err.contains("model.safetensors: corrupt safetensors file"),
+        "{err}"
+    );
     let mut garbage = bytes.clone();
     garbage[8..40].fill(b'#');
     std::fs::write(&st, &garbage).unwrap();
     let err = convert_fails(&m, &dir.path().join("o.gguf"));
-    assert!(err.contains("model.safetensors: corrupt safetensors file"), "{err}");
+    assert!(
+        err.contains("model.safetensors: corrupt safetensors file"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -279,6 +395,9 @@ fn inspect_rejects_bad_files_with_one_line() {
     let o = petal(&["inspect".as_ref(), f.as_os_str()]);
     assert!(!o.status.success());
     let err = String::from_utf8(o.stderr).unwrap();
-    assert!(err.contains("bad.gguf: unsupported GGUF version 2"), "{err}");
+    assert!(
+        err.contains("bad.gguf: unsupported GGUF version 2"),
+        "{err}"
+    );
     assert_eq!(err.trim_end().lines().count(), 1);
 }

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn petal_stdin(args: &[&str], stdin: &[u8]) -> Output {
@@ -25,8 +28,21 @@ fn petal_stdin(args: &[&str], stdin: &[u8]) -> Output {
 fn models(dir: &Path) -> (String, String) {
     let src = workspace().join("testdata/golden/tiny-bert");
     let with_head = dir.join("cls.gguf");
-    let out = petal_stdin(&["convert", src.to_str().unwrap(), "-o", with_head.to_str().unwrap(), "-q"], b"");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = petal_stdin(
+        &[
+            "convert",
+            src.to_str().unwrap(),
+            "-o",
+            with_head.to_str().unwrap(),
+            "-q",
+        ],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Drop the head: a sentence-embedding model.
     let headless = dir.join("base");
     std::fs::create_dir(&headless).unwrap();
@@ -37,20 +53,42 @@ fn models(dir: &Path) -> (String, String) {
     std::fs::write(headless.join("config.json"), cfg).unwrap();
     let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let kept: Vec<(String, safetensors::tensor::TensorView<'_>)> =
-        st.tensors().into_iter().filter(|(n, _)| !n.starts_with("classifier")).collect();
+    let kept: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("classifier"))
+        .collect();
     safetensors::serialize_to_file(kept, &None, &headless.join("model.safetensors")).unwrap();
     let base = dir.join("base.gguf");
-    let out = petal_stdin(&["convert", headless.to_str().unwrap(), "-o", base.to_str().unwrap(), "-q"], b"");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    (with_head.to_str().unwrap().into(), base.to_str().unwrap().into())
+    let out = petal_stdin(
+        &[
+            "convert",
+            headless.to_str().unwrap(),
+            "-o",
+            base.to_str().unwrap(),
+            "-q",
+        ],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        with_head.to_str().unwrap().into(),
+        base.to_str().unwrap().into(),
+    )
 }
 
 #[test]
 fn classify_arguments_and_stdin_agree() {
     let dir = tempfile::tempdir().unwrap();
     let (cls, _) = models(dir.path());
-    let a = petal_stdin(&["classify", &cls, "hello world", "The quick brown fox"], b"");
+    let a = petal_stdin(
+        &["classify", &cls, "hello world", "The quick brown fox"],
+        b"",
+    );
     assert!(a.status.success());
     let b = petal_stdin(&["classify", &cls], b"hello world\r\nThe quick brown fox\n");
     assert!(b.status.success());
@@ -73,13 +111,26 @@ fn odd_stdin_lines_are_handled_without_panic() {
     let input = format!("\n   \t \nHéllo wörld, naïve café 你好 🙂\n{long}\n");
     for (model, cmd) in [(&cls, "classify"), (&base, "embed")] {
         let out = petal_stdin(&[cmd, model, "--json"], input.as_bytes());
-        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
-        let lines: Vec<serde_json::Value> =
-            String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(lines.len(), 4, "{cmd}: one result per line, empty ones included");
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            lines.len(),
+            4,
+            "{cmd}: one result per line, empty ones included"
+        );
         assert_eq!(lines[3]["text"].as_str().unwrap().len(), long.len());
         if cmd == "embed" {
-            assert!(lines.iter().all(|l| l["embedding"].as_array().unwrap().len() == 32));
+            assert!(lines
+                .iter()
+                .all(|l| l["embedding"].as_array().unwrap().len() == 32));
         }
     }
 }
@@ -88,7 +139,10 @@ fn odd_stdin_lines_are_handled_without_panic() {
 fn invalid_utf8_stops_with_the_line_number_after_the_valid_lines() {
     let dir = tempfile::tempdir().unwrap();
     let (cls, _) = models(dir.path());
-    let out = petal_stdin(&["classify", &cls], b"fine\nalso fine\nbad \xff\xfe\nnever read\n");
+    let out = petal_stdin(
+        &["classify", &cls],
+        b"fine\nalso fine\nbad \xff\xfe\nnever read\n",
+    );
     assert!(!out.status.success());
     assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 2);
     let err = String::from_utf8(out.stderr).unwrap();
@@ -102,7 +156,10 @@ fn classify_without_a_head_says_so() {
     let out = petal_stdin(&["classify", &base, "hello"], b"");
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("base.gguf: this model has no classification head"), "{err}");
+    assert!(
+        err.contains("base.gguf: this model has no classification head"),
+        "{err}"
+    );
     let out = petal_stdin(&["embed", &base, "hello", "--max-length", "1"], b"");
     assert!(!out.status.success());
 }

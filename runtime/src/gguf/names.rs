@@ -94,7 +94,7 @@ pub mod tensor {
     pub const CLS_OUTPUT: &str = "cls.output";
 
     /// The sub-layers of one encoder block, in llama.cpp's names.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
     #[allow(missing_docs)]
     pub enum Block {
         AttnQ,

@@ -111,7 +111,11 @@ impl<'a> ArrayValue<'a> {
 
     /// The elements, in order.
     pub fn iter(&self) -> impl Iterator<Item = Value<'a>> + 'a {
-        let mut cur = Cursor { buf: self.bytes, pos: 0, base: self.offset };
+        let mut cur = Cursor {
+            buf: self.bytes,
+            pos: 0,
+            base: self.offset,
+        };
         let elem = self.elem;
         // The elements were validated by `Gguf::parse`, so decoding cannot fail; stop quietly if
         // it ever did rather than panic.
@@ -144,7 +148,11 @@ pub struct TensorInfo<'a> {
 impl TensorInfo<'_> {
     /// The shape in row-major (PyTorch) order: `dims` reversed.
     pub fn shape(&self) -> Vec<usize> {
-        self.dims[..self.n_dims].iter().rev().map(|&d| d as usize).collect()
+        self.dims[..self.n_dims]
+            .iter()
+            .rev()
+            .map(|&d| d as usize)
+            .collect()
     }
 
     /// Number of elements.
@@ -187,7 +195,10 @@ impl<'a> Cursor<'a> {
 
     fn take(&mut self, n: u64, what: &'static str) -> Result<&'a [u8], GgufError> {
         if n > self.remaining() {
-            return Err(GgufError::Truncated { what, offset: self.offset() });
+            return Err(GgufError::Truncated {
+                what,
+                offset: self.offset(),
+            });
         }
         let s = &self.buf[self.pos..self.pos + n as usize];
         self.pos += n as usize;
@@ -257,7 +268,11 @@ impl<'a> Cursor<'a> {
                 let len = self.u64("array length")?;
                 let max = self.remaining() / elem.min_size() as u64;
                 if len > max {
-                    return Err(GgufError::AbsurdCount { what: "array length", count: len, max });
+                    return Err(GgufError::AbsurdCount {
+                        what: "array length",
+                        count: len,
+                        max,
+                    });
                 }
                 let begin = self.pos;
                 let offset = self.offset();
@@ -288,7 +303,11 @@ impl<'a> Gguf<'a> {
     /// Every tensor is checked to have a known type, a consistent shape, an aligned offset, and
     /// bytes inside `bytes` that overlap no other tensor's.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, GgufError> {
-        let mut c = Cursor { buf: bytes, pos: 0, base: 0 };
+        let mut c = Cursor {
+            buf: bytes,
+            pos: 0,
+            base: 0,
+        };
         if bytes.len() < 4 {
             let mut found = [0u8; 4];
             found[..bytes.len()].copy_from_slice(bytes);
@@ -306,11 +325,19 @@ impl<'a> Gguf<'a> {
         let n_kvs = c.u64("header")?;
         let max_kvs = MAX_KVS.min(c.remaining() / MIN_KV);
         if n_kvs > max_kvs {
-            return Err(GgufError::AbsurdCount { what: "metadata count", count: n_kvs, max: max_kvs });
+            return Err(GgufError::AbsurdCount {
+                what: "metadata count",
+                count: n_kvs,
+                max: max_kvs,
+            });
         }
         let max_tensors = MAX_TENSORS.min(c.remaining() / MIN_TENSOR_INFO);
         if n_tensors > max_tensors {
-            return Err(GgufError::AbsurdCount { what: "tensor count", count: n_tensors, max: max_tensors });
+            return Err(GgufError::AbsurdCount {
+                what: "tensor count",
+                count: n_tensors,
+                max: max_tensors,
+            });
         }
 
         let mut kvs = Vec::with_capacity(n_kvs as usize);
@@ -347,7 +374,10 @@ impl<'a> Gguf<'a> {
             let name = c.string("tensor name", MAX_NAME_LEN)?;
             let n_dims = c.u32("tensor info")?;
             if n_dims == 0 || n_dims as usize > MAX_DIMS {
-                return Err(GgufError::BadDimCount { name: name.to_string(), n_dims });
+                return Err(GgufError::BadDimCount {
+                    name: name.to_string(),
+                    n_dims,
+                });
             }
             let mut dims = [1u64; MAX_DIMS];
             for d in dims.iter_mut().take(n_dims as usize) {
@@ -355,7 +385,9 @@ impl<'a> Gguf<'a> {
             }
             let ty_id = c.u32("tensor info")?;
             let offset = c.u64("tensor info")?;
-            let bad_shape = || GgufError::BadShape { name: name.to_string() };
+            let bad_shape = || GgufError::BadShape {
+                name: name.to_string(),
+            };
             if dims.contains(&0) {
                 return Err(bad_shape());
             }
@@ -364,28 +396,51 @@ impl<'a> Gguf<'a> {
                 .try_fold(1u64, |acc, &d| acc.checked_mul(d))
                 .filter(|&n| n <= i64::MAX as u64)
                 .ok_or_else(bad_shape)?;
-            let ty = TensorType::from_ggml_id(ty_id)
-                .ok_or_else(|| GgufError::UnknownTensorType { name: name.to_string(), id: ty_id })?;
-            let size = ty.tensor_bytes(dims[0], n_elements / dims[0]).ok_or_else(|| {
-                if dims[0] % ty.block_len() as u64 != 0 {
-                    GgufError::ShapeSizeMismatch { name: name.to_string(), ne0: dims[0], block: ty.block_len() }
-                } else {
-                    bad_shape()
-                }
-            })?;
+            let ty =
+                TensorType::from_ggml_id(ty_id).ok_or_else(|| GgufError::UnknownTensorType {
+                    name: name.to_string(),
+                    id: ty_id,
+                })?;
+            let size = ty
+                .tensor_bytes(dims[0], n_elements / dims[0])
+                .ok_or_else(|| {
+                    if dims[0] % ty.block_len() as u64 != 0 {
+                        GgufError::ShapeSizeMismatch {
+                            name: name.to_string(),
+                            ne0: dims[0],
+                            block: ty.block_len(),
+                        }
+                    } else {
+                        bad_shape()
+                    }
+                })?;
             if offset % alignment != 0 {
-                return Err(GgufError::Misaligned { name: name.to_string(), offset, alignment });
+                return Err(GgufError::Misaligned {
+                    name: name.to_string(),
+                    offset,
+                    alignment,
+                });
             }
             if tensor_index.insert(name, tensors.len()).is_some() {
                 return Err(GgufError::DuplicateTensor(name.to_string()));
             }
-            tensors.push(TensorInfo { name, dims, n_dims: n_dims as usize, ty, offset, size });
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                n_dims: n_dims as usize,
+                ty,
+                offset,
+                size,
+            });
         }
 
         let data_offset = c.offset().next_multiple_of(alignment);
         let available = (bytes.len() as u64).saturating_sub(data_offset);
         if n_tensors > 0 && data_offset > bytes.len() as u64 {
-            return Err(GgufError::Truncated { what: "padding before tensor data", offset: c.offset() });
+            return Err(GgufError::Truncated {
+                what: "padding before tensor data",
+                offset: c.offset(),
+            });
         }
         for t in &tensors {
             let end = t.offset.checked_add(t.size);
@@ -402,11 +457,23 @@ impl<'a> Gguf<'a> {
         by_offset.sort_by_key(|t| t.offset);
         for w in by_offset.windows(2) {
             if w[0].offset + w[0].size > w[1].offset {
-                return Err(GgufError::Overlap { first: w[0].name.to_string(), second: w[1].name.to_string() });
+                return Err(GgufError::Overlap {
+                    first: w[0].name.to_string(),
+                    second: w[1].name.to_string(),
+                });
             }
         }
 
-        Ok(Gguf { version, alignment, data_offset, kvs, key_index, tensors, tensor_index, bytes })
+        Ok(Gguf {
+            version,
+            alignment,
+            data_offset,
+            kvs,
+            key_index,
+            tensors,
+            tensor_index,
+            bytes,
+        })
     }
 
     /// Metadata entries in file order.
@@ -433,7 +500,9 @@ impl<'a> Gguf<'a> {
     pub fn tensor_data(&self, t: &TensorInfo<'_>) -> &'a [u8] {
         // Bounds were checked in `parse`; `get` keeps a foreign `TensorInfo` from panicking.
         let start = (self.data_offset + t.offset) as usize;
-        self.bytes.get(start..start + t.size as usize).unwrap_or(&[])
+        self.bytes
+            .get(start..start + t.size as usize)
+            .unwrap_or(&[])
     }
 
     /// Total bytes of tensor data.

@@ -1,8 +1,8 @@
 use std::io::{self, Write};
-use std::{format, vec};
 use std::path::Path;
 use std::string::String;
 use std::vec::Vec;
+use std::{format, vec};
 
 use super::{names, ValueType, ALIGNMENT, MAGIC, MAX_DIMS, VERSION};
 use crate::quant::TensorType;
@@ -33,7 +33,9 @@ impl OwnedValue {
             OwnedValue::F64(_) => ValueType::F64,
             OwnedValue::Bool(_) => ValueType::Bool,
             OwnedValue::String(_) => ValueType::String,
-            OwnedValue::StringArray(_) | OwnedValue::F32Array(_) | OwnedValue::I32Array(_) => ValueType::Array,
+            OwnedValue::StringArray(_) | OwnedValue::F32Array(_) | OwnedValue::I32Array(_) => {
+                ValueType::Array
+            }
         }
     }
 }
@@ -52,10 +54,18 @@ impl OwnedValue {
             Value::Bool(x) => OwnedValue::Bool(x),
             Value::String(s) => OwnedValue::String(s.into()),
             Value::Array(a) => match a.elem_type() {
-                ValueType::String => OwnedValue::StringArray(a.iter().filter_map(|e| e.as_str().map(Into::into)).collect()),
-                ValueType::F32 => OwnedValue::F32Array(a.iter().filter_map(|e| e.as_f32()).collect()),
+                ValueType::String => OwnedValue::StringArray(
+                    a.iter()
+                        .filter_map(|e| e.as_str().map(Into::into))
+                        .collect(),
+                ),
+                ValueType::F32 => {
+                    OwnedValue::F32Array(a.iter().filter_map(|e| e.as_f32()).collect())
+                }
                 ValueType::I32 => OwnedValue::I32Array(
-                    a.iter().filter_map(|e| if let Value::I32(x) = e { Some(x) } else { None }).collect(),
+                    a.iter()
+                        .filter_map(|e| if let Value::I32(x) = e { Some(x) } else { None })
+                        .collect(),
                 ),
                 _ => return None,
             },
@@ -132,7 +142,13 @@ impl GgufWriter {
     }
 
     /// Adds a tensor of row-major `shape` whose encoded bytes are `data`.
-    pub fn add_tensor(&mut self, name: &str, shape: &[usize], ty: TensorType, data: Vec<u8>) -> io::Result<()> {
+    pub fn add_tensor(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        ty: TensorType,
+        data: Vec<u8>,
+    ) -> io::Result<()> {
         if shape.is_empty() || shape.len() > MAX_DIMS || shape.contains(&0) {
             return Err(invalid(format!("tensor {name:?}: bad shape {shape:?}")));
         }
@@ -150,7 +166,12 @@ impl GgufWriter {
                 )))
             }
         }
-        self.tensors.push(PendingTensor { name: name.into(), dims, ty, data });
+        self.tensors.push(PendingTensor {
+            name: name.into(),
+            dims,
+            ty,
+            data,
+        });
         Ok(())
     }
 
@@ -219,7 +240,8 @@ impl GgufWriter {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))?;
         }
         tmp.as_file().sync_all()?;
         tmp.persist(path).map_err(|e| e.error)?;
@@ -297,11 +319,15 @@ mod tests {
         w.set("bert.block_count", 2u32);
         w.set("petal.normalize", true);
         w.set("x.eps", 1e-12f32);
-        w.set("tokenizer.ggml.tokens", OwnedValue::StringArray(vec!["[PAD]".into(), "é".into()]));
+        w.set(
+            "tokenizer.ggml.tokens",
+            OwnedValue::StringArray(vec!["[PAD]".into(), "é".into()]),
+        );
         let x: Vec<f32> = (0..64).map(|i| i as f32 / 7.0 - 3.0).collect();
         let mut q = Vec::new();
         quant::quantize(&x, TensorType::Q8_0, &mut q).unwrap();
-        w.add_tensor("a", &[2, 32], TensorType::Q8_0, q.clone()).unwrap();
+        w.add_tensor("a", &[2, 32], TensorType::Q8_0, q.clone())
+            .unwrap();
         let mut f = Vec::new();
         quant::quantize(&x[..3], TensorType::F32, &mut f).unwrap();
         w.add_tensor("b", &[3], TensorType::F32, f.clone()).unwrap();
@@ -317,7 +343,14 @@ mod tests {
         assert_eq!(g.get("bert.block_count").and_then(|v| v.as_u32()), Some(2));
         assert_eq!(g.get("petal.normalize"), Some(Value::Bool(true)));
         assert_eq!(g.get("x.eps").and_then(|v| v.as_f32()), Some(1e-12));
-        let toks: Vec<&str> = g.get("tokenizer.ggml.tokens").unwrap().as_array().unwrap().strings().unwrap().collect();
+        let toks: Vec<&str> = g
+            .get("tokenizer.ggml.tokens")
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .strings()
+            .unwrap()
+            .collect();
         assert_eq!(toks, ["[PAD]", "é"]);
         let a = g.tensor("a").unwrap();
         assert_eq!(a.shape(), [2, 32]);
@@ -334,9 +367,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.gguf");
         let mut w = GgufWriter::new();
-        w.add_tensor("t", &[1], TensorType::F32, 1f32.to_le_bytes().to_vec()).unwrap();
+        w.add_tensor("t", &[1], TensorType::F32, 1f32.to_le_bytes().to_vec())
+            .unwrap();
         w.write_atomic(&path).unwrap();
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, [std::ffi::OsString::from("m.gguf")]);
         assert!(w.write_atomic(&dir.path().join("missing/m.gguf")).is_err());
     }

@@ -43,7 +43,11 @@ pub fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     let h = w.len();
     for row in x.chunks_exact_mut(h) {
         let mean = row.iter().map(|&v| v as f64).sum::<f64>() / h as f64;
-        let var = row.iter().map(|&v| (v as f64 - mean) * (v as f64 - mean)).sum::<f64>() / h as f64;
+        let var = row
+            .iter()
+            .map(|&v| (v as f64 - mean) * (v as f64 - mean))
+            .sum::<f64>()
+            / h as f64;
         let inv = 1.0 / libm::sqrt(var + eps as f64);
         for ((v, &g), &beta) in row.iter_mut().zip(w).zip(b) {
             *v = ((*v as f64 - mean) * inv) as f32 * g + beta;
@@ -75,7 +79,11 @@ pub fn gelu(x: &mut [f32]) {
 pub fn dot_q8_0(w: &[u8], x: &[ActBlock]) -> f32 {
     let mut s = 0f32;
     for (wb, xb) in w.chunks_exact(Q8_0_BLOCK_BYTES).zip(x) {
-        let isum: i32 = wb[2..].iter().zip(&xb.qs).map(|(&q, &a)| q as i8 as i32 * a as i32).sum();
+        let isum: i32 = wb[2..]
+            .iter()
+            .zip(&xb.qs)
+            .map(|(&q, &a)| q as i8 as i32 * a as i32)
+            .sum();
         s += block_scale(wb) * xb.d * isum as f32;
     }
     s
@@ -97,5 +105,10 @@ pub fn dot_q4_0(w: &[u8], x: &[ActBlock]) -> f32 {
 
 /// Scalar reference of four tokens against one Q8_0 weight row.
 pub fn dot_q8_0_x4(w: &[u8], x: [&[ActBlock]; 4]) -> [f32; 4] {
-    [dot_q8_0(w, x[0]), dot_q8_0(w, x[1]), dot_q8_0(w, x[2]), dot_q8_0(w, x[3])]
+    [
+        dot_q8_0(w, x[0]),
+        dot_q8_0(w, x[1]),
+        dot_q8_0(w, x[2]),
+        dot_q8_0(w, x[3]),
+    ]
 }

@@ -5,14 +5,14 @@
 //! Selection happens once, by CPU feature detection; `PETAL_KERNELS=generic` forces the scalar
 //! references.
 
+#[cfg(target_arch = "aarch64")]
+#[allow(unsafe_code)]
+pub mod aarch64;
 pub mod generic;
 pub mod qdot;
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 pub mod x86_64;
-#[cfg(target_arch = "aarch64")]
-#[allow(unsafe_code)]
-pub mod aarch64;
 
 use alloc::vec::Vec;
 
@@ -36,12 +36,13 @@ pub struct KernelSet {
 }
 
 /// The scalar references.
-pub const GENERIC: KernelSet =
-    KernelSet {
+pub const GENERIC: KernelSet = KernelSet {
     name: "generic",
     dot_q8_0: generic::dot_q8_0,
     dot_q8_0_x4: generic::dot_q8_0_x4,
-    dot_q4_0: generic::dot_q4_0, dot_f32: generic::dot };
+    dot_q4_0: generic::dot_q4_0,
+    dot_f32: generic::dot,
+};
 
 /// The AVX2 + FMA + F16C set, when this CPU has them.
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
@@ -77,7 +78,13 @@ pub fn avx2() -> Option<KernelSet> {
         // SAFETY: this set is only handed out after detecting AVX2, FMA and F16C.
         unsafe { x86_64::avx2::dot_f32(a, b) }
     }
-    Some(KernelSet { name: "avx2", dot_q8_0: q8, dot_q8_0_x4: q8x4, dot_q4_0: q4, dot_f32: f })
+    Some(KernelSet {
+        name: "avx2",
+        dot_q8_0: q8,
+        dot_q8_0_x4: q8x4,
+        dot_q4_0: q4,
+        dot_f32: f,
+    })
 }
 
 /// The NEON set (aarch64 always has NEON); Q4_0 and f32 products use the references.
@@ -92,7 +99,13 @@ pub fn neon() -> Option<KernelSet> {
     fn q8x4(w: &[u8], x: [&[ActBlock]; 4]) -> [f32; 4] {
         [q8(w, x[0]), q8(w, x[1]), q8(w, x[2]), q8(w, x[3])]
     }
-    Some(KernelSet { name: "neon", dot_q8_0: q8, dot_q8_0_x4: q8x4, dot_q4_0: generic::dot_q4_0, dot_f32: generic::dot })
+    Some(KernelSet {
+        name: "neon",
+        dot_q8_0: q8,
+        dot_q8_0_x4: q8x4,
+        dot_q4_0: generic::dot_q4_0,
+        dot_f32: generic::dot,
+    })
 }
 
 /// The kernel set in use: the best this CPU supports, unless `PETAL_KERNELS=generic`.
@@ -162,7 +175,8 @@ pub fn linear(x: &[f32], n: usize, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) 
                         let tok = |t: usize| &xq[t * bpr..(t + 1) * bpr];
                         let mut t = t0;
                         while t + 4 <= t1 {
-                            let r = (k.dot_q8_0_x4)(wr, [tok(t), tok(t + 1), tok(t + 2), tok(t + 3)]);
+                            let r =
+                                (k.dot_q8_0_x4)(wr, [tok(t), tok(t + 1), tok(t + 2), tok(t + 3)]);
                             for (j, v) in r.iter().enumerate() {
                                 o_out[t + j] = v + b;
                             }
@@ -175,7 +189,9 @@ pub fn linear(x: &[f32], n: usize, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) 
                     TensorType::Q4_0 => {
                         for t in t0..t1 {
                             let blocks = t * bpr..(t + 1) * bpr;
-                            o_out[t] = (k.dot_q4_0)(wr, &xq[blocks.clone()]) + (k.dot_q4_0)(wr, &xr[blocks]) + b;
+                            o_out[t] = (k.dot_q4_0)(wr, &xq[blocks.clone()])
+                                + (k.dot_q4_0)(wr, &xr[blocks])
+                                + b;
                         }
                     }
                     _ => {
@@ -196,7 +212,10 @@ pub fn linear(x: &[f32], n: usize, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) 
         if threads > 1 && rows * n * cols >= PARALLEL_MIN_MACS {
             use rayon::prelude::*;
             let chunk_rows = rows.div_ceil(threads * 4).max(1);
-            by_row.par_chunks_mut(chunk_rows * n).enumerate().for_each(|(c, out)| rows_into(c * chunk_rows, out));
+            by_row
+                .par_chunks_mut(chunk_rows * n)
+                .enumerate()
+                .for_each(|(c, out)| rows_into(c * chunk_rows, out));
         } else {
             rows_into(0, &mut by_row);
         }
@@ -208,6 +227,45 @@ pub fn linear(x: &[f32], n: usize, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) 
             y[t * rows + o] = by_row[o * n + t];
         }
     }
+}
+
+/// The backward of [`linear`] with respect to its input: `dx[t, i] += sum_o dy[t, o] * W[o, i]`
+/// for `n` tokens (`dy` is `[n, W.rows]`, `dx` is `[n, W.cols]`). The weights stay in the
+/// file's encoding; each row is decoded once per chunk of tokens, and chunks of tokens run on
+/// the pool.
+pub fn linear_backward_input(dy: &[f32], n: usize, w: &Matrix<'_>, dx: &mut [f32]) {
+    let (rows, cols) = (w.rows, w.cols);
+    debug_assert_eq!(dy.len(), n * rows);
+    debug_assert_eq!(dx.len(), n * cols);
+    let chunk_into = |t0: usize, dx: &mut [f32]| {
+        let mut row = alloc::vec![0f32; cols];
+        let nt = dx.len() / cols;
+        for o in 0..rows {
+            w.dequantize_row(o, &mut row);
+            for t in 0..nt {
+                let g = dy[(t0 + t) * rows + o];
+                if g != 0.0 {
+                    dx[t * cols..(t + 1) * cols]
+                        .iter_mut()
+                        .zip(&row)
+                        .for_each(|(d, &wv)| *d += g * wv);
+                }
+            }
+        }
+    };
+    #[cfg(feature = "std")]
+    {
+        let threads = rayon::current_num_threads();
+        if threads > 1 && rows * n * cols >= PARALLEL_MIN_MACS && n > 1 {
+            use rayon::prelude::*;
+            let chunk = n.div_ceil(threads).max(1);
+            dx.par_chunks_mut(chunk * cols)
+                .enumerate()
+                .for_each(|(c, d)| chunk_into(c * chunk, d));
+            return;
+        }
+    }
+    chunk_into(0, dx);
 }
 
 /// LayerNorm of each row of `x` (rows of `w.len()`), in place.
@@ -256,5 +314,7 @@ pub fn threads() -> usize {
 /// Sets the number of threads of the pool (once, before the first use; later calls fail).
 #[cfg(feature = "std")]
 pub fn set_threads(n: usize) -> Result<(), rayon::ThreadPoolBuildError> {
-    rayon::ThreadPoolBuilder::new().num_threads(n).build_global()
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
 }

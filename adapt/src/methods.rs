@@ -1,0 +1,488 @@
+//! The parameter-efficient methods of the tutorial, as sets of [`Trainables`]: what each trains,
+//! how it starts, and the names its tensors carry (PEFT's, for the equivalent Hugging Face
+//! model, where PEFT has the method).
+
+use std::fmt;
+
+use petal_runtime::bert::{Encoder, NormSite};
+use petal_runtime::config::Arch;
+use petal_runtime::gguf::names::tensor::Block;
+
+use crate::grad::{AdapterSite, HeadParams, LoraSite, Param, Rng, SiteParams, Trainables};
+
+/// LoRA settings (PEFT's `LoraConfig`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraConfig {
+    /// Rank.
+    pub r: usize,
+    /// Scale numerator: the update is `alpha / r * B A`.
+    pub alpha: f32,
+    /// Dropout on the LoRA branch's input while training.
+    pub dropout: f32,
+    /// Sub-layers that get a LoRA pair.
+    pub targets: Vec<Block>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        LoraConfig {
+            r: 8,
+            alpha: 16.0,
+            dropout: 0.1,
+            targets: vec![Block::AttnQ, Block::AttnV],
+        }
+    }
+}
+
+/// Where bottleneck adapters go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdapterKind {
+    /// Houlsby et al.: after the attention output and after the feed-forward.
+    Houlsby,
+    /// Pfeiffer et al.: after the feed-forward only.
+    Pfeiffer,
+}
+
+/// A training method.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Method {
+    /// Only the classifier.
+    Head,
+    /// Every bias (linear layers and LayerNorms) and the classifier.
+    BitFit,
+    /// LoRA pairs and the classifier.
+    Lora(LoraConfig),
+    /// Bottleneck adapters (`H / reduction` wide) and the classifier.
+    Adapter {
+        /// Placement.
+        kind: AdapterKind,
+        /// Hidden size divided by the bottleneck width.
+        reduction: usize,
+    },
+    /// `tokens` virtual tokens before every sequence, and the classifier.
+    Prompt {
+        /// Virtual tokens.
+        tokens: usize,
+    },
+    /// `tokens` keys and values per layer before every sequence, and the classifier.
+    Prefix {
+        /// Virtual tokens.
+        tokens: usize,
+    },
+    /// IA3 scales on `targets` (PEFT's non-feed-forward form: the output is scaled), and the
+    /// classifier.
+    Ia3 {
+        /// Sub-layers that get a scale.
+        targets: Vec<Block>,
+    },
+}
+
+impl Method {
+    /// The name used on the command line and in adapter files.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Head => "head",
+            Method::BitFit => "bitfit",
+            Method::Lora(_) => "lora",
+            Method::Adapter {
+                kind: AdapterKind::Houlsby,
+                ..
+            } => "houlsby",
+            Method::Adapter {
+                kind: AdapterKind::Pfeiffer,
+                ..
+            } => "pfeiffer",
+            Method::Prompt { .. } => "prompt",
+            Method::Prefix { .. } => "prefix",
+            Method::Ia3 { .. } => "ia3",
+        }
+    }
+
+    /// The method called `name` with its default settings.
+    pub fn from_name(name: &str) -> Option<Method> {
+        Some(match name {
+            "head" => Method::Head,
+            "bitfit" => Method::BitFit,
+            "lora" => Method::Lora(LoraConfig::default()),
+            "houlsby" | "adapter" => Method::Adapter {
+                kind: AdapterKind::Houlsby,
+                reduction: 16,
+            },
+            "pfeiffer" => Method::Adapter {
+                kind: AdapterKind::Pfeiffer,
+                reduction: 16,
+            },
+            "prompt" => Method::Prompt { tokens: 10 },
+            "prefix" => Method::Prefix { tokens: 10 },
+            "ia3" => Method::Ia3 {
+                targets: vec![Block::AttnK, Block::AttnV, Block::FfnDown],
+            },
+            _ => return None,
+        })
+    }
+
+    /// Every method name.
+    pub const NAMES: [&'static str; 8] = [
+        "head", "bitfit", "lora", "houlsby", "pfeiffer", "prompt", "prefix", "ia3",
+    ];
+}
+
+/// Why a method could not be set up on a model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MethodError {
+    /// The model file has no classification head to train through.
+    NoFileHead,
+    /// A setting is out of range.
+    Setting(String),
+}
+
+impl fmt::Display for MethodError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MethodError::NoFileHead => write!(f, "the model file has no classification head"),
+            MethodError::Setting(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+impl std::error::Error for MethodError {}
+
+/// Which classifier the method trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadKind {
+    /// A new linear layer on the sentence embedding (sentence-transformers models such as
+    /// MiniLM).
+    Pooled,
+    /// The file's own pooler and classifier (a `*ForSequenceClassification` checkpoint); the
+    /// classifier is trained, the pooler stays frozen, as PEFT's `modules_to_save`.
+    File,
+}
+
+/// Hugging Face module path of sub-layer `part` of layer `l` (`with_model` adds the base
+/// model's attribute, e.g. `bert.`, as in a `*ForSequenceClassification` model).
+pub fn hf_module(arch: Arch, with_model: bool, l: usize, part: Block) -> String {
+    let layers = if arch == Arch::DistilBert {
+        "transformer.layer"
+    } else {
+        "encoder.layer"
+    };
+    let sub = if arch == Arch::DistilBert {
+        match part {
+            Block::AttnQ => "attention.q_lin",
+            Block::AttnK => "attention.k_lin",
+            Block::AttnV => "attention.v_lin",
+            Block::AttnOutput => "attention.out_lin",
+            Block::AttnOutputNorm => "sa_layer_norm",
+            Block::FfnUp => "ffn.lin1",
+            Block::FfnDown => "ffn.lin2",
+            Block::LayerOutputNorm => "output_layer_norm",
+        }
+    } else {
+        match part {
+            Block::AttnQ => "attention.self.query",
+            Block::AttnK => "attention.self.key",
+            Block::AttnV => "attention.self.value",
+            Block::AttnOutput => "attention.output.dense",
+            Block::AttnOutputNorm => "attention.output.LayerNorm",
+            Block::FfnUp => "intermediate.dense",
+            Block::FfnDown => "output.dense",
+            Block::LayerOutputNorm => "output.LayerNorm",
+        }
+    };
+    format!(
+        "{}{layers}.{l}.{sub}",
+        if with_model { model_attr(arch) } else { "" }
+    )
+}
+
+/// PEFT's name for a target module (`query`, `value`, `dense`...), as in `target_modules`.
+pub fn peft_target(arch: Arch, part: Block) -> &'static str {
+    match (arch, part) {
+        (Arch::DistilBert, Block::AttnQ) => "q_lin",
+        (Arch::DistilBert, Block::AttnK) => "k_lin",
+        (Arch::DistilBert, Block::AttnV) => "v_lin",
+        (Arch::DistilBert, Block::AttnOutput) => "out_lin",
+        (Arch::DistilBert, Block::FfnUp) => "lin1",
+        (Arch::DistilBert, Block::FfnDown) => "lin2",
+        (_, Block::AttnQ) => "query",
+        (_, Block::AttnK) => "key",
+        (_, Block::AttnV) => "value",
+        (_, Block::AttnOutput) => "attention.output.dense",
+        (_, Block::FfnUp) => "intermediate.dense",
+        (_, Block::FfnDown) => "output.dense",
+        _ => "",
+    }
+}
+
+/// The sub-layer a PEFT target module name refers to.
+pub fn block_of_target(arch: Arch, name: &str) -> Option<Block> {
+    [
+        Block::AttnQ,
+        Block::AttnK,
+        Block::AttnV,
+        Block::AttnOutput,
+        Block::FfnUp,
+        Block::FfnDown,
+    ]
+    .into_iter()
+    .find(|&b| {
+        peft_target(arch, b) == name
+            || (arch != Arch::DistilBert && b == Block::FfnDown && name == "output.dense")
+    })
+}
+
+/// Prefix of PEFT's tensor names for tuners that wrap modules (LoRA, IA3).
+pub const PEFT_PREFIX: &str = "base_model.model.";
+
+/// The attribute holding the base model in a `*ForSequenceClassification` model.
+pub fn model_attr(arch: Arch) -> &'static str {
+    match arch {
+        Arch::DistilBert => "distilbert.",
+        Arch::Roberta | Arch::XlmRoberta => "roberta.",
+        _ => "bert.",
+    }
+}
+
+/// Sets up the trainable parameters of `method` on `enc` for `labels` classes, initialized from
+/// `seed` as PEFT initializes them (LoRA `A` Kaiming-uniform and `B` zero, IA3 ones, prompts
+/// from vocabulary embeddings, adapters near identity).
+pub fn build<B: AsRef<[u8]>>(
+    enc: &Encoder<B>,
+    method: &Method,
+    labels: usize,
+    head: HeadKind,
+    seed: u64,
+) -> Result<Trainables, MethodError> {
+    let cfg = enc.config();
+    let (h, layers) = (cfg.hidden, cfg.layers);
+    let arch = cfg.arch;
+    let with_model = head == HeadKind::File;
+    let mut rng = Rng::new(seed);
+    let mut t = Trainables::default();
+    let module = |l: usize, b: Block| format!("{PEFT_PREFIX}{}", hf_module(arch, with_model, l, b));
+    match method {
+        Method::Head => {}
+        Method::BitFit => {
+            for l in 0..layers {
+                for part in [
+                    Block::AttnQ,
+                    Block::AttnK,
+                    Block::AttnV,
+                    Block::AttnOutput,
+                    Block::FfnUp,
+                    Block::FfnDown,
+                ] {
+                    let n = if part == Block::FfnUp { cfg.ffn } else { h };
+                    let i = t.push(Param::new(
+                        format!("{}.bias", module(l, part)),
+                        &[n],
+                        vec![0.0; n],
+                        false,
+                    ));
+                    t.sites
+                        .entry((l, part))
+                        .or_insert_with(SiteParams::default)
+                        .bias = Some(i);
+                }
+                for (site, part) in [
+                    (NormSite::Attention(l), Block::AttnOutputNorm),
+                    (NormSite::Output(l), Block::LayerOutputNorm),
+                ] {
+                    let i = t.push(Param::new(
+                        format!("{}.bias", module(l, part)),
+                        &[h],
+                        vec![0.0; h],
+                        false,
+                    ));
+                    t.norm_bias.push((site, i));
+                }
+            }
+            let model = if with_model { model_attr(arch) } else { "" };
+            let i = t.push(Param::new(
+                format!("{PEFT_PREFIX}{model}embeddings.LayerNorm.bias"),
+                &[h],
+                vec![0.0; h],
+                false,
+            ));
+            t.norm_bias.push((NormSite::Embeddings, i));
+        }
+        Method::Lora(c) => {
+            if c.r == 0 || !(0.0..1.0).contains(&c.dropout) || c.targets.is_empty() {
+                return Err(MethodError::Setting(format!(
+                    "LoRA needs rank > 0, dropout in [0, 1) and a target (rank {}, dropout {})",
+                    c.r, c.dropout
+                )));
+            }
+            for l in 0..layers {
+                for &part in &c.targets {
+                    let (out, inp) = match part {
+                        Block::FfnUp => (cfg.ffn, h),
+                        Block::FfnDown => (h, cfg.ffn),
+                        _ => (h, h),
+                    };
+                    let bound = 1.0 / (inp as f32).sqrt();
+                    let a: Vec<f32> = (0..c.r * inp)
+                        .map(|_| (rng.uniform() * 2.0 - 1.0) * bound)
+                        .collect();
+                    let m = module(l, part);
+                    let a = t.push(Param::new(
+                        format!("{m}.lora_A.weight"),
+                        &[c.r, inp],
+                        a,
+                        true,
+                    ));
+                    let b = t.push(Param::new(
+                        format!("{m}.lora_B.weight"),
+                        &[out, c.r],
+                        vec![0.0; out * c.r],
+                        true,
+                    ));
+                    t.sites.entry((l, part)).or_default().lora = Some(LoraSite {
+                        a,
+                        b,
+                        scaling: c.alpha / c.r as f32,
+                        dropout: c.dropout,
+                    });
+                }
+            }
+        }
+        Method::Adapter { kind, reduction } => {
+            if *reduction == 0 || *reduction > h {
+                return Err(MethodError::Setting(format!("adapter reduction factor {reduction} must be between 1 and the hidden size {h}")));
+            }
+            let m = (h / reduction).max(1);
+            let parts: &[Block] = match kind {
+                AdapterKind::Houlsby => &[Block::AttnOutput, Block::FfnDown],
+                AdapterKind::Pfeiffer => &[Block::FfnDown],
+            };
+            for l in 0..layers {
+                for &part in parts {
+                    let name = format!("adapter.{l}.{}", part.stem());
+                    let bound = 1.0 / (h as f32).sqrt();
+                    let dw: Vec<f32> = (0..m * h)
+                        .map(|_| (rng.uniform() * 2.0 - 1.0) * bound)
+                        .collect();
+                    let down_w =
+                        t.push(Param::new(format!("{name}.down.weight"), &[m, h], dw, true));
+                    let down_b = t.push(Param::new(
+                        format!("{name}.down.bias"),
+                        &[m],
+                        vec![0.0; m],
+                        false,
+                    ));
+                    let up_w = t.push(Param::new(
+                        format!("{name}.up.weight"),
+                        &[h, m],
+                        vec![0.0; h * m],
+                        true,
+                    ));
+                    let up_b = t.push(Param::new(
+                        format!("{name}.up.bias"),
+                        &[h],
+                        vec![0.0; h],
+                        false,
+                    ));
+                    t.sites.entry((l, part)).or_default().adapter = Some(AdapterSite {
+                        down_w,
+                        down_b,
+                        up_w,
+                        up_b,
+                    });
+                }
+            }
+        }
+        Method::Prompt { tokens } => {
+            if *tokens == 0 || tokens + 2 > cfg.context_length {
+                return Err(MethodError::Setting(format!(
+                    "prompt tuning needs between 1 and {} virtual tokens",
+                    cfg.context_length.saturating_sub(2)
+                )));
+            }
+            // Initialized from the embeddings of random vocabulary tokens (skipping the special
+            // tokens at the start of the vocabulary).
+            let words = enc.weights().token_embd.view(enc.bytes());
+            let mut v = vec![0f32; tokens * h];
+            for row in v.chunks_exact_mut(h) {
+                let id =
+                    1000.min(words.rows - 1) + rng.below(words.rows.saturating_sub(1000).max(1));
+                words.dequantize_row(id.min(words.rows - 1), row);
+            }
+            t.prompt = Some(t.push(Param::new("prompt_embeddings", &[*tokens, h], v, false)));
+        }
+        Method::Prefix { tokens } => {
+            if *tokens == 0 || *tokens > cfg.context_length {
+                return Err(MethodError::Setting(format!(
+                    "prefix tuning needs between 1 and {} virtual tokens",
+                    cfg.context_length
+                )));
+            }
+            let v: Vec<f32> = (0..tokens * layers * 2 * h)
+                .map(|_| rng.normal() * 0.1)
+                .collect();
+            t.prefix = Some(t.push(Param::new(
+                "prompt_embeddings",
+                &[*tokens, layers * 2 * h],
+                v,
+                false,
+            )));
+        }
+        Method::Ia3 { targets } => {
+            for l in 0..layers {
+                for &part in targets {
+                    let out = if part == Block::FfnUp { cfg.ffn } else { h };
+                    let i = t.push(Param::new(
+                        format!("{}.ia3_l", module(l, part)),
+                        &[out, 1],
+                        vec![1.0; out],
+                        false,
+                    ));
+                    t.sites.entry((l, part)).or_default().ia3 = Some(i);
+                }
+            }
+        }
+    }
+    // The classifier.
+    let (w, b) = match head {
+        HeadKind::File => {
+            let fh = enc.weights().head.ok_or(MethodError::NoFileHead)?;
+            let w = fh.out.weight.view(enc.bytes()).to_f32();
+            let bv = fh.out.bias.f32s(enc.bytes()).to_vec();
+            let k = bv.len();
+            let prefix = match method {
+                Method::Prompt { .. } | Method::Prefix { .. } => "base_model.",
+                _ => "base_model.model.",
+            };
+            (
+                Param::new(format!("{prefix}classifier.weight"), &[k, h], w, true),
+                Param::new(format!("{prefix}classifier.bias"), &[k], bv, false),
+            )
+        }
+        HeadKind::Pooled => {
+            let bound = 1.0 / (h as f32).sqrt();
+            let w: Vec<f32> = (0..labels * h)
+                .map(|_| (rng.uniform() * 2.0 - 1.0) * bound)
+                .collect();
+            (
+                Param::new("head.weight", &[labels, h], w, true),
+                Param::new("head.bias", &[labels], vec![0.0; labels], false),
+            )
+        }
+    };
+    let dense_bias = match (method, head) {
+        (Method::BitFit, HeadKind::File) => {
+            let name = match arch {
+                Arch::Bert => format!("{PEFT_PREFIX}bert.pooler.dense.bias"),
+                Arch::DistilBert => format!("{PEFT_PREFIX}pre_classifier.bias"),
+                _ => format!("{PEFT_PREFIX}classifier.dense.bias"),
+            };
+            Some(t.push(Param::new(name, &[h], vec![0.0; h], false)))
+        }
+        _ => None,
+    };
+    let (w, b) = (t.push(w), t.push(b));
+    t.head = Some(match head {
+        HeadKind::File => HeadParams::File { w, b, dense_bias },
+        HeadKind::Pooled => HeadParams::Pooled { w, b },
+    });
+    Ok(t)
+}
