@@ -9,7 +9,7 @@
 //!
 //! Every trainable part acts at one of the hooks, in this order at a linear layer:
 //! `y = W x + b` (frozen) `+ bitfit_bias + (alpha / r) B A drop(x)` (LoRA), then `y *= l` (IA3),
-//! then `y += up(relu(down(y)))` (bottleneck adapter). Prompt tuning replaces the word
+//! then `y += up(gelu(down(y)))` (bottleneck adapter). Prompt tuning replaces the word
 //! embeddings of virtual tokens, prefix tuning adds keys and values to every attention, BitFit's
 //! LayerNorm biases add to a LayerNorm's output.
 
@@ -63,7 +63,7 @@ pub struct LoraSite {
     pub dropout: f32,
 }
 
-/// A bottleneck adapter after one linear layer: `y + up(relu(down(y)))`.
+/// A bottleneck adapter after one linear layer: `y + up(gelu(down(y)))`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdapterSite {
     /// `[bottleneck, H]`.
@@ -85,6 +85,8 @@ pub struct SiteParams {
     pub lora: Option<LoraSite>,
     /// IA3: a per-output scale.
     pub ia3: Option<usize>,
+    /// IA3 on a feed-forward layer: a per-input scale (PEFT's `feedforward_modules`).
+    pub ia3_input: Option<usize>,
     /// Bottleneck adapter.
     pub adapter: Option<AdapterSite>,
 }
@@ -185,9 +187,10 @@ struct SiteTape {
     /// input after dropout (`[n, r]`).
     lora_mask: Option<Vec<f32>>,
     lora_ax: Vec<f32>,
-    /// IA3: the output before scaling.
+    /// IA3: the output before scaling; for a feed-forward layer, the input before scaling.
     pre_ia3: Vec<f32>,
-    /// Adapter: its input and its hidden layer before and after ReLU.
+    ia3_x: Vec<f32>,
+    /// Adapter: its input and its hidden layer before the activation.
     adapter_in: Vec<f32>,
     adapter_h: Vec<f32>,
 }
@@ -257,6 +260,8 @@ struct Recorder<'t> {
     prefix: Vec<(Vec<f32>, Vec<f32>)>,
     /// Dropout generator; `None` in evaluation.
     rng: Option<Rng>,
+    /// Whether to keep the tape (training) or only apply the trainable parts (inference).
+    record: bool,
 }
 
 /// `y[t, o] += sum_i x[t, i] * w[o, i]` (+ `b[o]`): a small trainable linear layer.
@@ -326,21 +331,36 @@ impl Hooks for Recorder<'_> {
         }
     }
 
+    fn linear_input(&mut self, l: usize, part: Block, x: &[f32]) -> Option<Vec<f32>> {
+        let i = self.t.sites.get(&(l, part))?.ia3_input?;
+        let scale = self.t.v(i);
+        if self.record {
+            self.tape.sites.entry((l, part)).or_default().ia3_x = x.to_vec();
+        }
+        Some(
+            x.chunks_exact(scale.len())
+                .flat_map(|row| row.iter().zip(scale).map(|(x, s)| x * s))
+                .collect(),
+        )
+    }
+
     fn linear_output(&mut self, l: usize, part: Block, x: &[f32], y: &mut [f32]) {
         if self.tape.layers.len() <= l {
             self.tape.layers.resize_with(l + 1, LayerTape::default);
         }
-        match part {
-            Block::AttnQ => self.tape.layers[l].x = x.to_vec(),
-            Block::AttnOutput => self.tape.layers[l].ctx = x.to_vec(),
-            Block::FfnUp => self.tape.layers[l].a = x.to_vec(),
-            Block::FfnDown => self.tape.layers[l].g = x.to_vec(),
-            _ => {}
+        if self.record {
+            match part {
+                Block::AttnQ => self.tape.layers[l].x = x.to_vec(),
+                Block::AttnOutput => self.tape.layers[l].ctx = x.to_vec(),
+                Block::FfnUp => self.tape.layers[l].a = x.to_vec(),
+                Block::FfnDown => self.tape.layers[l].g = x.to_vec(),
+                _ => {}
+            }
         }
         if let Some(sp) = self.t.sites.get(&(l, part)) {
             let n = self.tape.lens.iter().sum::<usize>().max(1);
             let out = y.len() / n;
-            let mut st = SiteTape::default();
+            let mut st = self.tape.sites.remove(&(l, part)).unwrap_or_default();
             if let Some(b) = sp.bias {
                 for row in y.chunks_exact_mut(out) {
                     row.iter_mut().zip(self.t.v(b)).for_each(|(y, b)| *y += b);
@@ -394,22 +414,30 @@ impl Hooks for Recorder<'_> {
                     m,
                     &mut hid,
                 );
-                hid.iter_mut().for_each(|v| *v = v.max(0.0));
+                let pre = hid.clone();
+                petal_runtime::kernels::generic::gelu(&mut hid);
                 small_linear(&hid, n, self.t.v(ad.up_w), Some(self.t.v(ad.up_b)), out, y);
-                st.adapter_h = hid;
+                st.adapter_h = pre;
             }
-            self.tape.sites.insert((l, part), st);
+            if self.record {
+                self.tape.sites.insert((l, part), st);
+            }
         }
-        match part {
-            Block::AttnQ => self.tape.layers[l].q = y.to_vec(),
-            Block::AttnK => self.tape.layers[l].k = y.to_vec(),
-            Block::AttnV => self.tape.layers[l].v = y.to_vec(),
-            Block::FfnUp => self.tape.layers[l].u = y.to_vec(),
-            _ => {}
+        if self.record {
+            match part {
+                Block::AttnQ => self.tape.layers[l].q = y.to_vec(),
+                Block::AttnK => self.tape.layers[l].k = y.to_vec(),
+                Block::AttnV => self.tape.layers[l].v = y.to_vec(),
+                Block::FfnUp => self.tape.layers[l].u = y.to_vec(),
+                _ => {}
+            }
         }
     }
 
     fn norm_input(&mut self, site: NormSite, x: &[f32]) {
+        if !self.record {
+            return;
+        }
         match site {
             NormSite::Embeddings => self.tape.emb_pre = x.to_vec(),
             NormSite::Attention(l) => {
@@ -470,6 +498,26 @@ pub fn forward<B: AsRef<[u8]>>(
     batch: &Batch,
     dropout: Option<&mut Rng>,
 ) -> Result<Forward, petal_runtime::bert::ForwardError> {
+    run_forward(enc, t, batch, dropout, true)
+}
+
+/// Runs the encoder over `batch` with the trainable parts of `t` in place, keeping no tape:
+/// inference with an adapter. Returns the last hidden states.
+pub fn infer<B: AsRef<[u8]>>(
+    enc: &Encoder<B>,
+    t: &Trainables,
+    batch: &Batch,
+) -> Result<Hidden, petal_runtime::bert::ForwardError> {
+    Ok(run_forward(enc, t, batch, None, false)?.hidden)
+}
+
+fn run_forward<B: AsRef<[u8]>>(
+    enc: &Encoder<B>,
+    t: &Trainables,
+    batch: &Batch,
+    dropout: Option<&mut Rng>,
+    record: bool,
+) -> Result<Forward, petal_runtime::bert::ForwardError> {
     let np = t.prompt_len();
     let (mut ids, mut type_ids, mut lens) = (Vec::new(), Vec::new(), Vec::new());
     for (s, seq) in batch.ids.iter().enumerate() {
@@ -515,6 +563,7 @@ pub fn forward<B: AsRef<[u8]>>(
         pos,
         prefix,
         rng: dropout.map(|r| Rng::new(r.next_u64())),
+        record,
     };
     let input = Input {
         ids: &ids,
@@ -812,31 +861,22 @@ impl<B: AsRef<[u8]>> Back<'_, B> {
             self.tape.sites.get(&(l, part)),
         ) {
             if let Some(ad) = sp.adapter {
-                // y = y2 + up(relu(down(y2))) + bu.
+                // y = y2 + up(gelu(down(y2))); the tape holds down(y2).
                 let m = self.t.params[ad.down_b].value.len();
                 let mut dhid = vec![0f32; n * m];
                 let (upw, downw) = (
                     self.t.params[ad.up_w].value.clone(),
                     self.t.params[ad.down_w].value.clone(),
                 );
+                let mut act = st.adapter_h.clone();
+                petal_runtime::kernels::generic::gelu(&mut act);
                 {
                     let (gw, gb) = two_grads(&mut self.t.params, ad.up_w, ad.up_b);
-                    small_linear_back(
-                        &st.adapter_h,
-                        n,
-                        &upw,
-                        &dy,
-                        out,
-                        gw,
-                        Some(gb),
-                        Some(&mut dhid),
-                    );
+                    small_linear_back(&act, n, &upw, &dy, out, gw, Some(gb), Some(&mut dhid));
                 }
-                dhid.iter_mut().zip(&st.adapter_h).for_each(|(g, &hv)| {
-                    if hv <= 0.0 {
-                        *g = 0.0
-                    }
-                });
+                dhid.iter_mut()
+                    .zip(&st.adapter_h)
+                    .for_each(|(g, &pre)| *g *= gelu_grad(pre));
                 let (gw, gb) = two_grads(&mut self.t.params, ad.down_w, ad.down_b);
                 small_linear_back(
                     &st.adapter_in,
@@ -915,7 +955,27 @@ impl<B: AsRef<[u8]>> Back<'_, B> {
         if let Some(full) = self.full.as_deref_mut() {
             full.linear(&format!("blk.{l}.{}", part.stem()), x, &dy, n, w.cols, out);
         }
-        kernels::linear_backward_input(&dy, n, &w, dx);
+        let ia3_input = self.t.sites.get(&(l, part)).and_then(|sp| sp.ia3_input);
+        match (ia3_input, self.tape.sites.get(&(l, part))) {
+            (Some(i), Some(st)) => {
+                // x_scaled = x * s: ds += sum_t dx_scaled * x, dx += dx_scaled * s.
+                let mut dxs = vec![0f32; dx.len()];
+                kernels::linear_backward_input(&dy, n, &w, &mut dxs);
+                let p = &mut self.t.params[i];
+                let inp = p.value.len();
+                for ((d, g), xo) in dx
+                    .chunks_exact_mut(inp)
+                    .zip(dxs.chunks_exact(inp))
+                    .zip(st.ia3_x.chunks_exact(inp))
+                {
+                    for j in 0..inp {
+                        p.grad[j] += g[j] * xo[j];
+                        d[j] += g[j] * p.value[j];
+                    }
+                }
+            }
+            _ => kernels::linear_backward_input(&dy, n, &w, dx),
+        }
     }
 
     fn norm(
@@ -1293,4 +1353,54 @@ pub fn backward<B: AsRef<[u8]>>(
     full: Option<&mut FullGrads>,
 ) {
     Back { enc, tape, t, full }.run(dhidden);
+}
+
+/// Cosine similarity of `a` and `b` and its gradient with respect to `a`.
+fn cosine_and_grad(a: &[f32], b: &[f32]) -> (f32, Vec<f32>) {
+    let na = a.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+    let nb = b.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+    let cos = a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>() / (na * nb);
+    let g = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| y / (na * nb) - cos * x / (na * na))
+        .collect();
+    (cos, g)
+}
+
+/// SetFit's contrastive objective on one batch of texts: for each pair `(i, j, target)` (target
+/// 1 for the same label, 0 otherwise), the squared error between the cosine similarity of the
+/// two sentence embeddings and the target, averaged over the pairs. Adds the gradients of the
+/// trainable parameters; returns the loss.
+pub fn contrastive_step<B: AsRef<[u8]>>(
+    enc: &Encoder<B>,
+    t: &mut Trainables,
+    batch: &Batch,
+    pairs: &[(usize, usize, f32)],
+    dropout: Option<&mut Rng>,
+) -> Result<f32, petal_runtime::bert::ForwardError> {
+    let fw = forward(enc, t, batch, dropout)?;
+    let e = embeddings(enc, &fw);
+    let h = enc.config().hidden;
+    let mut de = vec![0f32; e.len()];
+    let mut loss = 0f32;
+    let np = pairs.len().max(1) as f32;
+    for &(i, j, target) in pairs {
+        let (a, b) = (&e[i * h..(i + 1) * h], &e[j * h..(j + 1) * h]);
+        let (cos, ga) = cosine_and_grad(a, b);
+        let (_, gb) = cosine_and_grad(b, a);
+        let r = cos - target;
+        loss += r * r / np;
+        let s = 2.0 * r / np;
+        de[i * h..(i + 1) * h]
+            .iter_mut()
+            .zip(&ga)
+            .for_each(|(d, g)| *d += s * g);
+        de[j * h..(j + 1) * h]
+            .iter_mut()
+            .zip(&gb)
+            .for_each(|(d, g)| *d += s * g);
+    }
+    embedding_backward(enc, &fw, t, &de);
+    Ok(loss)
 }

@@ -69,11 +69,13 @@ pub enum Method {
         /// Virtual tokens.
         tokens: usize,
     },
-    /// IA3 scales on `targets` (PEFT's non-feed-forward form: the output is scaled), and the
-    /// classifier.
+    /// IA3 scales on `targets` (of the output; of the input for those also in `feedforward`,
+    /// as PEFT), and the classifier.
     Ia3 {
         /// Sub-layers that get a scale.
         targets: Vec<Block>,
+        /// Those of `targets` whose input is scaled.
+        feedforward: Vec<Block>,
     },
 }
 
@@ -114,8 +116,10 @@ impl Method {
             },
             "prompt" => Method::Prompt { tokens: 10 },
             "prefix" => Method::Prefix { tokens: 10 },
+            // PEFT's defaults for BERT: key, value and output.dense, the latter feed-forward.
             "ia3" => Method::Ia3 {
                 targets: vec![Block::AttnK, Block::AttnV, Block::FfnDown],
+                feedforward: vec![Block::FfnDown],
             },
             _ => return None,
         })
@@ -426,17 +430,33 @@ pub fn build<B: AsRef<[u8]>>(
                 false,
             )));
         }
-        Method::Ia3 { targets } => {
+        Method::Ia3 {
+            targets,
+            feedforward,
+        } => {
             for l in 0..layers {
                 for &part in targets {
-                    let out = if part == Block::FfnUp { cfg.ffn } else { h };
+                    let (out, inp) = match part {
+                        Block::FfnUp => (cfg.ffn, h),
+                        Block::FfnDown => (h, cfg.ffn),
+                        _ => (h, h),
+                    };
+                    let ff = feedforward.contains(&part);
+                    // PEFT's shapes: `[out, 1]` for an output scale, `[1, in]` for an input one.
+                    let shape = if ff { [1, inp] } else { [out, 1] };
+                    let name = format!("{}.ia3_l", module(l, part));
                     let i = t.push(Param::new(
-                        format!("{}.ia3_l", module(l, part)),
-                        &[out, 1],
-                        vec![1.0; out],
+                        name,
+                        &shape,
+                        vec![1.0; shape[0] * shape[1]],
                         false,
                     ));
-                    t.sites.entry((l, part)).or_default().ia3 = Some(i);
+                    let site = t.sites.entry((l, part)).or_default();
+                    if ff {
+                        site.ia3_input = Some(i);
+                    } else {
+                        site.ia3 = Some(i);
+                    }
                 }
             }
         }

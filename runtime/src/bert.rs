@@ -101,6 +101,12 @@ pub trait Hooks {
     /// batch): prompt tuning puts its virtual tokens here.
     fn word_embedding(&mut self, _token: usize, _row: &mut [f32]) {}
 
+    /// May replace the input `x` (`[tokens, in]`) of linear layer `part` of layer `layer`: IA3
+    /// scales the input of feed-forward layers.
+    fn linear_input(&mut self, _layer: usize, _part: Block, _x: &[f32]) -> Option<Vec<f32>> {
+        None
+    }
+
     /// Sees, and may change, the output `y` (`[tokens, out]`) that linear layer `part` of layer
     /// `layer` computed from `x` (`[tokens, in]`): LoRA, IA3, BitFit and bottleneck adapters
     /// act here.
@@ -355,6 +361,8 @@ impl<B: AsRef<[u8]>> Encoder<B> {
         hooks.hidden_state(0, &x);
         for (l, layer) in self.weights.layers.iter().enumerate() {
             let proj = |hooks: &mut dyn Hooks, part: Block, lin: &Linear, inp: &[f32]| {
+                let replaced = hooks.linear_input(l, part, inp);
+                let inp = replaced.as_deref().unwrap_or(inp);
                 let mut y = self.linear(lin, inp, n);
                 hooks.linear_output(l, part, inp, &mut y);
                 y

@@ -149,6 +149,7 @@ fn ia3_matches_golden() {
         "train-ia3",
         &Method::Ia3 {
             targets: vec![Block::AttnK, Block::AttnV],
+            feedforward: vec![],
         },
         "",
         true,
