@@ -12,6 +12,7 @@ pub mod eval;
 pub mod grad;
 pub mod methods;
 pub mod optim;
+pub mod train;
 pub mod train_head;
 
 pub use petal_runtime as runtime;

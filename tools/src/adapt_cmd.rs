@@ -2,145 +2,247 @@
 //! on a labelled test set.
 
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
 use indicatif::ProgressBar;
 use petal_adapt::adapter::{base_hash, Adapter};
 use petal_adapt::data::{self, Example};
 use petal_adapt::eval::{self, Report};
-use petal_adapt::train_head::{self, HeadConfig};
-use petal_runtime::head::LinearHead;
+use petal_adapt::methods::Method;
+use petal_adapt::train::{Contrastive, Progress, TrainConfig};
+use petal_runtime::gguf::names::tensor::Block;
 use petal_runtime::pipeline::{Model, Prediction};
 use serde_json::json;
 
-/// The methods `petal adapt` offers today.
+/// What `petal adapt` trains (`--method`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Method {
+pub enum MethodArg {
+    /// petal's default recipe (see the README's few-shot table).
+    Default,
     /// A linear head on the frozen sentence embedding (logistic regression, AdamW).
     Head,
+    /// Every bias and the head.
+    Bitfit,
+    /// LoRA (PEFT layout) and the head.
+    Lora,
+    /// Houlsby bottleneck adapters (after attention and feed-forward) and the head.
+    Houlsby,
+    /// Pfeiffer bottleneck adapters (after the feed-forward) and the head.
+    Pfeiffer,
+    /// Prompt tuning (PEFT layout) and the head.
+    Prompt,
+    /// Prefix tuning (PEFT layout) and the head.
+    Prefix,
+    /// IA3 (PEFT layout) and the head.
+    Ia3,
+    /// SetFit-style: contrastive pairs train LoRA, then the head is fitted.
+    Setfit,
 }
 
-/// Embeddings of `texts`, in batches, advancing `pb`.
-pub fn embed_all(
-    model: &Model,
-    texts: &[&str],
-    batch: usize,
-    pb: &ProgressBar,
-) -> Result<Vec<Vec<f32>>> {
-    pb.set_length(texts.len() as u64);
-    let mut out = Vec::with_capacity(texts.len());
-    for chunk in texts.chunks(batch.max(1)) {
-        out.extend(model.embed(chunk)?);
-        pb.inc(chunk.len() as u64);
+/// Settings of `petal adapt` beyond the method's defaults.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AdaptArgs {
+    /// Passes over the examples (classification phase; contrastive phase for setfit).
+    #[arg(long)]
+    pub epochs: Option<u32>,
+    /// Peak learning rate of the method's parameters.
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Peak learning rate of the classifier.
+    #[arg(long)]
+    pub head_lr: Option<f32>,
+    /// Examples per training step.
+    #[arg(long)]
+    pub train_batch: Option<usize>,
+    /// Seed of initialization, shuffling and dropout: the same seed gives the same adapter.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop training after this many seconds, keeping the best parameters so far.
+    #[arg(long)]
+    pub max_seconds: Option<f64>,
+    /// LoRA rank.
+    #[arg(long)]
+    pub lora_r: Option<usize>,
+    /// LoRA alpha (the update is scaled by alpha / r).
+    #[arg(long)]
+    pub lora_alpha: Option<f32>,
+    /// LoRA dropout.
+    #[arg(long)]
+    pub lora_dropout: Option<f32>,
+    /// LoRA target modules, comma-separated among q,k,v,o,up,down.
+    #[arg(long)]
+    pub lora_targets: Option<String>,
+    /// Bottleneck adapters: hidden size / bottleneck width.
+    #[arg(long)]
+    pub reduction: Option<usize>,
+    /// Prompt and prefix tuning: virtual tokens.
+    #[arg(long)]
+    pub virtual_tokens: Option<usize>,
+}
+
+/// The recipe `--method default` runs.
+pub const DEFAULT_METHOD: MethodArg = MethodArg::Lora;
+
+fn target(s: &str) -> Result<Block> {
+    Ok(match s.trim() {
+        "q" | "query" => Block::AttnQ,
+        "k" | "key" => Block::AttnK,
+        "v" | "value" => Block::AttnV,
+        "o" | "attention.output" => Block::AttnOutput,
+        "up" | "intermediate" => Block::FfnUp,
+        "down" | "output" => Block::FfnDown,
+        other => bail!("unknown LoRA target \"{other}\" (q, k, v, o, up, down)"),
+    })
+}
+
+/// The method and training settings `--method` and the flags describe.
+pub fn recipe(method: MethodArg, a: &AdaptArgs) -> Result<(Method, TrainConfig)> {
+    let method = if method == MethodArg::Default { DEFAULT_METHOD } else { method };
+    let name = match method {
+        MethodArg::Setfit => "lora",
+        MethodArg::Default => unreachable!("resolved above"),
+        other => other.to_possible_value().expect("named").get_name().to_string().leak(),
+    };
+    let mut m = Method::from_name(name).expect("every CLI method has a name");
+    match &mut m {
+        Method::Lora(c) => {
+            if let Some(r) = a.lora_r {
+                c.r = r;
+                c.alpha = 2.0 * r as f32;
+            }
+            if let Some(x) = a.lora_alpha {
+                c.alpha = x;
+            }
+            if let Some(x) = a.lora_dropout {
+                c.dropout = x;
+            }
+            if let Some(t) = &a.lora_targets {
+                c.targets = t.split(',').map(target).collect::<Result<_>>()?;
+            }
+        }
+        Method::Adapter { reduction, .. } => {
+            if let Some(r) = a.reduction {
+                *reduction = r;
+            }
+        }
+        Method::Prompt { tokens } | Method::Prefix { tokens } => {
+            if let Some(n) = a.virtual_tokens {
+                *tokens = n;
+            }
+        }
+        _ => {}
     }
-    Ok(out)
+    let mut cfg = TrainConfig::for_method(&m);
+    if method == MethodArg::Setfit {
+        cfg.contrastive = Some(Contrastive { epochs: a.epochs.unwrap_or(1), pairs_per_example: 4 });
+        cfg.lr = 2e-4;
+        cfg.batch_size = 16;
+    } else if let Some(e) = a.epochs {
+        cfg.epochs = e;
+    }
+    if let Some(x) = a.lr {
+        cfg.lr = x;
+    }
+    if let Some(x) = a.head_lr {
+        cfg.head_lr = x;
+    }
+    if let Some(x) = a.train_batch {
+        cfg.batch_size = x.max(1);
+    }
+    cfg.seed = a.seed;
+    cfg.max_time = budget(a.max_seconds);
+    Ok((m, cfg))
 }
 
 #[derive(Debug, serde::Serialize)]
 pub struct AdaptSummary {
     pub output: String,
-    pub method: &'static str,
+    pub method: String,
     pub examples: usize,
     pub labels: Vec<String>,
-    pub epochs: u32,
+    pub trainable: usize,
+    pub steps: u64,
     pub final_loss: f32,
     pub train_accuracy: f64,
+    pub stopped_early: bool,
     pub seconds: f64,
 }
 
-/// Trains an adapter on `train` and writes it to `output`.
+/// Trains an adapter on `train` and writes it to `output`. `stop` is set by Ctrl-C.
 #[allow(clippy::too_many_arguments)]
 pub fn adapt(
     model: &Model,
-    model_path: &Path,
     train: &Path,
-    method: Method,
+    method: MethodArg,
+    args: &AdaptArgs,
     output: &Path,
-    cfg: &HeadConfig,
     batch: usize,
+    stop: &AtomicBool,
     pb: &dyn Fn(&str) -> ProgressBar,
 ) -> Result<AdaptSummary> {
-    let Method::Head = method;
     let start = Instant::now();
+    let (m, cfg) = recipe(method, args)?;
     let examples = data::read_jsonl(train)?;
     let labels = data::labels(&examples, train)?;
-    let y: Vec<usize> = examples
-        .iter()
-        .map(|e| {
-            labels
-                .iter()
-                .position(|l| *l == e.label)
-                .expect("label listed")
-        })
-        .collect();
+    let y: Vec<usize> = examples.iter().map(|e| labels.iter().position(|l| *l == e.label).expect("label listed")).collect();
     let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
-    let bar = pb("embedding");
-    let x = embed_all(model, &texts, batch, &bar)?;
-    bar.finish_and_clear();
-    let bar = pb("training");
-    bar.set_length(cfg.epochs as u64);
-    let mut last = f32::NAN;
-    let mut epochs = 0;
-    let head = train_head::train(&x, &y, labels.clone(), cfg, |e, loss| {
-        last = loss;
-        epochs = e;
-        bar.set_position(e as u64);
-        bar.set_message(format!("loss {loss:.4}"));
-    });
-    bar.finish_and_clear();
-    let correct = x
-        .iter()
-        .zip(&y)
-        .filter(|(xi, &yi)| argmax(&head.logits(xi)) == yi)
-        .count();
-    let adapter = Adapter {
-        base_sha256: base_hash(model.encoder().bytes()),
-        head,
+    let mut bar: Option<(&'static str, ProgressBar)> = None;
+    let mut progress = |p: &Progress| {
+        if bar.as_ref().is_none_or(|(phase, _)| *phase != p.phase) {
+            if let Some((_, b)) = bar.take() {
+                b.finish_and_clear();
+            }
+            let b = pb(p.phase);
+            b.set_length(p.steps);
+            bar = Some((p.phase, b));
+        }
+        if let Some((_, b)) = &bar {
+            b.set_position(p.step);
+            b.set_message(format!("{} loss {:.4}", p.phase, p.loss));
+        }
     };
-    adapter
-        .save(output)
-        .with_context(|| format!("{}: cannot write", output.display()))?;
-    log::debug!(
-        "adapter for {} written to {}",
-        model_path.display(),
-        output.display()
-    );
+    let out = petal_adapt::train::train(model, &texts, &y, &labels, &m, &cfg, stop, &mut progress)?;
+    if let Some((_, b)) = bar.take() {
+        b.finish_and_clear();
+    }
+    if out.stopped {
+        log::warn!("training stopped early after {} steps; keeping the best parameters so far", out.steps);
+    }
+    let preds = petal_adapt::train::classify(model, &out.adapter, &texts, batch)?;
+    let correct = preds.iter().zip(&y).filter(|(p, &yi)| p.index == yi).count();
+    out.adapter.save(output, model.encoder()).with_context(|| format!("{}: cannot write", output.display()))?;
     Ok(AdaptSummary {
         output: output.display().to_string(),
-        method: "head",
+        method: if method == MethodArg::Setfit || (method == MethodArg::Default && DEFAULT_METHOD == MethodArg::Setfit) { "setfit".into() } else { m.name().into() },
         examples: examples.len(),
         labels,
-        epochs,
-        final_loss: last,
+        trainable: out.adapter.trainables.count(),
+        steps: out.steps,
+        final_loss: out.final_loss,
         train_accuracy: correct as f64 / y.len() as f64,
+        stopped_early: out.stopped,
         seconds: start.elapsed().as_secs_f64(),
     })
 }
 
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i)
-}
-
 /// Loads the adapter at `path` and checks it belongs to `model`.
-pub fn load_adapter(model: &Model, path: &Path) -> Result<LinearHead> {
-    let a = Adapter::load(path)?;
-    let dim = model.encoder().config().hidden;
-    a.check_base(path, &base_hash(model.encoder().bytes()), dim)?;
-    Ok(a.head)
+pub fn load_adapter(model: &Model, path: &Path) -> Result<Adapter> {
+    let a = Adapter::load(path, model.encoder())?;
+    a.check_base(path, &base_hash(model.encoder().bytes()))?;
+    Ok(a)
 }
 
-/// Predictions by the adapter's head, or by the file's.
-pub fn predict(
-    model: &Model,
-    head: Option<&LinearHead>,
-    texts: &[&str],
-) -> Result<Vec<Prediction>> {
-    Ok(match head {
-        Some(h) => model.classify_with_head(texts, h)?,
+/// Predictions by the adapter, or by the file's head.
+pub fn predict(model: &Model, adapter: Option<&Adapter>, texts: &[&str]) -> Result<Vec<Prediction>> {
+    Ok(match adapter {
+        Some(a) => match petal_adapt::train::linear_head(a) {
+            // A head alone: the runtime's embedding path, no hooks.
+            Some(h) => model.classify_with_head(texts, &h)?,
+            None => petal_adapt::train::classify(model, a, texts, texts.len())?,
+        },
         None => model.classify(texts)?,
     })
 }
@@ -148,7 +250,7 @@ pub fn predict(
 /// Scores the model (with `head` when given) on the labelled `test` file.
 pub fn evaluate(
     model: &Model,
-    head: Option<&LinearHead>,
+    head: Option<&Adapter>,
     test: &Path,
     batch: usize,
     pb: &ProgressBar,

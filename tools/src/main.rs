@@ -1,6 +1,5 @@
 //! `petal`: convert Hugging Face checkpoints to GGUF and look inside them.
 
-use petal_adapt::train_head::HeadConfig;
 use petal_tools::infer::{self, RunArgs};
 use petal_tools::{adapt_cmd, convert, inspect};
 
@@ -88,20 +87,15 @@ enum Command {
         #[arg(long)]
         train: PathBuf,
         /// What to train.
-        #[arg(long, value_enum, default_value = "head")]
-        method: adapt_cmd::Method,
-        /// The adapter file to write (atomically).
+        #[arg(long, value_enum, default_value = "default")]
+        method: adapt_cmd::MethodArg,
+        /// Where to write the adapter: a file for head, bitfit, houlsby and pfeiffer; a PEFT
+        /// directory (adapter_config.json + adapter_model.safetensors) for lora, setfit, ia3,
+        /// prompt and prefix. Written atomically.
         #[arg(short, long)]
         output: PathBuf,
-        /// Training epochs.
-        #[arg(long, default_value_t = HeadConfig::default().epochs)]
-        epochs: u32,
-        /// Peak learning rate (AdamW, linear warmup and decay).
-        #[arg(long, default_value_t = HeadConfig::default().optim.lr)]
-        lr: f32,
-        /// Stop training after this many seconds, keeping what was learned.
-        #[arg(long)]
-        max_seconds: Option<f64>,
+        #[command(flatten)]
+        train_args: adapt_cmd::AdaptArgs,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -307,40 +301,30 @@ fn run(cli: Cli) -> Result<()> {
             train,
             method,
             output,
-            epochs,
-            lr,
-            max_seconds,
+            train_args,
             run,
         } => {
             let m = infer::open(&model, &run)?;
-            let mut cfg = HeadConfig {
-                epochs,
-                max_time: adapt_cmd::budget(max_seconds),
-                ..HeadConfig::default()
-            };
-            cfg.optim.lr = lr;
             let quiet = cli.quiet;
             let bars = |what: &str| {
                 let pb = progress_bar(quiet);
                 pb.set_message(what.to_string());
                 pb
             };
-            let s = adapt_cmd::adapt(
-                &m,
-                &model,
-                &train,
-                method,
-                &output,
-                &cfg,
-                run.batch_size,
-                &bars,
-            )?;
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = stop.clone();
+            // Ctrl-C ends training at the next step and keeps the best parameters so far.
+            if let Err(e) = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed)) {
+                log::warn!("Ctrl-C will not keep the adapter: {e}");
+            }
+            let s = adapt_cmd::adapt(&m, &train, method, &train_args, &output, run.batch_size, &stop, &bars)?;
             if run.json {
                 emit(&(serde_json::to_string(&s)? + "\n"))?;
             } else {
                 emit(&format!(
-                    "wrote {}: {} method over {} examples, labels {}; {} epochs, loss {:.4}, training accuracy {:.3}, {:.1} s\n",
-                    s.output, s.method, s.examples, s.labels.join(", "), s.epochs, s.final_loss, s.train_accuracy, s.seconds
+                    "wrote {}: {} over {} examples, labels {}; {} trainable values, {} steps, loss {:.4}, training accuracy {:.3}, {:.1} s{}\n",
+                    s.output, s.method, s.examples, s.labels.join(", "), s.trainable, s.steps, s.final_loss, s.train_accuracy, s.seconds,
+                    if s.stopped_early { " (stopped early)" } else { "" }
                 ))?;
             }
         }
