@@ -86,9 +86,15 @@ impl fmt::Display for AdapterError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AdapterError::Io(p, e) => write!(f, "{}: {e}", p.display()),
-            AdapterError::Format(p, e) => write!(f, "{}: not a valid adapter file: {e}", p.display()),
+            AdapterError::Format(p, e) => {
+                write!(f, "{}: not a valid adapter file: {e}", p.display())
+            }
             AdapterError::Invalid(p, e) => write!(f, "{}: {e}", p.display()),
-            AdapterError::BaseMismatch { path, expected, found } => write!(
+            AdapterError::BaseMismatch {
+                path,
+                expected,
+                found,
+            } => write!(
                 f,
                 "{}: trained on another base model (base SHA-256 {}…, this model is {}…)",
                 path.display(),
@@ -103,18 +109,27 @@ impl std::error::Error for AdapterError {}
 
 /// hex SHA-256 of a model file's bytes: the identity adapters record.
 pub fn base_hash(model_bytes: &[u8]) -> String {
-    Sha256::digest(model_bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(model_bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Whether `method` is saved in PEFT's layout (a directory).
 pub fn is_peft(method: &Method) -> bool {
-    matches!(method, Method::Lora(_) | Method::Ia3 { .. } | Method::Prompt { .. } | Method::Prefix { .. })
+    matches!(
+        method,
+        Method::Lora(_) | Method::Ia3 { .. } | Method::Prompt { .. } | Method::Prefix { .. }
+    )
 }
 
 /// A safetensors file, byte-for-byte deterministic: metadata keys sorted, tensors in name order
 /// (the `safetensors` crate orders metadata by hash map iteration, so the header is written
 /// here; loading reads it back through the crate).
-fn safetensors_bytes(meta: &BTreeMap<String, String>, tensors: &[(&str, &[usize], &[f32])]) -> Vec<u8> {
+fn safetensors_bytes(
+    meta: &BTreeMap<String, String>,
+    tensors: &[(&str, &[usize], &[f32])],
+) -> Vec<u8> {
     let mut sorted: Vec<_> = tensors.to_vec();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
     let mut header = serde_json::Map::new();
@@ -122,7 +137,10 @@ fn safetensors_bytes(meta: &BTreeMap<String, String>, tensors: &[(&str, &[usize]
     let mut offset = 0;
     for (name, shape, data) in &sorted {
         let len = data.len() * 4;
-        header.insert((*name).into(), json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len]}));
+        header.insert(
+            (*name).into(),
+            json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len]}),
+        );
         offset += len;
     }
     let mut json = serde_json::to_string(&header).expect("JSON of strings and numbers");
@@ -145,20 +163,38 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AdapterError> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::Builder::new().prefix(".petal-").suffix(".tmp").tempfile_in(dir).map_err(io)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".petal-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(io)?;
     tmp.write_all(bytes).map_err(io)?;
     tmp.as_file().sync_all().map_err(io)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(io)?;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(io)?;
     }
     tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(())
 }
 
+/// A JSON number, an integer when it is one (PEFT types `lora_alpha` as an int).
+fn number(x: f32) -> Value {
+    if x.fract() == 0.0 && x.abs() < 1e9 {
+        json!(x as i64)
+    } else {
+        json!(x)
+    }
+}
+
 fn block_names(arch: Arch, blocks: &[Block]) -> Vec<&'static str> {
-    blocks.iter().map(|&b| methods::peft_target(arch, b)).collect()
+    blocks
+        .iter()
+        .map(|&b| methods::peft_target(arch, b))
+        .collect()
 }
 
 impl Adapter {
@@ -170,8 +206,18 @@ impl Adapter {
         if let Some(h) = &self.base_sha256 {
             m.insert(BASE_SHA256.into(), h.clone());
         }
-        m.insert(LABELS.into(), serde_json::to_string(&self.labels).expect("strings serialize"));
-        m.insert(HEAD_INPUT.into(), match self.head { HeadKind::Pooled => "pooled", HeadKind::File => "model" }.into());
+        m.insert(
+            LABELS.into(),
+            serde_json::to_string(&self.labels).expect("strings serialize"),
+        );
+        m.insert(
+            HEAD_INPUT.into(),
+            match self.head {
+                HeadKind::Pooled => "pooled",
+                HeadKind::File => "model",
+            }
+            .into(),
+        );
         let settings = match &self.method {
             Method::Adapter { reduction, .. } => json!({ "reduction": reduction }),
             _ => json!({}),
@@ -181,7 +227,11 @@ impl Adapter {
     }
 
     fn tensors(&self) -> Vec<(&str, &[usize], &[f32])> {
-        self.trainables.params.iter().map(|p| (p.name.as_str(), p.shape.as_slice(), p.value.as_slice())).collect()
+        self.trainables
+            .params
+            .iter()
+            .map(|p| (p.name.as_str(), p.shape.as_slice(), p.value.as_slice()))
+            .collect()
     }
 
     /// PEFT's `adapter_config.json` for this adapter on a model of `arch` with `layers` layers,
@@ -197,12 +247,15 @@ impl Adapter {
         };
         let mut c = match &self.method {
             Method::Lora(l) => json!({
-                "peft_type": "LORA", "r": l.r, "lora_alpha": l.alpha, "lora_dropout": l.dropout,
+                "peft_type": "LORA", "r": l.r, "lora_alpha": number(l.alpha), "lora_dropout": l.dropout,
                 "target_modules": block_names(arch, &l.targets), "bias": "none", "fan_in_fan_out": false,
                 "init_lora_weights": true, "use_rslora": false, "use_dora": false,
                 "rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": null,
             }),
-            Method::Ia3 { targets, feedforward } => json!({
+            Method::Ia3 {
+                targets,
+                feedforward,
+            } => json!({
                 "peft_type": "IA3", "target_modules": block_names(arch, targets),
                 "feedforward_modules": block_names(arch, feedforward), "fan_in_fan_out": false,
                 "init_ia3_weights": true,
@@ -234,7 +287,10 @@ impl Adapter {
         let bytes = safetensors_bytes(&self.metadata(), &self.tensors());
         if !is_peft(&self.method) {
             if path.is_dir() {
-                return Err(AdapterError::Invalid(path.into(), "is a directory; a file name is expected for this method".into()));
+                return Err(AdapterError::Invalid(
+                    path.into(),
+                    "is a directory; a file name is expected for this method".into(),
+                ));
             }
             return write_atomic(path, &bytes);
         }
@@ -245,11 +301,20 @@ impl Adapter {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        if path.exists() && !path.join(PEFT_CONFIG).exists() && !(path.is_dir() && std::fs::read_dir(path).map_err(io)?.next().is_none()) {
-            return Err(AdapterError::Invalid(path.into(), "exists and is not an adapter directory; refusing to replace it".into()));
+        if path.exists()
+            && !path.join(PEFT_CONFIG).exists()
+            && !(path.is_dir() && std::fs::read_dir(path).map_err(io)?.next().is_none())
+        {
+            return Err(AdapterError::Invalid(
+                path.into(),
+                "exists and is not an adapter directory; refusing to replace it".into(),
+            ));
         }
         // Build the directory beside the target, then swap it in.
-        let tmp = tempfile::Builder::new().prefix(".petal-").tempdir_in(parent).map_err(io)?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".petal-")
+            .tempdir_in(parent)
+            .map_err(io)?;
         write_atomic(&tmp.path().join(PEFT_WEIGHTS), &bytes)?;
         let json = serde_json::to_string_pretty(&config).expect("JSON") + "\n";
         write_atomic(&tmp.path().join(PEFT_CONFIG), json.as_bytes())?;
@@ -274,22 +339,33 @@ impl Adapter {
         } else {
             (path.to_path_buf(), false)
         };
-        let bytes = std::fs::read(&weights_path).map_err(|e| AdapterError::Io(weights_path.clone(), e))?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| AdapterError::Format(weights_path.clone(), e.to_string()))?;
-        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| AdapterError::Format(weights_path.clone(), e.to_string()))?;
+        let bytes =
+            std::fs::read(&weights_path).map_err(|e| AdapterError::Io(weights_path.clone(), e))?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| AdapterError::Format(weights_path.clone(), e.to_string()))?;
+        let (_, meta) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| AdapterError::Format(weights_path.clone(), e.to_string()))?;
         let meta = meta.metadata().clone().unwrap_or_default();
         let model_labels = enc.config().labels.clone();
         let labels: Option<Vec<String>> = match meta.get(LABELS) {
-            Some(l) => Some(serde_json::from_str(l).map_err(|e| invalid(format!("labels are not a JSON list of strings: {e}")))?),
+            Some(l) => Some(
+                serde_json::from_str(l)
+                    .map_err(|e| invalid(format!("labels are not a JSON list of strings: {e}")))?,
+            ),
             None => None,
         };
         let (method, head) = if peft {
             let cpath = path.join(PEFT_CONFIG);
-            let text = std::fs::read_to_string(&cpath).map_err(|e| AdapterError::Io(cpath.clone(), e))?;
-            let c: Value = serde_json::from_str(&text).map_err(|e| AdapterError::Format(cpath.clone(), e.to_string()))?;
-            peft_method(&c, enc.config().arch).map_err(|m| AdapterError::Invalid(cpath.clone(), m))?
+            let text =
+                std::fs::read_to_string(&cpath).map_err(|e| AdapterError::Io(cpath.clone(), e))?;
+            let c: Value = serde_json::from_str(&text)
+                .map_err(|e| AdapterError::Format(cpath.clone(), e.to_string()))?;
+            peft_method(&c, enc.config().arch)
+                .map_err(|m| AdapterError::Invalid(cpath.clone(), m))?
         } else {
-            let method = meta.get(METHOD).ok_or_else(|| invalid(format!("missing metadata \"{METHOD}\"")))?;
+            let method = meta
+                .get(METHOD)
+                .ok_or_else(|| invalid(format!("missing metadata \"{METHOD}\"")))?;
             let version = meta.get(VERSION).map(String::as_str);
             if !matches!(version, Some("1") | Some(FORMAT_VERSION)) {
                 return Err(invalid(format!("unknown adapter version {version:?}")));
@@ -300,19 +376,33 @@ impl Adapter {
                 other => return Err(invalid(format!("unknown head input {other:?}"))),
             };
             let settings: Value = match meta.get(SETTINGS) {
-                Some(s) => serde_json::from_str(s).map_err(|e| invalid(format!("settings are not JSON: {e}")))?,
+                Some(s) => serde_json::from_str(s)
+                    .map_err(|e| invalid(format!("settings are not JSON: {e}")))?,
                 None => json!({}),
             };
-            let mut m = Method::from_name(method).filter(|m| !is_peft(m)).ok_or_else(|| invalid(format!("adapter method \"{method}\" is not supported by this petal")))?;
+            let mut m = Method::from_name(method)
+                .filter(|m| !is_peft(m))
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "adapter method \"{method}\" is not supported by this petal"
+                    ))
+                })?;
             if let Method::Adapter { reduction, .. } = &mut m {
-                *reduction = settings["reduction"].as_u64().ok_or_else(|| invalid("adapter settings lack \"reduction\"".into()))? as usize;
+                *reduction = settings["reduction"]
+                    .as_u64()
+                    .ok_or_else(|| invalid("adapter settings lack \"reduction\"".into()))?
+                    as usize;
             }
             (m, head)
         };
         let labels = match (labels, head) {
             (Some(l), _) => l,
-            (None, HeadKind::File) => model_labels.clone().ok_or_else(|| invalid("no labels, and the model has none".into()))?,
-            (None, HeadKind::Pooled) => return Err(invalid(format!("missing metadata \"{LABELS}\""))),
+            (None, HeadKind::File) => model_labels
+                .clone()
+                .ok_or_else(|| invalid("no labels, and the model has none".into()))?,
+            (None, HeadKind::Pooled) => {
+                return Err(invalid(format!("missing metadata \"{LABELS}\"")))
+            }
         };
         if labels.len() < 2 {
             return Err(invalid("fewer than two labels".into()));
@@ -320,36 +410,67 @@ impl Adapter {
         if head == HeadKind::File && model_labels.as_ref().map(Vec::len) != Some(labels.len()) {
             return Err(invalid("the adapter trains the model's own classifier, but the model has another number of labels".into()));
         }
-        let mut t = methods::build(enc, &method, labels.len(), head, 0).map_err(|e| invalid(e.to_string()))?;
+        let mut t = methods::build(enc, &method, labels.len(), head, 0)
+            .map_err(|e| invalid(e.to_string()))?;
         let names: std::collections::BTreeSet<String> = st.names().into_iter().cloned().collect();
         for p in &mut t.params {
-            let v = st.tensor(&p.name).map_err(|_| invalid(format!("missing tensor \"{}\"", p.name)))?;
+            let v = st
+                .tensor(&p.name)
+                .map_err(|_| invalid(format!("missing tensor \"{}\"", p.name)))?;
             if v.dtype() != Dtype::F32 || v.shape() != p.shape.as_slice() {
-                return Err(invalid(format!("tensor \"{}\" should be F32 {:?}, is {:?} {:?}", p.name, p.shape, v.dtype(), v.shape())));
+                return Err(invalid(format!(
+                    "tensor \"{}\" should be F32 {:?}, is {:?} {:?}",
+                    p.name,
+                    p.shape,
+                    v.dtype(),
+                    v.shape()
+                )));
             }
-            p.value = v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            p.value = v
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
             if p.value.iter().any(|x| !x.is_finite()) {
-                return Err(invalid(format!("tensor \"{}\" has non-finite values", p.name)));
+                return Err(invalid(format!(
+                    "tensor \"{}\" has non-finite values",
+                    p.name
+                )));
             }
         }
         if let Some(extra) = names.iter().find(|n| t.get(n).is_none()) {
-            return Err(invalid(format!("unexpected tensor \"{extra}\" for method {}", method.name())));
+            return Err(invalid(format!(
+                "unexpected tensor \"{extra}\" for method {}",
+                method.name()
+            )));
         }
-        Ok(Adapter { base_sha256: meta.get(BASE_SHA256).cloned(), method, head, labels, trainables: t })
+        Ok(Adapter {
+            base_sha256: meta.get(BASE_SHA256).cloned(),
+            method,
+            head,
+            labels,
+            trainables: t,
+        })
     }
 
     /// Refuses an adapter trained on another base (`model_hash` from [`base_hash`]). A PEFT
     /// adapter made elsewhere records no base and passes.
     pub fn check_base(&self, path: &Path, model_hash: &str) -> Result<(), AdapterError> {
         match &self.base_sha256 {
-            Some(h) if h != model_hash => Err(AdapterError::BaseMismatch { path: path.into(), expected: h.clone(), found: model_hash.into() }),
+            Some(h) if h != model_hash => Err(AdapterError::BaseMismatch {
+                path: path.into(),
+                expected: h.clone(),
+                found: model_hash.into(),
+            }),
             _ => Ok(()),
         }
     }
 
     /// The classifier's parameter indices.
     pub fn head_params(&self) -> HeadParams {
-        self.trainables.head.expect("every method trains a classifier")
+        self.trainables
+            .head
+            .expect("every method trains a classifier")
     }
 }
 
@@ -359,11 +480,17 @@ fn blocks_of(arch: Arch, v: &Value, key: &str) -> Result<Vec<Block>, String> {
         Value::Array(a) => a
             .iter()
             .map(|x| {
-                let s = x.as_str().ok_or_else(|| format!("\"{key}\" holds a non-string"))?;
-                methods::block_of_target(arch, s).ok_or_else(|| format!("target module \"{s}\" is not a linear layer petal knows"))
+                let s = x
+                    .as_str()
+                    .ok_or_else(|| format!("\"{key}\" holds a non-string"))?;
+                methods::block_of_target(arch, s).ok_or_else(|| {
+                    format!("target module \"{s}\" is not a linear layer petal knows")
+                })
             })
             .collect(),
-        Value::String(s) => Err(format!("\"{key}\" as a regular expression (\"{s}\") is not supported; list the modules")),
+        Value::String(s) => Err(format!(
+            "\"{key}\" as a regular expression (\"{s}\") is not supported; list the modules"
+        )),
         _ => Err(format!("\"{key}\" is not a list")),
     }
 }
@@ -373,43 +500,72 @@ fn peft_method(c: &Value, arch: Arch) -> Result<(Method, HeadKind), String> {
     let head = match c["task_type"].as_str() {
         Some("SEQ_CLS") => HeadKind::File,
         Some("FEATURE_EXTRACTION") | None => HeadKind::Pooled,
-        Some(other) => return Err(format!("task type {other} is not supported (SEQ_CLS or FEATURE_EXTRACTION)")),
+        Some(other) => {
+            return Err(format!(
+                "task type {other} is not supported (SEQ_CLS or FEATURE_EXTRACTION)"
+            ))
+        }
     };
-    let usize_of = |k: &str| c[k].as_u64().map(|v| v as usize).ok_or_else(|| format!("\"{k}\" is missing or not a number"));
-    let method = match c["peft_type"].as_str() {
-        Some("LORA") => {
-            for (k, ok) in [("use_dora", false), ("fan_in_fan_out", false), ("use_rslora", false)] {
-                if c[k].as_bool().unwrap_or(false) != ok {
-                    return Err(format!("LoRA with \"{k}\" is not supported"));
+    let usize_of = |k: &str| {
+        c[k].as_u64()
+            .map(|v| v as usize)
+            .ok_or_else(|| format!("\"{k}\" is missing or not a number"))
+    };
+    let method =
+        match c["peft_type"].as_str() {
+            Some("LORA") => {
+                for (k, ok) in [
+                    ("use_dora", false),
+                    ("fan_in_fan_out", false),
+                    ("use_rslora", false),
+                ] {
+                    if c[k].as_bool().unwrap_or(false) != ok {
+                        return Err(format!("LoRA with \"{k}\" is not supported"));
+                    }
+                }
+                if c["bias"].as_str().is_some_and(|b| b != "none") {
+                    return Err("LoRA with trained biases is not supported".into());
+                }
+                if !c["layers_to_transform"].is_null()
+                    || c["rank_pattern"].as_object().is_some_and(|m| !m.is_empty())
+                    || c["alpha_pattern"]
+                        .as_object()
+                        .is_some_and(|m| !m.is_empty())
+                {
+                    return Err("LoRA with per-layer settings is not supported".into());
+                }
+                Method::Lora(LoraConfig {
+                    r: usize_of("r")?,
+                    alpha: c["lora_alpha"]
+                        .as_f64()
+                        .ok_or("\"lora_alpha\" is missing")? as f32,
+                    dropout: c["lora_dropout"].as_f64().unwrap_or(0.0) as f32,
+                    targets: blocks_of(arch, c, "target_modules")?,
+                })
+            }
+            Some("IA3") => Method::Ia3 {
+                targets: blocks_of(arch, c, "target_modules")?,
+                feedforward: blocks_of(arch, c, "feedforward_modules")?,
+            },
+            Some("PROMPT_TUNING") => {
+                if usize_of("num_transformer_submodules").unwrap_or(1) != 1 {
+                    return Err("prompt tuning for encoder-decoder models is not supported".into());
+                }
+                Method::Prompt {
+                    tokens: usize_of("num_virtual_tokens")?,
                 }
             }
-            if c["bias"].as_str().is_some_and(|b| b != "none") {
-                return Err("LoRA with trained biases is not supported".into());
+            Some("PREFIX_TUNING") => {
+                if c["prefix_projection"].as_bool().unwrap_or(false) {
+                    return Err("prefix tuning with a projection is not supported".into());
+                }
+                Method::Prefix {
+                    tokens: usize_of("num_virtual_tokens")?,
+                }
             }
-            if !c["layers_to_transform"].is_null() || c["rank_pattern"].as_object().is_some_and(|m| !m.is_empty()) || c["alpha_pattern"].as_object().is_some_and(|m| !m.is_empty()) {
-                return Err("LoRA with per-layer settings is not supported".into());
-            }
-            Method::Lora(LoraConfig {
-                r: usize_of("r")?,
-                alpha: c["lora_alpha"].as_f64().ok_or("\"lora_alpha\" is missing")? as f32,
-                dropout: c["lora_dropout"].as_f64().unwrap_or(0.0) as f32,
-                targets: blocks_of(arch, c, "target_modules")?,
-            })
-        }
-        Some("IA3") => Method::Ia3 { targets: blocks_of(arch, c, "target_modules")?, feedforward: blocks_of(arch, c, "feedforward_modules")? },
-        Some("PROMPT_TUNING") => {
-            if usize_of("num_transformer_submodules").unwrap_or(1) != 1 {
-                return Err("prompt tuning for encoder-decoder models is not supported".into());
-            }
-            Method::Prompt { tokens: usize_of("num_virtual_tokens")? }
-        }
-        Some("PREFIX_TUNING") => {
-            if c["prefix_projection"].as_bool().unwrap_or(false) {
-                return Err("prefix tuning with a projection is not supported".into());
-            }
-            Method::Prefix { tokens: usize_of("num_virtual_tokens")? }
-        }
-        other => return Err(format!("PEFT type {other:?} is not supported (LORA, IA3, PROMPT_TUNING, PREFIX_TUNING)")),
-    };
+            other => return Err(format!(
+                "PEFT type {other:?} is not supported (LORA, IA3, PROMPT_TUNING, PREFIX_TUNING)"
+            )),
+        };
     Ok((method, head))
 }

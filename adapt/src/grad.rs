@@ -19,6 +19,7 @@ use petal_runtime::bert::{Encoder, Hidden, Hooks, Input, NormSite};
 use petal_runtime::config::{HeadActivation, Pooling};
 use petal_runtime::gguf::names::tensor::Block;
 use petal_runtime::kernels;
+use petal_runtime::kernels::gemm::{gemm, Strides};
 
 /// One trainable tensor, with its gradient.
 #[derive(Clone, Debug, PartialEq)]
@@ -267,16 +268,27 @@ struct Recorder<'t> {
 /// `y[t, o] += sum_i x[t, i] * w[o, i]` (+ `b[o]`): a small trainable linear layer.
 fn small_linear(x: &[f32], n: usize, w: &[f32], b: Option<&[f32]>, out: usize, y: &mut [f32]) {
     let inp = w.len() / out;
-    for t in 0..n {
-        let xt = &x[t * inp..(t + 1) * inp];
-        for o in 0..out {
-            y[t * out + o] +=
-                kernels::dot(xt, &w[o * inp..(o + 1) * inp]) + b.map_or(0.0, |b| b[o]);
+    gemm(
+        n,
+        inp,
+        out,
+        x,
+        Strides::rows(inp),
+        w,
+        Strides::transposed(inp),
+        1.0,
+        y,
+        Strides::rows(out),
+    );
+    if let Some(b) = b {
+        for row in y.chunks_exact_mut(out) {
+            row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
         }
     }
 }
 
 /// Backward of [`small_linear`]: `dw += dy^T x`, `db += sum dy`, `dx += dy w` (when given).
+#[allow(clippy::too_many_arguments)]
 fn small_linear_back(
     x: &[f32],
     n: usize,
@@ -288,35 +300,36 @@ fn small_linear_back(
     dx: Option<&mut [f32]>,
 ) {
     let inp = w.len() / out;
-    for t in 0..n {
-        let xt = &x[t * inp..(t + 1) * inp];
-        for o in 0..out {
-            let g = dy[t * out + o];
-            if g != 0.0 {
-                dw[o * inp..(o + 1) * inp]
-                    .iter_mut()
-                    .zip(xt)
-                    .for_each(|(d, &xv)| *d += g * xv);
-            }
-        }
-    }
+    gemm(
+        out,
+        n,
+        inp,
+        dy,
+        Strides::transposed(out),
+        x,
+        Strides::rows(inp),
+        1.0,
+        dw,
+        Strides::rows(inp),
+    );
     if let Some(db) = db {
         for row in dy.chunks_exact(out) {
             db.iter_mut().zip(row).for_each(|(d, &g)| *d += g);
         }
     }
     if let Some(dx) = dx {
-        for t in 0..n {
-            let dxt = &mut dx[t * inp..(t + 1) * inp];
-            for o in 0..out {
-                let g = dy[t * out + o];
-                if g != 0.0 {
-                    dxt.iter_mut()
-                        .zip(&w[o * inp..(o + 1) * inp])
-                        .for_each(|(d, &wv)| *d += g * wv);
-                }
-            }
-        }
+        gemm(
+            n,
+            out,
+            inp,
+            dy,
+            Strides::rows(out),
+            w,
+            Strides::rows(inp),
+            1.0,
+            dx,
+            Strides::rows(inp),
+        );
     }
 }
 
@@ -768,15 +781,18 @@ impl FullGrads {
     /// `name.weight += dy^T x`, `name.bias += sum dy`.
     fn linear(&mut self, name: &str, x: &[f32], dy: &[f32], n: usize, inp: usize, out: usize) {
         let dw = self.add(format!("{name}.weight"), out * inp);
-        for t in 0..n {
-            for o in 0..out {
-                let g = dy[t * out + o];
-                dw[o * inp..(o + 1) * inp]
-                    .iter_mut()
-                    .zip(&x[t * inp..(t + 1) * inp])
-                    .for_each(|(d, &xv)| *d += g * xv);
-            }
-        }
+        gemm(
+            out,
+            n,
+            inp,
+            dy,
+            Strides::transposed(out),
+            x,
+            Strides::rows(inp),
+            1.0,
+            dw,
+            Strides::rows(inp),
+        );
         let db = self.add(format!("{name}.bias"), out);
         for row in dy.chunks_exact(out) {
             db.iter_mut().zip(row).for_each(|(d, &g)| *d += g);

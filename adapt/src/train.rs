@@ -143,7 +143,10 @@ fn subset(all: &Batch, idx: &[usize], labels: &[usize]) -> Batch {
     Batch {
         ids: idx.iter().map(|&i| all.ids[i].clone()).collect(),
         type_ids: idx.iter().map(|&i| all.type_ids[i].clone()).collect(),
-        labels: idx.iter().map(|&i| labels.get(i).copied().unwrap_or(0)).collect(),
+        labels: idx
+            .iter()
+            .map(|&i| labels.get(i).copied().unwrap_or(0))
+            .collect(),
     }
 }
 
@@ -166,7 +169,12 @@ impl Optimizer {
                     (true, false) => 0.0,
                     (false, _) => cfg.lr,
                 };
-                let c = AdamWConfig { lr, weight_decay: if p.decay { cfg.weight_decay } else { 0.0 }, warmup: cfg.warmup, ..Default::default() };
+                let c = AdamWConfig {
+                    lr,
+                    weight_decay: if p.decay { cfg.weight_decay } else { 0.0 },
+                    warmup: cfg.warmup,
+                    ..Default::default()
+                };
                 AdamW::new(c, p.value.len(), steps)
             })
             .collect();
@@ -189,14 +197,22 @@ fn head_indices(t: &Trainables) -> Vec<usize> {
 }
 
 /// Sentence embeddings of every text with the trainable parts in place.
-fn embed_all(model: &Model, t: &Trainables, all: &Batch, batch: usize) -> Result<Vec<Vec<f32>>, TrainError> {
+fn embed_all(
+    model: &Model,
+    t: &Trainables,
+    all: &Batch,
+    batch: usize,
+) -> Result<Vec<Vec<f32>>, TrainError> {
     let enc = model.encoder();
     let idx: Vec<usize> = (0..all.ids.len()).collect();
     let mut out = Vec::with_capacity(idx.len());
     for chunk in idx.chunks(batch.max(1)) {
         let b = subset(all, chunk, &[]);
         let hidden = grad::infer(enc, t, &b)?;
-        let fw = grad::Forward { hidden, tape: grad::Tape::default() };
+        let fw = grad::Forward {
+            hidden,
+            tape: grad::Tape::default(),
+        };
         let e = grad::embeddings(enc, &fw);
         out.extend(e.chunks_exact(enc.config().hidden).map(<[f32]>::to_vec));
     }
@@ -204,12 +220,29 @@ fn embed_all(model: &Model, t: &Trainables, all: &Batch, batch: usize) -> Result
 }
 
 /// Fits the pooled classifier of `t` on the current embeddings (logistic regression).
-fn fit_head(model: &Model, t: &mut Trainables, all: &Batch, y: &[usize], labels: &[String], cfg: &TrainConfig, progress: &mut dyn FnMut(&Progress)) -> Result<(), TrainError> {
-    let Some(HeadParams::Pooled { w, b }) = t.head else { return Ok(()) };
+fn fit_head(
+    model: &Model,
+    t: &mut Trainables,
+    all: &Batch,
+    y: &[usize],
+    labels: &[String],
+    cfg: &TrainConfig,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<(), TrainError> {
+    let Some(HeadParams::Pooled { w, b }) = t.head else {
+        return Ok(());
+    };
     let x = embed_all(model, t, all, cfg.batch_size.max(16))?;
     let hc = HeadConfig::default();
     let steps = hc.epochs as u64;
-    let head = train_head::train(&x, y, labels.to_vec(), &hc, |e, loss| progress(&Progress { phase: "head", step: e as u64, steps, loss }));
+    let head = train_head::train(&x, y, labels.to_vec(), &hc, |e, loss| {
+        progress(&Progress {
+            phase: "head",
+            step: e as u64,
+            steps,
+            loss,
+        })
+    });
     t.params[w].value = head.weight;
     t.params[b].value = head.bias;
     Ok(())
@@ -223,7 +256,11 @@ fn draw_pairs(y: &[usize], per: usize, rng: &mut Rng) -> Vec<(usize, usize, f32)
         let same: Vec<usize> = (0..y.len()).filter(|&j| j != i && y[j] == yi).collect();
         let other: Vec<usize> = (0..y.len()).filter(|&j| y[j] != yi).collect();
         for k in 0..per {
-            let (pool, target) = if k % 2 == 0 { (&same, 1.0) } else { (&other, 0.0) };
+            let (pool, target) = if k % 2 == 0 {
+                (&same, 1.0)
+            } else {
+                (&other, 0.0)
+            };
             if !pool.is_empty() {
                 pairs.push((i, pool[rng.below(pool.len())], target));
             }
@@ -248,8 +285,10 @@ pub fn train(
 ) -> Result<Outcome, TrainError> {
     let enc = model.encoder();
     let start = Instant::now();
-    let out_of_time = || stop.load(Ordering::Relaxed) || cfg.max_time.is_some_and(|t| start.elapsed() >= t);
-    let mut t = methods::build(enc, method, labels.len(), HeadKind::Pooled, cfg.seed).map_err(TrainError::Method)?;
+    let out_of_time =
+        || stop.load(Ordering::Relaxed) || cfg.max_time.is_some_and(|t| start.elapsed() >= t);
+    let mut t = methods::build(enc, method, labels.len(), HeadKind::Pooled, cfg.seed)
+        .map_err(TrainError::Method)?;
     let all = tokenize(model, texts)?;
     let mut rng = Rng::new(cfg.seed);
     let mut dropout = Rng::new(cfg.seed.wrapping_add(1));
@@ -279,14 +318,34 @@ pub fn train(
                 let mut idx: Vec<usize> = chunk.iter().flat_map(|&(i, j, _)| [i, j]).collect();
                 idx.sort_unstable();
                 idx.dedup();
-                let local: Vec<(usize, usize, f32)> = chunk.iter().map(|&(i, j, s)| (idx.binary_search(&i).unwrap_or(0), idx.binary_search(&j).unwrap_or(0), s)).collect();
-                let loss = grad::contrastive_step(enc, &mut t, &subset(&all, &idx, y), &local, Some(&mut dropout))?;
+                let local: Vec<(usize, usize, f32)> = chunk
+                    .iter()
+                    .map(|&(i, j, s)| {
+                        (
+                            idx.binary_search(&i).unwrap_or(0),
+                            idx.binary_search(&j).unwrap_or(0),
+                            s,
+                        )
+                    })
+                    .collect();
+                let loss = grad::contrastive_step(
+                    enc,
+                    &mut t,
+                    &subset(&all, &idx, y),
+                    &local,
+                    Some(&mut dropout),
+                )?;
                 opt.step(&mut t);
                 step += 1;
                 steps += 1;
                 sum += loss;
                 n += 1;
-                progress(&Progress { phase: "contrastive", step, steps: total, loss });
+                progress(&Progress {
+                    phase: "contrastive",
+                    step,
+                    steps: total,
+                    loss,
+                });
             }
             final_loss = sum / n.max(1) as f32;
         }
@@ -309,20 +368,34 @@ pub fn train(
                     stopped = true;
                     break 'train;
                 }
-                let (loss, _) = grad::classification_step(enc, &mut t, &subset(&all, chunk, y), Some(&mut dropout), None)?;
+                let (loss, _) = grad::classification_step(
+                    enc,
+                    &mut t,
+                    &subset(&all, chunk, y),
+                    Some(&mut dropout),
+                    None,
+                )?;
                 opt.step(&mut t);
                 step += 1;
                 steps += 1;
                 sum += loss;
                 n += 1;
-                progress(&Progress { phase: "train", step, steps: total, loss });
+                progress(&Progress {
+                    phase: "train",
+                    step,
+                    steps: total,
+                    loss,
+                });
             }
             final_loss = sum / n.max(1) as f32;
             keep_best(&t, final_loss);
         }
         if stopped {
             if let Some((_, values)) = best.take() {
-                t.params.iter_mut().zip(values).for_each(|(p, v)| p.value = v);
+                t.params
+                    .iter_mut()
+                    .zip(values)
+                    .for_each(|(p, v)| p.value = v);
             }
         }
     }
@@ -330,8 +403,19 @@ pub fn train(
         final_loss = mean_loss(model, &t, &all, y)?;
     }
     t.zero_grad();
-    let adapter = Adapter { base_sha256: Some(base_hash(enc.bytes())), method: method.clone(), head: HeadKind::Pooled, labels: labels.to_vec(), trainables: t };
-    Ok(Outcome { adapter, stopped, final_loss, steps })
+    let adapter = Adapter {
+        base_sha256: Some(base_hash(enc.bytes())),
+        method: method.clone(),
+        head: HeadKind::Pooled,
+        labels: labels.to_vec(),
+        trainables: t,
+    };
+    Ok(Outcome {
+        adapter,
+        stopped,
+        final_loss,
+        steps,
+    })
 }
 
 /// Mean cross-entropy of the adapter's classifier over the examples.
@@ -343,14 +427,20 @@ fn mean_loss(model: &Model, t: &Trainables, all: &Batch, y: &[usize]) -> Result<
         let b = subset(all, chunk, y);
         let hidden = grad::infer(enc, t, &b)?;
         let z = grad::logits(enc, t, &hidden);
-        sum += grad::cross_entropy(&z, &b.labels, t.params[head_indices(t)[1]].value.len()).0 * chunk.len() as f32;
+        sum += grad::cross_entropy(&z, &b.labels, t.params[head_indices(t)[1]].value.len()).0
+            * chunk.len() as f32;
     }
     Ok(sum / y.len().max(1) as f32)
 }
 
 /// Classifies `texts` with `adapter` over `model` (which it must belong to), `batch` texts per
 /// forward pass. Several adapters can serve from one model.
-pub fn classify(model: &Model, adapter: &Adapter, texts: &[&str], batch: usize) -> Result<Vec<Prediction>, TrainError> {
+pub fn classify(
+    model: &Model,
+    adapter: &Adapter,
+    texts: &[&str],
+    batch: usize,
+) -> Result<Vec<Prediction>, TrainError> {
     let enc = model.encoder();
     let t = &adapter.trainables;
     let mut out = Vec::with_capacity(texts.len());
@@ -360,8 +450,17 @@ pub fn classify(model: &Model, adapter: &Adapter, texts: &[&str], batch: usize) 
         let z = grad::logits(enc, t, &hidden);
         for row in z.chunks_exact(adapter.labels.len()) {
             let scores = petal_runtime::bert::probabilities(row);
-            let index = scores.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
-            out.push(Prediction { label: adapter.labels[index].clone(), index, score: scores[index], scores });
+            let index = scores
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(i, _)| i);
+            out.push(Prediction {
+                label: adapter.labels[index].clone(),
+                index,
+                score: scores[index],
+                scores,
+            });
         }
     }
     Ok(out)

@@ -17,19 +17,23 @@ pub struct HeadConfig {
     pub optim: AdamWConfig,
     /// Stop after this long, keeping the head as it is.
     pub max_time: Option<Duration>,
+    /// Inverse regularization strength `C` of scikit-learn's `LogisticRegression`: the
+    /// objective is `C * sum(cross-entropy) + |W|^2 / 2` (the bias is not penalized).
+    pub c: Option<f32>,
 }
 
 impl Default for HeadConfig {
     fn default() -> Self {
         HeadConfig {
-            epochs: 300,
+            epochs: 500,
             optim: AdamWConfig {
                 lr: 0.05,
-                weight_decay: 0.01,
+                weight_decay: 0.0,
                 warmup: 0.05,
                 ..Default::default()
             },
             max_time: None,
+            c: Some(1.0),
         }
     }
 }
@@ -81,7 +85,16 @@ pub fn train(
             log::info!("time budget reached after {epoch} epochs");
             break;
         }
-        let (loss, grad) = loss_and_grad(&head, x, y);
+        let (mut loss, mut grad) = loss_and_grad(&head, x, y);
+        if let Some(c) = cfg.c {
+            // Mean-loss scale of scikit-learn's objective: |W|^2 / (2 C n).
+            let l2 = 1.0 / (c * x.len().max(1) as f32);
+            loss += 0.5 * l2 * head.weight.iter().map(|w| w * w).sum::<f32>();
+            grad[..k * d]
+                .iter_mut()
+                .zip(&head.weight)
+                .for_each(|(g, w)| *g += l2 * w);
+        }
         params[..k * d].copy_from_slice(&head.weight);
         params[k * d..].copy_from_slice(&head.bias);
         opt.update(&mut params, &grad, &|i| i < k * d);

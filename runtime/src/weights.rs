@@ -99,11 +99,29 @@ impl<'a> Matrix<'a> {
                     *o = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
                 }
             }
-            TensorType::Q8_0 | TensorType::Q4_0 => {
-                let mut tmp = Vec::with_capacity(self.cols);
-                quant::dequantize(bytes, self.ty, self.cols, &mut tmp)
-                    .expect("row length checked at load");
-                out.copy_from_slice(&tmp);
+            TensorType::Q8_0 => {
+                for (o, b) in out
+                    .chunks_exact_mut(quant::QK)
+                    .zip(bytes.chunks_exact(2 + quant::QK))
+                {
+                    let d = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+                    o.iter_mut()
+                        .zip(&b[2..])
+                        .for_each(|(o, &q)| *o = q as i8 as f32 * d);
+                }
+            }
+            TensorType::Q4_0 => {
+                for (o, b) in out
+                    .chunks_exact_mut(quant::QK)
+                    .zip(bytes.chunks_exact(2 + quant::QK / 2))
+                {
+                    let d = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+                    let (lo, hi) = o.split_at_mut(quant::QK / 2);
+                    for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&b[2..]) {
+                        *l = ((q & 0x0f) as i32 - 8) as f32 * d;
+                        *h = ((q >> 4) as i32 - 8) as f32 * d;
+                    }
+                }
             }
         }
     }

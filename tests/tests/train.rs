@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use petal_adapt::adapter::{base_hash, Adapter};
 use petal_adapt::grad::{self, Batch, FullGrads, Trainables};
 use petal_adapt::methods::{self, HeadKind, LoraConfig, Method};
 use petal_runtime::gguf::names::tensor::Block;
@@ -215,4 +216,131 @@ fn full_fine_tuning_matches_golden() {
     }
     // Embeddings (3 tables, LayerNorm weight and bias), 16 tensors per layer, pooler, classifier.
     assert_eq!(checked, 5 + 16 * 2 + 2 + 2, "every golden gradient checked");
+}
+
+/// The PEFT adapters saved beside the goldens load into petal and reproduce the golden logits.
+#[test]
+fn peft_adapters_load_and_reproduce_golden_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model(dir.path());
+    let enc = model.encoder();
+    for name in [
+        "train-lora",
+        "train-ia3",
+        "train-prompt-tuning",
+        "train-prefix-tuning",
+    ] {
+        let g = read_golden(&golden(name).join("golden.safetensors"));
+        let a = Adapter::load(&golden(name), enc).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            a.labels,
+            ["negative", "neutral", "positive"],
+            "{name}: labels from the model"
+        );
+        let hidden = grad::infer(enc, &a.trainables, &batch(&g)).unwrap();
+        let logits = grad::logits(enc, &a.trainables, &hidden);
+        let worst = logits
+            .iter()
+            .zip(&g["logits"].values)
+            .map(|(a, b)| (*a as f64 - b).abs())
+            .fold(0.0, f64::max);
+        assert!(worst < LOSS_MAX_ABS, "{name}: logits differ by {worst}");
+    }
+}
+
+/// petal's PEFT directories have PEFT's tensor names, shapes and configuration for the same
+/// settings (the goldens' adapters were written by PEFT itself), and read back identically.
+#[test]
+fn peft_directories_match_peft_layout_and_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model(dir.path());
+    let enc = model.encoder();
+    let cases = [
+        (
+            "train-lora",
+            Method::Lora(LoraConfig {
+                r: 4,
+                alpha: 8.0,
+                dropout: 0.0,
+                targets: vec![Block::AttnQ, Block::AttnV],
+            }),
+        ),
+        (
+            "train-ia3",
+            Method::Ia3 {
+                targets: vec![Block::AttnK, Block::AttnV],
+                feedforward: vec![],
+            },
+        ),
+        ("train-prompt-tuning", Method::Prompt { tokens: 5 }),
+        ("train-prefix-tuning", Method::Prefix { tokens: 5 }),
+    ];
+    for (name, method) in cases {
+        let t = methods::build(enc, &method, 3, HeadKind::File, 3).unwrap();
+        let labels = vec!["negative".to_string(), "neutral".into(), "positive".into()];
+        let a = Adapter {
+            base_sha256: Some(base_hash(enc.bytes())),
+            method,
+            head: HeadKind::File,
+            labels,
+            trainables: t,
+        };
+        let out = dir.path().join(name);
+        a.save(&out, enc).unwrap();
+        let shapes = |p: &std::path::Path| -> Vec<(String, Vec<usize>)> {
+            let bytes = std::fs::read(p.join("adapter_model.safetensors")).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let mut v: Vec<_> = st
+                .tensors()
+                .into_iter()
+                .map(|(n, t)| (n, t.shape().to_vec()))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            shapes(&out),
+            shapes(&golden(name)),
+            "{name}: tensor names and shapes"
+        );
+        let config = |p: &std::path::Path| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(p.join("adapter_config.json")).unwrap())
+                .unwrap()
+        };
+        let (ours, peft) = (config(&out), config(&golden(name)));
+        for key in [
+            "peft_type",
+            "task_type",
+            "r",
+            "lora_alpha",
+            "num_virtual_tokens",
+            "token_dim",
+            "num_layers",
+            "num_attention_heads",
+            "prefix_projection",
+        ] {
+            assert_eq!(ours[key], peft[key], "{name}: {key}");
+        }
+        for key in ["target_modules", "feedforward_modules"] {
+            let sorted = |v: &serde_json::Value| {
+                let mut s: Vec<String> = v
+                    .as_array()
+                    .map(|a| a.iter().map(|x| x.as_str().unwrap().to_string()).collect())
+                    .unwrap_or_default();
+                s.sort();
+                s
+            };
+            assert_eq!(sorted(&ours[key]), sorted(&peft[key]), "{name}: {key}");
+        }
+        let back = Adapter::load(&out, enc).unwrap();
+        assert_eq!(back, a, "{name}: round trip");
+        // Saving again over it replaces the directory.
+        a.save(&out, enc).unwrap();
+        back.check_base(&out, &base_hash(enc.bytes())).unwrap();
+        let e = back
+            .check_base(&out, &"00".repeat(32))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trained on another base model"), "{e}");
+    }
 }

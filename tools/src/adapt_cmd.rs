@@ -100,11 +100,20 @@ fn target(s: &str) -> Result<Block> {
 
 /// The method and training settings `--method` and the flags describe.
 pub fn recipe(method: MethodArg, a: &AdaptArgs) -> Result<(Method, TrainConfig)> {
-    let method = if method == MethodArg::Default { DEFAULT_METHOD } else { method };
+    let method = if method == MethodArg::Default {
+        DEFAULT_METHOD
+    } else {
+        method
+    };
     let name = match method {
         MethodArg::Setfit => "lora",
         MethodArg::Default => unreachable!("resolved above"),
-        other => other.to_possible_value().expect("named").get_name().to_string().leak(),
+        other => other
+            .to_possible_value()
+            .expect("named")
+            .get_name()
+            .to_string()
+            .leak(),
     };
     let mut m = Method::from_name(name).expect("every CLI method has a name");
     match &mut m {
@@ -137,7 +146,10 @@ pub fn recipe(method: MethodArg, a: &AdaptArgs) -> Result<(Method, TrainConfig)>
     }
     let mut cfg = TrainConfig::for_method(&m);
     if method == MethodArg::Setfit {
-        cfg.contrastive = Some(Contrastive { epochs: a.epochs.unwrap_or(1), pairs_per_example: 4 });
+        cfg.contrastive = Some(Contrastive {
+            epochs: a.epochs.unwrap_or(1),
+            pairs_per_example: 4,
+        });
         cfg.lr = 2e-4;
         cfg.batch_size = 16;
     } else if let Some(e) = a.epochs {
@@ -187,7 +199,15 @@ pub fn adapt(
     let (m, cfg) = recipe(method, args)?;
     let examples = data::read_jsonl(train)?;
     let labels = data::labels(&examples, train)?;
-    let y: Vec<usize> = examples.iter().map(|e| labels.iter().position(|l| *l == e.label).expect("label listed")).collect();
+    let y: Vec<usize> = examples
+        .iter()
+        .map(|e| {
+            labels
+                .iter()
+                .position(|l| *l == e.label)
+                .expect("label listed")
+        })
+        .collect();
     let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
     let mut bar: Option<(&'static str, ProgressBar)> = None;
     let mut progress = |p: &Progress| {
@@ -209,14 +229,29 @@ pub fn adapt(
         b.finish_and_clear();
     }
     if out.stopped {
-        log::warn!("training stopped early after {} steps; keeping the best parameters so far", out.steps);
+        log::warn!(
+            "training stopped early after {} steps; keeping the best parameters so far",
+            out.steps
+        );
     }
     let preds = petal_adapt::train::classify(model, &out.adapter, &texts, batch)?;
-    let correct = preds.iter().zip(&y).filter(|(p, &yi)| p.index == yi).count();
-    out.adapter.save(output, model.encoder()).with_context(|| format!("{}: cannot write", output.display()))?;
+    let correct = preds
+        .iter()
+        .zip(&y)
+        .filter(|(p, &yi)| p.index == yi)
+        .count();
+    out.adapter
+        .save(output, model.encoder())
+        .with_context(|| format!("{}: cannot write", output.display()))?;
     Ok(AdaptSummary {
         output: output.display().to_string(),
-        method: if method == MethodArg::Setfit || (method == MethodArg::Default && DEFAULT_METHOD == MethodArg::Setfit) { "setfit".into() } else { m.name().into() },
+        method: if method == MethodArg::Setfit
+            || (method == MethodArg::Default && DEFAULT_METHOD == MethodArg::Setfit)
+        {
+            "setfit".into()
+        } else {
+            m.name().into()
+        },
         examples: examples.len(),
         labels,
         trainable: out.adapter.trainables.count(),
@@ -236,7 +271,11 @@ pub fn load_adapter(model: &Model, path: &Path) -> Result<Adapter> {
 }
 
 /// Predictions by the adapter, or by the file's head.
-pub fn predict(model: &Model, adapter: Option<&Adapter>, texts: &[&str]) -> Result<Vec<Prediction>> {
+pub fn predict(
+    model: &Model,
+    adapter: Option<&Adapter>,
+    texts: &[&str],
+) -> Result<Vec<Prediction>> {
     Ok(match adapter {
         Some(a) => match petal_adapt::train::linear_head(a) {
             // A head alone: the runtime's embedding path, no hooks.

@@ -314,10 +314,21 @@ fn run(cli: Cli) -> Result<()> {
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let flag = stop.clone();
             // Ctrl-C ends training at the next step and keeps the best parameters so far.
-            if let Err(e) = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed)) {
+            if let Err(e) =
+                ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed))
+            {
                 log::warn!("Ctrl-C will not keep the adapter: {e}");
             }
-            let s = adapt_cmd::adapt(&m, &train, method, &train_args, &output, run.batch_size, &stop, &bars)?;
+            let s = adapt_cmd::adapt(
+                &m,
+                &train,
+                method,
+                &train_args,
+                &output,
+                run.batch_size,
+                &stop,
+                &bars,
+            )?;
             if run.json {
                 emit(&(serde_json::to_string(&s)? + "\n"))?;
             } else {

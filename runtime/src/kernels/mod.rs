@@ -8,6 +8,8 @@
 #[cfg(target_arch = "aarch64")]
 #[allow(unsafe_code)]
 pub mod aarch64;
+#[allow(unsafe_code)]
+pub mod gemm;
 pub mod generic;
 pub mod qdot;
 #[cfg(target_arch = "x86_64")]
@@ -146,6 +148,9 @@ const PARALLEL_MIN_MACS: usize = 1 << 16;
 /// the same weights); F32 and F16 in f32. Output rows are split across the
 /// thread pool when the product is large enough.
 pub fn linear(x: &[f32], n: usize, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) {
+    if n >= gemm_min_tokens() {
+        return linear_gemm(x, n, w, bias, y);
+    }
     let k = active();
     let (rows, cols) = (w.rows, w.cols);
     debug_assert_eq!(x.len(), n * cols);
@@ -230,33 +235,47 @@ pub fn linear(x: &[f32], n: usize, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) 
 }
 
 /// The backward of [`linear`] with respect to its input: `dx[t, i] += sum_o dy[t, o] * W[o, i]`
-/// for `n` tokens (`dy` is `[n, W.rows]`, `dx` is `[n, W.cols]`). The weights stay in the
-/// file's encoding; each row is decoded once per chunk of tokens, and chunks of tokens run on
-/// the pool.
+/// for `n` tokens (`dy` is `[n, W.rows]`, `dx` is `[n, W.cols]`). Quantized weights are decoded
+/// once per call into a temporary f32 copy; chunks of tokens run on the pool.
 pub fn linear_backward_input(dy: &[f32], n: usize, w: &Matrix<'_>, dx: &mut [f32]) {
+    use gemm::{gemm, Strides};
     let (rows, cols) = (w.rows, w.cols);
     debug_assert_eq!(dy.len(), n * rows);
     debug_assert_eq!(dx.len(), n * cols);
-    let chunk_into = |t0: usize, dx: &mut [f32]| {
-        let mut row = alloc::vec![0f32; cols];
-        let nt = dx.len() / cols;
-        for o in 0..rows {
-            w.dequantize_row(o, &mut row);
-            for t in 0..nt {
-                let g = dy[(t0 + t) * rows + o];
-                if g != 0.0 {
-                    dx[t * cols..(t + 1) * cols]
-                        .iter_mut()
-                        .zip(&row)
-                        .for_each(|(d, &wv)| *d += g * wv);
-                }
+    // Decoded once per call (F32 is borrowed): the product runs on f32 weights.
+    let decoded;
+    let wf: &[f32] = match w.ty {
+        TensorType::F32 => match crate::weights::f32_slice(w.data) {
+            alloc::borrow::Cow::Borrowed(s) => s,
+            alloc::borrow::Cow::Owned(v) => {
+                decoded = v;
+                &decoded
             }
+        },
+        _ => {
+            decoded = w.to_f32();
+            &decoded
         }
+    };
+    let chunk_into = |t0: usize, dx: &mut [f32]| {
+        let nt = dx.len() / cols;
+        gemm(
+            nt,
+            rows,
+            cols,
+            &dy[t0 * rows..(t0 + nt) * rows],
+            Strides::rows(rows),
+            wf,
+            Strides::rows(cols),
+            1.0,
+            dx,
+            Strides::rows(cols),
+        );
     };
     #[cfg(feature = "std")]
     {
         let threads = rayon::current_num_threads();
-        if threads > 1 && rows * n * cols >= PARALLEL_MIN_MACS && n > 1 {
+        if threads > 1 && rows * n * cols >= PARALLEL_MIN_MACS && n >= 2 * threads {
             use rayon::prelude::*;
             let chunk = n.div_ceil(threads).max(1);
             dx.par_chunks_mut(chunk * cols)
@@ -266,6 +285,78 @@ pub fn linear_backward_input(dy: &[f32], n: usize, w: &Matrix<'_>, dx: &mut [f32
         }
     }
     chunk_into(0, dx);
+}
+
+/// Tokens from which [`linear`] decodes weight panels to f32 and multiplies them with an f32
+/// GEMM (`PETAL_GEMM_MIN_TOKENS` overrides it; 0 always, a huge value never).
+fn gemm_min_tokens() -> usize {
+    #[cfg(feature = "std")]
+    {
+        static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        *MIN.get_or_init(|| {
+            std::env::var("PETAL_GEMM_MIN_TOKENS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(GEMM_MIN_TOKENS)
+        })
+    }
+    #[cfg(not(feature = "std"))]
+    GEMM_MIN_TOKENS
+}
+
+/// Default of [`gemm_min_tokens`]: below it the integer kernels win (the panel decoding is not
+/// paid back).
+const GEMM_MIN_TOKENS: usize = 32;
+
+/// Weight rows decoded together in [`linear_gemm`] (a panel stays in L2).
+const GEMM_PANEL_ROWS: usize = 64;
+
+/// [`linear`] for many tokens: panels of weight rows decoded to f32 and multiplied against the
+/// f32 activations (no activation quantization), panels spread over the pool.
+pub fn linear_gemm(x: &[f32], n: usize, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) {
+    use gemm::{gemm, Strides};
+    let (rows, cols) = (w.rows, w.cols);
+    debug_assert_eq!(x.len(), n * cols);
+    debug_assert_eq!(y.len(), n * rows);
+    // Output panel `[panel rows][n]` = W_panel `[rows, cols]` x x^T `[cols, n]`.
+    let panel_into = |r0: usize, out: &mut [f32]| {
+        let pr = out.len() / n;
+        let mut wf = alloc::vec![0f32; pr * cols];
+        for (i, row) in wf.chunks_exact_mut(cols).enumerate() {
+            w.dequantize_row(r0 + i, row);
+        }
+        gemm(
+            pr,
+            cols,
+            n,
+            &wf,
+            Strides::rows(cols),
+            x,
+            Strides::transposed(cols),
+            0.0,
+            out,
+            Strides::rows(n),
+        );
+    };
+    let mut by_row = alloc::vec![0f32; rows * n];
+    #[cfg(feature = "std")]
+    {
+        use rayon::prelude::*;
+        by_row
+            .par_chunks_mut(GEMM_PANEL_ROWS * n)
+            .enumerate()
+            .for_each(|(c, out)| panel_into(c * GEMM_PANEL_ROWS, out));
+    }
+    #[cfg(not(feature = "std"))]
+    for (c, out) in by_row.chunks_mut(GEMM_PANEL_ROWS * n).enumerate() {
+        panel_into(c * GEMM_PANEL_ROWS, out);
+    }
+    for o in 0..rows {
+        let b = bias.get(o).copied().unwrap_or(0.0);
+        for t in 0..n {
+            y[t * rows + o] = by_row[o * n + t] + b;
+        }
+    }
 }
 
 /// LayerNorm of each row of `x` (rows of `w.len()`), in place.
