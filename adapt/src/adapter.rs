@@ -330,8 +330,9 @@ impl Adapter {
         Ok(())
     }
 
-    /// Reads the adapter at `path` (a petal file or a PEFT directory) for the model `enc`, and
-    /// checks every tensor against what the method needs on this model.
+    /// Reads the adapter at `path` (a petal file or a PEFT directory) for the model `enc`:
+    /// refuses an adapter that records another base model, and checks every tensor against what
+    /// the method needs on this model.
     pub fn load<B: AsRef<[u8]>>(path: &Path, enc: &Encoder<B>) -> Result<Self, AdapterError> {
         let invalid = |m: String| AdapterError::Invalid(path.into(), m);
         let (weights_path, peft) = if path.is_dir() {
@@ -346,6 +347,13 @@ impl Adapter {
         let (_, meta) = SafeTensors::read_metadata(&bytes)
             .map_err(|e| AdapterError::Format(weights_path.clone(), e.to_string()))?;
         let meta = meta.metadata().clone().unwrap_or_default();
+        // The base first: an adapter of another model would otherwise fail on shapes.
+        if let Some(h) = meta.get(BASE_SHA256) {
+            let found = base_hash(enc.bytes());
+            if *h != found {
+                return Err(AdapterError::BaseMismatch { path: path.into(), expected: h.clone(), found });
+            }
+        }
         let model_labels = enc.config().labels.clone();
         let labels: Option<Vec<String>> = match meta.get(LABELS) {
             Some(l) => Some(

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use indicatif::ProgressBar;
-use petal_adapt::adapter::{base_hash, Adapter};
+use petal_adapt::adapter::Adapter;
 use petal_adapt::data::{self, Example};
 use petal_adapt::eval::{self, Report};
 use petal_adapt::methods::Method;
@@ -265,9 +265,7 @@ pub fn adapt(
 
 /// Loads the adapter at `path` and checks it belongs to `model`.
 pub fn load_adapter(model: &Model, path: &Path) -> Result<Adapter> {
-    let a = Adapter::load(path, model.encoder())?;
-    a.check_base(path, &base_hash(model.encoder().bytes()))?;
-    Ok(a)
+    Ok(Adapter::load(path, model.encoder())?)
 }
 
 /// Predictions by the adapter, or by the file's head.

@@ -56,6 +56,8 @@ fn adapt_then_classify_and_eval_on_sms_spam() {
         train.as_os_str(),
         os("-o"),
         adapter.as_os_str(),
+        os("--method"),
+        os("head"),
         os("--json"),
     ]);
     assert!(
@@ -80,6 +82,8 @@ fn adapt_then_classify_and_eval_on_sms_spam() {
         train.as_os_str(),
         os("-o"),
         again.as_os_str(),
+        os("--method"),
+        os("head"),
     ]);
     assert!(out.status.success());
     assert!(
@@ -222,4 +226,76 @@ fn bad_training_data_names_the_problem() {
         );
         assert!(!out_path.exists());
     }
+}
+
+fn read_dir_bytes(p: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn lora_adapter_is_deterministic_by_seed_and_classifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = minilm();
+    let train = fewshot("sms-spam", "train-k8-s0.jsonl");
+    let adapt = |out: &Path, seed: &str, extra: &[&str]| {
+        let mut args = vec![
+            os("adapt"),
+            m.as_os_str(),
+            os("--train"),
+            train.as_os_str(),
+            os("--method"),
+            os("lora"),
+            os("--epochs"),
+            os("2"),
+            os("--seed"),
+            os(seed),
+            os("-o"),
+            out.as_os_str(),
+            os("--json"),
+        ];
+        args.extend(extra.iter().map(|s| os(s)));
+        let o = petal(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let (a, b, c) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
+    let s = adapt(&a, "1", &[]);
+    assert_eq!(s["method"], "lora");
+    assert_eq!(s["steps"], 4);
+    adapt(&b, "1", &[]);
+    adapt(&c, "2", &[]);
+    let files = read_dir_bytes(&a);
+    assert_eq!(
+        files.iter().map(|f| f.0.as_str()).collect::<Vec<_>>(),
+        ["adapter_config.json", "adapter_model.safetensors"]
+    );
+    assert!(files == read_dir_bytes(&b), "same seed, different adapter");
+    assert!(files != read_dir_bytes(&c), "another seed, same adapter");
+
+    let out = petal(&[
+        os("classify"),
+        m.as_os_str(),
+        os("--adapter"),
+        a.as_os_str(),
+        os("WINNER!! Claim your free prize now, text WIN to 80086"),
+        os("are we still on for dinner tonight?"),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let labels: Vec<&str> = text.lines().map(|l| l.split('\t').next().unwrap()).collect();
+    assert_eq!(labels, ["spam", "ham"]);
+
+    // A time budget stops training early and still writes the best adapter so far.
+    let d = dir.path().join("d");
+    let s = adapt(&d, "1", &["--max-seconds", "0.000001"]);
+    assert_eq!(s["stopped_early"], true);
+    assert!(d.join("adapter_model.safetensors").exists());
 }
