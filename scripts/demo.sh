@@ -17,13 +17,13 @@ step "petal inspect $MODEL (first lines)"
 step "petal embed: first 6 of 384 dimensions"
 "$PETAL" embed "$MODEL" "A cat sits on the mat." "Markets fell sharply today." | cut -d' ' -f1-6
 
-step "petal adapt: a spam filter from $DATA/train-k16-s0.jsonl (16 examples per class)"
-"$PETAL" adapt "$MODEL" --train "$DATA/train-k16-s0.jsonl" -o "$OUT/spam.adapter.safetensors"
+step "petal adapt (default recipe): a spam filter from $DATA/train-k16-s0.jsonl (16 examples per class)"
+"$PETAL" adapt "$MODEL" --train "$DATA/train-k16-s0.jsonl" -o "$OUT/spam.adapter"
 
 step "petal classify with the adapter"
-"$PETAL" classify "$MODEL" --adapter "$OUT/spam.adapter.safetensors" \
+"$PETAL" classify "$MODEL" --adapter "$OUT/spam.adapter" \
   "WINNER!! You have been selected for a free cruise, call 09061701461 now" \
   "Are we still meeting for lunch at noon?"
 
 step "petal eval on $DATA/test.jsonl"
-"$PETAL" eval "$MODEL" --adapter "$OUT/spam.adapter.safetensors" --test "$DATA/test.jsonl"
+"$PETAL" eval "$MODEL" --adapter "$OUT/spam.adapter" --test "$DATA/test.jsonl"

@@ -351,7 +351,11 @@ impl Adapter {
         if let Some(h) = meta.get(BASE_SHA256) {
             let found = base_hash(enc.bytes());
             if *h != found {
-                return Err(AdapterError::BaseMismatch { path: path.into(), expected: h.clone(), found });
+                return Err(AdapterError::BaseMismatch {
+                    path: path.into(),
+                    expected: h.clone(),
+                    found,
+                });
             }
         }
         let model_labels = enc.config().labels.clone();
@@ -519,61 +523,62 @@ fn peft_method(c: &Value, arch: Arch) -> Result<(Method, HeadKind), String> {
             .map(|v| v as usize)
             .ok_or_else(|| format!("\"{k}\" is missing or not a number"))
     };
-    let method =
-        match c["peft_type"].as_str() {
-            Some("LORA") => {
-                for (k, ok) in [
-                    ("use_dora", false),
-                    ("fan_in_fan_out", false),
-                    ("use_rslora", false),
-                ] {
-                    if c[k].as_bool().unwrap_or(false) != ok {
-                        return Err(format!("LoRA with \"{k}\" is not supported"));
-                    }
+    let method = match c["peft_type"].as_str() {
+        Some("LORA") => {
+            for (k, ok) in [
+                ("use_dora", false),
+                ("fan_in_fan_out", false),
+                ("use_rslora", false),
+            ] {
+                if c[k].as_bool().unwrap_or(false) != ok {
+                    return Err(format!("LoRA with \"{k}\" is not supported"));
                 }
-                if c["bias"].as_str().is_some_and(|b| b != "none") {
-                    return Err("LoRA with trained biases is not supported".into());
-                }
-                if !c["layers_to_transform"].is_null()
-                    || c["rank_pattern"].as_object().is_some_and(|m| !m.is_empty())
-                    || c["alpha_pattern"]
-                        .as_object()
-                        .is_some_and(|m| !m.is_empty())
-                {
-                    return Err("LoRA with per-layer settings is not supported".into());
-                }
-                Method::Lora(LoraConfig {
-                    r: usize_of("r")?,
-                    alpha: c["lora_alpha"]
-                        .as_f64()
-                        .ok_or("\"lora_alpha\" is missing")? as f32,
-                    dropout: c["lora_dropout"].as_f64().unwrap_or(0.0) as f32,
-                    targets: blocks_of(arch, c, "target_modules")?,
-                })
             }
-            Some("IA3") => Method::Ia3 {
+            if c["bias"].as_str().is_some_and(|b| b != "none") {
+                return Err("LoRA with trained biases is not supported".into());
+            }
+            if !c["layers_to_transform"].is_null()
+                || c["rank_pattern"].as_object().is_some_and(|m| !m.is_empty())
+                || c["alpha_pattern"]
+                    .as_object()
+                    .is_some_and(|m| !m.is_empty())
+            {
+                return Err("LoRA with per-layer settings is not supported".into());
+            }
+            Method::Lora(LoraConfig {
+                r: usize_of("r")?,
+                alpha: c["lora_alpha"]
+                    .as_f64()
+                    .ok_or("\"lora_alpha\" is missing")? as f32,
+                dropout: c["lora_dropout"].as_f64().unwrap_or(0.0) as f32,
                 targets: blocks_of(arch, c, "target_modules")?,
-                feedforward: blocks_of(arch, c, "feedforward_modules")?,
-            },
-            Some("PROMPT_TUNING") => {
-                if usize_of("num_transformer_submodules").unwrap_or(1) != 1 {
-                    return Err("prompt tuning for encoder-decoder models is not supported".into());
-                }
-                Method::Prompt {
-                    tokens: usize_of("num_virtual_tokens")?,
-                }
+            })
+        }
+        Some("IA3") => Method::Ia3 {
+            targets: blocks_of(arch, c, "target_modules")?,
+            feedforward: blocks_of(arch, c, "feedforward_modules")?,
+        },
+        Some("PROMPT_TUNING") => {
+            if usize_of("num_transformer_submodules").unwrap_or(1) != 1 {
+                return Err("prompt tuning for encoder-decoder models is not supported".into());
             }
-            Some("PREFIX_TUNING") => {
-                if c["prefix_projection"].as_bool().unwrap_or(false) {
-                    return Err("prefix tuning with a projection is not supported".into());
-                }
-                Method::Prefix {
-                    tokens: usize_of("num_virtual_tokens")?,
-                }
+            Method::Prompt {
+                tokens: usize_of("num_virtual_tokens")?,
             }
-            other => return Err(format!(
+        }
+        Some("PREFIX_TUNING") => {
+            if c["prefix_projection"].as_bool().unwrap_or(false) {
+                return Err("prefix tuning with a projection is not supported".into());
+            }
+            Method::Prefix {
+                tokens: usize_of("num_virtual_tokens")?,
+            }
+        }
+        other => {
+            return Err(format!(
                 "PEFT type {other:?} is not supported (LORA, IA3, PROMPT_TUNING, PREFIX_TUNING)"
-            )),
-        };
+            ))
+        }
+    };
     Ok((method, head))
 }

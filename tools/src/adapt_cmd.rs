@@ -147,11 +147,11 @@ pub fn recipe(method: MethodArg, a: &AdaptArgs) -> Result<(Method, TrainConfig)>
     let mut cfg = TrainConfig::for_method(&m);
     if method == MethodArg::Setfit {
         cfg.contrastive = Some(Contrastive {
-            epochs: a.epochs.unwrap_or(1),
+            epochs: a.epochs.unwrap_or(2),
             pairs_per_example: 4,
         });
-        cfg.lr = 2e-4;
-        cfg.batch_size = 16;
+        cfg.lr = 2e-3;
+        cfg.batch_size = 8;
     } else if let Some(e) = a.epochs {
         cfg.epochs = e;
     }

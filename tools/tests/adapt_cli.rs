@@ -233,7 +233,10 @@ fn read_dir_bytes(p: &Path) -> Vec<(String, Vec<u8>)> {
         .unwrap()
         .map(|e| {
             let e = e.unwrap();
-            (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap())
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
         })
         .collect();
     v.sort();
@@ -266,7 +269,11 @@ fn lora_adapter_is_deterministic_by_seed_and_classifies() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
     };
-    let (a, b, c) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
+    let (a, b, c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
     let s = adapt(&a, "1", &[]);
     assert_eq!(s["method"], "lora");
     assert_eq!(s["steps"], 4);
@@ -288,9 +295,16 @@ fn lora_adapter_is_deterministic_by_seed_and_classifies() {
         os("WINNER!! Claim your free prize now, text WIN to 80086"),
         os("are we still on for dinner tonight?"),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
-    let labels: Vec<&str> = text.lines().map(|l| l.split('\t').next().unwrap()).collect();
+    let labels: Vec<&str> = text
+        .lines()
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
     assert_eq!(labels, ["spam", "ham"]);
 
     // A time budget stops training early and still writes the best adapter so far.
