@@ -233,3 +233,37 @@ fn gradients_through_quantized_weights_match_their_f32_values() {
         }
     }
 }
+
+#[test]
+fn every_architecture_passes_finite_differences() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["tiny-bert", "tiny-distilbert", "tiny-roberta", "tiny-xlmr"] {
+        let model = Model::open(convert_to(&golden(name), TensorType::F32, dir.path())).unwrap();
+        let batch = texts_batch(&model, &TEXTS, &[0, 1, 2, 1]);
+        let labels = model.encoder().config().labels.as_ref().map_or(3, Vec::len);
+        let batch = Batch {
+            labels: batch.labels.iter().map(|&l| l % labels).collect(),
+            ..batch
+        };
+        for head in [HeadKind::File, HeadKind::Pooled] {
+            let mut t = methods::build(
+                model.encoder(),
+                &Method::from_name("lora").unwrap(),
+                labels,
+                head,
+                1,
+            )
+            .unwrap();
+            perturb(&mut t, &mut Rng::new(5), 0.05);
+            directional_check(
+                &format!("{name} LoRA, {head:?} head"),
+                &t,
+                &|t: &mut Trainables| {
+                    grad::classification_step(model.encoder(), t, &batch, None, None)
+                        .unwrap()
+                        .0
+                },
+            );
+        }
+    }
+}

@@ -313,3 +313,53 @@ fn lora_adapter_is_deterministic_by_seed_and_classifies() {
     assert_eq!(s["stopped_early"], true);
     assert!(d.join("adapter_model.safetensors").exists());
 }
+
+#[test]
+fn ctrl_c_keeps_the_best_adapter_so_far() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = minilm();
+    let train = fewshot("trec6", "train-k16-s0.jsonl");
+    let out = dir.path().join("a");
+    let child = Command::new(env!("CARGO_BIN_EXE_petal"))
+        .args([
+            os("adapt"),
+            m.as_os_str(),
+            os("--train"),
+            train.as_os_str(),
+            os("--method"),
+            os("bitfit"),
+        ])
+        .args([
+            os("--epochs"),
+            os("1000"),
+            os("-o"),
+            out.as_os_str(),
+            os("--json"),
+            os("-q"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let it get past the head fit into the epochs, then interrupt it.
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["stopped_early"], true);
+    assert!(s["steps"].as_u64().unwrap() < 12_000);
+    assert!(out.exists(), "the adapter is written");
+    let c = petal(&[
+        os("classify"),
+        m.as_os_str(),
+        os("--adapter"),
+        out.as_os_str(),
+        os("What is the capital of France?"),
+    ]);
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+}
