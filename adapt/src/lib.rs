@@ -1,9 +1,12 @@
 //! petal-adapt: on-device adaptation from a few labelled examples.
 //!
-//! Today: labelled data (JSON lines), the classifier-head method (a linear head trained with
-//! AdamW on the frozen model's sentence embeddings), adapter files, and evaluation. The
-//! parameter-efficient methods that need a backward pass through the encoder (LoRA, adapters,
-//! prompts, prefixes, BitFit, IA3) build on the runtime's forward hooks.
+//! The parameter-efficient methods of the AACL 2022 tutorial, trained through the frozen,
+//! quantized model: [`grad`] records the runtime's own forward pass through its hooks and runs
+//! the backward pass; [`methods`] says what each method trains (head, BitFit, LoRA, bottleneck
+//! adapters, prompt and prefix tuning, IA3); [`train`] is the trainer (AdamW, seed, time budget,
+//! stop flag, SetFit-style contrastive phase) and classifies with an adapter; [`adapter`] reads
+//! and writes adapter files (PEFT's layout where PEFT has the method); [`data`] reads labelled
+//! JSON lines and [`eval`] scores predictions.
 #![deny(missing_docs)]
 
 pub mod adapter;

@@ -54,7 +54,7 @@ impl TrainConfig {
     pub fn for_method(method: &Method) -> Self {
         let lr = match method {
             Method::Head => 0.0,
-            Method::BitFit => 1e-3,
+            Method::BitFit => 3e-3,
             Method::Lora(_) => 1e-3,
             Method::Adapter { .. } => 1e-3,
             Method::Prompt { .. } | Method::Prefix { .. } => 3e-2,

@@ -148,9 +148,6 @@ const PARALLEL_MIN_MACS: usize = 1 << 16;
 /// the same weights); F32 and F16 in f32. Output rows are split across the
 /// thread pool when the product is large enough.
 pub fn linear(x: &[f32], n: usize, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) {
-    if n >= gemm_min_tokens() {
-        return linear_gemm(x, n, w, bias, y);
-    }
     let k = active();
     let (rows, cols) = (w.rows, w.cols);
     debug_assert_eq!(x.len(), n * cols);
@@ -285,78 +282,6 @@ pub fn linear_backward_input(dy: &[f32], n: usize, w: &Matrix<'_>, dx: &mut [f32
         }
     }
     chunk_into(0, dx);
-}
-
-/// Tokens from which [`linear`] decodes weight panels to f32 and multiplies them with an f32
-/// GEMM (`PETAL_GEMM_MIN_TOKENS` overrides it; 0 always, a huge value never).
-fn gemm_min_tokens() -> usize {
-    #[cfg(feature = "std")]
-    {
-        static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        *MIN.get_or_init(|| {
-            std::env::var("PETAL_GEMM_MIN_TOKENS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(GEMM_MIN_TOKENS)
-        })
-    }
-    #[cfg(not(feature = "std"))]
-    GEMM_MIN_TOKENS
-}
-
-/// Default of [`gemm_min_tokens`]: below it the integer kernels win (the panel decoding is not
-/// paid back).
-const GEMM_MIN_TOKENS: usize = 32;
-
-/// Weight rows decoded together in [`linear_gemm`] (a panel stays in L2).
-const GEMM_PANEL_ROWS: usize = 64;
-
-/// [`linear`] for many tokens: panels of weight rows decoded to f32 and multiplied against the
-/// f32 activations (no activation quantization), panels spread over the pool.
-pub fn linear_gemm(x: &[f32], n: usize, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) {
-    use gemm::{gemm, Strides};
-    let (rows, cols) = (w.rows, w.cols);
-    debug_assert_eq!(x.len(), n * cols);
-    debug_assert_eq!(y.len(), n * rows);
-    // Output panel `[panel rows][n]` = W_panel `[rows, cols]` x x^T `[cols, n]`.
-    let panel_into = |r0: usize, out: &mut [f32]| {
-        let pr = out.len() / n;
-        let mut wf = alloc::vec![0f32; pr * cols];
-        for (i, row) in wf.chunks_exact_mut(cols).enumerate() {
-            w.dequantize_row(r0 + i, row);
-        }
-        gemm(
-            pr,
-            cols,
-            n,
-            &wf,
-            Strides::rows(cols),
-            x,
-            Strides::transposed(cols),
-            0.0,
-            out,
-            Strides::rows(n),
-        );
-    };
-    let mut by_row = alloc::vec![0f32; rows * n];
-    #[cfg(feature = "std")]
-    {
-        use rayon::prelude::*;
-        by_row
-            .par_chunks_mut(GEMM_PANEL_ROWS * n)
-            .enumerate()
-            .for_each(|(c, out)| panel_into(c * GEMM_PANEL_ROWS, out));
-    }
-    #[cfg(not(feature = "std"))]
-    for (c, out) in by_row.chunks_mut(GEMM_PANEL_ROWS * n).enumerate() {
-        panel_into(c * GEMM_PANEL_ROWS, out);
-    }
-    for o in 0..rows {
-        let b = bias.get(o).copied().unwrap_or(0.0);
-        for t in 0..n {
-            y[t * rows + o] = by_row[o * n + t] + b;
-        }
-    }
 }
 
 /// LayerNorm of each row of `x` (rows of `w.len()`), in place.
