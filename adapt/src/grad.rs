@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use petal_runtime::bert::{Encoder, Hidden, Hooks, Input, NormSite};
+use petal_runtime::bert::{AttentionRows, Encoder, Hidden, Hooks, Input, NormSite};
 use petal_runtime::config::{HeadActivation, Pooling};
 use petal_runtime::gguf::names::tensor::Block;
 use petal_runtime::kernels;
@@ -159,6 +159,22 @@ impl Trainables {
     /// Trainable values in all.
     pub fn count(&self) -> usize {
         self.params.iter().map(|p| p.value.len()).sum()
+    }
+
+    /// Prefix tuning's keys and values of layer `l` (`[N, H]` each) out of PEFT's layout;
+    /// empty without prefix tuning.
+    fn prefix_rows(&self, l: usize, layers: usize, h: usize) -> (Vec<f32>, Vec<f32>) {
+        let Some(i) = self.prefix else {
+            return (Vec::new(), Vec::new());
+        };
+        let p = &self.params[i];
+        let rows = |j: usize| -> Vec<f32> {
+            p.value
+                .chunks_exact(layers * 2 * h)
+                .flat_map(|r| r[j * h..(j + 1) * h].iter().copied())
+                .collect()
+        };
+        (rows(2 * l), rows(2 * l + 1))
     }
 
     fn v(&self, i: usize) -> &[f32] {
@@ -547,26 +563,9 @@ fn run_forward<B: AsRef<[u8]>>(
     let pos = lens.iter().flat_map(|&n| 0..n).collect();
     let h = enc.config().hidden;
     let layers = enc.config().layers;
-    let prefix = match t.prefix {
-        None => Vec::new(),
-        Some(i) => {
-            let p = &t.params[i];
-            let n = p.shape[0];
-            (0..layers)
-                .map(|l| {
-                    let at = |j: usize| {
-                        (0..n).flat_map(move |r| {
-                            (r * layers * 2 * h + j * h)..(r * layers * 2 * h + (j + 1) * h)
-                        })
-                    };
-                    (
-                        at(2 * l).map(|i| p.value[i]).collect(),
-                        at(2 * l + 1).map(|i| p.value[i]).collect(),
-                    )
-                })
-                .collect()
-        }
-    };
+    let prefix = (0..if t.prefix.is_some() { layers } else { 0 })
+        .map(|l| t.prefix_rows(l, layers, h))
+        .collect();
     let mut rec = Recorder {
         t,
         tape: Tape {
@@ -677,15 +676,7 @@ fn head_backward<B: AsRef<[u8]>>(
     let h = hidden.hidden;
     let seqs = hidden.lens.len();
     let mut dh = vec![0f32; hidden.states.len()];
-    let starts: Vec<usize> = hidden
-        .lens
-        .iter()
-        .scan(0, |s, &n| {
-            let a = *s;
-            *s += n;
-            Some(a)
-        })
-        .collect();
+    let starts = petal_runtime::bert::starts(&hidden.lens);
     match head {
         HeadParams::File { dense_bias, .. } => {
             let fh = enc
@@ -1040,51 +1031,27 @@ impl<B: AsRef<[u8]>> Back<'_, B> {
         let dh = h / heads;
         let scale = 1.0 / (dh as f32).sqrt();
         let lens = &self.tape.lens;
-        let starts: Vec<usize> = lens
-            .iter()
-            .scan(0, |s, &n| {
-                let a = *s;
-                *s += n;
-                Some(a)
-            })
-            .collect();
+        let starts = petal_runtime::bert::starts(lens);
         // Prefix keys and values of this layer, as in the forward pass.
-        let (pk, pv, np, layers) = match self.t.prefix {
-            Some(i) => {
-                let p = &self.t.params[i];
-                let np = p.shape[0];
-                let layers = cfg.layers;
-                let get = |j: usize| -> Vec<f32> {
-                    (0..np)
-                        .flat_map(|r| {
-                            p.value[r * layers * 2 * h + j * h..r * layers * 2 * h + (j + 1) * h]
-                                .to_vec()
-                        })
-                        .collect()
-                };
-                (get(2 * l), get(2 * l + 1), np, layers)
-            }
-            None => (Vec::new(), Vec::new(), 0, cfg.layers),
-        };
+        let layers = cfg.layers;
+        let (pk, pv) = self.t.prefix_rows(l, layers, h);
+        let np = pk.len() / h;
         let (q, k, v) = (&lt.q, &lt.k, &lt.v);
         // One task per (sequence, head): gradients for its rows of q, k, v, and the prefix.
         let tasks = kernels::par_map(lens.len() * heads, |task| {
             let (s, head) = (task / heads, task % heads);
             let (start, n, col) = (starts[s], lens[s], head * dh);
-            let key = |j: usize| {
-                if j < np {
-                    &pk[j * h + col..j * h + col + dh]
-                } else {
-                    &k[(start + j - np) * h + col..(start + j - np) * h + col + dh]
-                }
+            let rows = AttentionRows {
+                k,
+                v,
+                pk: &pk,
+                pv: &pv,
+                h,
+                start,
+                col,
+                dh,
             };
-            let value = |j: usize| {
-                if j < np {
-                    &pv[j * h + col..j * h + col + dh]
-                } else {
-                    &v[(start + j - np) * h + col..(start + j - np) * h + col + dh]
-                }
-            };
+            let (key, value) = (|j| rows.key(j), |j| rows.value(j));
             let m = np + n;
             let (mut dq, mut dk, mut dv) =
                 (vec![0f32; n * dh], vec![0f32; m * dh], vec![0f32; m * dh]);

@@ -294,35 +294,24 @@ impl<B: AsRef<[u8]>> Encoder<B> {
         let (h, heads) = (self.config.hidden, self.config.heads);
         let dh = h / heads;
         let scale = 1.0 / libm::sqrtf(dh as f32);
-        let starts: Vec<usize> = lens
-            .iter()
-            .scan(0, |s, &n| {
-                let a = *s;
-                *s += n;
-                Some(a)
-            })
-            .collect();
+        let starts = starts(lens);
         // One task per (sequence, head): softmax(q k^T / sqrt(dh)) v, as `[n, dh]`.
         let tasks = kernels::par_map(lens.len() * heads, |task| {
             let (s, head) = (task / heads, task % heads);
             let (start, n, col) = (starts[s], lens[s], head * dh);
             let (pk, pv) = prefix.unwrap_or((&[], &[]));
-            let np = pk.len() / h;
-            // Key/value row j of this sequence: the prefix's first, then the sequence's own.
-            let key = |j: usize| {
-                if j < np {
-                    &pk[j * h + col..j * h + col + dh]
-                } else {
-                    &k[(start + j - np) * h + col..(start + j - np) * h + col + dh]
-                }
+            let rows = AttentionRows {
+                k,
+                v,
+                pk,
+                pv,
+                h,
+                start,
+                col,
+                dh,
             };
-            let value = |j: usize| {
-                if j < np {
-                    &pv[j * h + col..j * h + col + dh]
-                } else {
-                    &v[(start + j - np) * h + col..(start + j - np) * h + col + dh]
-                }
-            };
+            let (key, value) = (|j| rows.key(j), |j| rows.value(j));
+            let np = rows.prefix_len();
             let mut out = vec![0f32; n * dh];
             let mut scores = vec![0f32; np + n];
             for i in 0..n {
@@ -430,6 +419,64 @@ impl<B: AsRef<[u8]>> Encoder<B> {
                 .collect(),
         )
     }
+}
+
+/// The keys and values one head of one sequence attends to, in a packed batch: the prefix's
+/// rows first (prefix tuning), then the sequence's own. Shared by the forward pass and the
+/// training backward pass.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionRows<'a> {
+    /// Keys of the batch, `[tokens, H]`.
+    pub k: &'a [f32],
+    /// Values of the batch, `[tokens, H]`.
+    pub v: &'a [f32],
+    /// Prefix keys, `[P, H]` (empty without a prefix).
+    pub pk: &'a [f32],
+    /// Prefix values, `[P, H]`.
+    pub pv: &'a [f32],
+    /// Hidden size.
+    pub h: usize,
+    /// First token of the sequence in the batch.
+    pub start: usize,
+    /// First column of the head.
+    pub col: usize,
+    /// Head size.
+    pub dh: usize,
+}
+
+impl<'a> AttentionRows<'a> {
+    /// Rows before the sequence's own.
+    pub fn prefix_len(&self) -> usize {
+        self.pk.len() / self.h
+    }
+
+    fn row(&self, j: usize, prefix: &'a [f32], own: &'a [f32]) -> &'a [f32] {
+        let np = self.prefix_len();
+        let r = if j < np { j } else { self.start + j - np };
+        let src = if j < np { prefix } else { own };
+        &src[r * self.h + self.col..r * self.h + self.col + self.dh]
+    }
+
+    /// Key `j` of this head (prefix rows first).
+    pub fn key(&self, j: usize) -> &'a [f32] {
+        self.row(j, self.pk, self.k)
+    }
+
+    /// Value `j` of this head (prefix rows first).
+    pub fn value(&self, j: usize) -> &'a [f32] {
+        self.row(j, self.pv, self.v)
+    }
+}
+
+/// Where each sequence of a packed batch starts.
+pub fn starts(lens: &[usize]) -> Vec<usize> {
+    lens.iter()
+        .scan(0, |s, &n| {
+            let a = *s;
+            *s += n;
+            Some(a)
+        })
+        .collect()
 }
 
 /// Mean of the rows of `x` (`[n, h]`).

@@ -141,22 +141,41 @@ fn gemm_matches_the_reference_on_ragged_and_strided_shapes() {
     use kernels::gemm::{gemm, gemm_reference, Strides};
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     for _ in 0..60 {
-        let (m, k, n) = (rng.gen_range(1..70), rng.gen_range(1..90), rng.gen_range(1..70));
+        let (m, k, n) = (
+            rng.gen_range(1..70),
+            rng.gen_range(1..90),
+            rng.gen_range(1..70),
+        );
         let a = random_vec(&mut rng, m * k, 2.0);
         let b = random_vec(&mut rng, k * n, 2.0);
         let c0 = random_vec(&mut rng, m * n, 1.0);
         let beta = if rng.gen_bool(0.5) { 0.0 } else { 1.0 };
         // Row-major or transposed views of the same data.
-        let sa = if rng.gen_bool(0.5) { Strides::rows(k) } else { Strides::transposed(m) };
-        let sb = if rng.gen_bool(0.5) { Strides::rows(n) } else { Strides::transposed(k) };
+        let sa = if rng.gen_bool(0.5) {
+            Strides::rows(k)
+        } else {
+            Strides::transposed(m)
+        };
+        let sb = if rng.gen_bool(0.5) {
+            Strides::rows(n)
+        } else {
+            Strides::transposed(k)
+        };
         let (mut got, mut want) = (c0.clone(), c0.clone());
         gemm(m, k, n, &a, sa, &b, sb, beta, &mut got, Strides::rows(n));
         gemm_reference(m, k, n, &a, sa, &b, sb, beta, &mut want, Strides::rows(n));
         for i in 0..m {
             for j in 0..n {
-                let scale: f32 = (0..k).map(|p| (a[i * sa.row + p * sa.col] * b[p * sb.row + j * sb.col]).abs()).sum::<f32>() + c0[i * n + j].abs() + 1e-6;
+                let scale: f32 = (0..k)
+                    .map(|p| (a[i * sa.row + p * sa.col] * b[p * sb.row + j * sb.col]).abs())
+                    .sum::<f32>()
+                    + c0[i * n + j].abs()
+                    + 1e-6;
                 let (g, w) = (got[i * n + j], want[i * n + j]);
-                assert!((g - w).abs() <= GEMM_REL_TOL * scale, "{m}x{k}x{n} at ({i},{j}): {g} vs {w}");
+                assert!(
+                    (g - w).abs() <= GEMM_REL_TOL * scale,
+                    "{m}x{k}x{n} at ({i},{j}): {g} vs {w}"
+                );
             }
         }
     }
@@ -165,13 +184,27 @@ fn gemm_matches_the_reference_on_ragged_and_strided_shapes() {
 #[test]
 fn linear_backward_input_matches_the_reference_for_every_type() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(12);
-    for ty in [TensorType::F32, TensorType::F16, TensorType::Q8_0, TensorType::Q4_0] {
+    for ty in [
+        TensorType::F32,
+        TensorType::F16,
+        TensorType::Q8_0,
+        TensorType::Q4_0,
+    ] {
         for _ in 0..20 {
-            let (rows, cols, n) = (rng.gen_range(1..90), QK * rng.gen_range(1..5), rng.gen_range(1..40));
+            let (rows, cols, n) = (
+                rng.gen_range(1..90),
+                QK * rng.gen_range(1..5),
+                rng.gen_range(1..40),
+            );
             let w = random_vec(&mut rng, rows * cols, 1.0);
             let mut data = Vec::new();
             quant::quantize(&w, ty, &mut data).unwrap();
-            let m = Matrix { ty, rows, cols, data: &data };
+            let m = Matrix {
+                ty,
+                rows,
+                cols,
+                data: &data,
+            };
             let wf = m.to_f32();
             let dy = random_vec(&mut rng, n * rows, 1.0);
             let dx0 = random_vec(&mut rng, n * cols, 1.0);
@@ -179,10 +212,19 @@ fn linear_backward_input_matches_the_reference_for_every_type() {
             kernels::linear_backward_input(&dy, n, &m, &mut got);
             for t in 0..n {
                 for i in 0..cols {
-                    let want: f64 = dx0[t * cols + i] as f64 + (0..rows).map(|o| dy[t * rows + o] as f64 * wf[o * cols + i] as f64).sum::<f64>();
-                    let scale: f64 = (0..rows).map(|o| (dy[t * rows + o] * wf[o * cols + i]).abs() as f64).sum::<f64>() + 1.0;
+                    let want: f64 = dx0[t * cols + i] as f64
+                        + (0..rows)
+                            .map(|o| dy[t * rows + o] as f64 * wf[o * cols + i] as f64)
+                            .sum::<f64>();
+                    let scale: f64 = (0..rows)
+                        .map(|o| (dy[t * rows + o] * wf[o * cols + i]).abs() as f64)
+                        .sum::<f64>()
+                        + 1.0;
                     let g = got[t * cols + i] as f64;
-                    assert!((g - want).abs() <= GEMM_REL_TOL as f64 * scale, "{ty} {rows}x{cols} n {n}: {g} vs {want}");
+                    assert!(
+                        (g - want).abs() <= GEMM_REL_TOL as f64 * scale,
+                        "{ty} {rows}x{cols} n {n}: {g} vs {want}"
+                    );
                 }
             }
         }

@@ -354,13 +354,22 @@ fn hostile_adapters_are_refused() {
     let enc = model.encoder();
     let t = methods::build(enc, &Method::BitFit, 3, HeadKind::File, 3).unwrap();
     let labels = vec!["negative".to_string(), "neutral".into(), "positive".into()];
-    let a = Adapter { base_sha256: Some(base_hash(enc.bytes())), method: Method::BitFit, head: HeadKind::File, labels, trainables: t };
+    let a = Adapter {
+        base_sha256: Some(base_hash(enc.bytes())),
+        method: Method::BitFit,
+        head: HeadKind::File,
+        labels,
+        trainables: t,
+    };
     let good = dir.path().join("good.safetensors");
     a.save(&good, enc).unwrap();
     let bytes = std::fs::read(&good).unwrap();
     let expect_err = |path: &std::path::Path, want: &str| {
         let e = Adapter::load(path, enc).expect_err(want).to_string();
-        assert!(e.contains(&path.display().to_string()) && e.contains(want), "{e} (wanted {want})");
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains(want),
+            "{e} (wanted {want})"
+        );
     };
     // Every truncation and a few byte flips: an error or a valid adapter, never a panic.
     for cut in (0..bytes.len()).step_by(97) {
@@ -378,19 +387,40 @@ fn hostile_adapters_are_refused() {
     let p = dir.path().join("junk.safetensors");
     std::fs::write(&p, b"not an adapter").unwrap();
     expect_err(&p, "not a valid adapter file");
-    expect_err(&dir.path().join("missing.safetensors"), "missing.safetensors");
+    expect_err(
+        &dir.path().join("missing.safetensors"),
+        "missing.safetensors",
+    );
     // A PEFT directory with a broken configuration, or a setting petal does not run.
     let peft = dir.path().join("peft");
     std::fs::create_dir(&peft).unwrap();
-    std::fs::copy(golden("train-lora").join("adapter_model.safetensors"), peft.join("adapter_model.safetensors")).unwrap();
+    std::fs::copy(
+        golden("train-lora").join("adapter_model.safetensors"),
+        peft.join("adapter_model.safetensors"),
+    )
+    .unwrap();
     std::fs::write(peft.join("adapter_config.json"), "{ not json").unwrap();
     let e = Adapter::load(&peft, enc).unwrap_err().to_string();
-    assert!(e.contains("adapter_config.json: not a valid adapter file"), "{e}");
+    assert!(
+        e.contains("adapter_config.json: not a valid adapter file"),
+        "{e}"
+    );
     let cfg = std::fs::read_to_string(golden("train-lora").join("adapter_config.json")).unwrap();
-    std::fs::write(peft.join("adapter_config.json"), cfg.replace("\"use_dora\": false", "\"use_dora\": true")).unwrap();
+    std::fs::write(
+        peft.join("adapter_config.json"),
+        cfg.replace("\"use_dora\": false", "\"use_dora\": true"),
+    )
+    .unwrap();
     let e = Adapter::load(&peft, enc).unwrap_err().to_string();
-    assert!(e.contains("use_dora") && e.contains("adapter_config.json"), "{e}");
-    std::fs::write(peft.join("adapter_config.json"), cfg.replace("\"r\": 4", "\"r\": 5")).unwrap();
+    assert!(
+        e.contains("use_dora") && e.contains("adapter_config.json"),
+        "{e}"
+    );
+    std::fs::write(
+        peft.join("adapter_config.json"),
+        cfg.replace("\"r\": 4", "\"r\": 5"),
+    )
+    .unwrap();
     let e = Adapter::load(&peft, enc).unwrap_err().to_string();
     assert!(e.contains("should be F32 [5, 32]"), "{e}");
 }
