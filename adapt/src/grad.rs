@@ -548,14 +548,30 @@ fn run_forward<B: AsRef<[u8]>>(
     record: bool,
 ) -> Result<Forward, petal_runtime::bert::ForwardError> {
     let np = t.prompt_len();
+    // Virtual tokens take positions: a text that would no longer fit keeps its first tokens and
+    // its last (the closing special token).
+    let shift = t.prefix.map_or(0, |i| t.params[i].shape[0]);
+    let room = enc
+        .config()
+        .context_length
+        .saturating_sub(np + shift)
+        .max(1);
+    let fit = |v: &[u32]| -> Vec<u32> {
+        if v.len() <= room {
+            v.to_vec()
+        } else {
+            v[..room - 1].iter().chain(v.last()).copied().collect()
+        }
+    };
     let (mut ids, mut type_ids, mut lens) = (Vec::new(), Vec::new(), Vec::new());
     for (s, seq) in batch.ids.iter().enumerate() {
+        let seq = fit(seq);
         // Virtual tokens: token id 0 and type 0; their word embeddings are replaced.
         ids.extend(std::iter::repeat_n(0, np));
-        ids.extend_from_slice(seq);
+        ids.extend_from_slice(&seq);
         type_ids.extend(std::iter::repeat_n(0, np));
         match batch.type_ids.get(s) {
-            Some(tt) if !tt.is_empty() => type_ids.extend_from_slice(tt),
+            Some(tt) if !tt.is_empty() => type_ids.extend(fit(tt)),
             _ => type_ids.extend(std::iter::repeat_n(0, seq.len())),
         }
         lens.push(seq.len() + np);

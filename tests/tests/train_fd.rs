@@ -267,3 +267,46 @@ fn every_architecture_passes_finite_differences() {
         }
     }
 }
+
+/// Virtual tokens take positions: texts of the model's full length still train and classify
+/// with prompt and prefix tuning (they lose tokens before their closing one).
+#[test]
+fn virtual_tokens_fit_texts_of_full_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), TensorType::F32);
+    let long = "word ".repeat(400);
+    let texts = [long.as_str(), "short one", long.as_str(), "another short"];
+    let (ids, _) = model.tokenize(&long).unwrap();
+    assert_eq!(
+        ids.len(),
+        model.encoder().config().context_length,
+        "the long text fills every position"
+    );
+    let labels = vec!["a".to_string(), "b".into()];
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    for method in [Method::Prompt { tokens: 5 }, Method::Prefix { tokens: 5 }] {
+        let cfg = petal_adapt::train::TrainConfig {
+            epochs: 1,
+            batch_size: 4,
+            ..petal_adapt::train::TrainConfig::for_method(&method)
+        };
+        let out = petal_adapt::train::train(
+            &model,
+            &texts,
+            &[0, 1, 0, 1],
+            &labels,
+            &method,
+            &cfg,
+            &stop,
+            &mut |_| {},
+        )
+        .unwrap();
+        let preds = petal_adapt::train::classify(&model, &out.adapter, &texts, 4).unwrap();
+        assert_eq!(preds.len(), 4);
+        assert!(
+            preds.iter().all(|p| p.score.is_finite()),
+            "{}",
+            method.name()
+        );
+    }
+}
