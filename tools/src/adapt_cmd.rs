@@ -84,7 +84,7 @@ pub struct AdaptArgs {
 }
 
 /// The recipe `--method default` runs.
-pub const DEFAULT_METHOD: MethodArg = MethodArg::Lora;
+pub const DEFAULT_METHOD: MethodArg = MethodArg::Houlsby;
 
 fn target(s: &str) -> Result<Block> {
     Ok(match s.trim() {
