@@ -114,6 +114,15 @@ pub enum HeadParams {
     },
 }
 
+impl HeadParams {
+    /// Indices of the trainable output layer's weight and bias.
+    pub fn classifier(self) -> (usize, usize) {
+        match self {
+            HeadParams::File { w, b, .. } | HeadParams::Pooled { w, b } => (w, b),
+        }
+    }
+}
+
 /// Every trainable parameter of a method, and where each acts.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Trainables {
@@ -154,6 +163,11 @@ impl Trainables {
     /// Number of virtual tokens prompt tuning puts before each sequence.
     pub fn prompt_len(&self) -> usize {
         self.prompt.map_or(0, |i| self.params[i].shape[0])
+    }
+
+    /// Number of virtual tokens prefix tuning puts before each sequence (positions they take).
+    pub fn prefix_len(&self) -> usize {
+        self.prefix.map_or(0, |i| self.params[i].shape[0])
     }
 
     /// Trainable values in all.
@@ -489,7 +503,7 @@ impl Hooks for Recorder<'_> {
     }
 
     fn position_shift(&self) -> usize {
-        self.t.prefix.map_or(0, |i| self.t.params[i].shape[0])
+        self.t.prefix_len()
     }
 
     fn attention_prefix(&self, layer: usize) -> Option<(&[f32], &[f32])> {
@@ -550,7 +564,7 @@ fn run_forward<B: AsRef<[u8]>>(
     let np = t.prompt_len();
     // Virtual tokens take positions: a text that would no longer fit keeps its first tokens and
     // its last (the closing special token).
-    let shift = t.prefix.map_or(0, |i| t.params[i].shape[0]);
+    let shift = t.prefix_len();
     let room = enc
         .config()
         .context_length
@@ -1209,9 +1223,7 @@ impl<B: AsRef<[u8]>> Back<'_, B> {
                             .zip(g)
                             .for_each(|(d, v)| *d += v);
                     }
-                    let p = enc.config().position_offset
-                        + self.t.prefix.map_or(0, |i| self.t.params[i].shape[0])
-                        + pos;
+                    let p = enc.config().position_offset + self.t.prefix_len() + pos;
                     let positions =
                         full.add(names::POSITION_EMBD.to_string(), w.position_embd.rows * h);
                     positions[p * h..(p + 1) * h]
@@ -1264,7 +1276,7 @@ pub fn cross_entropy(logits: &[f32], labels: &[usize], k: usize) -> (f32, Vec<f3
 pub fn logits<B: AsRef<[u8]>>(enc: &Encoder<B>, t: &Trainables, hidden: &Hidden) -> Vec<f32> {
     let head = t.head.expect("a method with a classifier");
     let hf = head_input(enc, t, head, hidden);
-    let (HeadParams::File { w, b, .. } | HeadParams::Pooled { w, b }) = head;
+    let (w, b) = head.classifier();
     let k = t.params[b].value.len();
     let mut z = vec![0f32; hidden.lens.len() * k];
     small_linear(
@@ -1291,7 +1303,7 @@ pub fn classification_step<B: AsRef<[u8]>>(
     let head = t.head.expect("a method with a classifier");
     let fw = forward(enc, t, batch, dropout)?;
     let hf = head_input(enc, t, head, &fw.hidden);
-    let (HeadParams::File { w, b, .. } | HeadParams::Pooled { w, b }) = head;
+    let (w, b) = head.classifier();
     let k = t.params[b].value.len();
     let seqs = batch.labels.len();
     let mut z = vec![0f32; seqs * k];
@@ -1317,14 +1329,14 @@ pub fn classification_step<B: AsRef<[u8]>>(
     Ok((loss, z))
 }
 
-/// Sentence embeddings of a forward pass, pooled and normalized as the file says (`[seqs, H]`),
-/// with what [`embedding_backward`] needs.
-pub fn embeddings<B: AsRef<[u8]>>(enc: &Encoder<B>, fw: &Forward) -> Vec<f32> {
+/// Sentence embeddings of last hidden states, pooled and normalized as the file says
+/// (`[seqs, H]`).
+pub fn embeddings<B: AsRef<[u8]>>(enc: &Encoder<B>, hidden: &Hidden) -> Vec<f32> {
     head_input(
         enc,
         &Trainables::default(),
         HeadParams::Pooled { w: 0, b: 0 },
-        &fw.hidden,
+        hidden,
     )
     .feats
 }
@@ -1379,7 +1391,7 @@ pub fn contrastive_step<B: AsRef<[u8]>>(
     dropout: Option<&mut Rng>,
 ) -> Result<f32, petal_runtime::bert::ForwardError> {
     let fw = forward(enc, t, batch, dropout)?;
-    let e = embeddings(enc, &fw);
+    let e = embeddings(enc, &fw.hidden);
     let h = enc.config().hidden;
     let mut de = vec![0f32; e.len()];
     let mut loss = 0f32;

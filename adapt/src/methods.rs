@@ -256,6 +256,18 @@ pub fn model_attr(arch: Arch) -> &'static str {
     }
 }
 
+/// `(out, in)` of linear sub-layer `part` of layer `l`, from the model's own weights.
+fn linear_shape<B: AsRef<[u8]>>(
+    enc: &Encoder<B>,
+    l: usize,
+    part: Block,
+) -> Result<(usize, usize), MethodError> {
+    let lin = enc.weights().layers[l]
+        .linear(part)
+        .ok_or_else(|| MethodError::Setting(format!("{} is not a linear layer", part.stem())))?;
+    Ok((lin.weight.rows, lin.weight.cols))
+}
+
 /// Sets up the trainable parameters of `method` on `enc` for `labels` classes, initialized from
 /// `seed` as PEFT initializes them (LoRA `A` Kaiming-uniform and `B` zero, IA3 ones, prompts
 /// from vocabulary embeddings, adapters near identity).
@@ -285,7 +297,7 @@ pub fn build<B: AsRef<[u8]>>(
                     Block::FfnUp,
                     Block::FfnDown,
                 ] {
-                    let n = if part == Block::FfnUp { cfg.ffn } else { h };
+                    let (n, _) = linear_shape(enc, l, part)?;
                     let i = t.push(Param::new(
                         format!("{}.bias", module(l, part)),
                         &[n],
@@ -328,11 +340,7 @@ pub fn build<B: AsRef<[u8]>>(
             }
             for l in 0..layers {
                 for &part in &c.targets {
-                    let (out, inp) = match part {
-                        Block::FfnUp => (cfg.ffn, h),
-                        Block::FfnDown => (h, cfg.ffn),
-                        _ => (h, h),
-                    };
+                    let (out, inp) = linear_shape(enc, l, part)?;
                     let bound = 1.0 / (inp as f32).sqrt();
                     let a: Vec<f32> = (0..c.r * inp)
                         .map(|_| (rng.uniform() * 2.0 - 1.0) * bound)
@@ -445,11 +453,7 @@ pub fn build<B: AsRef<[u8]>>(
         } => {
             for l in 0..layers {
                 for &part in targets {
-                    let (out, inp) = match part {
-                        Block::FfnUp => (cfg.ffn, h),
-                        Block::FfnDown => (h, cfg.ffn),
-                        _ => (h, h),
-                    };
+                    let (out, inp) = linear_shape(enc, l, part)?;
                     let ff = feedforward.contains(&part);
                     // PEFT's shapes: `[out, 1]` for an output scale, `[1, in]` for an input one.
                     let shape = if ff { [1, inp] } else { [out, 1] };

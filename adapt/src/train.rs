@@ -191,7 +191,10 @@ impl Optimizer {
 
 fn head_indices(t: &Trainables) -> Vec<usize> {
     match t.head {
-        Some(HeadParams::File { w, b, .. } | HeadParams::Pooled { w, b }) => vec![w, b],
+        Some(h) => {
+            let (w, b) = h.classifier();
+            vec![w, b]
+        }
         None => Vec::new(),
     }
 }
@@ -208,12 +211,7 @@ fn embed_all(
     let mut out = Vec::with_capacity(idx.len());
     for chunk in idx.chunks(batch.max(1)) {
         let b = subset(all, chunk, &[]);
-        let hidden = grad::infer(enc, t, &b)?;
-        let fw = grad::Forward {
-            hidden,
-            tape: grad::Tape::default(),
-        };
-        let e = grad::embeddings(enc, &fw);
+        let e = grad::embeddings(enc, &grad::infer(enc, t, &b)?);
         out.extend(e.chunks_exact(enc.config().hidden).map(<[f32]>::to_vec));
     }
     Ok(out)
@@ -427,8 +425,14 @@ fn mean_loss(model: &Model, t: &Trainables, all: &Batch, y: &[usize]) -> Result<
         let b = subset(all, chunk, y);
         let hidden = grad::infer(enc, t, &b)?;
         let z = grad::logits(enc, t, &hidden);
-        sum += grad::cross_entropy(&z, &b.labels, t.params[head_indices(t)[1]].value.len()).0
-            * chunk.len() as f32;
+        sum += grad::cross_entropy(
+            &z,
+            &b.labels,
+            t.params[t.head.expect("a classifier").classifier().1]
+                .value
+                .len(),
+        )
+        .0 * chunk.len() as f32;
     }
     Ok(sum / y.len().max(1) as f32)
 }
