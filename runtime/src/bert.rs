@@ -295,36 +295,37 @@ impl<B: AsRef<[u8]>> Encoder<B> {
         let dh = h / heads;
         let scale = 1.0 / libm::sqrtf(dh as f32);
         let starts = starts(lens);
-        // One task per (sequence, head): softmax(q k^T / sqrt(dh)) v, as `[n, dh]`.
+        // One task per (sequence, head): softmax(q k^T / sqrt(dh)) v, as `[n, dh]`, in f32
+        // matrix products over the head's columns (prefix rows first).
         let tasks = kernels::par_map(lens.len() * heads, |task| {
+            use kernels::gemm::{gemm, Strides};
             let (s, head) = (task / heads, task % heads);
             let (start, n, col) = (starts[s], lens[s], head * dh);
             let (pk, pv) = prefix.unwrap_or((&[], &[]));
-            let rows = AttentionRows {
-                k,
-                v,
-                pk,
-                pv,
-                h,
-                start,
-                col,
-                dh,
-            };
-            let (key, value) = (|j| rows.key(j), |j| rows.value(j));
-            let np = rows.prefix_len();
-            let mut out = vec![0f32; n * dh];
-            let mut scores = vec![0f32; np + n];
-            for i in 0..n {
-                let qi = &q[(start + i) * h + col..(start + i) * h + col + dh];
-                for (j, sc) in scores.iter_mut().enumerate() {
-                    *sc = kernels::dot(qi, key(j)) * scale;
-                }
-                kernels::softmax(&mut scores);
-                let o = &mut out[i * dh..(i + 1) * dh];
-                for (j, &p) in scores.iter().enumerate() {
-                    o.iter_mut().zip(value(j)).for_each(|(o, &x)| *o += p * x);
-                }
+            let np = pk.len() / h;
+            let m = np + n;
+            let rows = Strides::rows(h);
+            let qh = &q[start * h + col..];
+            // scores[i, j] = q_i . key_j, as `[n, np + n]`.
+            let mut scores = vec![0f32; n * m];
+            if np > 0 {
+                let kt = Strides::transposed(h);
+                gemm(n, dh, np, qh, rows, &pk[col..], kt, 0.0, &mut scores, Strides::rows(m));
             }
+            let kh = &k[start * h + col..];
+            let own = Strides::rows(m);
+            gemm(n, dh, n, qh, rows, kh, Strides::transposed(h), 0.0, &mut scores[np..], own);
+            for row in scores.chunks_exact_mut(m) {
+                row.iter_mut().for_each(|v| *v *= scale);
+                kernels::softmax(row);
+            }
+            let mut out = vec![0f32; n * dh];
+            if np > 0 {
+                gemm(n, np, dh, &scores, own, &pv[col..], rows, 0.0, &mut out, Strides::rows(dh));
+            }
+            let vh = &v[start * h + col..];
+            let beta = if np > 0 { 1.0 } else { 0.0 };
+            gemm(n, n, dh, &scores[np..], own, vh, rows, beta, &mut out, Strides::rows(dh));
             out
         });
         let mut ctx = vec![0f32; q.len()];

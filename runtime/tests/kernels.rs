@@ -59,16 +59,144 @@ fn block_dots_match_the_reference() {
                     "{} {ty}: {got} vs {want}",
                     k.name
                 );
-                if ty == TensorType::Q8_0 {
-                    let four = (k.dot_q8_0_x4)(&wq, [&xq, &xq, &xq, &xq]);
-                    for g in four {
-                        assert!(
-                            (g - want).abs() <= QDOT_REL_TOL * scale,
-                            "{} x4: {g} vs {want}",
-                            k.name
-                        );
-                    }
+            }
+        }
+    }
+}
+
+#[test]
+fn q8_0_tiles_match_the_reference() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+    for k in variants() {
+        for _ in 0..100 {
+            let blocks = rng.gen_range(1..50);
+            let rows: Vec<Vec<u8>> = (0..2)
+                .map(|_| {
+                    let ws = rng.gen_range(0.01..4.0);
+                    let w = random_vec(&mut rng, blocks * QK, ws);
+                    let mut wq = Vec::new();
+                    quant::quantize(&w, TensorType::Q8_0, &mut wq).unwrap();
+                    wq
+                })
+                .collect();
+            let toks: Vec<Vec<qdot::ActBlock>> = (0..4)
+                .map(|_| {
+                    let xs = rng.gen_range(0.01..8.0);
+                    let x = random_vec(&mut rng, blocks * QK, xs);
+                    let mut xq = Vec::new();
+                    qdot::quantize_activations(&x, &mut xq);
+                    xq
+                })
+                .collect();
+            let w = [&rows[0][..], &rows[1][..]];
+            let x = [&toks[0][..], &toks[1][..], &toks[2][..], &toks[3][..]];
+            let got = (k.dot_q8_0_2x4)(w, x);
+            for (i, g) in got.iter().enumerate() {
+                let want = generic::dot_q8_0(w[i / 4], x[i % 4]);
+                // The block sums' magnitudes bound the f32 rounding of any summation order.
+                let scale: f32 = rows[i / 4]
+                    .chunks_exact(qdot::Q8_0_BLOCK_BYTES)
+                    .zip(x[i % 4])
+                    .map(|(wb, xb)| {
+                        let s: i32 = wb[2..].iter().zip(&xb.qs).map(|(&a, &b)| (a as i8 as i32 * b as i32).abs()).sum();
+                        qdot::block_scale(wb).abs() * xb.d * s as f32
+                    })
+                    .sum::<f32>()
+                    + 1e-6;
+                assert!(
+                    (g - want).abs() <= QDOT_REL_TOL * scale,
+                    "{} 2x4 [{i}]: {g} vs {want}",
+                    k.name
+                );
+            }
+        }
+    }
+}
+
+/// Softmax with a polynomial `exp`, relative to each probability (plus a floor for the tiny
+/// ones).
+const SOFTMAX_REL_TOL: f32 = 2e-6;
+const SOFTMAX_ABS_FLOOR: f32 = 1e-30;
+/// GELU with Abramowitz and Stegun's `erfc` (absolute error 1.5e-7 on Phi), scaled by `max(1, |x|)`.
+const GELU_ABS_TOL: f32 = 5e-7;
+
+#[test]
+fn softmax_gelu_and_quantization_match_the_reference() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(18);
+    for k in variants() {
+        for n in [1, 3, 7, 8, 9, 16, 31, 128, 135] {
+            for spread in [0.1f32, 5.0, 40.0, 200.0] {
+                let x = random_vec(&mut rng, n, spread);
+                let (mut got, mut want) = (x.clone(), x.clone());
+                (k.softmax)(&mut got);
+                generic::softmax(&mut want);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= SOFTMAX_REL_TOL * w + SOFTMAX_ABS_FLOOR,
+                        "{} softmax n={n} spread={spread}: {g} vs {w}",
+                        k.name
+                    );
                 }
+                let (mut got, mut want) = (x.clone(), x.clone());
+                (k.gelu)(&mut got);
+                generic::gelu(&mut want);
+                for ((g, w), v) in got.iter().zip(&want).zip(&x) {
+                    assert!(
+                        (g - w).abs() <= GELU_ABS_TOL * v.abs().max(1.0),
+                        "{} gelu({v}): {g} vs {w}",
+                        k.name
+                    );
+                }
+            }
+        }
+        for blocks in [1, 2, 12, 48] {
+            let mut x = random_vec(&mut rng, blocks * QK, 6.0);
+            // Exact halves, zeros and an all-zero block exercise rounding and the zero scale.
+            x[0] = 0.0;
+            x[1] = -0.0;
+            if blocks > 1 {
+                x[QK..2 * QK].iter_mut().for_each(|v| *v = 0.0);
+            }
+            let (mut got, mut want) = (Vec::new(), Vec::new());
+            (k.quantize)(&x, &mut got);
+            qdot::quantize_activations(&x, &mut want);
+            assert_eq!(got, want, "{} quantize {blocks} blocks", k.name);
+        }
+    }
+}
+
+/// Every position of a Q8_0 linear layer equals the block dot product of its weight row and the
+/// token's quantized activations, on shapes that take each of the frame's paths (one thread,
+/// tokens split across threads, rows split across threads; odd rows, ragged token tiles).
+#[test]
+fn q8_0_linear_matches_block_dots_at_every_position() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(19);
+    for (rows, cols, n) in [(3, 32, 5), (37, 384, 41), (130, 1536, 2), (64, 96, 128), (7, 64, 1)] {
+        let w = random_vec(&mut rng, rows * cols, 0.5);
+        let x = random_vec(&mut rng, n * cols, 2.0);
+        let bias = random_vec(&mut rng, rows, 0.1);
+        let mut bytes = Vec::new();
+        quant::quantize(&w, TensorType::Q8_0, &mut bytes).unwrap();
+        let m = Matrix {
+            ty: TensorType::Q8_0,
+            rows,
+            cols,
+            data: &bytes,
+        };
+        let mut got = vec![0f32; n * rows];
+        kernels::linear(&x, n, &m, &bias, &mut got);
+        let mut xq = Vec::new();
+        qdot::quantize_activations(&x, &mut xq);
+        let bpr = cols / QK;
+        for t in 0..n {
+            for o in 0..rows {
+                let want = generic::dot_q8_0(m.row(o), &xq[t * bpr..(t + 1) * bpr]) + bias[o];
+                let scale: f32 = (0..cols).map(|i| (w[o * cols + i] * x[t * cols + i]).abs()).sum::<f32>() + 1e-3;
+                let g = got[t * rows + o];
+                assert!(
+                    (g - want).abs() <= QDOT_REL_TOL * scale,
+                    "{rows}x{cols} n={n} [{t}, {o}]: {g} vs {want}"
+                );
             }
         }
     }

@@ -103,12 +103,8 @@ pub fn dot_q4_0(w: &[u8], x: &[ActBlock]) -> f32 {
     s
 }
 
-/// Scalar reference of four tokens against one Q8_0 weight row.
-pub fn dot_q8_0_x4(w: &[u8], x: [&[ActBlock]; 4]) -> [f32; 4] {
-    [
-        dot_q8_0(w, x[0]),
-        dot_q8_0(w, x[1]),
-        dot_q8_0(w, x[2]),
-        dot_q8_0(w, x[3]),
-    ]
+/// Scalar reference of the 2 x 4 tile: two Q8_0 weight rows against four tokens, as
+/// `[row 0 x tokens 0..4, row 1 x tokens 0..4]`.
+pub fn dot_q8_0_2x4(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 8] {
+    core::array::from_fn(|i| dot_q8_0(w[i / 4], x[i % 4]))
 }

@@ -29,21 +29,30 @@ pub struct KernelSet {
     pub name: &'static str,
     /// Q8_0 weight row · activation blocks.
     pub dot_q8_0: fn(&[u8], &[ActBlock]) -> f32,
-    /// Q8_0 weight row · four tokens' activation blocks.
-    pub dot_q8_0_x4: fn(&[u8], [&[ActBlock]; 4]) -> [f32; 4],
+    /// Two Q8_0 weight rows · four tokens' activation blocks, `[row 0 x 4, row 1 x 4]`.
+    pub dot_q8_0_2x4: fn([&[u8]; 2], [&[ActBlock]; 4]) -> [f32; 8],
     /// Q4_0 weight row · activation blocks.
     pub dot_q4_0: fn(&[u8], &[ActBlock]) -> f32,
     /// f32 · f32.
     pub dot_f32: fn(&[f32], &[f32]) -> f32,
+    /// Softmax in place.
+    pub softmax: fn(&mut [f32]),
+    /// Exact GELU in place.
+    pub gelu: fn(&mut [f32]),
+    /// Activations (a multiple of 32) quantized per 32 values, appended.
+    pub quantize: fn(&[f32], &mut Vec<ActBlock>),
 }
 
 /// The scalar references.
 pub const GENERIC: KernelSet = KernelSet {
     name: "generic",
     dot_q8_0: generic::dot_q8_0,
-    dot_q8_0_x4: generic::dot_q8_0_x4,
+    dot_q8_0_2x4: generic::dot_q8_0_2x4,
     dot_q4_0: generic::dot_q4_0,
     dot_f32: generic::dot,
+    softmax: generic::softmax,
+    gelu: generic::gelu,
+    quantize: qdot::quantize_activations,
 };
 
 /// The AVX2 + FMA + F16C set, when this CPU has them.
@@ -62,12 +71,13 @@ pub fn avx2() -> Option<KernelSet> {
         unsafe { x86_64::avx2::dot_q8_0(w, x) }
     }
     #[allow(unsafe_code)]
-    fn q8x4(w: &[u8], x: [&[ActBlock]; 4]) -> [f32; 4] {
+    fn q8_2x4(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 8] {
         let nb = x[0].len();
-        assert!(w.len() >= nb * qdot::Q8_0_BLOCK_BYTES && x.iter().all(|s| s.len() == nb));
+        assert!(w.iter().all(|w| w.len() >= nb * qdot::Q8_0_BLOCK_BYTES));
+        assert!(x.iter().all(|s| s.len() == nb));
         // SAFETY: this set is only handed out after detecting AVX2, FMA and F16C; lengths
         // asserted.
-        unsafe { x86_64::avx2::dot_q8_0_x4(w, x) }
+        unsafe { x86_64::avx2::dot_q8_0_2x4(w, x) }
     }
     #[allow(unsafe_code)]
     fn q4(w: &[u8], x: &[ActBlock]) -> f32 {
@@ -80,12 +90,31 @@ pub fn avx2() -> Option<KernelSet> {
         // SAFETY: this set is only handed out after detecting AVX2, FMA and F16C.
         unsafe { x86_64::avx2::dot_f32(a, b) }
     }
+    #[allow(unsafe_code)]
+    fn softmax(x: &mut [f32]) {
+        // SAFETY: this set is only handed out after detecting AVX2, FMA and F16C.
+        unsafe { x86_64::avx2::softmax(x) }
+    }
+    #[allow(unsafe_code)]
+    fn gelu(x: &mut [f32]) {
+        // SAFETY: this set is only handed out after detecting AVX2, FMA and F16C.
+        unsafe { x86_64::avx2::gelu(x) }
+    }
+    #[allow(unsafe_code)]
+    fn quantize(x: &[f32], out: &mut Vec<ActBlock>) {
+        assert!(x.len() % QK == 0);
+        // SAFETY: this set is only handed out after detecting AVX2; length asserted.
+        unsafe { x86_64::avx2::quantize_activations(x, out) }
+    }
     Some(KernelSet {
         name: "avx2",
         dot_q8_0: q8,
-        dot_q8_0_x4: q8x4,
+        dot_q8_0_2x4: q8_2x4,
         dot_q4_0: q4,
         dot_f32: f,
+        softmax,
+        gelu,
+        quantize,
     })
 }
 
@@ -98,15 +127,18 @@ pub fn neon() -> Option<KernelSet> {
         // SAFETY: NEON is part of the aarch64 baseline; length asserted.
         unsafe { aarch64::neon::dot_q8_0(w, x) }
     }
-    fn q8x4(w: &[u8], x: [&[ActBlock]; 4]) -> [f32; 4] {
-        [q8(w, x[0]), q8(w, x[1]), q8(w, x[2]), q8(w, x[3])]
+    fn q8_2x4(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 8] {
+        core::array::from_fn(|i| q8(w[i / 4], x[i % 4]))
     }
     Some(KernelSet {
         name: "neon",
         dot_q8_0: q8,
-        dot_q8_0_x4: q8x4,
+        dot_q8_0_2x4: q8_2x4,
         dot_q4_0: generic::dot_q4_0,
         dot_f32: generic::dot,
+        softmax: generic::softmax,
+        gelu: generic::gelu,
+        quantize: qdot::quantize_activations,
     })
 }
 
@@ -141,94 +173,151 @@ const TOKEN_TILE: usize = 16;
 #[cfg(feature = "std")]
 const PARALLEL_MIN_MACS: usize = 1 << 16;
 
-/// `y[t, o] = sum_i x[t, i] * W[o, i] + bias[o]` for `n` tokens; `x` is `[n, W.cols]`, `y` is
-/// `[n, W.rows]`, row-major. Q8_0 and Q4_0 weights are multiplied in integers against
-/// activations quantized per 32 values (Q4_0 against two levels, the quantized activations and
-/// their quantized residual, so its result stays within cosine 0.9999 of f32 arithmetic over
-/// the same weights); F32 and F16 in f32. Output rows are split across the
-/// thread pool when the product is large enough.
-pub fn linear(x: &[f32], n: usize, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) {
-    let k = active();
-    let (rows, cols) = (w.rows, w.cols);
-    debug_assert_eq!(x.len(), n * cols);
-    debug_assert_eq!(y.len(), n * rows);
-    let (mut xq, mut xr) = (Vec::new(), Vec::new());
-    match w.ty {
-        TensorType::Q8_0 => qdot::quantize_activations(x, &mut xq),
-        TensorType::Q4_0 => qdot::quantize_activations_two_level(x, &mut xq, &mut xr),
-        _ => {}
-    }
-    let bpr = cols / QK;
-    // Computes output rows `r0..r0 + out.len() / n` into `out`, laid out `[row][token]`. Tokens
-    // go in tiles of TOKEN_TILE whose quantized activations stay in L1 while every weight row of
-    // the chunk passes over them.
-    let rows_into = |r0: usize, out: &mut [f32]| {
+/// One linear layer's operands, with its activations quantized for the weight type.
+struct LinearJob<'a> {
+    k: KernelSet,
+    x: &'a [f32],
+    w: &'a Matrix<'a>,
+    bias: &'a [f32],
+    xq: Vec<ActBlock>,
+    xr: Vec<ActBlock>,
+}
+
+impl LinearJob<'_> {
+    /// Computes outputs of rows `rows` for tokens `tokens`, handing each to `put(t, o, y)`.
+    /// Tokens go in tiles of TOKEN_TILE whose activations stay in L1 while the rows pass over
+    /// them; Q8_0 rows go in pairs against four tokens at a time.
+    fn run(
+        &self,
+        rows: core::ops::Range<usize>,
+        tokens: core::ops::Range<usize>,
+        mut put: impl FnMut(usize, usize, f32),
+    ) {
+        let (k, w) = (self.k, self.w);
+        let cols = w.cols;
+        let bpr = cols / QK;
+        let bias = |o: usize| self.bias.get(o).copied().unwrap_or(0.0);
+        let tok = |t: usize| &self.xq[t * bpr..(t + 1) * bpr];
         let mut buf = Vec::new();
-        let n_rows = out.len() / n;
-        for t0 in (0..n).step_by(TOKEN_TILE) {
-            let t1 = (t0 + TOKEN_TILE).min(n);
-            for i in 0..n_rows {
-                let o = r0 + i;
-                let b = bias.get(o).copied().unwrap_or(0.0);
-                let wr = w.row(o);
-                let o_out = &mut out[i * n..(i + 1) * n];
-                match w.ty {
-                    TensorType::Q8_0 => {
-                        let tok = |t: usize| &xq[t * bpr..(t + 1) * bpr];
+        for t0 in tokens.clone().step_by(TOKEN_TILE) {
+            let t1 = (t0 + TOKEN_TILE).min(tokens.end);
+            match w.ty {
+                TensorType::Q8_0 => {
+                    for o in rows.clone().step_by(2) {
+                        // An odd last row is paired with itself and stored once.
+                        let pair = o + 1 < rows.end;
+                        let o2 = if pair { o + 1 } else { o };
+                        let (wa, wb) = (w.row(o), w.row(o2));
+                        let (ba, bb) = (bias(o), bias(o2));
                         let mut t = t0;
                         while t + 4 <= t1 {
-                            let r =
-                                (k.dot_q8_0_x4)(wr, [tok(t), tok(t + 1), tok(t + 2), tok(t + 3)]);
-                            for (j, v) in r.iter().enumerate() {
-                                o_out[t + j] = v + b;
+                            let r = (k.dot_q8_0_2x4)(
+                                [wa, wb],
+                                [tok(t), tok(t + 1), tok(t + 2), tok(t + 3)],
+                            );
+                            for j in 0..4 {
+                                put(t + j, o, r[j] + ba);
+                                if pair {
+                                    put(t + j, o2, r[4 + j] + bb);
+                                }
                             }
                             t += 4;
                         }
                         for t in t..t1 {
-                            o_out[t] = (k.dot_q8_0)(wr, tok(t)) + b;
+                            put(t, o, (k.dot_q8_0)(wa, tok(t)) + ba);
+                            if pair {
+                                put(t, o2, (k.dot_q8_0)(wb, tok(t)) + bb);
+                            }
                         }
                     }
-                    TensorType::Q4_0 => {
+                }
+                TensorType::Q4_0 => {
+                    for o in rows.clone() {
+                        let wr = w.row(o);
                         for t in t0..t1 {
                             let blocks = t * bpr..(t + 1) * bpr;
-                            o_out[t] = (k.dot_q4_0)(wr, &xq[blocks.clone()])
-                                + (k.dot_q4_0)(wr, &xr[blocks])
-                                + b;
+                            let v = (k.dot_q4_0)(wr, &self.xq[blocks.clone()])
+                                + (k.dot_q4_0)(wr, &self.xr[blocks]);
+                            put(t, o, v + bias(o));
                         }
                     }
-                    _ => {
-                        buf.resize(cols, 0.0);
+                }
+                _ => {
+                    buf.resize(cols, 0.0);
+                    for o in rows.clone() {
                         w.dequantize_row(o, &mut buf);
                         for t in t0..t1 {
-                            o_out[t] = (k.dot_f32)(&x[t * cols..(t + 1) * cols], &buf) + b;
+                            let v = (k.dot_f32)(&self.x[t * cols..(t + 1) * cols], &buf);
+                            put(t, o, v + bias(o));
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// `y[t, o] = sum_i x[t, i] * W[o, i] + bias[o]` for `n` tokens; `x` is `[n, W.cols]`, `y` is
+/// `[n, W.rows]`, row-major. Q8_0 and Q4_0 weights are multiplied in integers against
+/// activations quantized per 32 values (Q4_0 against two levels, the quantized activations and
+/// their quantized residual, so its result stays within cosine 0.9999 of f32 arithmetic over
+/// the same weights); F32 and F16 in f32. Large products run on the thread pool: split by
+/// tokens when there are enough of them, else by output rows.
+pub fn linear(x: &[f32], n: usize, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) {
+    let k = active();
+    let (rows, cols) = (w.rows, w.cols);
+    debug_assert_eq!(x.len(), n * cols);
+    debug_assert_eq!(y.len(), n * rows);
+    let mut job = LinearJob {
+        k,
+        x,
+        w,
+        bias,
+        xq: Vec::new(),
+        xr: Vec::new(),
     };
-    let mut by_row = alloc::vec![0f32; rows * n];
+    match w.ty {
+        TensorType::Q8_0 => (k.quantize)(x, &mut job.xq),
+        TensorType::Q4_0 => qdot::quantize_activations_two_level(x, &mut job.xq, &mut job.xr),
+        _ => {}
+    }
     #[cfg(feature = "std")]
     {
+        use rayon::prelude::*;
         let threads = rayon::current_num_threads();
         if threads > 1 && rows * n * cols >= PARALLEL_MIN_MACS {
-            use rayon::prelude::*;
-            let chunk_rows = rows.div_ceil(threads * 4).max(1);
-            by_row
-                .par_chunks_mut(chunk_rows * n)
-                .enumerate()
-                .for_each(|(c, out)| rows_into(c * chunk_rows, out));
-        } else {
-            rows_into(0, &mut by_row);
+            if n >= 8 * threads {
+                // Whole tokens per task: each writes its own rows of `y`.
+                let chunk = n.div_ceil(threads * 2).next_multiple_of(4);
+                y.par_chunks_mut(chunk * rows)
+                    .enumerate()
+                    .for_each(|(c, out)| {
+                        let t0 = c * chunk;
+                        let t1 = t0 + out.len() / rows;
+                        job.run(0..rows, t0..t1, |t, o, v| out[(t - t0) * rows + o] = v);
+                    });
+            } else {
+                // Few tokens: chunks of output rows, laid out `[row][token]`, then transposed.
+                let chunk_rows = rows.div_ceil(threads * 4).next_multiple_of(2);
+                let mut by_row = alloc::vec![0f32; rows * n];
+                by_row
+                    .par_chunks_mut(chunk_rows * n)
+                    .enumerate()
+                    .for_each(|(c, out)| {
+                        let r0 = c * chunk_rows;
+                        let r1 = r0 + out.len() / n;
+                        job.run(r0..r1, 0..n, |t, o, v| out[(o - r0) * n + t] = v);
+                    });
+                for o in 0..rows {
+                    for t in 0..n {
+                        y[t * rows + o] = by_row[o * n + t];
+                    }
+                }
+            }
+            return;
         }
     }
-    #[cfg(not(feature = "std"))]
-    rows_into(0, &mut by_row);
-    for o in 0..rows {
-        for t in 0..n {
-            y[t * rows + o] = by_row[o * n + t];
-        }
-    }
+    job.run(0..rows, 0..n, |t, o, v| y[t * rows + o] = v);
 }
 
 /// The backward of [`linear`] with respect to its input: `dx[t, i] += sum_o dy[t, o] * W[o, i]`
@@ -291,7 +380,7 @@ pub fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
 
 /// Softmax of `x` in place.
 pub fn softmax(x: &mut [f32]) {
-    generic::softmax(x)
+    (active().softmax)(x)
 }
 
 /// Exact GELU, `x * Phi(x)`, in place (in parallel chunks on the pool).
@@ -299,10 +388,11 @@ pub fn gelu(x: &mut [f32]) {
     #[cfg(feature = "std")]
     {
         use rayon::prelude::*;
-        x.par_chunks_mut(4096).for_each(generic::gelu);
+        let gelu = active().gelu;
+        x.par_chunks_mut(4096).for_each(gelu);
     }
     #[cfg(not(feature = "std"))]
-    generic::gelu(x)
+    (active().gelu)(x)
 }
 
 /// `f(0), f(1), ..., f(count - 1)`, computed on the pool (sequentially without `std`).

@@ -1,6 +1,7 @@
 //! AVX2 + FMA kernels: i8 block dot products with `vpmaddubsw` (the sign trick: |w| as u8 times
 //! x with w's sign), f32 dot products with FMA.
 
+use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
 use crate::kernels::qdot::{ActBlock, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
@@ -64,38 +65,62 @@ pub unsafe fn dot_q8_0(w: &[u8], x: &[ActBlock]) -> f32 {
     }
 }
 
-/// Dot products of one Q8_0 weight row with four tokens' activation blocks at once: each weight
-/// block is loaded and its scale converted once for the four.
+/// Sums of eight accumulators, as one vector: lane `i` is the sum of `acc[i]`'s lanes.
+#[inline(always)]
+unsafe fn hsum8(acc: &[__m256; 8]) -> __m256 {
+    // SAFETY: register-only arithmetic under AVX.
+    unsafe {
+        let h01 = _mm256_hadd_ps(acc[0], acc[1]);
+        let h23 = _mm256_hadd_ps(acc[2], acc[3]);
+        let h45 = _mm256_hadd_ps(acc[4], acc[5]);
+        let h67 = _mm256_hadd_ps(acc[6], acc[7]);
+        // [s0, s1, s2, s3 | s0', s1', s2', s3']: halves of the sums of accumulators 0-3.
+        let lo = _mm256_hadd_ps(h01, h23);
+        let hi = _mm256_hadd_ps(h45, h67);
+        _mm256_add_ps(
+            _mm256_permute2f128_ps(lo, hi, 0x20),
+            _mm256_permute2f128_ps(lo, hi, 0x31),
+        )
+    }
+}
+
+/// The 2 x 4 tile: two Q8_0 weight rows against four tokens' activation blocks, so each weight
+/// block is loaded once for four tokens and each activation block once for two rows. Returns
+/// `[row 0 x tokens 0..4, row 1 x tokens 0..4]`.
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C; `w` must hold at least `x[0].len() * 34` bytes and
+/// The CPU must support AVX2, FMA and F16C; both rows hold at least `x[0].len() * 34` bytes and
 /// the four slices have the same length.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q8_0_x4(w: &[u8], x: [&[ActBlock]; 4]) -> [f32; 4] {
+pub unsafe fn dot_q8_0_2x4(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 8] {
     let nb = x[0].len();
-    debug_assert!(w.len() >= nb * Q8_0_BLOCK_BYTES && x.iter().all(|s| s.len() == nb));
-    // SAFETY: as in `dot_q8_0`, for each of the four activation slices of `nb` blocks.
+    debug_assert!(w.iter().all(|w| w.len() >= nb * Q8_0_BLOCK_BYTES));
+    debug_assert!(x.iter().all(|s| s.len() == nb));
+    // SAFETY: weight loads read 32 bytes at `2 + 34 * b` (b < nb) of rows holding `34 * nb`
+    // bytes; activation loads read the 32-byte `qs` of block `b < nb` of each token's slice.
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); 4];
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let (w0, w1) = (w[0].as_ptr(), w[1].as_ptr());
         for b in 0..nb {
-            let wb = w.as_ptr().add(b * Q8_0_BLOCK_BYTES);
-            let qw = _mm256_loadu_si256(wb.add(2) as *const __m256i);
-            let aw = _mm256_sign_epi8(qw, qw);
-            let dw = scale_at(wb);
+            let (b0, b1) = (w0.add(b * Q8_0_BLOCK_BYTES), w1.add(b * Q8_0_BLOCK_BYTES));
+            let q0 = _mm256_loadu_si256(b0.add(2) as *const __m256i);
+            let q1 = _mm256_loadu_si256(b1.add(2) as *const __m256i);
+            let (a0, a1) = (_mm256_sign_epi8(q0, q0), _mm256_sign_epi8(q1, q1));
+            let (d0, d1) = (scale_at(b0), scale_at(b1));
             for t in 0..4 {
                 let xb = x[t].get_unchecked(b);
                 let qx = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-                let p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(qx, qw));
-                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
-                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xb.d), p, acc[t]);
+                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(qx, q0)), ones);
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(qx, q1)), ones);
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * xb.d), _mm256_cvtepi32_ps(p0), acc[t]);
+                acc[4 + t] =
+                    _mm256_fmadd_ps(_mm256_set1_ps(d1 * xb.d), _mm256_cvtepi32_ps(p1), acc[4 + t]);
             }
         }
-        [
-            hsum_ps(acc[0]),
-            hsum_ps(acc[1]),
-            hsum_ps(acc[2]),
-            hsum_ps(acc[3]),
-        ]
+        let mut out = [0f32; 8];
+        _mm256_storeu_ps(out.as_mut_ptr(), hsum8(&acc));
+        out
     }
 }
 
@@ -164,5 +189,206 @@ pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
             i += 1;
         }
         s
+    }
+}
+
+/// `e^x` for eight lanes: Cephes' range reduction `x = n ln 2 + r` and its degree-6 polynomial
+/// for `e^r`, scaled by `2^n` through the exponent bits. Inputs are clamped to
+/// `[-87.3, 88.3]`, so the result stays a normal float.
+#[inline(always)]
+unsafe fn exp_ps(x: __m256) -> __m256 {
+    // SAFETY: register-only arithmetic under AVX2 + FMA.
+    unsafe {
+        let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3)), _mm256_set1_ps(88.3));
+        let n = _mm256_round_ps(
+            _mm256_mul_ps(x, _mm256_set1_ps(core::f32::consts::LOG2_E)),
+            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+        );
+        // r = x - n ln 2, with ln 2 split in two for precision.
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm256_set1_ps(1.987_569_1e-4);
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.398_2e-3));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.333_452e-3));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.166_579_6e-2));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.666_666_5e-1));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
+        let r2 = _mm256_mul_ps(r, r);
+        let y = _mm256_add_ps(_mm256_fmadd_ps(p, r2, r), _mm256_set1_ps(1.0));
+        // 2^n from the exponent field; n is in [-126, 127] after the clamp.
+        let bits = _mm256_slli_epi32(
+            _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+            23,
+        );
+        _mm256_mul_ps(y, _mm256_castsi256_ps(bits))
+    }
+}
+
+/// Eight lanes of `slice[at..]`, padded with `pad` past its end.
+#[inline(always)]
+unsafe fn load_padded(s: &[f32], at: usize, pad: f32) -> __m256 {
+    let mut lanes = [pad; 8];
+    let n = (s.len() - at).min(8);
+    lanes[..n].copy_from_slice(&s[at..at + n]);
+    // SAFETY: `lanes` holds eight floats.
+    unsafe { _mm256_loadu_ps(lanes.as_ptr()) }
+}
+
+/// Stores the first `min(8, s.len() - at)` lanes of `v` at `s[at..]`.
+#[inline(always)]
+unsafe fn store_partial(s: &mut [f32], at: usize, v: __m256) {
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` holds eight floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
+    let n = (s.len() - at).min(8);
+    s[at..at + n].copy_from_slice(&lanes[..n]);
+}
+
+#[inline(always)]
+unsafe fn hmax_ps(v: __m256) -> f32 {
+    // SAFETY: register-only arithmetic under AVX.
+    unsafe {
+        let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+        _mm_cvtss_f32(m)
+    }
+}
+
+/// Softmax of `x` in place, with [`exp_ps`].
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn softmax(x: &mut [f32]) {
+    let n = x.len();
+    let full = n / 8 * 8;
+    // SAFETY: full-width loads and stores at `i + 8 <= full <= n`; the tail goes through the
+    // padded helpers, which copy within bounds.
+    unsafe {
+        let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+        for i in (0..full).step_by(8) {
+            m = _mm256_max_ps(m, _mm256_loadu_ps(x.as_ptr().add(i)));
+        }
+        if full < n {
+            m = _mm256_max_ps(m, load_padded(x, full, f32::NEG_INFINITY));
+        }
+        let max = _mm256_set1_ps(hmax_ps(m));
+        let mut sum = _mm256_setzero_ps();
+        for i in (0..full).step_by(8) {
+            let e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), max));
+            sum = _mm256_add_ps(sum, e);
+            _mm256_storeu_ps(x.as_mut_ptr().add(i), e);
+        }
+        let mut tail = 0.0;
+        if full < n {
+            let e = exp_ps(_mm256_sub_ps(load_padded(x, full, 0.0), max));
+            store_partial(x, full, e);
+            tail = x[full..].iter().sum::<f32>();
+        }
+        let inv = _mm256_set1_ps(1.0 / (hsum_ps(sum) + tail));
+        for i in (0..full).step_by(8) {
+            let p = x.as_mut_ptr().add(i);
+            _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_loadu_ps(p), inv));
+        }
+        if full < n {
+            store_partial(x, full, _mm256_mul_ps(load_padded(x, full, 0.0), inv));
+        }
+    }
+}
+
+/// Exact GELU `x Phi(x)` for eight lanes, with `erfc` from Abramowitz and Stegun 7.1.26 (absolute
+/// error below 1.5e-7) on `|x| / sqrt 2`, so `Phi` keeps its precision for negative `x`.
+#[inline(always)]
+unsafe fn gelu_ps(x: __m256) -> __m256 {
+    // SAFETY: register-only arithmetic under AVX2 + FMA.
+    unsafe {
+        let sign = _mm256_set1_ps(-0.0);
+        let z = _mm256_mul_ps(_mm256_andnot_ps(sign, x), _mm256_set1_ps(core::f32::consts::FRAC_1_SQRT_2));
+        let t = _mm256_div_ps(
+            _mm256_set1_ps(1.0),
+            _mm256_fmadd_ps(_mm256_set1_ps(0.327_591_1), z, _mm256_set1_ps(1.0)),
+        );
+        let mut p = _mm256_set1_ps(1.061_405_4);
+        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.453_152_1));
+        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.421_413_7));
+        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.284_496_74));
+        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.254_829_6));
+        p = _mm256_mul_ps(p, t);
+        // erfc(z) = p e^{-z^2}; Phi(x) = 1 - erfc/2 for x >= 0, erfc/2 below.
+        let half_erfc = _mm256_mul_ps(
+            _mm256_mul_ps(p, exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(z, z)))),
+            _mm256_set1_ps(0.5),
+        );
+        let negative = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ);
+        let phi = _mm256_blendv_ps(
+            _mm256_sub_ps(_mm256_set1_ps(1.0), half_erfc),
+            half_erfc,
+            negative,
+        );
+        _mm256_mul_ps(x, phi)
+    }
+}
+
+/// Exact GELU in place, with [`gelu_ps`].
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn gelu(x: &mut [f32]) {
+    let full = x.len() / 8 * 8;
+    // SAFETY: full-width loads and stores at `i + 8 <= full`; the tail goes through the padded
+    // helpers.
+    unsafe {
+        for i in (0..full).step_by(8) {
+            let p = x.as_mut_ptr().add(i);
+            _mm256_storeu_ps(p, gelu_ps(_mm256_loadu_ps(p)));
+        }
+        if full < x.len() {
+            store_partial(x, full, gelu_ps(load_padded(x, full, 0.0)));
+        }
+    }
+}
+
+/// [`crate::kernels::qdot::quantize_activations`] with the same float operations in eight lanes,
+/// so the blocks are bit-identical to the reference's.
+///
+/// # Safety
+/// The CPU must support AVX2; `x.len()` is a multiple of 32.
+#[target_feature(enable = "avx2")]
+pub unsafe fn quantize_activations(x: &[f32], out: &mut Vec<ActBlock>) {
+    debug_assert!(x.len() % 32 == 0);
+    out.reserve(x.len() / 32);
+    // SAFETY: each block reads 32 floats at `32 * b < x.len()` and writes 32 bytes into the
+    // block's `qs` array.
+    unsafe {
+        let sign = _mm256_set1_ps(-0.0);
+        for chunk in x.chunks_exact(32) {
+            let p = chunk.as_ptr();
+            let v = [
+                _mm256_loadu_ps(p),
+                _mm256_loadu_ps(p.add(8)),
+                _mm256_loadu_ps(p.add(16)),
+                _mm256_loadu_ps(p.add(24)),
+            ];
+            let a = v.map(|v| _mm256_andnot_ps(sign, v));
+            let amax = hmax_ps(_mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3])));
+            let d = amax / 127.0;
+            let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+            // Round half away from zero as the reference does: add +-0.5, then truncate.
+            let q = v.map(|v| {
+                let r = _mm256_mul_ps(v, id);
+                let half = _mm256_or_ps(_mm256_and_ps(r, sign), _mm256_set1_ps(0.5));
+                _mm256_cvttps_epi32(_mm256_add_ps(r, half))
+            });
+            // i32 -> i16 -> i8 packs work per 128-bit lane; the permute restores the order.
+            let w01 = _mm256_packs_epi32(q[0], q[1]);
+            let w23 = _mm256_packs_epi32(q[2], q[3]);
+            let b = _mm256_packs_epi16(w01, w23);
+            let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            let mut block = ActBlock { d, qs: [0; 32] };
+            _mm256_storeu_si256(block.qs.as_mut_ptr() as *mut __m256i, b);
+            out.push(block);
+        }
     }
 }
