@@ -5,6 +5,9 @@ deviation per data set, K and method.
 
 usage: python3 bench/fewshot.py PETAL MODEL OUT.jsonl [--methods a,b] [--datasets a,b]
                                 [--ks 16,8] [--seeds 0,1,2] [--table-only]
+
+A method may carry settings after `@`, as `petal adapt` flags joined by `+`: `setfit@epochs=5` runs
+`petal adapt --method setfit --epochs 5` and is reported under that name.
 """
 import argparse, json, os, statistics, subprocess, sys, tempfile, time
 
@@ -39,7 +42,7 @@ def table(records):
         groups.setdefault((r["k"], r["dataset"], r["method"]), []).append(r)
     lines = ["| K | data set | method | accuracy % (mean ± sd) | seeds | train s (mean) | peak RSS MB (max) | best reference |",
              "|---|---|---|---|---|---|---|---|"]
-    for (k, ds, m) in sorted(groups, key=lambda g: (-g[0], g[1], METHODS.index(g[2]) if g[2] in METHODS else 99)):
+    for (k, ds, m) in sorted(groups, key=lambda g: (-g[0], g[1], METHODS.index(g[2].partition("@")[0]) if g[2].partition("@")[0] in METHODS else 99)):
         rs = groups[(k, ds, m)]
         accs = [100 * r["accuracy"] for r in rs]
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
@@ -71,8 +74,11 @@ def main():
                             train = os.path.join(DATA, ds, f"train-k{k}-s{seed}.jsonl")
                             test = os.path.join(DATA, ds, "test.jsonl")
                             adapter = os.path.join(tmp, f"{ds}-{k}-{seed}-{m}")
-                            out, wall, rss = run_rss([a.petal, "-q", "adapt", a.model, "--train", train, "--method", m,
-                                                      "--seed", str(seed), "-o", adapter, "--json"])
+                            name, _, settings = m.partition("@")
+                            flags = [x for kv in filter(None, settings.split("+")) for x in
+                                     ("--" + kv.partition("=")[0].replace("_", "-"), kv.partition("=")[2])]
+                            out, wall, rss = run_rss([a.petal, "-q", "adapt", a.model, "--train", train, "--method", name,
+                                                      "--seed", str(seed), "-o", adapter, "--json"] + flags)
                             s = json.loads(out)
                             ev, _, _ = run_rss([a.petal, "-q", "eval", a.model, "--adapter", adapter, "--test", test, "--json"])
                             e = json.loads(ev)

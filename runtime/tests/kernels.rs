@@ -68,6 +68,7 @@ fn block_dots_match_the_reference() {
 fn q8_0_tiles_match_the_reference() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(17);
     for k in variants() {
+        eprintln!("2x4 tile: {}", k.name);
         for _ in 0..100 {
             let blocks = rng.gen_range(1..50);
             let rows: Vec<Vec<u8>> = (0..2)

@@ -118,7 +118,8 @@ pub fn avx2() -> Option<KernelSet> {
     })
 }
 
-/// The NEON set (aarch64 always has NEON); Q4_0 and f32 products use the references.
+/// The NEON set (aarch64 always has NEON), with SDOT for the Q8_0 products when the CPU has
+/// dotprod; Q4_0, f32 products, softmax, GELU and quantization use the references.
 #[cfg(target_arch = "aarch64")]
 pub fn neon() -> Option<KernelSet> {
     #[allow(unsafe_code)]
@@ -127,13 +128,37 @@ pub fn neon() -> Option<KernelSet> {
         // SAFETY: NEON is part of the aarch64 baseline; length asserted.
         unsafe { aarch64::neon::dot_q8_0(w, x) }
     }
-    fn q8_2x4(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 8] {
-        core::array::from_fn(|i| q8(w[i / 4], x[i % 4]))
+    fn check_tile(w: [&[u8]; 2], x: [&[ActBlock]; 4]) {
+        let nb = x[0].len();
+        assert!(w.iter().all(|w| w.len() >= nb * qdot::Q8_0_BLOCK_BYTES));
+        assert!(x.iter().all(|s| s.len() == nb));
     }
+    #[allow(unsafe_code)]
+    fn q8_2x4(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 8] {
+        check_tile(w, x);
+        // SAFETY: NEON is part of the aarch64 baseline; lengths asserted.
+        unsafe { aarch64::neon::dot_q8_0_2x4(w, x) }
+    }
+    #[allow(unsafe_code)]
+    fn q8_sdot(w: &[u8], x: &[ActBlock]) -> f32 {
+        assert!(w.len() >= x.len() * qdot::Q8_0_BLOCK_BYTES);
+        // SAFETY: only handed out after detecting dotprod; length asserted.
+        unsafe { aarch64::neon::dot_q8_0_dotprod(w, x) }
+    }
+    #[allow(unsafe_code)]
+    fn q8_2x4_sdot(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 8] {
+        check_tile(w, x);
+        // SAFETY: only handed out after detecting dotprod; lengths asserted.
+        unsafe { aarch64::neon::dot_q8_0_2x4_dotprod(w, x) }
+    }
+    #[cfg(feature = "std")]
+    let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
+    #[cfg(not(feature = "std"))]
+    let dotprod = false;
     Some(KernelSet {
-        name: "neon",
-        dot_q8_0: q8,
-        dot_q8_0_2x4: q8_2x4,
+        name: if dotprod { "neon+dotprod" } else { "neon" },
+        dot_q8_0: if dotprod { q8_sdot } else { q8 },
+        dot_q8_0_2x4: if dotprod { q8_2x4_sdot } else { q8_2x4 },
         dot_q4_0: generic::dot_q4_0,
         dot_f32: generic::dot,
         softmax: generic::softmax,

@@ -31,3 +31,123 @@ pub unsafe fn dot_q8_0(w: &[u8], x: &[ActBlock]) -> f32 {
         vaddvq_f32(acc)
     }
 }
+
+/// Sum of the products of 32 signed bytes `w[0..32]` and `x`, with widening multiplies.
+#[inline(always)]
+unsafe fn block_dot_widening(w0: int8x16_t, w1: int8x16_t, x: &ActBlock) -> int32x4_t {
+    // SAFETY: reads the 32-byte `qs` of an `ActBlock` in two 16-byte loads.
+    unsafe {
+        let x0 = vld1q_s8(x.qs.as_ptr());
+        let x1 = vld1q_s8(x.qs.as_ptr().add(16));
+        let p0 = vmlal_high_s8(vmull_s8(vget_low_s8(w0), vget_low_s8(x0)), w0, x0);
+        let p1 = vmlal_high_s8(vmull_s8(vget_low_s8(w1), vget_low_s8(x1)), w1, x1);
+        vpadalq_s16(vpaddlq_s16(p0), p1)
+    }
+}
+
+/// The 2 x 4 tile of two Q8_0 weight rows against four tokens (see the AVX2 kernel), with
+/// widening multiplies. Returns `[row 0 x tokens 0..4, row 1 x tokens 0..4]`.
+///
+/// # Safety
+/// Both rows hold at least `x[0].len() * 34` bytes; the four slices have the same length.
+#[target_feature(enable = "neon")]
+pub unsafe fn dot_q8_0_2x4(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 8] {
+    let nb = x[0].len();
+    debug_assert!(w.iter().all(|w| w.len() >= nb * Q8_0_BLOCK_BYTES));
+    debug_assert!(x.iter().all(|s| s.len() == nb));
+    // SAFETY: weight loads read 16 bytes at `2 + 34 b` and `18 + 34 b` (b < nb) of rows holding
+    // `34 nb` bytes; activation loads stay in the `qs` of block `b < nb` of each slice.
+    unsafe {
+        let mut acc = [vdupq_n_f32(0.0); 8];
+        for b in 0..nb {
+            for r in 0..2 {
+                let wb = w[r].as_ptr().add(b * Q8_0_BLOCK_BYTES);
+                let w0 = vld1q_s8(wb.add(2) as *const i8);
+                let w1 = vld1q_s8(wb.add(18) as *const i8);
+                let d = block_scale(core::slice::from_raw_parts(wb, 2));
+                for t in 0..4 {
+                    let xb = x[t].get_unchecked(b);
+                    let s = block_dot_widening(w0, w1, xb);
+                    acc[r * 4 + t] = vmlaq_n_f32(acc[r * 4 + t], vcvtq_f32_s32(s), d * xb.d);
+                }
+            }
+        }
+        core::array::from_fn(|i| vaddvq_f32(acc[i]))
+    }
+}
+
+/// `acc += ` four-way dot products of the i8 lanes of `a` and `b` (SDOT, FEAT_DotProd). Only
+/// for functions compiled with the `dotprod` target feature.
+macro_rules! sdot {
+    ($acc:expr, $a:expr, $b:expr) => {{
+        let mut acc: int32x4_t = $acc;
+        core::arch::asm!(
+            "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+            acc = inout(vreg) acc,
+            a = in(vreg) $a,
+            b = in(vreg) $b,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+        acc
+    }};
+}
+
+/// [`dot_q8_0`] with SDOT.
+///
+/// # Safety
+/// The CPU must support dotprod; `w` must hold at least `x.len() * 34` bytes.
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn dot_q8_0_dotprod(w: &[u8], x: &[ActBlock]) -> f32 {
+    debug_assert!(w.len() >= x.len() * Q8_0_BLOCK_BYTES);
+    // SAFETY: as in `dot_q8_0`; SDOT is available by this function's contract.
+    unsafe {
+        let mut acc = vdupq_n_f32(0.0);
+        for (b, xb) in x.iter().enumerate() {
+            let wb = w.as_ptr().add(b * Q8_0_BLOCK_BYTES);
+            let w0 = vld1q_s8(wb.add(2) as *const i8);
+            let w1 = vld1q_s8(wb.add(18) as *const i8);
+            let x0 = vld1q_s8(xb.qs.as_ptr());
+            let x1 = vld1q_s8(xb.qs.as_ptr().add(16));
+            let s = sdot!(sdot!(vdupq_n_s32(0), w0, x0), w1, x1);
+            let d = block_scale(core::slice::from_raw_parts(wb, 2)) * xb.d;
+            acc = vmlaq_n_f32(acc, vcvtq_f32_s32(s), d);
+        }
+        vaddvq_f32(acc)
+    }
+}
+
+/// The 2 x 4 tile with SDOT.
+///
+/// # Safety
+/// The CPU must support dotprod; both rows hold at least `x[0].len() * 34` bytes; the four
+/// slices have the same length.
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn dot_q8_0_2x4_dotprod(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 8] {
+    let nb = x[0].len();
+    debug_assert!(w.iter().all(|w| w.len() >= nb * Q8_0_BLOCK_BYTES));
+    debug_assert!(x.iter().all(|s| s.len() == nb));
+    // SAFETY: as in `dot_q8_0_2x4`; SDOT is available by this function's contract.
+    unsafe {
+        let mut acc = [vdupq_n_f32(0.0); 8];
+        for b in 0..nb {
+            let (wa, wb) = (
+                w[0].as_ptr().add(b * Q8_0_BLOCK_BYTES),
+                w[1].as_ptr().add(b * Q8_0_BLOCK_BYTES),
+            );
+            let (a0, a1) = (vld1q_s8(wa.add(2) as *const i8), vld1q_s8(wa.add(18) as *const i8));
+            let (b0, b1) = (vld1q_s8(wb.add(2) as *const i8), vld1q_s8(wb.add(18) as *const i8));
+            let da = block_scale(core::slice::from_raw_parts(wa, 2));
+            let db = block_scale(core::slice::from_raw_parts(wb, 2));
+            for t in 0..4 {
+                let xb = x[t].get_unchecked(b);
+                let x0 = vld1q_s8(xb.qs.as_ptr());
+                let x1 = vld1q_s8(xb.qs.as_ptr().add(16));
+                let sa = sdot!(sdot!(vdupq_n_s32(0), a0, x0), a1, x1);
+                let sb = sdot!(sdot!(vdupq_n_s32(0), b0, x0), b1, x1);
+                acc[t] = vmlaq_n_f32(acc[t], vcvtq_f32_s32(sa), da * xb.d);
+                acc[4 + t] = vmlaq_n_f32(acc[4 + t], vcvtq_f32_s32(sb), db * xb.d);
+            }
+        }
+        core::array::from_fn(|i| vaddvq_f32(acc[i]))
+    }
+}

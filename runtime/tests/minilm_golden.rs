@@ -1,0 +1,97 @@
+//! The real MiniLM (q8_0, from `scripts/setup.sh`) against ONNX Runtime's embeddings in
+//! testdata/golden/minilm-l6, in the runtime's own suite so it also runs on aarch64 and armv7
+//! under QEMU with every kernel path of those CPUs (the workspace suite checks it on x86_64).
+
+use std::path::PathBuf;
+
+use petal_runtime::bert::{Input, NoHooks};
+use petal_runtime::pipeline::Model;
+
+/// Q8_0 weights with activations quantized per 32 values, against ONNX Runtime's f32 output:
+/// the same bounds as the workspace's golden test.
+const MINILM_Q8_0_MEAN_COS: f64 = 0.999;
+const MINILM_Q8_0_MIN_COS: f64 = 0.995;
+/// Texts checked under emulation (QEMU runs the encoder about 20 times slower).
+const TEXTS: usize = 8;
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+fn minilm_q8_0_matches_onnx_runtime_on_this_cpu() {
+    let model_path = std::env::var_os("PETAL_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("assets"))
+        .join("models/minilm-q8_0.gguf");
+    assert!(
+        model_path.exists(),
+        "{} is missing: run scripts/setup.sh first",
+        model_path.display()
+    );
+    let dir = workspace().join("testdata/golden/minilm-l6");
+    let bytes = std::fs::read(dir.join("golden.safetensors")).unwrap();
+    let golden = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let floats = |name: &str| -> Vec<f64> {
+        let t = golden.tensor(name).unwrap();
+        match t.dtype() {
+            safetensors::Dtype::F32 => t
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            safetensors::Dtype::I64 => t
+                .data()
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            other => panic!("{name}: unexpected {other:?}"),
+        }
+    };
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
+    let texts = meta["texts"].as_array().unwrap();
+    let want = floats("mean_pooled_normalized");
+    let h = want.len() / texts.len();
+
+    let mut model = Model::open(&model_path).unwrap();
+    model.set_max_length(128);
+    let mut cosines = Vec::new();
+    for (i, text) in texts.iter().take(TEXTS).enumerate() {
+        // ONNX Runtime saw the stored 128 ids (text, then [PAD]), every position attended.
+        let ids: Vec<u32> = floats(&format!("input_ids.{i}"))
+            .iter()
+            .map(|&v| v as u32)
+            .collect();
+        let text_ids: Vec<u32> = ids.iter().copied().filter(|&v| v != 0).collect();
+        assert_eq!(model.tokenize(text.as_str().unwrap()).unwrap().0, text_ids);
+        let lens = [ids.len()];
+        let enc = model.encoder();
+        let hidden = enc
+            .forward(
+                &Input {
+                    ids: &ids,
+                    type_ids: None,
+                    lens: &lens,
+                },
+                &mut NoHooks,
+            )
+            .unwrap();
+        let e = &enc.pool(&hidden)[0];
+        let w = &want[i * h..(i + 1) * h];
+        let dot: f64 = e.iter().zip(w).map(|(a, b)| *a as f64 * b).sum();
+        let na = e.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+        let nb = w.iter().map(|b| b * b).sum::<f64>().sqrt();
+        cosines.push(dot / (na * nb));
+    }
+    let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
+    let min = cosines.iter().copied().fold(f64::INFINITY, f64::min);
+    eprintln!(
+        "MiniLM q8_0 on {} kernels: mean cosine {mean:.6}, min {min:.6}",
+        petal_runtime::kernels::active().name
+    );
+    assert!(
+        mean >= MINILM_Q8_0_MEAN_COS && min >= MINILM_Q8_0_MIN_COS,
+        "q8_0 mean {mean}, min {min}"
+    );
+}
