@@ -114,6 +114,73 @@ fn q8_0_tiles_match_the_reference() {
     }
 }
 
+#[test]
+fn q8_0_panels_match_the_reference() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20);
+    for _ in 0..60 {
+        let blocks = rng.gen_range(1..50);
+        let ntok = rng.gen_range(1..=qdot::PANEL_TOKENS);
+        let rows: Vec<Vec<u8>> = (0..2)
+            .map(|_| {
+                let ws = rng.gen_range(0.01..4.0);
+                let w = random_vec(&mut rng, blocks * QK, ws);
+                let mut wq = Vec::new();
+                quant::quantize(&w, TensorType::Q8_0, &mut wq).unwrap();
+                wq
+            })
+            .collect();
+        let toks: Vec<Vec<qdot::ActBlock>> = (0..ntok)
+            .map(|_| {
+                let xs = rng.gen_range(0.01..8.0);
+                let x = random_vec(&mut rng, blocks * QK, xs);
+                let mut xq = Vec::new();
+                qdot::quantize_activations(&x, &mut xq);
+                xq
+            })
+            .collect();
+        let refs: Vec<&[qdot::ActBlock]> = toks.iter().map(|t| &t[..]).collect();
+        let mut panel = Vec::new();
+        qdot::pack_panel(&refs, blocks, &mut panel);
+        let w = [&rows[0][..], &rows[1][..]];
+        let want = generic::dot_q8_0_2x8(w, &panel);
+        for r in 0..2 {
+            for t in 0..qdot::PANEL_TOKENS {
+                let got = want[r * qdot::PANEL_TOKENS + t];
+                // The panel reference against the row reference, token by token; padding
+                // tokens are zero.
+                let exact = if t < ntok { generic::dot_q8_0(w[r], refs[t]) } else { 0.0 };
+                assert!(
+                    (got - exact).abs() <= QDOT_REL_TOL * (exact.abs() + got.abs() + 1e-3) * blocks as f32,
+                    "panel reference [{r}, {t}]: {got} vs {exact}"
+                );
+            }
+        }
+        for k in variants() {
+            let Some(f) = k.dot_q8_0_2x8 else { continue };
+            let got = f(w, &panel);
+            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                let scale = rows[i / qdot::PANEL_TOKENS]
+                    .chunks_exact(qdot::Q8_0_BLOCK_BYTES)
+                    .zip(&panel)
+                    .map(|(wb, pb)| {
+                        let t = i % qdot::PANEL_TOKENS;
+                        let s: i32 = (0..QK)
+                            .map(|k| (wb[2 + k] as i8 as i32 * pb.qs[k / 4][4 * t + k % 4] as i32).abs())
+                            .sum();
+                        qdot::block_scale(wb).abs() * pb.d[t] * s as f32
+                    })
+                    .sum::<f32>()
+                    + 1e-6;
+                assert!(
+                    (g - e).abs() <= QDOT_REL_TOL * scale,
+                    "{} 2x8 [{i}]: {g} vs {e}",
+                    k.name
+                );
+            }
+        }
+    }
+}
+
 /// Softmax with a polynomial `exp`, relative to each probability (plus a floor for the tiny
 /// ones).
 const SOFTMAX_REL_TOL: f32 = 2e-6;

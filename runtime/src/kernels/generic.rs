@@ -2,7 +2,9 @@
 
 use alloc::vec;
 
-use crate::kernels::qdot::{block_scale, ActBlock, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
+use crate::kernels::qdot::{
+    block_scale, ActBlock, Panel8, PANEL_TOKENS, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES,
+};
 use crate::quant::QK;
 use crate::weights::Matrix;
 
@@ -107,4 +109,24 @@ pub fn dot_q4_0(w: &[u8], x: &[ActBlock]) -> f32 {
 /// `[row 0 x tokens 0..4, row 1 x tokens 0..4]`.
 pub fn dot_q8_0_2x4(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 8] {
     core::array::from_fn(|i| dot_q8_0(w[i / 4], x[i % 4]))
+}
+
+/// Scalar reference of two Q8_0 weight rows against a panel of eight tokens (`nb` panels):
+/// `[row 0 x tokens 0..8, row 1 x tokens 0..8]`, exact i32 block sums scaled in f32.
+pub fn dot_q8_0_2x8(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
+    let mut out = [0f32; 16];
+    for (r, row) in w.iter().enumerate() {
+        for (wb, pb) in row.chunks_exact(Q8_0_BLOCK_BYTES).zip(p) {
+            for t in 0..PANEL_TOKENS {
+                let mut isum = 0i32;
+                for g in 0..QK / 4 {
+                    for j in 0..4 {
+                        isum += wb[2 + 4 * g + j] as i8 as i32 * pb.qs[g][4 * t + j] as i32;
+                    }
+                }
+                out[r * PANEL_TOKENS + t] += block_scale(wb) * pb.d[t] * isum as f32;
+            }
+        }
+    }
+    out
 }

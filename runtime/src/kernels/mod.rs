@@ -20,7 +20,7 @@ use alloc::vec::Vec;
 
 use crate::quant::{TensorType, QK};
 use crate::weights::Matrix;
-use qdot::ActBlock;
+use qdot::{ActBlock, Panel8, PANEL_TOKENS};
 
 /// One implementation of every kernel.
 #[derive(Clone, Copy, Debug)]
@@ -31,6 +31,9 @@ pub struct KernelSet {
     pub dot_q8_0: fn(&[u8], &[ActBlock]) -> f32,
     /// Two Q8_0 weight rows · four tokens' activation blocks, `[row 0 x 4, row 1 x 4]`.
     pub dot_q8_0_2x4: fn([&[u8]; 2], [&[ActBlock]; 4]) -> [f32; 8],
+    /// Two Q8_0 weight rows · a panel of eight tokens, `[row 0 x 8, row 1 x 8]`; when present,
+    /// linear layers pack their activations into panels and use it instead of the 2 x 4 tile.
+    pub dot_q8_0_2x8: Option<fn([&[u8]; 2], &[Panel8]) -> [f32; 16]>,
     /// Q4_0 weight row · activation blocks.
     pub dot_q4_0: fn(&[u8], &[ActBlock]) -> f32,
     /// f32 · f32.
@@ -48,6 +51,7 @@ pub const GENERIC: KernelSet = KernelSet {
     name: "generic",
     dot_q8_0: generic::dot_q8_0,
     dot_q8_0_2x4: generic::dot_q8_0_2x4,
+    dot_q8_0_2x8: None,
     dot_q4_0: generic::dot_q4_0,
     dot_f32: generic::dot,
     softmax: generic::softmax,
@@ -80,6 +84,13 @@ pub fn avx2() -> Option<KernelSet> {
         unsafe { x86_64::avx2::dot_q8_0_2x4(w, x) }
     }
     #[allow(unsafe_code)]
+    fn q8_2x8(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
+        assert!(w.iter().all(|w| w.len() >= p.len() * qdot::Q8_0_BLOCK_BYTES));
+        // SAFETY: this set is only handed out after detecting AVX2, FMA and F16C; lengths
+        // asserted.
+        unsafe { x86_64::avx2::dot_q8_0_2x8(w, p) }
+    }
+    #[allow(unsafe_code)]
     fn q4(w: &[u8], x: &[ActBlock]) -> f32 {
         assert!(w.len() >= x.len() * qdot::Q4_0_BLOCK_BYTES);
         // SAFETY: this set is only handed out after detecting AVX2, FMA and F16C; length asserted.
@@ -110,6 +121,7 @@ pub fn avx2() -> Option<KernelSet> {
         name: "avx2",
         dot_q8_0: q8,
         dot_q8_0_2x4: q8_2x4,
+        dot_q8_0_2x8: Some(q8_2x8),
         dot_q4_0: q4,
         dot_f32: f,
         softmax,
@@ -159,6 +171,7 @@ pub fn neon() -> Option<KernelSet> {
         name: if dotprod { "neon+dotprod" } else { "neon" },
         dot_q8_0: if dotprod { q8_sdot } else { q8 },
         dot_q8_0_2x4: if dotprod { q8_2x4_sdot } else { q8_2x4 },
+        dot_q8_0_2x8: None,
         dot_q4_0: generic::dot_q4_0,
         dot_f32: generic::dot,
         softmax: generic::softmax,
@@ -206,6 +219,8 @@ struct LinearJob<'a> {
     bias: &'a [f32],
     xq: Vec<ActBlock>,
     xr: Vec<ActBlock>,
+    /// Q8_0 activations packed by eight tokens, when the kernel set multiplies panels.
+    panels: Vec<Panel8>,
 }
 
 impl LinearJob<'_> {
@@ -227,6 +242,25 @@ impl LinearJob<'_> {
         for t0 in tokens.clone().step_by(TOKEN_TILE) {
             let t1 = (t0 + TOKEN_TILE).min(tokens.end);
             match w.ty {
+                TensorType::Q8_0 if !self.panels.is_empty() => {
+                    let panel = k.dot_q8_0_2x8.expect("panels are packed for this kernel");
+                    debug_assert!(t0 % PANEL_TOKENS == 0);
+                    for o in rows.clone().step_by(2) {
+                        let pair = o + 1 < rows.end;
+                        let o2 = if pair { o + 1 } else { o };
+                        let (ba, bb) = (bias(o), bias(o2));
+                        for g0 in (t0..t1).step_by(PANEL_TOKENS) {
+                            let g = g0 / PANEL_TOKENS;
+                            let r = panel([w.row(o), w.row(o2)], &self.panels[g * bpr..(g + 1) * bpr]);
+                            for t in g0..(g0 + PANEL_TOKENS).min(t1) {
+                                put(t, o, r[t - g0] + ba);
+                                if pair {
+                                    put(t, o2, r[PANEL_TOKENS + t - g0] + bb);
+                                }
+                            }
+                        }
+                    }
+                }
                 TensorType::Q8_0 => {
                     for o in rows.clone().step_by(2) {
                         // An odd last row is paired with itself and stored once.
@@ -300,9 +334,22 @@ pub fn linear(x: &[f32], n: usize, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) 
         bias,
         xq: Vec::new(),
         xr: Vec::new(),
+        panels: Vec::new(),
     };
     match w.ty {
-        TensorType::Q8_0 => (k.quantize)(x, &mut job.xq),
+        TensorType::Q8_0 => {
+            (k.quantize)(x, &mut job.xq);
+            if k.dot_q8_0_2x8.is_some() {
+                let bpr = cols / QK;
+                job.panels.reserve(n.div_ceil(PANEL_TOKENS) * bpr);
+                for g in (0..n).step_by(PANEL_TOKENS) {
+                    let toks: Vec<&[ActBlock]> = (g..(g + PANEL_TOKENS).min(n))
+                        .map(|t| &job.xq[t * bpr..(t + 1) * bpr])
+                        .collect();
+                    qdot::pack_panel(&toks, bpr, &mut job.panels);
+                }
+            }
+        }
         TensorType::Q4_0 => qdot::quantize_activations_two_level(x, &mut job.xq, &mut job.xr),
         _ => {}
     }
@@ -313,7 +360,7 @@ pub fn linear(x: &[f32], n: usize, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) 
         if threads > 1 && rows * n * cols >= PARALLEL_MIN_MACS {
             if n >= 8 * threads {
                 // Whole tokens per task: each writes its own rows of `y`.
-                let chunk = n.div_ceil(threads * 2).next_multiple_of(4);
+                let chunk = n.div_ceil(threads * 2).next_multiple_of(PANEL_TOKENS);
                 y.par_chunks_mut(chunk * rows)
                     .enumerate()
                     .for_each(|(c, out)| {

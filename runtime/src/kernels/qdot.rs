@@ -53,3 +53,50 @@ pub fn quantize_activations_two_level(x: &[f32], hi: &mut Vec<ActBlock>, lo: &mu
 pub fn block_scale(b: &[u8]) -> f32 {
     half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
 }
+
+/// Tokens in one [`Panel8`].
+pub const PANEL_TOKENS: usize = 8;
+
+/// One activation block of eight tokens, interleaved for kernels whose vector lanes are
+/// tokens: `qs[g]` holds values `4g..4g + 4` of each token in turn (token `t` at bytes
+/// `4t..4t + 4`), `abs` their magnitudes, `d` the tokens' scales. A weight block's four values
+/// `4g..4g + 4`, broadcast, then meet all eight tokens in one 32-byte product.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C, align(32))]
+pub struct Panel8 {
+    /// Scales of the eight tokens.
+    pub d: [f32; PANEL_TOKENS],
+    /// Values, by groups of four.
+    pub qs: [[i8; 32]; QK / 4],
+    /// `|qs|`.
+    pub abs: [[u8; 32]; QK / 4],
+}
+
+/// Packs the blocks of up to eight tokens (`tokens[t]`, each `nb` blocks) into `nb` panels,
+/// appended to `out`; missing tokens are zeros.
+pub fn pack_panel(tokens: &[&[ActBlock]], nb: usize, out: &mut Vec<Panel8>) {
+    debug_assert!(tokens.len() <= PANEL_TOKENS && tokens.iter().all(|t| t.len() == nb));
+    let start = out.len();
+    out.resize(
+        start + nb,
+        Panel8 {
+            d: [0.0; PANEL_TOKENS],
+            qs: [[0; 32]; QK / 4],
+            abs: [[0; 32]; QK / 4],
+        },
+    );
+    for (b, p) in out[start..].iter_mut().enumerate() {
+        for (t, tok) in tokens.iter().enumerate() {
+            let blk = &tok[b];
+            p.d[t] = blk.d;
+            for (g, four) in blk.qs.chunks_exact(4).enumerate() {
+                p.qs[g][4 * t..4 * t + 4].copy_from_slice(four);
+            }
+        }
+        for (a, q) in p.abs.iter_mut().zip(&p.qs) {
+            for (a, q) in a.iter_mut().zip(q) {
+                *a = q.unsigned_abs();
+            }
+        }
+    }
+}

@@ -4,7 +4,8 @@
 use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
-use crate::kernels::qdot::{ActBlock, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
+use crate::kernels::qdot::{ActBlock, Panel8, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
+use crate::quant::QK;
 
 /// The f16 scale at `p` as f32, with F16C (no call out of the vector loop).
 #[inline(always)]
@@ -112,8 +113,8 @@ pub unsafe fn dot_q8_0_2x4(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 8] {
                 let xb = x[t].get_unchecked(b);
                 let qx = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
                 let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(qx, q0)), ones);
-                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(qx, q1)), ones);
                 acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * xb.d), _mm256_cvtepi32_ps(p0), acc[t]);
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(qx, q1)), ones);
                 acc[4 + t] =
                     _mm256_fmadd_ps(_mm256_set1_ps(d1 * xb.d), _mm256_cvtepi32_ps(p1), acc[4 + t]);
             }
@@ -390,5 +391,48 @@ pub unsafe fn quantize_activations(x: &[f32], out: &mut Vec<ActBlock>) {
             _mm256_storeu_si256(block.qs.as_mut_ptr() as *mut __m256i, b);
             out.push(block);
         }
+    }
+}
+
+/// Two Q8_0 weight rows against a panel of eight tokens, lanes being tokens: per weight block,
+/// each group of four weights is broadcast and meets the eight tokens' four values in one
+/// `vpmaddubsw` (sign trick on the activations' side: `|x|` times `w` with `x`'s sign); the
+/// eight groups sum in i32, and one conversion and one multiply-add per block and row apply
+/// the block scales to all eight tokens. Returns `[row 0 x tokens 0..8, row 1 x tokens 0..8]`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; both rows hold at least `p.len() * 34` bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q8_0_2x8(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
+    debug_assert!(w.iter().all(|w| w.len() >= p.len() * Q8_0_BLOCK_BYTES));
+    // SAFETY: weight reads are 4 bytes at `2 + 4g + 34b` (g < 8, b < p.len()) and the scale's 2
+    // bytes at `34b`, inside rows of `34 p.len()` bytes; panel loads read its 32-byte arrays.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let (mut f0, mut f1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let (w0, w1) = (w[0].as_ptr(), w[1].as_ptr());
+        for (b, pb) in p.iter().enumerate() {
+            let (b0, b1) = (w0.add(b * Q8_0_BLOCK_BYTES), w1.add(b * Q8_0_BLOCK_BYTES));
+            let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            for g in 0..QK / 4 {
+                let x = _mm256_load_si256(pb.qs[g].as_ptr() as *const __m256i);
+                let ax = _mm256_load_si256(pb.abs[g].as_ptr() as *const __m256i);
+                let g0 = _mm256_set1_epi32((b0.add(2 + 4 * g) as *const i32).read_unaligned());
+                let g1 = _mm256_set1_epi32((b1.add(2 + 4 * g) as *const i32).read_unaligned());
+                let p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(g0, x));
+                let p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(g1, x));
+                s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
+                s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
+            }
+            let dx = _mm256_load_ps(pb.d.as_ptr());
+            let d0 = _mm256_mul_ps(_mm256_set1_ps(scale_at(b0)), dx);
+            let d1 = _mm256_mul_ps(_mm256_set1_ps(scale_at(b1)), dx);
+            f0 = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(s0), f0);
+            f1 = _mm256_fmadd_ps(d1, _mm256_cvtepi32_ps(s1), f1);
+        }
+        let mut out = [0f32; 16];
+        _mm256_storeu_ps(out.as_mut_ptr(), f0);
+        _mm256_storeu_ps(out.as_mut_ptr().add(8), f1);
+        out
     }
 }
