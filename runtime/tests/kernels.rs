@@ -233,38 +233,120 @@ fn softmax_gelu_and_quantization_match_the_reference() {
     }
 }
 
-/// Every position of a Q8_0 linear layer equals the block dot product of its weight row and the
-/// token's quantized activations, on shapes that take each of the frame's paths (one thread,
-/// tokens split across threads, rows split across threads; odd rows, ragged token tiles).
+/// Every position of a Q8_0 or Q4_0 linear layer equals the block dot products of its weight row
+/// and the token's quantized activations (both levels for Q4_0), on shapes that take each of the
+/// frame's paths (one thread, tokens split across threads, rows split across threads; odd rows,
+/// ragged token tiles and panels).
 #[test]
-fn q8_0_linear_matches_block_dots_at_every_position() {
+fn quantized_linear_matches_block_dots_at_every_position() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(19);
     for (rows, cols, n) in [(3, 32, 5), (37, 384, 41), (130, 1536, 2), (64, 96, 128), (7, 64, 1)] {
         let w = random_vec(&mut rng, rows * cols, 0.5);
         let x = random_vec(&mut rng, n * cols, 2.0);
         let bias = random_vec(&mut rng, rows, 0.1);
-        let mut bytes = Vec::new();
-        quant::quantize(&w, TensorType::Q8_0, &mut bytes).unwrap();
-        let m = Matrix {
-            ty: TensorType::Q8_0,
-            rows,
-            cols,
-            data: &bytes,
-        };
-        let mut got = vec![0f32; n * rows];
-        kernels::linear(&x, n, &m, &bias, &mut got);
-        let mut xq = Vec::new();
-        qdot::quantize_activations(&x, &mut xq);
-        let bpr = cols / QK;
-        for t in 0..n {
-            for o in 0..rows {
-                let want = generic::dot_q8_0(m.row(o), &xq[t * bpr..(t + 1) * bpr]) + bias[o];
-                let scale: f32 = (0..cols).map(|i| (w[o * cols + i] * x[t * cols + i]).abs()).sum::<f32>() + 1e-3;
-                let g = got[t * rows + o];
+        for ty in [TensorType::Q8_0, TensorType::Q4_0] {
+            let mut bytes = Vec::new();
+            quant::quantize(&w, ty, &mut bytes).unwrap();
+            let m = Matrix {
+                ty,
+                rows,
+                cols,
+                data: &bytes,
+            };
+            let mut got = vec![0f32; n * rows];
+            kernels::linear(&x, n, &m, &bias, &mut got);
+            let (mut xq, mut xr) = (Vec::new(), Vec::new());
+            if ty == TensorType::Q8_0 {
+                qdot::quantize_activations(&x, &mut xq);
+            } else {
+                qdot::quantize_activations_two_level(&x, &mut xq, &mut xr);
+            }
+            let bpr = cols / QK;
+            for t in 0..n {
+                for o in 0..rows {
+                    let blocks = t * bpr..(t + 1) * bpr;
+                    let want = bias[o]
+                        + if ty == TensorType::Q8_0 {
+                            generic::dot_q8_0(m.row(o), &xq[blocks])
+                        } else {
+                            generic::dot_q4_0(m.row(o), &xq[blocks.clone()])
+                                + generic::dot_q4_0(m.row(o), &xr[blocks])
+                        };
+                    let scale: f32 = (0..cols)
+                        .map(|i| (w[o * cols + i] * x[t * cols + i]).abs())
+                        .sum::<f32>()
+                        + 1e-3;
+                    let g = got[t * rows + o];
+                    assert!(
+                        (g - want).abs() <= QDOT_REL_TOL * scale,
+                        "{ty} {rows}x{cols} n={n} [{t}, {o}]: {g} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn q4_0_panels_match_the_reference() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    for _ in 0..40 {
+        let blocks = rng.gen_range(1..50);
+        let ntok = rng.gen_range(1..=qdot::PANEL_TOKENS);
+        let rows: Vec<Vec<u8>> = (0..2)
+            .map(|_| {
+                let ws = rng.gen_range(0.01..4.0);
+                let w = random_vec(&mut rng, blocks * QK, ws);
+                let mut wq = Vec::new();
+                quant::quantize(&w, TensorType::Q4_0, &mut wq).unwrap();
+                wq
+            })
+            .collect();
+        let (mut his, mut los) = (Vec::new(), Vec::new());
+        for _ in 0..ntok {
+            let xs = rng.gen_range(0.01..8.0);
+            let x = random_vec(&mut rng, blocks * QK, xs);
+            let (mut hi, mut lo) = (Vec::new(), Vec::new());
+            qdot::quantize_activations_two_level(&x, &mut hi, &mut lo);
+            his.push(hi);
+            los.push(lo);
+        }
+        let hr: Vec<&[qdot::ActBlock]> = his.iter().map(|t| &t[..]).collect();
+        let lr: Vec<&[qdot::ActBlock]> = los.iter().map(|t| &t[..]).collect();
+        let (mut ph, mut pl) = (Vec::new(), Vec::new());
+        qdot::pack_panel(&hr, blocks, &mut ph);
+        qdot::pack_panel(&lr, blocks, &mut pl);
+        let w = [&rows[0][..], &rows[1][..]];
+        let want = generic::dot_q4_0_2x8(w, &ph, &pl);
+        for r in 0..2 {
+            for t in 0..qdot::PANEL_TOKENS {
+                let got = want[r * qdot::PANEL_TOKENS + t];
+                let exact = if t < ntok {
+                    generic::dot_q4_0(w[r], hr[t]) + generic::dot_q4_0(w[r], lr[t])
+                } else {
+                    0.0
+                };
+                let scale: f32 = hr
+                    .get(t)
+                    .map_or(0.0, |x| x.iter().map(|b| b.d * 127.0 * 8.0 * QK as f32).sum::<f32>())
+                    * rows[r]
+                        .chunks_exact(qdot::Q4_0_BLOCK_BYTES)
+                        .map(|b| qdot::block_scale(b).abs())
+                        .fold(0.0, f32::max)
+                    + 1e-6;
                 assert!(
-                    (g - want).abs() <= QDOT_REL_TOL * scale,
-                    "{rows}x{cols} n={n} [{t}, {o}]: {g} vs {want}"
+                    (got - exact).abs() <= QDOT_REL_TOL * scale,
+                    "q4 panel reference [{r}, {t}]: {got} vs {exact}"
                 );
+                for k in variants() {
+                    let Some(f) = k.dot_q4_0_2x8 else { continue };
+                    let g = f(w, &ph, &pl)[r * qdot::PANEL_TOKENS + t];
+                    assert!(
+                        (g - got).abs() <= QDOT_REL_TOL * scale,
+                        "{} q4 2x8 [{r}, {t}]: {g} vs {got}",
+                        k.name
+                    );
+                }
             }
         }
     }

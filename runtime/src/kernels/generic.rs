@@ -130,3 +130,23 @@ pub fn dot_q8_0_2x8(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
     }
     out
 }
+
+/// Scalar reference of two Q4_0 weight rows against the two-level panels of eight tokens.
+pub fn dot_q4_0_2x8(w: [&[u8]; 2], hi: &[Panel8], lo: &[Panel8]) -> [f32; 16] {
+    let mut out = [0f32; 16];
+    for (r, row) in w.iter().enumerate() {
+        for ((wb, ph), pl) in row.chunks_exact(Q4_0_BLOCK_BYTES).zip(hi).zip(lo) {
+            let wq: [i32; QK] = core::array::from_fn(|k| {
+                let byte = wb[2 + k % (QK / 2)];
+                (if k < QK / 2 { byte & 0x0f } else { byte >> 4 }) as i32 - 8
+            });
+            for t in 0..PANEL_TOKENS {
+                for p in [ph, pl] {
+                    let isum: i32 = (0..QK).map(|k| wq[k] * p.qs[k / 4][4 * t + k % 4] as i32).sum();
+                    out[r * PANEL_TOKENS + t] += block_scale(wb) * p.d[t] * isum as f32;
+                }
+            }
+        }
+    }
+    out
+}

@@ -34,6 +34,8 @@ pub struct KernelSet {
     /// Two Q8_0 weight rows · a panel of eight tokens, `[row 0 x 8, row 1 x 8]`; when present,
     /// linear layers pack their activations into panels and use it instead of the 2 x 4 tile.
     pub dot_q8_0_2x8: Option<fn([&[u8]; 2], &[Panel8]) -> [f32; 16]>,
+    /// Two Q4_0 weight rows · the two-level panels (activations, residual) of eight tokens.
+    pub dot_q4_0_2x8: Option<fn([&[u8]; 2], &[Panel8], &[Panel8]) -> [f32; 16]>,
     /// Q4_0 weight row · activation blocks.
     pub dot_q4_0: fn(&[u8], &[ActBlock]) -> f32,
     /// f32 · f32.
@@ -52,6 +54,7 @@ pub const GENERIC: KernelSet = KernelSet {
     dot_q8_0: generic::dot_q8_0,
     dot_q8_0_2x4: generic::dot_q8_0_2x4,
     dot_q8_0_2x8: None,
+    dot_q4_0_2x8: None,
     dot_q4_0: generic::dot_q4_0,
     dot_f32: generic::dot,
     softmax: generic::softmax,
@@ -91,6 +94,14 @@ pub fn avx2() -> Option<KernelSet> {
         unsafe { x86_64::avx2::dot_q8_0_2x8(w, p) }
     }
     #[allow(unsafe_code)]
+    fn q4_2x8(w: [&[u8]; 2], hi: &[Panel8], lo: &[Panel8]) -> [f32; 16] {
+        assert!(w.iter().all(|w| w.len() >= hi.len() * qdot::Q4_0_BLOCK_BYTES));
+        assert_eq!(hi.len(), lo.len());
+        // SAFETY: this set is only handed out after detecting AVX2, FMA and F16C; lengths
+        // asserted.
+        unsafe { x86_64::avx2::dot_q4_0_2x8(w, hi, lo) }
+    }
+    #[allow(unsafe_code)]
     fn q4(w: &[u8], x: &[ActBlock]) -> f32 {
         assert!(w.len() >= x.len() * qdot::Q4_0_BLOCK_BYTES);
         // SAFETY: this set is only handed out after detecting AVX2, FMA and F16C; length asserted.
@@ -122,6 +133,7 @@ pub fn avx2() -> Option<KernelSet> {
         dot_q8_0: q8,
         dot_q8_0_2x4: q8_2x4,
         dot_q8_0_2x8: Some(q8_2x8),
+        dot_q4_0_2x8: Some(q4_2x8),
         dot_q4_0: q4,
         dot_f32: f,
         softmax,
@@ -172,6 +184,8 @@ pub fn neon() -> Option<KernelSet> {
         dot_q8_0: if dotprod { q8_sdot } else { q8 },
         dot_q8_0_2x4: if dotprod { q8_2x4_sdot } else { q8_2x4 },
         dot_q8_0_2x8: None,
+        dot_q4_0_2x8: None,
+    dot_q4_0_2x8: None,
         dot_q4_0: generic::dot_q4_0,
         dot_f32: generic::dot,
         softmax: generic::softmax,
@@ -219,8 +233,11 @@ struct LinearJob<'a> {
     bias: &'a [f32],
     xq: Vec<ActBlock>,
     xr: Vec<ActBlock>,
-    /// Q8_0 activations packed by eight tokens, when the kernel set multiplies panels.
+    /// Activations packed by eight tokens (Q8_0, and Q4_0's first level), when the kernel
+    /// set multiplies panels.
     panels: Vec<Panel8>,
+    /// Q4_0's second level (the residual), packed likewise.
+    panels_lo: Vec<Panel8>,
 }
 
 impl LinearJob<'_> {
@@ -242,16 +259,22 @@ impl LinearJob<'_> {
         for t0 in tokens.clone().step_by(TOKEN_TILE) {
             let t1 = (t0 + TOKEN_TILE).min(tokens.end);
             match w.ty {
-                TensorType::Q8_0 if !self.panels.is_empty() => {
-                    let panel = k.dot_q8_0_2x8.expect("panels are packed for this kernel");
+                TensorType::Q8_0 | TensorType::Q4_0 if !self.panels.is_empty() => {
                     debug_assert!(t0 % PANEL_TOKENS == 0);
                     for o in rows.clone().step_by(2) {
                         let pair = o + 1 < rows.end;
                         let o2 = if pair { o + 1 } else { o };
                         let (ba, bb) = (bias(o), bias(o2));
+                        let wr = [w.row(o), w.row(o2)];
                         for g0 in (t0..t1).step_by(PANEL_TOKENS) {
-                            let g = g0 / PANEL_TOKENS;
-                            let r = panel([w.row(o), w.row(o2)], &self.panels[g * bpr..(g + 1) * bpr]);
+                            let at = g0 / PANEL_TOKENS * bpr..(g0 / PANEL_TOKENS + 1) * bpr;
+                            let r = match (k.dot_q8_0_2x8, k.dot_q4_0_2x8) {
+                                (Some(f), _) if w.ty == TensorType::Q8_0 => f(wr, &self.panels[at]),
+                                (_, Some(f)) => {
+                                    f(wr, &self.panels[at.clone()], &self.panels_lo[at])
+                                }
+                                _ => unreachable!("panels are packed only for a panel kernel"),
+                            };
                             for t in g0..(g0 + PANEL_TOKENS).min(t1) {
                                 put(t, o, r[t - g0] + ba);
                                 if pair {
@@ -335,22 +358,32 @@ pub fn linear(x: &[f32], n: usize, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) 
         xq: Vec::new(),
         xr: Vec::new(),
         panels: Vec::new(),
+        panels_lo: Vec::new(),
+    };
+    let bpr = cols / QK;
+    let pack = |xq: &[ActBlock], out: &mut Vec<Panel8>| {
+        out.reserve(n.div_ceil(PANEL_TOKENS) * bpr);
+        for g in (0..n).step_by(PANEL_TOKENS) {
+            let toks: Vec<&[ActBlock]> = (g..(g + PANEL_TOKENS).min(n))
+                .map(|t| &xq[t * bpr..(t + 1) * bpr])
+                .collect();
+            qdot::pack_panel(&toks, bpr, out);
+        }
     };
     match w.ty {
         TensorType::Q8_0 => {
             (k.quantize)(x, &mut job.xq);
             if k.dot_q8_0_2x8.is_some() {
-                let bpr = cols / QK;
-                job.panels.reserve(n.div_ceil(PANEL_TOKENS) * bpr);
-                for g in (0..n).step_by(PANEL_TOKENS) {
-                    let toks: Vec<&[ActBlock]> = (g..(g + PANEL_TOKENS).min(n))
-                        .map(|t| &job.xq[t * bpr..(t + 1) * bpr])
-                        .collect();
-                    qdot::pack_panel(&toks, bpr, &mut job.panels);
-                }
+                pack(&job.xq, &mut job.panels);
             }
         }
-        TensorType::Q4_0 => qdot::quantize_activations_two_level(x, &mut job.xq, &mut job.xr),
+        TensorType::Q4_0 => {
+            qdot::quantize_activations_two_level(x, &mut job.xq, &mut job.xr);
+            if k.dot_q4_0_2x8.is_some() {
+                pack(&job.xq, &mut job.panels);
+                pack(&job.xr, &mut job.panels_lo);
+            }
+        }
         _ => {}
     }
     #[cfg(feature = "std")]
