@@ -175,6 +175,12 @@ pub fn neon() -> Option<KernelSet> {
         // SAFETY: only handed out after detecting dotprod; lengths asserted.
         unsafe { aarch64::neon::dot_q8_0_2x4_dotprod(w, x) }
     }
+    #[allow(unsafe_code)]
+    fn q8_2x8_sdot(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
+        assert!(w.iter().all(|w| w.len() >= p.len() * qdot::Q8_0_BLOCK_BYTES));
+        // SAFETY: only handed out after detecting dotprod; lengths asserted.
+        unsafe { aarch64::neon::dot_q8_0_2x8_dotprod(w, p) }
+    }
     #[cfg(feature = "std")]
     let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
     #[cfg(not(feature = "std"))]
@@ -183,9 +189,8 @@ pub fn neon() -> Option<KernelSet> {
         name: if dotprod { "neon+dotprod" } else { "neon" },
         dot_q8_0: if dotprod { q8_sdot } else { q8 },
         dot_q8_0_2x4: if dotprod { q8_2x4_sdot } else { q8_2x4 },
-        dot_q8_0_2x8: None,
+        dot_q8_0_2x8: if dotprod { Some(q8_2x8_sdot) } else { None },
         dot_q4_0_2x8: None,
-    dot_q4_0_2x8: None,
         dot_q4_0: generic::dot_q4_0,
         dot_f32: generic::dot,
         softmax: generic::softmax,

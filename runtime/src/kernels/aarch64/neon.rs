@@ -2,7 +2,8 @@
 
 use core::arch::aarch64::*;
 
-use crate::kernels::qdot::{block_scale, ActBlock, Q8_0_BLOCK_BYTES};
+use crate::kernels::qdot::{block_scale, ActBlock, Panel8, Q8_0_BLOCK_BYTES};
+use crate::quant::QK;
 
 /// Dot product of one Q8_0 weight row (`x.len()` blocks of 34 bytes) with activation blocks.
 /// Products are summed pairwise in i16 (at most 2 * 127 * 127), then widened to i32.
@@ -149,5 +150,52 @@ pub unsafe fn dot_q8_0_2x4_dotprod(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 
             }
         }
         core::array::from_fn(|i| vaddvq_f32(acc[i]))
+    }
+}
+
+/// Two Q8_0 weight rows against a panel of eight tokens with SDOT: each group of four weights,
+/// duplicated into every 32-bit lane, meets four tokens' four values per instruction (no sign
+/// trick: SDOT multiplies signed bytes). Returns `[row 0 x tokens 0..8, row 1 x tokens 0..8]`.
+///
+/// # Safety
+/// The CPU must support dotprod; both rows hold at least `p.len() * 34` bytes.
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn dot_q8_0_2x8_dotprod(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
+    debug_assert!(w.iter().all(|w| w.len() >= p.len() * Q8_0_BLOCK_BYTES));
+    // SAFETY: weight reads are 4 bytes at `2 + 4g + 34b` (g < 8, b < p.len()) and the scale's
+    // 2 bytes at `34b`, inside rows of `34 p.len()` bytes; panel loads read 16-byte halves of
+    // its 32-byte arrays; SDOT is available by this function's contract.
+    unsafe {
+        // f[r][h]: row r, tokens 4h..4h + 4.
+        let mut f = [[vdupq_n_f32(0.0); 2]; 2];
+        for (b, pb) in p.iter().enumerate() {
+            let mut s = [[vdupq_n_s32(0); 2]; 2];
+            for g in 0..QK / 4 {
+                let x0 = vld1q_s8(pb.qs[g].as_ptr());
+                let x1 = vld1q_s8(pb.qs[g].as_ptr().add(16));
+                for r in 0..2 {
+                    let at = w[r].as_ptr().add(b * Q8_0_BLOCK_BYTES + 2 + 4 * g);
+                    let wg = vreinterpretq_s8_s32(vdupq_n_s32((at as *const i32).read_unaligned()));
+                    s[r][0] = sdot!(s[r][0], x0, wg);
+                    s[r][1] = sdot!(s[r][1], x1, wg);
+                }
+            }
+            let dx = [vld1q_f32(pb.d.as_ptr()), vld1q_f32(pb.d.as_ptr().add(4))];
+            for r in 0..2 {
+                let wb = w[r].as_ptr().add(b * Q8_0_BLOCK_BYTES);
+                let dw = block_scale(core::slice::from_raw_parts(wb, 2));
+                for h in 0..2 {
+                    let scale = vmulq_n_f32(dx[h], dw);
+                    f[r][h] = vfmaq_f32(f[r][h], scale, vcvtq_f32_s32(s[r][h]));
+                }
+            }
+        }
+        let mut out = [0f32; 16];
+        for r in 0..2 {
+            for h in 0..2 {
+                vst1q_f32(out.as_mut_ptr().add(8 * r + 4 * h), f[r][h]);
+            }
+        }
+        out
     }
 }
