@@ -11,7 +11,7 @@ THREADS=("${@:-1 2}")
 RUNS=${RUNS:-30}
 ASSETS=${PETAL_ASSETS:-assets}
 bash scripts/setup.sh >&2
-"$ASSETS/pyenv/bin/python" -m pip install --quiet --disable-pip-version-check onnxruntime==1.32.0 >&2
+"$ASSETS/pyenv/bin/python" -m pip install --quiet --disable-pip-version-check onnxruntime==1.32.0 onnx==1.23.2 >&2
 PETAL=target/release/petal
 OUT=target/bench
 mkdir -p "$OUT"
