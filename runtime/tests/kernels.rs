@@ -287,6 +287,41 @@ fn quantized_linear_matches_block_dots_at_every_position() {
     }
 }
 
+/// F32 weights go through the f32 GEMM in place: every position against the scalar reference.
+#[test]
+fn f32_linear_matches_the_reference_at_every_position() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(22);
+    for (rows, cols, n) in [(3, 32, 5), (37, 384, 41), (130, 1536, 2), (64, 96, 128), (7, 64, 1)] {
+        let w = random_vec(&mut rng, rows * cols, 0.5);
+        let x = random_vec(&mut rng, n * cols, 2.0);
+        let bias = random_vec(&mut rng, rows, 0.1);
+        let mut bytes = Vec::new();
+        quant::quantize(&w, TensorType::F32, &mut bytes).unwrap();
+        let m = Matrix {
+            ty: TensorType::F32,
+            rows,
+            cols,
+            data: &bytes,
+        };
+        let (mut got, mut want) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+        kernels::linear(&x, n, &m, &bias, &mut got);
+        generic::linear(&x, n, &m, &bias, &mut want);
+        for t in 0..n {
+            for o in 0..rows {
+                let scale: f32 = (0..cols)
+                    .map(|i| (w[o * cols + i] * x[t * cols + i]).abs())
+                    .sum::<f32>()
+                    + 1e-3;
+                let (g, e) = (got[t * rows + o], want[t * rows + o]);
+                assert!(
+                    (g - e).abs() <= FDOT_REL_TOL * scale,
+                    "{rows}x{cols} n={n} [{t}, {o}]: {g} vs {e}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn q4_0_panels_match_the_reference() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(21);
