@@ -383,7 +383,7 @@ pub fn linear(x: &[f32], n: usize, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) 
             }
         }
         TensorType::Q4_0 => {
-            qdot::quantize_activations_two_level(x, &mut job.xq, &mut job.xr);
+            qdot::quantize_two_level_with(x, &mut job.xq, &mut job.xr, k.quantize);
             if k.dot_q4_0_2x8.is_some() {
                 pack(&job.xq, &mut job.panels);
                 pack(&job.xr, &mut job.panels_lo);

@@ -39,13 +39,23 @@ pub fn quantize_activations(x: &[f32], out: &mut Vec<ActBlock>) {
 /// (`x - hi`) into `lo`: `hi + lo` carries about 14 bits, for weights whose products must stay
 /// close to f32 (Q4_0).
 pub fn quantize_activations_two_level(x: &[f32], hi: &mut Vec<ActBlock>, lo: &mut Vec<ActBlock>) {
+    quantize_two_level_with(x, hi, lo, quantize_activations)
+}
+
+/// [`quantize_activations_two_level`] with another quantizer of the same results (a SIMD one).
+pub fn quantize_two_level_with(
+    x: &[f32],
+    hi: &mut Vec<ActBlock>,
+    lo: &mut Vec<ActBlock>,
+    quantize: fn(&[f32], &mut Vec<ActBlock>),
+) {
     let start = hi.len();
-    quantize_activations(x, hi);
+    quantize(x, hi);
     let mut residual = Vec::with_capacity(x.len());
     for (chunk, b) in x.chunks_exact(QK).zip(&hi[start..]) {
         residual.extend(chunk.iter().zip(&b.qs).map(|(&v, &q)| v - q as f32 * b.d));
     }
-    quantize_activations(&residual, lo);
+    quantize(&residual, lo);
 }
 
 /// The f16 scale at the start of a weight block.
