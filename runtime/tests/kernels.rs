@@ -31,6 +31,32 @@ fn random_vec(rng: &mut impl Rng, n: usize, scale: f32) -> Vec<f32> {
         .collect()
 }
 
+/// `count` random weight rows of `blocks` blocks each, quantized to `ty`, each at its own scale.
+fn random_rows(rng: &mut impl Rng, count: usize, blocks: usize, ty: TensorType) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|_| {
+            let ws = rng.gen_range(0.01..4.0);
+            let w = random_vec(rng, blocks * QK, ws);
+            let mut wq = Vec::new();
+            quant::quantize(&w, ty, &mut wq).unwrap();
+            wq
+        })
+        .collect()
+}
+
+/// `count` random tokens of `blocks` activation blocks each, each at its own scale.
+fn random_tokens(rng: &mut impl Rng, count: usize, blocks: usize) -> Vec<Vec<qdot::ActBlock>> {
+    (0..count)
+        .map(|_| {
+            let xs = rng.gen_range(0.01..8.0);
+            let x = random_vec(rng, blocks * QK, xs);
+            let mut xq = Vec::new();
+            qdot::quantize_activations(&x, &mut xq);
+            xq
+        })
+        .collect()
+}
+
 #[test]
 fn block_dots_match_the_reference() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -71,24 +97,8 @@ fn q8_0_tiles_match_the_reference() {
         eprintln!("2x4 tile: {}", k.name);
         for _ in 0..100 {
             let blocks = rng.gen_range(1..50);
-            let rows: Vec<Vec<u8>> = (0..2)
-                .map(|_| {
-                    let ws = rng.gen_range(0.01..4.0);
-                    let w = random_vec(&mut rng, blocks * QK, ws);
-                    let mut wq = Vec::new();
-                    quant::quantize(&w, TensorType::Q8_0, &mut wq).unwrap();
-                    wq
-                })
-                .collect();
-            let toks: Vec<Vec<qdot::ActBlock>> = (0..4)
-                .map(|_| {
-                    let xs = rng.gen_range(0.01..8.0);
-                    let x = random_vec(&mut rng, blocks * QK, xs);
-                    let mut xq = Vec::new();
-                    qdot::quantize_activations(&x, &mut xq);
-                    xq
-                })
-                .collect();
+            let rows = random_rows(&mut rng, 2, blocks, TensorType::Q8_0);
+            let toks = random_tokens(&mut rng, 4, blocks);
             let w = [&rows[0][..], &rows[1][..]];
             let x = [&toks[0][..], &toks[1][..], &toks[2][..], &toks[3][..]];
             let got = (k.dot_q8_0_2x4)(w, x);
@@ -120,24 +130,8 @@ fn q8_0_panels_match_the_reference() {
     for _ in 0..60 {
         let blocks = rng.gen_range(1..50);
         let ntok = rng.gen_range(1..=qdot::PANEL_TOKENS);
-        let rows: Vec<Vec<u8>> = (0..2)
-            .map(|_| {
-                let ws = rng.gen_range(0.01..4.0);
-                let w = random_vec(&mut rng, blocks * QK, ws);
-                let mut wq = Vec::new();
-                quant::quantize(&w, TensorType::Q8_0, &mut wq).unwrap();
-                wq
-            })
-            .collect();
-        let toks: Vec<Vec<qdot::ActBlock>> = (0..ntok)
-            .map(|_| {
-                let xs = rng.gen_range(0.01..8.0);
-                let x = random_vec(&mut rng, blocks * QK, xs);
-                let mut xq = Vec::new();
-                qdot::quantize_activations(&x, &mut xq);
-                xq
-            })
-            .collect();
+        let rows = random_rows(&mut rng, 2, blocks, TensorType::Q8_0);
+        let toks = random_tokens(&mut rng, ntok, blocks);
         let refs: Vec<&[qdot::ActBlock]> = toks.iter().map(|t| &t[..]).collect();
         let mut panel = Vec::new();
         qdot::pack_panel(&refs, blocks, &mut panel);
@@ -328,15 +322,7 @@ fn q4_0_panels_match_the_reference() {
     for _ in 0..40 {
         let blocks = rng.gen_range(1..50);
         let ntok = rng.gen_range(1..=qdot::PANEL_TOKENS);
-        let rows: Vec<Vec<u8>> = (0..2)
-            .map(|_| {
-                let ws = rng.gen_range(0.01..4.0);
-                let w = random_vec(&mut rng, blocks * QK, ws);
-                let mut wq = Vec::new();
-                quant::quantize(&w, TensorType::Q4_0, &mut wq).unwrap();
-                wq
-            })
-            .collect();
+        let rows = random_rows(&mut rng, 2, blocks, TensorType::Q4_0);
         let (mut his, mut los) = (Vec::new(), Vec::new());
         for _ in 0..ntok {
             let xs = rng.gen_range(0.01..8.0);
