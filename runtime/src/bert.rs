@@ -202,10 +202,14 @@ impl<B: AsRef<[u8]>> Encoder<B> {
     }
 
     fn linear(&self, lin: &Linear, x: &[f32], n: usize) -> Vec<f32> {
+        self.linear_with(lin, &mut kernels::Activations::new(x, n))
+    }
+
+    fn linear_with(&self, lin: &Linear, x: &mut kernels::Activations<'_>) -> Vec<f32> {
         let bytes = self.bytes();
         let w = lin.weight.view(bytes);
-        let mut y = vec![0f32; n * w.rows];
-        kernels::linear(x, n, &w, &lin.bias.f32s(bytes), &mut y);
+        let mut y = vec![0f32; x.tokens() * w.rows];
+        kernels::linear_with(x, &w, &lin.bias.f32s(bytes), &mut y);
         y
     }
 
@@ -357,10 +361,22 @@ impl<B: AsRef<[u8]>> Encoder<B> {
                 hooks.linear_output(l, part, inp, &mut y);
                 y
             };
-            // Self-attention, then residual and LayerNorm (post-LN).
-            let q = proj(hooks, Block::AttnQ, &layer.q, &x);
-            let k = proj(hooks, Block::AttnK, &layer.k, &x);
-            let v = proj(hooks, Block::AttnV, &layer.v, &x);
+            // Self-attention, then residual and LayerNorm (post-LN). Q, K and V read the same
+            // input, quantized once unless a hook replaces it.
+            let mut shared = kernels::Activations::new(&x, n);
+            let mut qkv = |hooks: &mut dyn Hooks, part: Block, lin: &Linear| {
+                let Some(inp) = hooks.linear_input(l, part, &x) else {
+                    let mut y = self.linear_with(lin, &mut shared);
+                    hooks.linear_output(l, part, &x, &mut y);
+                    return y;
+                };
+                let mut y = self.linear(lin, &inp, n);
+                hooks.linear_output(l, part, &inp, &mut y);
+                y
+            };
+            let q = qkv(hooks, Block::AttnQ, &layer.q);
+            let k = qkv(hooks, Block::AttnK, &layer.k);
+            let v = qkv(hooks, Block::AttnV, &layer.v);
             let ctx = self.attention(&q, &k, &v, input.lens, hooks.attention_prefix(l));
             let mut a = proj(hooks, Block::AttnOutput, &layer.o, &ctx);
             a.iter_mut().zip(&x).for_each(|(a, x)| *a += x);

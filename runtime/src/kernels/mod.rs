@@ -88,14 +88,18 @@ pub fn avx2() -> Option<KernelSet> {
     }
     #[allow(unsafe_code)]
     fn q8_2x8(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
-        assert!(w.iter().all(|w| w.len() >= p.len() * qdot::Q8_0_BLOCK_BYTES));
+        assert!(w
+            .iter()
+            .all(|w| w.len() >= p.len() * qdot::Q8_0_BLOCK_BYTES));
         // SAFETY: this set is only handed out after detecting AVX2, FMA and F16C; lengths
         // asserted.
         unsafe { x86_64::avx2::dot_q8_0_2x8(w, p) }
     }
     #[allow(unsafe_code)]
     fn q4_2x8(w: [&[u8]; 2], hi: &[Panel8], lo: &[Panel8]) -> [f32; 16] {
-        assert!(w.iter().all(|w| w.len() >= hi.len() * qdot::Q4_0_BLOCK_BYTES));
+        assert!(w
+            .iter()
+            .all(|w| w.len() >= hi.len() * qdot::Q4_0_BLOCK_BYTES));
         assert_eq!(hi.len(), lo.len());
         // SAFETY: this set is only handed out after detecting AVX2, FMA and F16C; lengths
         // asserted.
@@ -177,7 +181,9 @@ pub fn neon() -> Option<KernelSet> {
     }
     #[allow(unsafe_code)]
     fn q8_2x8_sdot(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
-        assert!(w.iter().all(|w| w.len() >= p.len() * qdot::Q8_0_BLOCK_BYTES));
+        assert!(w
+            .iter()
+            .all(|w| w.len() >= p.len() * qdot::Q8_0_BLOCK_BYTES));
         // SAFETY: only handed out after detecting dotprod; lengths asserted.
         unsafe { aarch64::neon::dot_q8_0_2x8_dotprod(w, p) }
     }
@@ -230,12 +236,14 @@ const TOKEN_TILE: usize = 16;
 #[cfg(feature = "std")]
 const PARALLEL_MIN_MACS: usize = 1 << 16;
 
-/// One linear layer's operands, with its activations quantized for the weight type.
-struct LinearJob<'a> {
-    k: KernelSet,
+/// A linear layer's input, quantized (and packed into panels) for a weight type on first use,
+/// so that layers reading the same input (Q, K and V) quantize it once.
+#[derive(Debug)]
+pub struct Activations<'a> {
     x: &'a [f32],
-    w: &'a Matrix<'a>,
-    bias: &'a [f32],
+    n: usize,
+    /// The weight type the quantized forms below were made for.
+    ty: Option<TensorType>,
     xq: Vec<ActBlock>,
     xr: Vec<ActBlock>,
     /// Activations packed by eight tokens (Q8_0, and Q4_0's first level), when the kernel
@@ -245,47 +253,160 @@ struct LinearJob<'a> {
     panels_lo: Vec<Panel8>,
 }
 
+impl<'a> Activations<'a> {
+    /// The input of `n` tokens; `x` is `[n, cols]` for the layers' `cols`.
+    pub fn new(x: &'a [f32], n: usize) -> Self {
+        Activations {
+            x,
+            n,
+            ty: None,
+            xq: Vec::new(),
+            xr: Vec::new(),
+            panels: Vec::new(),
+            panels_lo: Vec::new(),
+        }
+    }
+
+    /// Tokens.
+    pub fn tokens(&self) -> usize {
+        self.n
+    }
+
+    /// Quantizes for weights of type `ty` with `k`'s kernels, unless already done for that
+    /// type (float weights need nothing).
+    fn prepare(&mut self, k: KernelSet, ty: TensorType, cols: usize) {
+        if self.ty == Some(ty) {
+            return;
+        }
+        self.ty = Some(ty);
+        self.xq.clear();
+        self.xr.clear();
+        self.panels.clear();
+        self.panels_lo.clear();
+        let (n, bpr) = (self.n, cols / QK);
+        let pack = |xq: &[ActBlock], out: &mut Vec<Panel8>| {
+            out.reserve(n.div_ceil(PANEL_TOKENS) * bpr);
+            for g in (0..n).step_by(PANEL_TOKENS) {
+                let toks: Vec<&[ActBlock]> = (g..(g + PANEL_TOKENS).min(n))
+                    .map(|t| &xq[t * bpr..(t + 1) * bpr])
+                    .collect();
+                qdot::pack_panel(&toks, bpr, out);
+            }
+        };
+        match ty {
+            TensorType::Q8_0 => {
+                (k.quantize)(self.x, &mut self.xq);
+                if k.dot_q8_0_2x8.is_some() {
+                    pack(&self.xq, &mut self.panels);
+                }
+            }
+            TensorType::Q4_0 => {
+                qdot::quantize_two_level_with(self.x, &mut self.xq, &mut self.xr, k.quantize);
+                if k.dot_q4_0_2x8.is_some() {
+                    pack(&self.xq, &mut self.panels);
+                    pack(&self.xr, &mut self.panels_lo);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One linear layer's operands.
+struct LinearJob<'a> {
+    k: KernelSet,
+    w: &'a Matrix<'a>,
+    bias: &'a [f32],
+    act: &'a Activations<'a>,
+}
+
+/// Where a linear layer's outputs go: `y[(t - t0) * ts + (o - r0) * os]` for token `t` and
+/// output row `o`.
+struct Out<'a> {
+    y: &'a mut [f32],
+    t0: usize,
+    r0: usize,
+    ts: usize,
+    os: usize,
+}
+
+impl Out<'_> {
+    #[inline]
+    fn put(&mut self, t: usize, o: usize, v: f32) {
+        self.y[(t - self.t0) * self.ts + (o - self.r0) * self.os] = v;
+    }
+
+    /// Outputs of rows `o0..o0 + v.len()` for token `t`.
+    #[inline]
+    fn put_rows(&mut self, t: usize, o0: usize, v: &[f32]) {
+        if self.os == 1 {
+            let at = (t - self.t0) * self.ts + o0 - self.r0;
+            self.y[at..at + v.len()].copy_from_slice(v);
+        } else {
+            v.iter()
+                .enumerate()
+                .for_each(|(i, &v)| self.put(t, o0 + i, v));
+        }
+    }
+}
+
+/// Output rows a panel kernel fills in a local tile before they are stored.
+const OUT_TILE: usize = 16;
+
 impl LinearJob<'_> {
-    /// Computes outputs of rows `rows` for tokens `tokens`, handing each to `put(t, o, y)`.
+    /// Computes outputs of rows `rows` for tokens `tokens` into `out`.
     /// Tokens go in tiles of TOKEN_TILE whose activations stay in L1 while the rows pass over
-    /// them; Q8_0 rows go in pairs against four tokens at a time.
+    /// them; Q8_0 rows go in pairs against eight (panels) or four tokens at a time.
     fn run(
         &self,
         rows: core::ops::Range<usize>,
         tokens: core::ops::Range<usize>,
-        mut put: impl FnMut(usize, usize, f32),
+        out: &mut Out<'_>,
     ) {
         let (k, w) = (self.k, self.w);
         let cols = w.cols;
         let bpr = cols / QK;
         let bias = |o: usize| self.bias.get(o).copied().unwrap_or(0.0);
-        let tok = |t: usize| &self.xq[t * bpr..(t + 1) * bpr];
+        let a = self.act;
+        let tok = |t: usize| &a.xq[t * bpr..(t + 1) * bpr];
         let mut buf = Vec::new();
         for t0 in tokens.clone().step_by(TOKEN_TILE) {
             let t1 = (t0 + TOKEN_TILE).min(tokens.end);
             match w.ty {
-                TensorType::Q8_0 | TensorType::Q4_0 if !self.panels.is_empty() => {
+                TensorType::Q8_0 | TensorType::Q4_0 if !a.panels.is_empty() => {
                     debug_assert!(t0 % PANEL_TOKENS == 0);
-                    for o in rows.clone().step_by(2) {
-                        let pair = o + 1 < rows.end;
-                        let o2 = if pair { o + 1 } else { o };
-                        let (ba, bb) = (bias(o), bias(o2));
-                        let wr = [w.row(o), w.row(o2)];
-                        for g0 in (t0..t1).step_by(PANEL_TOKENS) {
-                            let at = g0 / PANEL_TOKENS * bpr..(g0 / PANEL_TOKENS + 1) * bpr;
-                            let r = match (k.dot_q8_0_2x8, k.dot_q4_0_2x8) {
-                                (Some(f), _) if w.ty == TensorType::Q8_0 => f(wr, &self.panels[at]),
-                                (_, Some(f)) => {
-                                    f(wr, &self.panels[at.clone()], &self.panels_lo[at])
-                                }
-                                _ => unreachable!("panels are packed only for a panel kernel"),
-                            };
-                            for t in g0..(g0 + PANEL_TOKENS).min(t1) {
-                                put(t, o, r[t - g0] + ba);
-                                if pair {
-                                    put(t, o2, r[PANEL_TOKENS + t - g0] + bb);
+                    // Results gather in `tile[token][row]` and leave as contiguous rows.
+                    let mut tile = [[0f32; OUT_TILE]; TOKEN_TILE];
+                    for c0 in rows.clone().step_by(OUT_TILE) {
+                        let c1 = (c0 + OUT_TILE).min(rows.end);
+                        for o in (c0..c1).step_by(2) {
+                            let pair = o + 1 < c1;
+                            let o2 = if pair { o + 1 } else { o };
+                            let (ba, bb) = (bias(o), bias(o2));
+                            let wr = [w.row(o), w.row(o2)];
+                            for g0 in (t0..t1).step_by(PANEL_TOKENS) {
+                                let at = g0 / PANEL_TOKENS * bpr..(g0 / PANEL_TOKENS + 1) * bpr;
+                                let r = match (k.dot_q8_0_2x8, k.dot_q4_0_2x8) {
+                                    (Some(f), _) if w.ty == TensorType::Q8_0 => {
+                                        f(wr, &a.panels[at])
+                                    }
+                                    (_, Some(f)) => {
+                                        f(wr, &a.panels[at.clone()], &a.panels_lo[at])
+                                    }
+                                    _ => unreachable!("panels are packed only for a panel kernel"),
+                                };
+                                let (ra, rb) = r.split_at(PANEL_TOKENS);
+                                for ((row, &a), &b) in tile[g0 - t0..].iter_mut().zip(ra).zip(rb) {
+                                    row[o - c0] = a + ba;
+                                    // An odd last row is paired with itself and stored once.
+                                    if pair {
+                                        row[o2 - c0] = b + bb;
+                                    }
                                 }
                             }
+                        }
+                        for t in t0..t1 {
+                            out.put_rows(t, c0, &tile[t - t0][..c1 - c0]);
                         }
                     }
                 }
@@ -303,17 +424,17 @@ impl LinearJob<'_> {
                                 [tok(t), tok(t + 1), tok(t + 2), tok(t + 3)],
                             );
                             for j in 0..4 {
-                                put(t + j, o, r[j] + ba);
+                                out.put(t + j, o, r[j] + ba);
                                 if pair {
-                                    put(t + j, o2, r[4 + j] + bb);
+                                    out.put(t + j, o2, r[4 + j] + bb);
                                 }
                             }
                             t += 4;
                         }
                         for t in t..t1 {
-                            put(t, o, (k.dot_q8_0)(wa, tok(t)) + ba);
+                            out.put(t, o, (k.dot_q8_0)(wa, tok(t)) + ba);
                             if pair {
-                                put(t, o2, (k.dot_q8_0)(wb, tok(t)) + bb);
+                                out.put(t, o2, (k.dot_q8_0)(wb, tok(t)) + bb);
                             }
                         }
                     }
@@ -323,9 +444,9 @@ impl LinearJob<'_> {
                         let wr = w.row(o);
                         for t in t0..t1 {
                             let blocks = t * bpr..(t + 1) * bpr;
-                            let v = (k.dot_q4_0)(wr, &self.xq[blocks.clone()])
-                                + (k.dot_q4_0)(wr, &self.xr[blocks]);
-                            put(t, o, v + bias(o));
+                            let v = (k.dot_q4_0)(wr, &a.xq[blocks.clone()])
+                                + (k.dot_q4_0)(wr, &a.xr[blocks]);
+                            out.put(t, o, v + bias(o));
                         }
                     }
                 }
@@ -334,8 +455,8 @@ impl LinearJob<'_> {
                     for o in rows.clone() {
                         w.dequantize_row(o, &mut buf);
                         for t in t0..t1 {
-                            let v = (k.dot_f32)(&self.x[t * cols..(t + 1) * cols], &buf);
-                            put(t, o, v + bias(o));
+                            let v = (k.dot_f32)(&a.x[t * cols..(t + 1) * cols], &buf);
+                            out.put(t, o, v + bias(o));
                         }
                     }
                 }
@@ -351,46 +472,18 @@ impl LinearJob<'_> {
 /// the same weights); F32 and F16 in f32. Large products run on the thread pool: split by
 /// tokens when there are enough of them, else by output rows.
 pub fn linear(x: &[f32], n: usize, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) {
+    linear_with(&mut Activations::new(x, n), w, bias, y)
+}
+
+/// [`linear`] over prepared activations: layers that read the same input share `act`, and
+/// with it the input's quantized and packed forms.
+pub fn linear_with(act: &mut Activations<'_>, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) {
     let k = active();
-    let (rows, cols) = (w.rows, w.cols);
-    debug_assert_eq!(x.len(), n * cols);
+    let (n, rows, cols) = (act.n, w.rows, w.cols);
+    debug_assert_eq!(act.x.len(), n * cols);
     debug_assert_eq!(y.len(), n * rows);
-    let mut job = LinearJob {
-        k,
-        x,
-        w,
-        bias,
-        xq: Vec::new(),
-        xr: Vec::new(),
-        panels: Vec::new(),
-        panels_lo: Vec::new(),
-    };
-    let bpr = cols / QK;
-    let pack = |xq: &[ActBlock], out: &mut Vec<Panel8>| {
-        out.reserve(n.div_ceil(PANEL_TOKENS) * bpr);
-        for g in (0..n).step_by(PANEL_TOKENS) {
-            let toks: Vec<&[ActBlock]> = (g..(g + PANEL_TOKENS).min(n))
-                .map(|t| &xq[t * bpr..(t + 1) * bpr])
-                .collect();
-            qdot::pack_panel(&toks, bpr, out);
-        }
-    };
-    match w.ty {
-        TensorType::Q8_0 => {
-            (k.quantize)(x, &mut job.xq);
-            if k.dot_q8_0_2x8.is_some() {
-                pack(&job.xq, &mut job.panels);
-            }
-        }
-        TensorType::Q4_0 => {
-            qdot::quantize_two_level_with(x, &mut job.xq, &mut job.xr, k.quantize);
-            if k.dot_q4_0_2x8.is_some() {
-                pack(&job.xq, &mut job.panels);
-                pack(&job.xr, &mut job.panels_lo);
-            }
-        }
-        _ => {}
-    }
+    act.prepare(k, w.ty, cols);
+    let job = LinearJob { k, w, bias, act };
     #[cfg(feature = "std")]
     {
         use rayon::prelude::*;
@@ -404,7 +497,17 @@ pub fn linear(x: &[f32], n: usize, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) 
                     .for_each(|(c, out)| {
                         let t0 = c * chunk;
                         let t1 = t0 + out.len() / rows;
-                        job.run(0..rows, t0..t1, |t, o, v| out[(t - t0) * rows + o] = v);
+                        job.run(
+                            0..rows,
+                            t0..t1,
+                            &mut Out {
+                                y: out,
+                                t0,
+                                r0: 0,
+                                ts: rows,
+                                os: 1,
+                            },
+                        );
                     });
             } else {
                 // Few tokens: chunks of output rows, laid out `[row][token]`, then transposed.
@@ -416,7 +519,17 @@ pub fn linear(x: &[f32], n: usize, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) 
                     .for_each(|(c, out)| {
                         let r0 = c * chunk_rows;
                         let r1 = r0 + out.len() / n;
-                        job.run(r0..r1, 0..n, |t, o, v| out[(o - r0) * n + t] = v);
+                        job.run(
+                            r0..r1,
+                            0..n,
+                            &mut Out {
+                                y: out,
+                                t0: 0,
+                                r0,
+                                ts: 1,
+                                os: n,
+                            },
+                        );
                     });
                 for o in 0..rows {
                     for t in 0..n {
@@ -427,7 +540,17 @@ pub fn linear(x: &[f32], n: usize, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) 
             return;
         }
     }
-    job.run(0..rows, 0..n, |t, o, v| y[t * rows + o] = v);
+    job.run(
+        0..rows,
+        0..n,
+        &mut Out {
+            y,
+            t0: 0,
+            r0: 0,
+            ts: rows,
+            os: 1,
+        },
+    );
 }
 
 /// The backward of [`linear`] with respect to its input: `dx[t, i] += sum_o dy[t, o] * W[o, i]`
