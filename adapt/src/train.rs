@@ -75,6 +75,51 @@ impl TrainConfig {
     }
 }
 
+impl TrainConfig {
+    /// SetFit-style settings for `method` (LoRA by default): two passes of contrastive pairs,
+    /// four pairs per example, then the classifier fitted on the tuned embeddings.
+    pub fn setfit(method: &Method) -> Self {
+        TrainConfig {
+            lr: 2e-3,
+            batch_size: 8,
+            contrastive: Some(Contrastive {
+                epochs: 2,
+                pairs_per_example: 4,
+            }),
+            ..TrainConfig::for_method(method)
+        }
+    }
+}
+
+/// Examples of the rarest class from which the default recipe trains Houlsby adapters with
+/// cross-entropy; below it, SetFit-style contrastive pairs, which draw more signal from very
+/// few examples (the README's few-shot table: at 8 examples per class SetFit-style leads
+/// Houlsby by 6 points on trec6, at 16 it falls 7 points behind on prompt-injection).
+pub const DEFAULT_ADAPTER_MIN_SHOTS: usize = 12;
+
+/// petal's default recipe for training labels `y` over `labels` classes: SetFit-style (LoRA)
+/// when the rarest class has fewer than [`DEFAULT_ADAPTER_MIN_SHOTS`] examples, else Houlsby
+/// adapters with the head fitted first and batches of four. Returns the method, its settings
+/// and the recipe's name (`setfit` or `houlsby`).
+pub fn default_recipe(y: &[usize], labels: usize) -> (Method, TrainConfig, &'static str) {
+    let rarest = (0..labels)
+        .map(|l| y.iter().filter(|&&yi| yi == l).count())
+        .min()
+        .unwrap_or(0);
+    if rarest < DEFAULT_ADAPTER_MIN_SHOTS {
+        let m = Method::from_name("lora").expect("a method");
+        let cfg = TrainConfig::setfit(&m);
+        (m, cfg, "setfit")
+    } else {
+        let m = Method::from_name("houlsby").expect("a method");
+        let cfg = TrainConfig {
+            batch_size: 4,
+            ..TrainConfig::for_method(&m)
+        };
+        (m, cfg, "houlsby")
+    }
+}
+
 /// A progress report.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Progress {
@@ -480,5 +525,30 @@ pub fn linear_head(adapter: &Adapter) -> Option<LinearHead> {
             bias: adapter.trainables.params[b].value.clone(),
         }),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_recipe_follows_the_rarest_class() {
+        // 8 examples of each of three classes: SetFit-style.
+        let few: Vec<usize> = (0..24).map(|i| i % 3).collect();
+        let (m, cfg, name) = default_recipe(&few, 3);
+        assert_eq!((name, m.name()), ("setfit", "lora"));
+        assert_eq!(cfg.contrastive.map(|c| c.epochs), Some(2));
+        // 16 of each: Houlsby adapters in batches of four, no contrastive phase.
+        let more: Vec<usize> = (0..48).map(|i| i % 3).collect();
+        let (m, cfg, name) = default_recipe(&more, 3);
+        assert_eq!(name, "houlsby");
+        assert!(matches!(m, Method::Adapter { .. }));
+        assert_eq!((cfg.batch_size, cfg.contrastive), (4, None));
+        // The rarest class decides: 16, 16 and 4 examples.
+        let skewed: Vec<usize> = [vec![0; 16], vec![1; 16], vec![2; 4]].concat();
+        assert_eq!(default_recipe(&skewed, 3).2, "setfit");
+        // A class without examples counts as rarest.
+        assert_eq!(default_recipe(&more, 4).2, "setfit");
     }
 }

@@ -12,7 +12,7 @@ use petal_adapt::adapter::Adapter;
 use petal_adapt::data::{self, Example};
 use petal_adapt::eval::{self, Report};
 use petal_adapt::methods::Method;
-use petal_adapt::train::{Contrastive, Progress, TrainConfig};
+use petal_adapt::train::{Progress, TrainConfig};
 use petal_runtime::gguf::names::tensor::Block;
 use petal_runtime::pipeline::{Model, Prediction};
 use serde_json::json;
@@ -20,7 +20,8 @@ use serde_json::json;
 /// What `petal adapt` trains (`--method`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum MethodArg {
-    /// petal's default recipe (see the README's few-shot table).
+    /// petal's default recipe: SetFit-style when the rarest class has fewer than 12
+    /// examples, Houlsby adapters otherwise (see the README's few-shot table).
     Default,
     /// A linear head on the frozen sentence embedding (logistic regression, AdamW).
     Head,
@@ -83,9 +84,6 @@ pub struct AdaptArgs {
     pub virtual_tokens: Option<usize>,
 }
 
-/// The recipe `--method default` runs.
-pub const DEFAULT_METHOD: MethodArg = MethodArg::Houlsby;
-
 fn target(s: &str) -> Result<Block> {
     Ok(match s.trim() {
         "q" | "query" => Block::AttnQ,
@@ -98,24 +96,31 @@ fn target(s: &str) -> Result<Block> {
     })
 }
 
-/// The method and training settings `--method` and the flags describe.
-pub fn recipe(method: MethodArg, a: &AdaptArgs) -> Result<(Method, TrainConfig)> {
-    let method = if method == MethodArg::Default {
-        DEFAULT_METHOD
-    } else {
-        method
+/// The method, training settings and recipe name that `--method` and the flags describe for
+/// training labels `y` over `labels` classes (the default recipe depends on them).
+pub fn recipe(
+    method: MethodArg,
+    a: &AdaptArgs,
+    y: &[usize],
+    labels: usize,
+) -> Result<(Method, TrainConfig, String)> {
+    let (mut m, mut cfg, name) = match method {
+        MethodArg::Default => {
+            let (m, cfg, name) = petal_adapt::train::default_recipe(y, labels);
+            (m, cfg, name.to_string())
+        }
+        MethodArg::Setfit => {
+            let m = Method::from_name("lora").expect("a method");
+            let cfg = TrainConfig::setfit(&m);
+            (m, cfg, "setfit".to_string())
+        }
+        other => {
+            let name = other.to_possible_value().expect("named").get_name().to_string();
+            let m = Method::from_name(&name).expect("every CLI method has a name");
+            let cfg = TrainConfig::for_method(&m);
+            (m, cfg, name)
+        }
     };
-    let name = match method {
-        MethodArg::Setfit => "lora",
-        MethodArg::Default => unreachable!("resolved above"),
-        other => other
-            .to_possible_value()
-            .expect("named")
-            .get_name()
-            .to_string()
-            .leak(),
-    };
-    let mut m = Method::from_name(name).expect("every CLI method has a name");
     match &mut m {
         Method::Lora(c) => {
             if let Some(r) = a.lora_r {
@@ -144,16 +149,11 @@ pub fn recipe(method: MethodArg, a: &AdaptArgs) -> Result<(Method, TrainConfig)>
         }
         _ => {}
     }
-    let mut cfg = TrainConfig::for_method(&m);
-    if method == MethodArg::Setfit {
-        cfg.contrastive = Some(Contrastive {
-            epochs: a.epochs.unwrap_or(2),
-            pairs_per_example: 4,
-        });
-        cfg.lr = 2e-3;
-        cfg.batch_size = 8;
-    } else if let Some(e) = a.epochs {
-        cfg.epochs = e;
+    if let Some(e) = a.epochs {
+        match &mut cfg.contrastive {
+            Some(c) => c.epochs = e,
+            None => cfg.epochs = e,
+        }
     }
     if let Some(x) = a.lr {
         cfg.lr = x;
@@ -166,7 +166,7 @@ pub fn recipe(method: MethodArg, a: &AdaptArgs) -> Result<(Method, TrainConfig)>
     }
     cfg.seed = a.seed;
     cfg.max_time = budget(a.max_seconds);
-    Ok((m, cfg))
+    Ok((m, cfg, name))
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -196,7 +196,6 @@ pub fn adapt(
     pb: &dyn Fn(&str) -> ProgressBar,
 ) -> Result<AdaptSummary> {
     let start = Instant::now();
-    let (m, cfg) = recipe(method, args)?;
     let examples = data::read_jsonl(train)?;
     let labels = data::labels(&examples, train)?;
     let y: Vec<usize> = examples
@@ -208,6 +207,8 @@ pub fn adapt(
                 .expect("label listed")
         })
         .collect();
+    let (m, cfg, name) = recipe(method, args, &y, labels.len())?;
+    log::info!("training {name} on {} examples", y.len());
     let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
     let mut bar: Option<(&'static str, ProgressBar)> = None;
     let mut progress = |p: &Progress| {
@@ -245,13 +246,7 @@ pub fn adapt(
         .with_context(|| format!("{}: cannot write", output.display()))?;
     Ok(AdaptSummary {
         output: output.display().to_string(),
-        method: if method == MethodArg::Setfit
-            || (method == MethodArg::Default && DEFAULT_METHOD == MethodArg::Setfit)
-        {
-            "setfit".into()
-        } else {
-            m.name().into()
-        },
+        method: name,
         examples: examples.len(),
         labels,
         trainable: out.adapter.trainables.count(),

@@ -91,7 +91,8 @@ enum Command {
         method: adapt_cmd::MethodArg,
         /// Where to write the adapter: a file for head, bitfit, houlsby and pfeiffer; a PEFT
         /// directory (adapter_config.json + adapter_model.safetensors) for lora, setfit, ia3,
-        /// prompt and prefix. Written atomically.
+        /// prompt and prefix (and for the default recipe when it picks SetFit-style). Written
+        /// atomically.
         #[arg(short, long)]
         output: PathBuf,
         #[command(flatten)]

@@ -363,3 +363,33 @@ fn ctrl_c_keeps_the_best_adapter_so_far() {
     ]);
     assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
 }
+
+/// The default recipe picks SetFit-style (a PEFT LoRA directory) at 8 examples per class.
+#[test]
+fn default_recipe_at_eight_examples_is_setfit() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("default");
+    let m = minilm();
+    let train = fewshot("sms-spam", "train-k8-s0.jsonl");
+    let o = petal(&[
+        os("adapt"),
+        m.as_os_str(),
+        os("--train"),
+        train.as_os_str(),
+        os("--epochs"),
+        os("1"),
+        os("-o"),
+        out_dir.as_os_str(),
+        os("--json"),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["method"], "setfit");
+    // One contrastive pass: 16 examples x 4 pairs in batches of 8.
+    assert_eq!(s["steps"], 8);
+    let files = read_dir_bytes(&out_dir);
+    assert_eq!(
+        files.iter().map(|f| f.0.as_str()).collect::<Vec<_>>(),
+        ["adapter_config.json", "adapter_model.safetensors"]
+    );
+}
