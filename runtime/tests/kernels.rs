@@ -182,6 +182,35 @@ const SOFTMAX_ABS_FLOOR: f32 = 1e-30;
 /// GELU with Abramowitz and Stegun's `erfc` (absolute error 1.5e-7 on Phi), scaled by `max(1, |x|)`.
 const GELU_ABS_TOL: f32 = 5e-7;
 
+/// LayerNorm in f32 against the f64 reference, relative to `|w| + |b|` of the element.
+const LAYER_NORM_REL_TOL: f32 = 1e-5;
+
+#[test]
+fn layer_norm_matches_the_reference() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    for k in variants() {
+        for h in [1, 5, 8, 13, 32, 384, 391] {
+            for (rows, spread, offset) in [(1, 1.0f32, 0.0f32), (3, 0.01, 5.0), (7, 30.0, -100.0)] {
+                let mut x = random_vec(&mut rng, rows * h, spread);
+                x.iter_mut().for_each(|v| *v += offset);
+                let w = random_vec(&mut rng, h, 2.0);
+                let b = random_vec(&mut rng, h, 1.0);
+                let (mut got, mut want) = (x.clone(), x.clone());
+                (k.layer_norm)(&mut got, &w, &b, 1e-12);
+                generic::layer_norm(&mut want, &w, &b, 1e-12);
+                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                    let scale = w[i % h].abs() + b[i % h].abs();
+                    assert!(
+                        (g - e).abs() <= LAYER_NORM_REL_TOL * scale.max(1e-3),
+                        "{} layer_norm h={h} rows={rows} spread={spread} at {i}: {g} vs {e}",
+                        k.name
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn softmax_gelu_and_quantization_match_the_reference() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(18);

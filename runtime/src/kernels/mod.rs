@@ -44,6 +44,8 @@ pub struct KernelSet {
     pub softmax: fn(&mut [f32]),
     /// Exact GELU in place.
     pub gelu: fn(&mut [f32]),
+    /// LayerNorm of each row of `x` (rows of `w.len()`) in place: `(x, w, b, eps)`.
+    pub layer_norm: fn(&mut [f32], &[f32], &[f32], f32),
     /// Activations (a multiple of 32) quantized per 32 values, appended.
     pub quantize: fn(&[f32], &mut Vec<ActBlock>),
 }
@@ -59,6 +61,7 @@ pub const GENERIC: KernelSet = KernelSet {
     dot_f32: generic::dot,
     softmax: generic::softmax,
     gelu: generic::gelu,
+    layer_norm: generic::layer_norm,
     quantize: qdot::quantize_activations,
 };
 
@@ -132,6 +135,12 @@ pub fn avx2() -> Option<KernelSet> {
         // SAFETY: this set is only handed out after detecting AVX2; length asserted.
         unsafe { x86_64::avx2::quantize_activations(x, out) }
     }
+    #[allow(unsafe_code)]
+    fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+        assert_eq!(w.len(), b.len());
+        // SAFETY: this set is only handed out after detecting AVX2 and FMA; lengths asserted.
+        unsafe { x86_64::avx2::layer_norm(x, w, b, eps) }
+    }
     Some(KernelSet {
         name: "avx2",
         dot_q8_0: q8,
@@ -142,6 +151,7 @@ pub fn avx2() -> Option<KernelSet> {
         dot_f32: f,
         softmax,
         gelu,
+        layer_norm,
         quantize,
     })
 }
@@ -201,6 +211,7 @@ pub fn neon() -> Option<KernelSet> {
         dot_f32: generic::dot,
         softmax: generic::softmax,
         gelu: generic::gelu,
+        layer_norm: generic::layer_norm,
         quantize: qdot::quantize_activations,
     })
 }
@@ -606,9 +617,20 @@ pub fn linear_backward_input(dy: &[f32], n: usize, w: &Matrix<'_>, dx: &mut [f32
     chunk_into(0, dx);
 }
 
-/// LayerNorm of each row of `x` (rows of `w.len()`), in place.
+/// LayerNorm of each row of `x` (rows of `w.len()`), in place (rows in parallel chunks on the
+/// pool).
 pub fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
-    generic::layer_norm(x, w, b, eps)
+    let norm = active().layer_norm;
+    #[cfg(feature = "std")]
+    {
+        use rayon::prelude::*;
+        // Rows per task: enough work to pay for the hand-off.
+        let rows = (8192 / w.len().max(1)).max(1);
+        x.par_chunks_mut(rows * w.len().max(1))
+            .for_each(|c| norm(c, w, b, eps));
+    }
+    #[cfg(not(feature = "std"))]
+    norm(x, w, b, eps)
 }
 
 /// Softmax of `x` in place.

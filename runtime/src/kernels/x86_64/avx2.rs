@@ -502,3 +502,57 @@ pub unsafe fn dot_q4_0_2x8(w: [&[u8]; 2], hi: &[Panel8], lo: &[Panel8]) -> [f32;
         out
     }
 }
+
+/// LayerNorm of each row of `x` (rows of `w.len()`) in place, in f32 with eight partial sums:
+/// the mean, then the deviations from it, whose sum corrects the mean and whose squares give the
+/// variance (the corrected two-pass algorithm, so a large mean does not cost the deviations their
+/// precision), then `(x - mean) / sqrt(var + eps) * w + b` with FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `b` is as long as `w`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let h = w.len();
+    debug_assert_eq!(b.len(), h);
+    let full = h / 8 * 8;
+    let hf = h as f32;
+    for row in x.chunks_exact_mut(h) {
+        // SAFETY: full-width loads and stores at `i + 8 <= full <= h` in `row`, `w` and `b`
+        // (all of length `h`); the tail is scalar.
+        unsafe {
+            let p = row.as_mut_ptr();
+            let mut s = _mm256_setzero_ps();
+            for i in (0..full).step_by(8) {
+                s = _mm256_add_ps(s, _mm256_loadu_ps(p.add(i)));
+            }
+            let mean = (hsum_ps(s) + row[full..].iter().sum::<f32>()) / hf;
+            let m = _mm256_set1_ps(mean);
+            let (mut sd, mut sq) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            for i in (0..full).step_by(8) {
+                let d = _mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m);
+                sd = _mm256_add_ps(sd, d);
+                sq = _mm256_fmadd_ps(d, d, sq);
+            }
+            let (mut td, mut tq) = (0f32, 0f32);
+            for &e in &row[full..] {
+                td += e - mean;
+                tq += (e - mean) * (e - mean);
+            }
+            let c = (hsum_ps(sd) + td) / hf;
+            let var = ((hsum_ps(sq) + tq) / hf - c * c).max(0.0);
+            let inv = 1.0 / (var + eps).sqrt();
+            // `(x - mean) - c`: the first difference is exact for x near the mean.
+            let (cv, vi) = (_mm256_set1_ps(c), _mm256_set1_ps(inv));
+            for i in (0..full).step_by(8) {
+                let d = _mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m), cv);
+                let d = _mm256_mul_ps(d, vi);
+                let wi = _mm256_loadu_ps(w.as_ptr().add(i));
+                let bi = _mm256_loadu_ps(b.as_ptr().add(i));
+                _mm256_storeu_ps(p.add(i), _mm256_fmadd_ps(d, wi, bi));
+            }
+            for i in full..h {
+                row[i] = ((row[i] - mean) - c) * inv * w[i] + b[i];
+            }
+        }
+    }
+}
