@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's whole test suite, as CI runs it on a fresh machine: installs what it needs,
 # fetches and converts the real model (scripts/setup.sh), checks the no_std core builds for a
-# Cortex-M, runs every cargo test (goldens, hostile files, gguf-py interop), and the runtime's
-# suite on aarch64 and armv7 under qemu-user.
+# Cortex-M, runs every cargo test (goldens, hostile files, gguf-py interop), PEFT loading petal's
+# adapters, and the runtime's suite on aarch64 and armv7 under qemu-user.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -30,6 +30,13 @@ mkdir -p target
 set +e  # keep going to print the duration and the summary; the exit status is kept
 cargo test --workspace 2>&1 | tee target/test.log
 status=${PIPESTATUS[0]}
+
+# PEFT itself loads the adapter directories petal writes (installs torch, transformers, peft).
+log "PEFT loads petal's adapters (tests/interop/peft_load.sh)"
+if [ "$status" = 0 ]; then
+  bash tests/interop/peft_load.sh target/debug/petal 2>&1 | tee -a target/test.log
+  status=${PIPESTATUS[0]}
+fi
 
 # The runtime's suite on ARM Linux under qemu-user (.cargo/config.toml sets linkers and
 # runners): aarch64 on QEMU's default CPU and on a Cortex-A53 (no dotprod, no i8mm), and armv7.
