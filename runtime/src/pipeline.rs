@@ -192,7 +192,7 @@ impl Model {
             // The range was cut from a valid UTF-8 string of this very file.
             let json = std::str::from_utf8(&self.encoder.bytes()[self.tokenizer_json.clone()])
                 .map_err(|e| e.to_string())?;
-            let mut t: Tokenizer = json.parse().map_err(|e: tokenizers::Error| e.to_string())?;
+            let mut t = tokenizer_from_json(json)?;
             t.with_padding(None);
             t.with_truncation(Some(TruncationParams {
                 max_length: self.max_length,
@@ -313,3 +313,61 @@ mod tests {
         check::<Model>();
     }
 }
+
+/// The tokenizer described by a `tokenizer.json`. A WordPiece vocabulary (BERT's) is read
+/// straight into its model: the generic path buffers the whole model section several times while
+/// it finds out which model it is, which was half of a cold start. The rest of the file goes
+/// through the generic path with a vocabulary of the added tokens only, so that their ids
+/// resolve as the file says, and the full model then replaces that stand-in.
+pub fn tokenizer_from_json(json: &str) -> Result<Tokenizer, String> {
+    use serde_json::value::RawValue;
+    use tokenizers::models::wordpiece::WordPiece;
+
+    #[derive(serde::Deserialize)]
+    struct Top<'a> {
+        #[serde(borrow)]
+        model: &'a RawValue,
+        #[serde(default)]
+        added_tokens: Vec<Added>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Added {
+        id: u32,
+        content: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Kind {
+        #[serde(rename = "type")]
+        kind: Option<String>,
+    }
+    let generic = |json: &str| json.parse::<Tokenizer>().map_err(|e| e.to_string());
+    let Ok(top) = serde_json::from_str::<Top<'_>>(json) else {
+        return generic(json);
+    };
+    let model = top.model.get();
+    let is_wordpiece = serde_json::from_str::<Kind>(model)
+        .is_ok_and(|k| k.kind.as_deref() == Some("WordPiece"));
+    if !is_wordpiece {
+        return generic(json);
+    }
+    let wp: WordPiece = serde_json::from_str(model).map_err(|e| e.to_string())?;
+    let vocab: serde_json::Map<String, serde_json::Value> = top
+        .added_tokens
+        .iter()
+        .map(|a| (a.content.clone(), a.id.into()))
+        .collect();
+    let stand_in = serde_json::json!({
+        "type": "WordPiece",
+        "unk_token": wp.unk_token,
+        "continuing_subword_prefix": wp.continuing_subword_prefix,
+        "max_input_chars_per_word": wp.max_input_chars_per_word,
+        "vocab": vocab,
+    });
+    // `model` is a slice of `json`: splice the stand-in in its place.
+    let at = model.as_ptr() as usize - json.as_ptr() as usize;
+    let rest = [&json[..at], &stand_in.to_string(), &json[at + model.len()..]].concat();
+    let mut t = generic(&rest)?;
+    t.with_model(wp);
+    Ok(t)
+}
+

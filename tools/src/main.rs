@@ -262,6 +262,9 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 Ok(())
             })?;
+            // The process ends here: the OS takes the model back at once, instead of its
+            // tokenizer tables being freed entry by entry (a sixth of a cold start).
+            std::mem::forget((petal, tract));
         }
         Command::Classify {
             model,
@@ -296,6 +299,8 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 Ok(())
             })?;
+            // As for `embed`: left to the OS at exit.
+            std::mem::forget((m, head));
         }
         Command::Adapt {
             model,
