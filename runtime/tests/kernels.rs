@@ -21,7 +21,7 @@ fn variants() -> Vec<KernelSet> {
     #[cfg(target_arch = "x86_64")]
     v.extend(kernels::avx2());
     #[cfg(target_arch = "aarch64")]
-    v.extend(kernels::neon());
+    v.extend(kernels::neon_variants());
     v
 }
 

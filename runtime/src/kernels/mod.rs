@@ -156,10 +156,38 @@ pub fn avx2() -> Option<KernelSet> {
     })
 }
 
-/// The NEON set (aarch64 always has NEON), with SDOT for the Q8_0 products when the CPU has
-/// dotprod; Q4_0, f32 products, softmax, GELU and quantization use the references.
+/// The best NEON set this CPU runs (aarch64 always has NEON): SDOT for the Q8_0 products when
+/// the CPU has dotprod, and SMMLA for the panel product when it also has i8mm; Q4_0, f32
+/// products, softmax, GELU, LayerNorm and quantization use the references.
 #[cfg(target_arch = "aarch64")]
 pub fn neon() -> Option<KernelSet> {
+    neon_variants().pop()
+}
+
+/// Every NEON set this CPU runs, plainest first (for tests that cover each kernel path).
+#[cfg(target_arch = "aarch64")]
+pub fn neon_variants() -> Vec<KernelSet> {
+    #[cfg(feature = "std")]
+    let (dotprod, i8mm) = (
+        std::arch::is_aarch64_feature_detected!("dotprod"),
+        std::arch::is_aarch64_feature_detected!("i8mm"),
+    );
+    #[cfg(not(feature = "std"))]
+    let (dotprod, i8mm) = (false, false);
+    let mut v = alloc::vec![neon_set(false, false)];
+    if dotprod {
+        v.push(neon_set(true, false));
+        if i8mm {
+            v.push(neon_set(true, true));
+        }
+    }
+    v
+}
+
+/// The NEON set with SDOT kernels (`dotprod`) and the SMMLA panel kernel (`i8mm`); the caller
+/// has detected the features it asks for.
+#[cfg(target_arch = "aarch64")]
+fn neon_set(dotprod: bool, i8mm: bool) -> KernelSet {
     #[allow(unsafe_code)]
     fn q8(w: &[u8], x: &[ActBlock]) -> f32 {
         assert!(w.len() >= x.len() * qdot::Q8_0_BLOCK_BYTES);
@@ -197,15 +225,27 @@ pub fn neon() -> Option<KernelSet> {
         // SAFETY: only handed out after detecting dotprod; lengths asserted.
         unsafe { aarch64::neon::dot_q8_0_2x8_dotprod(w, p) }
     }
-    #[cfg(feature = "std")]
-    let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
-    #[cfg(not(feature = "std"))]
-    let dotprod = false;
-    Some(KernelSet {
-        name: if dotprod { "neon+dotprod" } else { "neon" },
+    #[allow(unsafe_code)]
+    fn q8_2x8_smmla(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
+        assert!(w
+            .iter()
+            .all(|w| w.len() >= p.len() * qdot::Q8_0_BLOCK_BYTES));
+        // SAFETY: only handed out after detecting i8mm; lengths asserted.
+        unsafe { aarch64::neon::dot_q8_0_2x8_i8mm(w, p) }
+    }
+    KernelSet {
+        name: match (dotprod, i8mm) {
+            (true, true) => "neon+dotprod+i8mm",
+            (true, false) => "neon+dotprod",
+            _ => "neon",
+        },
         dot_q8_0: if dotprod { q8_sdot } else { q8 },
         dot_q8_0_2x4: if dotprod { q8_2x4_sdot } else { q8_2x4 },
-        dot_q8_0_2x8: if dotprod { Some(q8_2x8_sdot) } else { None },
+        dot_q8_0_2x8: match (dotprod, i8mm) {
+            (_, true) => Some(q8_2x8_smmla),
+            (true, false) => Some(q8_2x8_sdot),
+            _ => None,
+        },
         dot_q4_0_2x8: None,
         dot_q4_0: generic::dot_q4_0,
         dot_f32: generic::dot,
@@ -213,7 +253,7 @@ pub fn neon() -> Option<KernelSet> {
         gelu: generic::gelu,
         layer_norm: generic::layer_norm,
         quantize: qdot::quantize_activations,
-    })
+    }
 }
 
 /// The kernel set in use: the best this CPU supports, unless `PETAL_KERNELS=generic`.

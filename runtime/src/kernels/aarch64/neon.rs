@@ -199,3 +199,79 @@ pub unsafe fn dot_q8_0_2x8_dotprod(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
         out
     }
 }
+
+/// `acc += a * b^T` for 2 x 8 signed byte matrices `a` and `b` (SMMLA, from i8mm): lanes
+/// `[a0.b0, a0.b1, a1.b0, a1.b1]`, each an 8-deep dot product.
+macro_rules! smmla {
+    ($acc:expr, $a:expr, $b:expr) => {{
+        let mut acc: int32x4_t = $acc;
+        core::arch::asm!(
+            "smmla {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+            acc = inout(vreg) acc,
+            a = in(vreg) $a,
+            b = in(vreg) $b,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+        acc
+    }};
+}
+
+/// [`dot_q8_0_2x8_dotprod`] with SMMLA: eight weights of both rows form one 2 x 8 matrix, and
+/// the panel's groups of four are zipped into the same eight weights of two tokens, so each
+/// instruction makes 32 multiply-adds (SDOT: 16). Returns `[row 0 x tokens 0..8, row 1 x
+/// tokens 0..8]`.
+///
+/// # Safety
+/// The CPU must support i8mm; both rows hold at least `p.len() * 34` bytes.
+#[target_feature(enable = "neon,i8mm")]
+pub unsafe fn dot_q8_0_2x8_i8mm(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
+    debug_assert!(w.iter().all(|w| w.len() >= p.len() * Q8_0_BLOCK_BYTES));
+    // SAFETY: weight reads are 8 bytes at `2 + 8c + 34b` (c < 4, b < p.len()) and the scale's
+    // 2 bytes at `34b`, inside rows of `34 p.len()` bytes; panel loads read 16-byte halves of
+    // its 32-byte arrays; SMMLA is available by this function's contract.
+    unsafe {
+        // f[q]: tokens 2q and 2q + 1, lanes [r0 t2q, r0 t2q+1, r1 t2q, r1 t2q+1].
+        let mut f = [vdupq_n_f32(0.0); 4];
+        for (b, pb) in p.iter().enumerate() {
+            let (w0, w1) = (
+                w[0].as_ptr().add(b * Q8_0_BLOCK_BYTES),
+                w[1].as_ptr().add(b * Q8_0_BLOCK_BYTES),
+            );
+            let mut s = [vdupq_n_s32(0); 4];
+            for c in 0..QK / 8 {
+                let a = vcombine_s8(
+                    vld1_s8(w0.add(2 + 8 * c) as *const i8),
+                    vld1_s8(w1.add(2 + 8 * c) as *const i8),
+                );
+                for half in 0..2 {
+                    let x0 = vreinterpretq_s32_s8(vld1q_s8(pb.qs[2 * c].as_ptr().add(16 * half)));
+                    let x1 =
+                        vreinterpretq_s32_s8(vld1q_s8(pb.qs[2 * c + 1].as_ptr().add(16 * half)));
+                    // Tokens 4 half + 0, 1 (then 2, 3): each token's four activations of group
+                    // 2c, then its four of group 2c + 1.
+                    let lo = vreinterpretq_s8_s32(vzip1q_s32(x0, x1));
+                    let hi = vreinterpretq_s8_s32(vzip2q_s32(x0, x1));
+                    s[2 * half] = smmla!(s[2 * half], a, lo);
+                    s[2 * half + 1] = smmla!(s[2 * half + 1], a, hi);
+                }
+            }
+            let d0 = block_scale(core::slice::from_raw_parts(w0, 2));
+            let d1 = block_scale(core::slice::from_raw_parts(w1, 2));
+            let dw = vcombine_f32(vdup_n_f32(d0), vdup_n_f32(d1));
+            for (q, (fq, sq)) in f.iter_mut().zip(s).enumerate() {
+                let dx = vld1_f32(pb.d.as_ptr().add(2 * q));
+                let scale = vmulq_f32(vcombine_f32(dx, dx), dw);
+                *fq = vfmaq_f32(*fq, scale, vcvtq_f32_s32(sq));
+            }
+        }
+        let mut out = [0f32; 16];
+        for (q, fq) in f.iter().enumerate() {
+            let mut l = [0f32; 4];
+            vst1q_f32(l.as_mut_ptr(), *fq);
+            out[2 * q..2 * q + 2].copy_from_slice(&l[..2]);
+            out[8 + 2 * q..8 + 2 * q + 2].copy_from_slice(&l[2..]);
+        }
+        out
+    }
+}
+
