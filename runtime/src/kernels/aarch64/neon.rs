@@ -77,13 +77,13 @@ pub unsafe fn dot_q8_0_2x4(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 8] {
     }
 }
 
-/// `acc += ` four-way dot products of the i8 lanes of `a` and `b` (SDOT, FEAT_DotProd). Only
-/// for functions compiled with the `dotprod` target feature.
-macro_rules! sdot {
-    ($acc:expr, $a:expr, $b:expr) => {{
+/// `acc = INSTR acc, a, b` for an accumulating integer instruction on `.4s` / `.16b` vectors
+/// (SDOT, SMMLA), which stable Rust has no intrinsic for.
+macro_rules! accumulate {
+    ($instr:literal, $acc:expr, $a:expr, $b:expr) => {{
         let mut acc: int32x4_t = $acc;
         core::arch::asm!(
-            "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+            concat!($instr, " {acc:v}.4s, {a:v}.16b, {b:v}.16b"),
             acc = inout(vreg) acc,
             a = in(vreg) $a,
             b = in(vreg) $b,
@@ -91,6 +91,14 @@ macro_rules! sdot {
         );
         acc
     }};
+}
+
+/// `acc += ` four-way dot products of the i8 lanes of `a` and `b` (SDOT, FEAT_DotProd). Only
+/// for functions compiled with the `dotprod` target feature.
+macro_rules! sdot {
+    ($acc:expr, $a:expr, $b:expr) => {
+        accumulate!("sdot", $acc, $a, $b)
+    };
 }
 
 /// [`dot_q8_0`] with SDOT.
@@ -201,19 +209,12 @@ pub unsafe fn dot_q8_0_2x8_dotprod(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
 }
 
 /// `acc += a * b^T` for 2 x 8 signed byte matrices `a` and `b` (SMMLA, from i8mm): lanes
-/// `[a0.b0, a0.b1, a1.b0, a1.b1]`, each an 8-deep dot product.
+/// `[a0.b0, a0.b1, a1.b0, a1.b1]`, each an 8-deep dot product. Only for functions compiled
+/// with the `i8mm` target feature.
 macro_rules! smmla {
-    ($acc:expr, $a:expr, $b:expr) => {{
-        let mut acc: int32x4_t = $acc;
-        core::arch::asm!(
-            "smmla {acc:v}.4s, {a:v}.16b, {b:v}.16b",
-            acc = inout(vreg) acc,
-            a = in(vreg) $a,
-            b = in(vreg) $b,
-            options(pure, nomem, nostack, preserves_flags)
-        );
-        acc
-    }};
+    ($acc:expr, $a:expr, $b:expr) => {
+        accumulate!("smmla", $acc, $a, $b)
+    };
 }
 
 /// [`dot_q8_0_2x8_dotprod`] with SMMLA: eight weights of both rows form one 2 x 8 matrix, and
