@@ -392,15 +392,16 @@ fn main() -> ExitCode {
     }))
     .format_timestamp(None)
     .init();
-    if let Some(n) = cli.threads {
-        if n == 0 {
-            eprintln!("error: --threads must be at least 1");
-            return ExitCode::FAILURE;
-        }
-        if let Err(e) = petal_runtime::kernels::set_threads(n) {
-            eprintln!("error: cannot start {n} threads: {e}");
-            return ExitCode::FAILURE;
-        }
+    if cli.threads == Some(0) {
+        eprintln!("error: --threads must be at least 1");
+        return ExitCode::FAILURE;
+    }
+    let n = cli
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if let Err(e) = petal_runtime::kernels::set_threads(n) {
+        eprintln!("error: cannot start {n} threads: {e}");
+        return ExitCode::FAILURE;
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

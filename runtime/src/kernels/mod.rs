@@ -664,12 +664,14 @@ pub fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     #[cfg(feature = "std")]
     {
         use rayon::prelude::*;
-        // Rows per task: enough work to pay for the hand-off.
-        let rows = (8192 / w.len().max(1)).max(1);
-        x.par_chunks_mut(rows * w.len().max(1))
-            .for_each(|c| norm(c, w, b, eps));
+        if rayon::current_num_threads() > 1 {
+            // Rows per task: enough work to pay for the hand-off.
+            let rows = (8192 / w.len().max(1)).max(1);
+            x.par_chunks_mut(rows * w.len().max(1))
+                .for_each(|c| norm(c, w, b, eps));
+            return;
+        }
     }
-    #[cfg(not(feature = "std"))]
     norm(x, w, b, eps)
 }
 
@@ -683,10 +685,11 @@ pub fn gelu(x: &mut [f32]) {
     #[cfg(feature = "std")]
     {
         use rayon::prelude::*;
-        let gelu = active().gelu;
-        x.par_chunks_mut(4096).for_each(gelu);
+        if rayon::current_num_threads() > 1 {
+            x.par_chunks_mut(4096).for_each(active().gelu);
+            return;
+        }
     }
-    #[cfg(not(feature = "std"))]
     (active().gelu)(x)
 }
 
@@ -695,9 +698,10 @@ pub fn par_map<T: Send>(count: usize, f: impl Fn(usize) -> T + Sync + Send) -> V
     #[cfg(feature = "std")]
     {
         use rayon::prelude::*;
-        (0..count).into_par_iter().map(f).collect()
+        if rayon::current_num_threads() > 1 {
+            return (0..count).into_par_iter().map(f).collect();
+        }
     }
-    #[cfg(not(feature = "std"))]
     (0..count).map(f).collect()
 }
 
@@ -712,10 +716,13 @@ pub fn threads() -> usize {
     rayon::current_num_threads()
 }
 
-/// Sets the number of threads of the pool (once, before the first use; later calls fail).
+/// Sets the number of threads of the pool (once, before the first use; later calls fail). The
+/// calling thread becomes one of them: the products it starts run partly on itself, and it
+/// hands work to the others without sleeping and being woken for each one.
 #[cfg(feature = "std")]
 pub fn set_threads(n: usize) -> Result<(), rayon::ThreadPoolBuildError> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(n)
+        .use_current_thread()
         .build_global()
 }
