@@ -257,7 +257,7 @@ fn softmax_gelu_and_quantization_match_the_reference() {
 }
 
 /// Every position of a Q8_0 or Q4_0 linear layer equals the block dot products of its weight row
-/// and the token's quantized activations (both levels for Q4_0), on shapes that take each of the
+/// and the token's quantized activations (16-bit panels or both 8-bit levels for Q4_0), on shapes that take each of the
 /// frame's paths (one thread, tokens split across threads, rows split across threads; odd rows,
 /// ragged token tiles and panels).
 #[test]
@@ -278,9 +278,15 @@ fn quantized_linear_matches_block_dots_at_every_position() {
             };
             let mut got = vec![0f32; n * rows];
             kernels::linear(&x, n, &m, &bias, &mut got);
-            let (mut xq, mut xr) = (Vec::new(), Vec::new());
+            let (mut xq, mut xr, mut x16) = (Vec::new(), Vec::new(), Vec::new());
+            // Q4_0 meets 16-bit activations where the set has a panel kernel for them.
+            let q4_16 = kernels::active().dot_q4_0_2x8.is_some();
             if ty == TensorType::Q8_0 {
                 qdot::quantize_activations(&x, &mut xq);
+            } else if q4_16 {
+                for group in x.chunks(qdot::PANEL_TOKENS * cols) {
+                    qdot::pack_panel16(group, cols, &mut x16);
+                }
             } else {
                 qdot::quantize_activations_two_level(&x, &mut xq, &mut xr);
             }
@@ -291,6 +297,10 @@ fn quantized_linear_matches_block_dots_at_every_position() {
                     let want = bias[o]
                         + if ty == TensorType::Q8_0 {
                             generic::dot_q8_0(m.row(o), &xq[blocks])
+                        } else if q4_16 {
+                            let g = t / qdot::PANEL_TOKENS;
+                            let panels = &x16[g * bpr..(g + 1) * bpr];
+                            generic::dot_q4_0_2x8([m.row(o); 2], panels)[t % qdot::PANEL_TOKENS]
                         } else {
                             generic::dot_q4_0(m.row(o), &xq[blocks.clone()])
                                 + generic::dot_q4_0(m.row(o), &xr[blocks])
@@ -345,6 +355,10 @@ fn f32_linear_matches_the_reference_at_every_position() {
     }
 }
 
+/// 16-bit activation quantization: each value within half a step (`d / 2`) of its input, plus
+/// f32 rounding (an ulp of a value near 32767 steps is 1/256 of a step).
+const Q16_STEP_TOL: f32 = 0.51;
+
 #[test]
 fn q4_0_panels_match_the_reference() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(21);
@@ -352,47 +366,59 @@ fn q4_0_panels_match_the_reference() {
         let blocks = rng.gen_range(1..50);
         let ntok = rng.gen_range(1..=qdot::PANEL_TOKENS);
         let rows = random_rows(&mut rng, 2, blocks, TensorType::Q4_0);
-        let (mut his, mut los) = (Vec::new(), Vec::new());
+        let cols = blocks * QK;
+        let mut x = Vec::new();
         for _ in 0..ntok {
             let xs = rng.gen_range(0.01..8.0);
-            let x = random_vec(&mut rng, blocks * QK, xs);
-            let (mut hi, mut lo) = (Vec::new(), Vec::new());
-            qdot::quantize_activations_two_level(&x, &mut hi, &mut lo);
-            his.push(hi);
-            los.push(lo);
+            x.extend(random_vec(&mut rng, cols, xs));
         }
-        let hr: Vec<&[qdot::ActBlock]> = his.iter().map(|t| &t[..]).collect();
-        let lr: Vec<&[qdot::ActBlock]> = los.iter().map(|t| &t[..]).collect();
-        let (mut ph, mut pl) = (Vec::new(), Vec::new());
-        qdot::pack_panel(&hr, blocks, &mut ph);
-        qdot::pack_panel(&lr, blocks, &mut pl);
+        let mut panel = Vec::new();
+        qdot::pack_panel16(&x, cols, &mut panel);
+        assert_eq!(panel.len(), blocks);
+        // The panels hold the inputs to within half a quantization step; padding is zero.
+        for (b, p) in panel.iter().enumerate() {
+            for t in 0..qdot::PANEL_TOKENS {
+                for j in 0..QK {
+                    let q = p.qs[j / 2][2 * t + j % 2];
+                    if t >= ntok {
+                        assert_eq!((q, p.d[t]), (0, 0.0));
+                        continue;
+                    }
+                    let v = x[t * cols + b * QK + j];
+                    assert!(
+                        (q as f32 * p.d[t] - v).abs() <= Q16_STEP_TOL * p.d[t],
+                        "16-bit panel [{b}, {t}, {j}]: {q} x {} vs {v}",
+                        p.d[t]
+                    );
+                }
+            }
+        }
         let w = [&rows[0][..], &rows[1][..]];
-        let want = generic::dot_q4_0_2x8(w, &ph, &pl);
+        let want = generic::dot_q4_0_2x8(w, &panel);
         for r in 0..2 {
             for t in 0..qdot::PANEL_TOKENS {
                 let got = want[r * qdot::PANEL_TOKENS + t];
-                let exact = if t < ntok {
-                    generic::dot_q4_0(w[r], hr[t]) + generic::dot_q4_0(w[r], lr[t])
-                } else {
-                    0.0
-                };
-                let scale: f32 = hr
-                    .get(t)
-                    .map_or(0.0, |x| x.iter().map(|b| b.d * 127.0 * 8.0 * QK as f32).sum::<f32>())
-                    * rows[r]
-                        .chunks_exact(qdot::Q4_0_BLOCK_BYTES)
-                        .map(|b| qdot::block_scale(b).abs())
-                        .fold(0.0, f32::max)
-                    + 1e-6;
+                // The panel reference against the dequantized weights and activations in f64.
+                let mut dq = Vec::new();
+                quant::dequantize(w[r], TensorType::Q4_0, cols, &mut dq).unwrap();
+                let (mut exact, mut scale) = (0f64, 1e-6f64);
+                for b in 0..blocks {
+                    let d = panel[b].d[t] as f64;
+                    for j in 0..QK {
+                        let xv = panel[b].qs[j / 2][2 * t + j % 2] as f64 * d;
+                        exact += dq[b * QK + j] as f64 * xv;
+                        scale += (dq[b * QK + j] as f64 * xv).abs();
+                    }
+                }
                 assert!(
-                    (got - exact).abs() <= QDOT_REL_TOL * scale,
+                    (got as f64 - exact).abs() <= QDOT_REL_TOL as f64 * scale,
                     "q4 panel reference [{r}, {t}]: {got} vs {exact}"
                 );
                 for k in variants() {
                     let Some(f) = k.dot_q4_0_2x8 else { continue };
-                    let g = f(w, &ph, &pl)[r * qdot::PANEL_TOKENS + t];
+                    let g = f(w, &panel)[r * qdot::PANEL_TOKENS + t];
                     assert!(
-                        (g - got).abs() <= QDOT_REL_TOL * scale,
+                        (g - got).abs() as f64 <= QDOT_REL_TOL as f64 * scale,
                         "{} q4 2x8 [{r}, {t}]: {g} vs {got}",
                         k.name
                     );

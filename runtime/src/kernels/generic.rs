@@ -3,7 +3,7 @@
 use alloc::vec;
 
 use crate::kernels::qdot::{
-    block_scale, ActBlock, Panel8, PANEL_TOKENS, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES,
+    block_scale, ActBlock, Panel16, Panel8, PANEL_TOKENS, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES,
 };
 use crate::quant::QK;
 use crate::weights::Matrix;
@@ -131,20 +131,19 @@ pub fn dot_q8_0_2x8(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
     out
 }
 
-/// Scalar reference of two Q4_0 weight rows against the two-level panels of eight tokens.
-pub fn dot_q4_0_2x8(w: [&[u8]; 2], hi: &[Panel8], lo: &[Panel8]) -> [f32; 16] {
+/// Scalar reference of two Q4_0 weight rows against 16-bit panels of eight tokens:
+/// `[row 0 x tokens 0..8, row 1 x tokens 0..8]`, exact i32 block sums scaled in f32.
+pub fn dot_q4_0_2x8(w: [&[u8]; 2], p: &[Panel16]) -> [f32; 16] {
     let mut out = [0f32; 16];
     for (r, row) in w.iter().enumerate() {
-        for ((wb, ph), pl) in row.chunks_exact(Q4_0_BLOCK_BYTES).zip(hi).zip(lo) {
+        for (wb, pb) in row.chunks_exact(Q4_0_BLOCK_BYTES).zip(p) {
             let wq: [i32; QK] = core::array::from_fn(|k| {
                 let byte = wb[2 + k % (QK / 2)];
                 (if k < QK / 2 { byte & 0x0f } else { byte >> 4 }) as i32 - 8
             });
             for t in 0..PANEL_TOKENS {
-                for p in [ph, pl] {
-                    let isum: i32 = (0..QK).map(|k| wq[k] * p.qs[k / 4][4 * t + k % 4] as i32).sum();
-                    out[r * PANEL_TOKENS + t] += block_scale(wb) * p.d[t] * isum as f32;
-                }
+                let isum: i32 = (0..QK).map(|k| wq[k] * pb.qs[k / 2][2 * t + k % 2] as i32).sum();
+                out[r * PANEL_TOKENS + t] += block_scale(wb) * pb.d[t] * isum as f32;
             }
         }
     }

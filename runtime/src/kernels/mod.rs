@@ -20,7 +20,7 @@ use alloc::vec::Vec;
 
 use crate::quant::{TensorType, QK};
 use crate::weights::Matrix;
-use qdot::{ActBlock, Panel8, PANEL_TOKENS};
+use qdot::{ActBlock, Panel16, Panel8, PANEL_TOKENS};
 
 /// One implementation of every kernel.
 #[derive(Clone, Copy, Debug)]
@@ -34,8 +34,9 @@ pub struct KernelSet {
     /// Two Q8_0 weight rows · a panel of eight tokens, `[row 0 x 8, row 1 x 8]`; when present,
     /// linear layers pack their activations into panels and use it instead of the 2 x 4 tile.
     pub dot_q8_0_2x8: Option<fn([&[u8]; 2], &[Panel8]) -> [f32; 16]>,
-    /// Two Q4_0 weight rows · the two-level panels (activations, residual) of eight tokens.
-    pub dot_q4_0_2x8: Option<fn([&[u8]; 2], &[Panel8], &[Panel8]) -> [f32; 16]>,
+    /// Two Q4_0 weight rows · 16-bit panels of eight tokens, `[row 0 x 8, row 1 x 8]`; when
+    /// present, Q4_0 layers quantize their activations to 16 bits and use it.
+    pub dot_q4_0_2x8: Option<fn([&[u8]; 2], &[Panel16]) -> [f32; 16]>,
     /// Q4_0 weight row · activation blocks.
     pub dot_q4_0: fn(&[u8], &[ActBlock]) -> f32,
     /// f32 · f32.
@@ -99,14 +100,13 @@ pub fn avx2() -> Option<KernelSet> {
         unsafe { x86_64::avx2::dot_q8_0_2x8(w, p) }
     }
     #[allow(unsafe_code)]
-    fn q4_2x8(w: [&[u8]; 2], hi: &[Panel8], lo: &[Panel8]) -> [f32; 16] {
+    fn q4_2x8(w: [&[u8]; 2], p: &[Panel16]) -> [f32; 16] {
         assert!(w
             .iter()
-            .all(|w| w.len() >= hi.len() * qdot::Q4_0_BLOCK_BYTES));
-        assert_eq!(hi.len(), lo.len());
+            .all(|w| w.len() >= p.len() * qdot::Q4_0_BLOCK_BYTES));
         // SAFETY: this set is only handed out after detecting AVX2, FMA and F16C; lengths
         // asserted.
-        unsafe { x86_64::avx2::dot_q4_0_2x8(w, hi, lo) }
+        unsafe { x86_64::avx2::dot_q4_0_2x8(w, p) }
     }
     #[allow(unsafe_code)]
     fn q4(w: &[u8], x: &[ActBlock]) -> f32 {
@@ -297,11 +297,10 @@ pub struct Activations<'a> {
     ty: Option<TensorType>,
     xq: Vec<ActBlock>,
     xr: Vec<ActBlock>,
-    /// Activations packed by eight tokens (Q8_0, and Q4_0's first level), when the kernel
-    /// set multiplies panels.
+    /// Activations packed by eight tokens for Q8_0, when the kernel set multiplies panels.
     panels: Vec<Panel8>,
-    /// Q4_0's second level (the residual), packed likewise.
-    panels_lo: Vec<Panel8>,
+    /// Activations in 16 bits packed by eight tokens for Q4_0, likewise.
+    panels16: Vec<Panel16>,
 }
 
 impl<'a> Activations<'a> {
@@ -314,7 +313,7 @@ impl<'a> Activations<'a> {
             xq: Vec::new(),
             xr: Vec::new(),
             panels: Vec::new(),
-            panels_lo: Vec::new(),
+            panels16: Vec::new(),
         }
     }
 
@@ -333,7 +332,7 @@ impl<'a> Activations<'a> {
         self.xq.clear();
         self.xr.clear();
         self.panels.clear();
-        self.panels_lo.clear();
+        self.panels16.clear();
         let (n, bpr) = (self.n, cols / QK);
         let pack = |xq: &[ActBlock], out: &mut Vec<Panel8>| {
             out.reserve(n.div_ceil(PANEL_TOKENS) * bpr);
@@ -351,12 +350,14 @@ impl<'a> Activations<'a> {
                     pack(&self.xq, &mut self.panels);
                 }
             }
+            TensorType::Q4_0 if k.dot_q4_0_2x8.is_some() => {
+                self.panels16.reserve(n.div_ceil(PANEL_TOKENS) * bpr);
+                for rows in self.x.chunks(PANEL_TOKENS * cols) {
+                    qdot::pack_panel16(rows, cols, &mut self.panels16);
+                }
+            }
             TensorType::Q4_0 => {
                 qdot::quantize_two_level_with(self.x, &mut self.xq, &mut self.xr, k.quantize);
-                if k.dot_q4_0_2x8.is_some() {
-                    pack(&self.xq, &mut self.panels);
-                    pack(&self.xr, &mut self.panels_lo);
-                }
             }
             _ => {}
         }
@@ -424,7 +425,9 @@ impl LinearJob<'_> {
         for t0 in tokens.clone().step_by(TOKEN_TILE) {
             let t1 = (t0 + TOKEN_TILE).min(tokens.end);
             match w.ty {
-                TensorType::Q8_0 | TensorType::Q4_0 if !a.panels.is_empty() => {
+                TensorType::Q8_0 | TensorType::Q4_0
+                    if !a.panels.is_empty() || !a.panels16.is_empty() =>
+                {
                     debug_assert!(t0 % PANEL_TOKENS == 0);
                     // Results gather in `tile[token][row]` and leave as contiguous rows.
                     let mut tile = [[0f32; OUT_TILE]; TOKEN_TILE];
@@ -441,9 +444,7 @@ impl LinearJob<'_> {
                                     (Some(f), _) if w.ty == TensorType::Q8_0 => {
                                         f(wr, &a.panels[at])
                                     }
-                                    (_, Some(f)) => {
-                                        f(wr, &a.panels[at.clone()], &a.panels_lo[at])
-                                    }
+                                    (_, Some(f)) => f(wr, &a.panels16[at]),
                                     _ => unreachable!("panels are packed only for a panel kernel"),
                                 };
                                 let (ra, rb) = r.split_at(PANEL_TOKENS);
@@ -518,9 +519,10 @@ impl LinearJob<'_> {
 
 /// `y[t, o] = sum_i x[t, i] * W[o, i] + bias[o]` for `n` tokens; `x` is `[n, W.cols]`, `y` is
 /// `[n, W.rows]`, row-major. Q8_0 and Q4_0 weights are multiplied in integers against
-/// activations quantized per 32 values (Q4_0 against two levels, the quantized activations and
-/// their quantized residual, so its result stays within cosine 0.9999 of f32 arithmetic over
-/// the same weights); F32 and F16 in f32. Large products run on the thread pool: split by
+/// activations quantized per 32 values (Q4_0 against activations in 16 bits where the kernel
+/// set has a panel kernel for them, else against two 8-bit levels, the quantized activations
+/// and their quantized residual, so its result stays within cosine 0.9999 of f32 arithmetic
+/// over the same weights); F32 and F16 in f32. Large products run on the thread pool: split by
 /// tokens when there are enough of them, else by output rows.
 pub fn linear(x: &[f32], n: usize, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) {
     linear_with(&mut Activations::new(x, n), w, bias, y)

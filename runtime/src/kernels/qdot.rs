@@ -110,3 +110,48 @@ pub fn pack_panel(tokens: &[&[ActBlock]], nb: usize, out: &mut Vec<Panel8>) {
         }
     }
 }
+
+/// One activation block of eight tokens quantized to 16 bits, for Q4_0's panel kernels (whose
+/// 4-bit weights meet 16-bit values in one `i16 x i16 -> i32` product): `qs[p]` holds values
+/// `2p, 2p + 1` of each token in turn (token `t` at `2t, 2t + 1`), `d` the tokens' scales
+/// (value = `qs * d`, `|qs| <= 32767`). A weight pair, broadcast, meets all eight tokens in one
+/// 32-byte product.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C, align(32))]
+pub struct Panel16 {
+    /// Scales of the eight tokens.
+    pub d: [f32; PANEL_TOKENS],
+    /// Values, by pairs.
+    pub qs: [[i16; 2 * PANEL_TOKENS]; QK / 2],
+}
+
+/// Largest magnitude of a 16-bit quantized activation.
+const Q16_MAX: f32 = 32767.0;
+
+/// Quantizes up to eight tokens (`x`, rows of `cols`, a multiple of 32) per 32 values to 16 bits
+/// and packs them into `cols / 32` panels, appended to `out`; missing tokens are zeros.
+pub fn pack_panel16(x: &[f32], cols: usize, out: &mut Vec<Panel16>) {
+    let ntok = x.len() / cols;
+    debug_assert!(ntok <= PANEL_TOKENS && cols % QK == 0 && x.len() == ntok * cols);
+    let start = out.len();
+    out.resize(
+        start + cols / QK,
+        Panel16 {
+            d: [0.0; PANEL_TOKENS],
+            qs: [[0; 2 * PANEL_TOKENS]; QK / 2],
+        },
+    );
+    for (t, row) in x.chunks_exact(cols).enumerate() {
+        for (p, chunk) in out[start..].iter_mut().zip(row.chunks_exact(QK)) {
+            let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / Q16_MAX;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            p.d[t] = d;
+            for (j, &v) in chunk.iter().enumerate() {
+                let r = v * id;
+                // Round half away from zero; |r| <= 32767 by construction.
+                p.qs[j / 2][2 * t + j % 2] = (r + if r >= 0.0 { 0.5 } else { -0.5 }) as i16;
+            }
+        }
+    }
+}

@@ -4,7 +4,7 @@
 use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
-use crate::kernels::qdot::{ActBlock, Panel8, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
+use crate::kernels::qdot::{ActBlock, Panel16, Panel8, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
 use crate::quant::QK;
 
 /// The f16 scale at `p` as f32, with F16C (no call out of the vector loop).
@@ -437,63 +437,67 @@ pub unsafe fn dot_q8_0_2x8(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
     }
 }
 
-/// Two Q4_0 weight rows against the two-level activation panels of eight tokens (`hi`, the
-/// quantized activations, and `lo`, their quantized residual), as [`dot_q8_0_2x8`] does for
-/// Q8_0: each weight block is unpacked once to 32 i8 in `-8..=7`, then meets both levels.
-/// Returns `[row 0 x tokens 0..8, row 1 x tokens 0..8]`.
+/// Two Q4_0 weight rows against 16-bit panels of eight tokens, lanes being tokens: each weight
+/// block is unpacked once to 32 i16 in `-8..=7`; each pair of weights is broadcast and meets
+/// the eight tokens' two values in one `vpmaddwd` (exact: the block sums stay within i32), and
+/// one conversion and one multiply-add per block and row apply the scales. Returns
+/// `[row 0 x tokens 0..8, row 1 x tokens 0..8]`.
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C; both rows hold at least `hi.len() * 18` bytes and
-/// `lo` has as many panels as `hi`.
+/// The CPU must support AVX2, FMA and F16C; both rows hold at least `p.len() * 18` bytes.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q4_0_2x8(w: [&[u8]; 2], hi: &[Panel8], lo: &[Panel8]) -> [f32; 16] {
-    debug_assert!(w.iter().all(|w| w.len() >= hi.len() * Q4_0_BLOCK_BYTES));
-    debug_assert_eq!(hi.len(), lo.len());
+pub unsafe fn dot_q4_0_2x8(w: [&[u8]; 2], p: &[Panel16]) -> [f32; 16] {
+    debug_assert!(w.iter().all(|w| w.len() >= p.len() * Q4_0_BLOCK_BYTES));
     // SAFETY: weight reads are 16 bytes at `2 + 18b` and the scale's 2 bytes at `18b`
-    // (b < hi.len()), inside rows of `18 hi.len()` bytes; the unpacked block lives in a 32-byte
-    // local read 4 bytes at a time below 32; panel loads read their 32-byte arrays.
+    // (b < p.len()), inside rows of `18 p.len()` bytes; the unpacked block lives in a 64-byte
+    // local read 4 bytes at a time below 64; panel loads read their 32-byte arrays (aligned to
+    // 32 by `Panel16`'s layout), and the asm touches nothing else: no stack, no flags.
     unsafe {
-        let ones = _mm256_set1_epi16(1);
         let low = _mm_set1_epi8(0x0f);
-        let eight = _mm256_set1_epi8(8);
+        let eight = _mm_set1_epi8(8);
         let mut f = [_mm256_setzero_ps(); 2];
-        let mut unpacked = [[0i8; QK]; 2];
-        for (b, (ph, pl)) in hi.iter().zip(lo).enumerate() {
+        let mut unpacked = [[0i16; QK]; 2];
+        for (b, pb) in p.iter().enumerate() {
             let mut d = [0f32; 2];
             for r in 0..2 {
                 let wb = w[r].as_ptr().add(b * Q4_0_BLOCK_BYTES);
                 let packed = _mm_loadu_si128(wb.add(2) as *const __m128i);
-                let l = _mm_and_si128(packed, low);
-                let h = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
-                let q = _mm256_sub_epi8(_mm256_set_m128i(h, l), eight);
-                _mm256_storeu_si256(unpacked[r].as_mut_ptr() as *mut __m256i, q);
+                // Byte j holds weight j in its low nibble and weight j + 16 in its high one.
+                let l = _mm_sub_epi8(_mm_and_si128(packed, low), eight);
+                let h = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(packed, 4), low), eight);
+                let u = unpacked[r].as_mut_ptr() as *mut __m256i;
+                _mm256_storeu_si256(u, _mm256_cvtepi8_epi16(l));
+                _mm256_storeu_si256(u.add(1), _mm256_cvtepi8_epi16(h));
                 d[r] = scale_at(wb);
             }
-            let mut s = [_mm256_setzero_si256(); 4];
-            for g in 0..QK / 4 {
-                let (xh, ah) = (
-                    _mm256_load_si256(ph.qs[g].as_ptr() as *const __m256i),
-                    _mm256_load_si256(ph.abs[g].as_ptr() as *const __m256i),
+            let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            for pair in 0..QK / 2 {
+                // Written out so that the weight pairs are broadcast from memory (the compiler
+                // turns the loads into a chain of shuffles, which compete with the products).
+                core::arch::asm!(
+                    "vmovdqa {x}, [{px}]",
+                    "vpbroadcastd {t0}, [{u0}]",
+                    "vpbroadcastd {t1}, [{u1}]",
+                    "vpmaddwd {t0}, {t0}, {x}",
+                    "vpmaddwd {t1}, {t1}, {x}",
+                    "vpaddd {s0}, {s0}, {t0}",
+                    "vpaddd {s1}, {s1}, {t1}",
+                    px = in(reg) pb.qs[pair].as_ptr(),
+                    u0 = in(reg) unpacked[0].as_ptr().add(2 * pair),
+                    u1 = in(reg) unpacked[1].as_ptr().add(2 * pair),
+                    x = out(ymm_reg) _,
+                    t0 = out(ymm_reg) _,
+                    t1 = out(ymm_reg) _,
+                    s0 = inout(ymm_reg) s0,
+                    s1 = inout(ymm_reg) s1,
+                    options(pure, readonly, nostack, preserves_flags),
                 );
-                let (xl, al) = (
-                    _mm256_load_si256(pl.qs[g].as_ptr() as *const __m256i),
-                    _mm256_load_si256(pl.abs[g].as_ptr() as *const __m256i),
-                );
-                for r in 0..2 {
-                    let wg = _mm256_set1_epi32(
-                        (unpacked[r].as_ptr().add(4 * g) as *const i32).read_unaligned(),
-                    );
-                    let ph = _mm256_maddubs_epi16(ah, _mm256_sign_epi8(wg, xh));
-                    let pl = _mm256_maddubs_epi16(al, _mm256_sign_epi8(wg, xl));
-                    s[2 * r] = _mm256_add_epi32(s[2 * r], _mm256_madd_epi16(ph, ones));
-                    s[2 * r + 1] = _mm256_add_epi32(s[2 * r + 1], _mm256_madd_epi16(pl, ones));
-                }
             }
-            let (dh, dl) = (_mm256_load_ps(ph.d.as_ptr()), _mm256_load_ps(pl.d.as_ptr()));
+            let s = [s0, s1];
+            let dx = _mm256_load_ps(pb.d.as_ptr());
             for r in 0..2 {
-                let dr = _mm256_set1_ps(d[r]);
-                f[r] = _mm256_fmadd_ps(_mm256_mul_ps(dr, dh), _mm256_cvtepi32_ps(s[2 * r]), f[r]);
-                f[r] = _mm256_fmadd_ps(_mm256_mul_ps(dr, dl), _mm256_cvtepi32_ps(s[2 * r + 1]), f[r]);
+                let dr = _mm256_mul_ps(_mm256_set1_ps(d[r]), dx);
+                f[r] = _mm256_fmadd_ps(dr, _mm256_cvtepi32_ps(s[r]), f[r]);
             }
         }
         let mut out = [0f32; 16];
