@@ -1,5 +1,6 @@
 //! Times `kernels::linear` on MiniLM's shapes (Q8_0 weights, 128 tokens, one thread):
-//! `cargo run --release -p petal-runtime --example linear_bench`. For kernel work; the
+//! `cargo run --release -p petal-runtime --example linear_bench [ROWSxCOLS]`; `TYPE=q4_0` for
+//! Q4_0 weights. For kernel work; the
 //! product's figures come from `petal bench` and bench/peers.sh.
 
 use std::time::Instant;
@@ -16,14 +17,18 @@ fn main() {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
     };
+    let ty = match std::env::var("TYPE").as_deref() {
+        Ok("q4_0") => TensorType::Q4_0,
+        _ => TensorType::Q8_0,
+    };
     let mut total = 0.0;
     let shapes: Vec<(usize, usize)> = std::env::args().nth(1).map_or(vec![(384, 384), (1536, 384), (384, 1536)], |s| { let v: Vec<usize> = s.split("x").map(|p| p.parse().unwrap()).collect(); vec![(v[0], v[1])] });
     for (rows, cols) in shapes {
         let w: Vec<f32> = (0..rows * cols).map(|_| rand()).collect();
         let x: Vec<f32> = (0..n * cols).map(|_| rand()).collect();
         let mut bytes = Vec::new();
-        quant::quantize(&w, TensorType::Q8_0, &mut bytes).unwrap();
-        let m = Matrix { ty: TensorType::Q8_0, rows, cols, data: &bytes };
+        quant::quantize(&w, ty, &mut bytes).unwrap();
+        let m = Matrix { ty, rows, cols, data: &bytes };
         let mut y = vec![0f32; n * rows];
         let mut times = Vec::new();
         for _ in 0..30 {

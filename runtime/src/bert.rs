@@ -13,7 +13,7 @@ use core::fmt;
 use crate::config::{HeadActivation, LoadError, ModelConfig, Pooling};
 use crate::gguf::names::tensor::Block;
 use crate::gguf::Gguf;
-use crate::kernels;
+use crate::kernels::{self, Activations};
 use crate::weights::{Linear, Norm, Weights};
 
 /// Token ids of a batch of sequences, concatenated.
@@ -202,10 +202,10 @@ impl<B: AsRef<[u8]>> Encoder<B> {
     }
 
     fn linear(&self, lin: &Linear, x: &[f32], n: usize) -> Vec<f32> {
-        self.linear_with(lin, &mut kernels::Activations::new(x, n))
+        self.linear_with(lin, &mut Activations::new(x, n))
     }
 
-    fn linear_with(&self, lin: &Linear, x: &mut kernels::Activations<'_>) -> Vec<f32> {
+    fn linear_with(&self, lin: &Linear, x: &mut Activations<'_>) -> Vec<f32> {
         let bytes = self.bytes();
         let w = lin.weight.view(bytes);
         let mut y = vec![0f32; x.tokens() * w.rows];
@@ -354,37 +354,35 @@ impl<B: AsRef<[u8]>> Encoder<B> {
         let mut x = self.embeddings(input, hooks);
         hooks.hidden_state(0, &x);
         for (l, layer) in self.weights.layers.iter().enumerate() {
-            let proj = |hooks: &mut dyn Hooks, part: Block, lin: &Linear, inp: &[f32]| {
-                let replaced = hooks.linear_input(l, part, inp);
-                let inp = replaced.as_deref().unwrap_or(inp);
-                let mut y = self.linear(lin, inp, n);
+            // Each projection reads prepared activations (quantized once for all layers reading
+            // them) unless a hook replaces its input.
+            let proj = |hooks: &mut dyn Hooks,
+                        part: Block,
+                        lin: &Linear,
+                        act: &mut Activations<'_>| {
+                let inp = act.input();
+                if let Some(replaced) = hooks.linear_input(l, part, inp) {
+                    let mut y = self.linear(lin, &replaced, n);
+                    hooks.linear_output(l, part, &replaced, &mut y);
+                    return y;
+                }
+                let mut y = self.linear_with(lin, act);
                 hooks.linear_output(l, part, inp, &mut y);
                 y
             };
-            // Self-attention, then residual and LayerNorm (post-LN). Q, K and V read the same
-            // input, quantized once unless a hook replaces it.
-            let mut shared = kernels::Activations::new(&x, n);
-            let mut qkv = |hooks: &mut dyn Hooks, part: Block, lin: &Linear| {
-                let Some(inp) = hooks.linear_input(l, part, &x) else {
-                    let mut y = self.linear_with(lin, &mut shared);
-                    hooks.linear_output(l, part, &x, &mut y);
-                    return y;
-                };
-                let mut y = self.linear(lin, &inp, n);
-                hooks.linear_output(l, part, &inp, &mut y);
-                y
-            };
-            let q = qkv(hooks, Block::AttnQ, &layer.q);
-            let k = qkv(hooks, Block::AttnK, &layer.k);
-            let v = qkv(hooks, Block::AttnV, &layer.v);
+            // Self-attention, then residual and LayerNorm (post-LN). Q, K and V share their input.
+            let mut shared = Activations::new(&x, n);
+            let q = proj(hooks, Block::AttnQ, &layer.q, &mut shared);
+            let k = proj(hooks, Block::AttnK, &layer.k, &mut shared);
+            let v = proj(hooks, Block::AttnV, &layer.v, &mut shared);
             let ctx = self.attention(&q, &k, &v, input.lens, hooks.attention_prefix(l));
-            let mut a = proj(hooks, Block::AttnOutput, &layer.o, &ctx);
+            let mut a = proj(hooks, Block::AttnOutput, &layer.o, &mut Activations::new(&ctx, n));
             a.iter_mut().zip(&x).for_each(|(a, x)| *a += x);
             self.hooked_norm(&layer.attn_norm, NormSite::Attention(l), &mut a, hooks);
             // Feed-forward with exact GELU, then residual and LayerNorm.
-            let mut u = proj(hooks, Block::FfnUp, &layer.up, &a);
+            let mut u = proj(hooks, Block::FfnUp, &layer.up, &mut Activations::new(&a, n));
             kernels::gelu(&mut u);
-            let mut d = proj(hooks, Block::FfnDown, &layer.down, &u);
+            let mut d = proj(hooks, Block::FfnDown, &layer.down, &mut Activations::new(&u, n));
             d.iter_mut().zip(&a).for_each(|(d, a)| *d += a);
             self.hooked_norm(&layer.out_norm, NormSite::Output(l), &mut d, hooks);
             x = d;

@@ -252,13 +252,22 @@ fn softmax_gelu_and_quantization_match_the_reference() {
             (k.quantize)(&x, &mut got);
             qdot::quantize_activations(&x, &mut want);
             assert_eq!(got, want, "{} quantize {blocks} blocks", k.name);
+            // 16-bit panels of one to eight tokens of these blocks.
+            let cols = QK * blocks.min(4);
+            for ntok in [1, 3, 8] {
+                let xs = &x[..(ntok * cols).min(x.len()) / cols * cols];
+                let (mut got, mut want) = (Vec::new(), Vec::new());
+                (k.pack_panel16)(xs, cols, &mut got);
+                qdot::pack_panel16(xs, cols, &mut want);
+                assert_eq!(got, want, "{} 16-bit panels of {ntok} x {cols}", k.name);
+            }
         }
     }
 }
 
 /// Every position of a Q8_0 or Q4_0 linear layer equals the block dot products of its weight row
-/// and the token's quantized activations (16-bit panels or both 8-bit levels for Q4_0), on shapes that take each of the
-/// frame's paths (one thread, tokens split across threads, rows split across threads; odd rows,
+/// and the token's quantized activations (16-bit panels or both 8-bit levels for Q4_0), on
+/// shapes that take each of the frame's paths (one thread, tokens split across threads, rows split across threads; odd rows,
 /// ragged token tiles and panels).
 #[test]
 fn quantized_linear_matches_block_dots_at_every_position() {

@@ -49,6 +49,9 @@ pub struct KernelSet {
     pub layer_norm: fn(&mut [f32], &[f32], &[f32], f32),
     /// Activations (a multiple of 32) quantized per 32 values, appended.
     pub quantize: fn(&[f32], &mut Vec<ActBlock>),
+    /// Up to eight tokens' activations (rows of `cols`) quantized to 16 bits per 32 values and
+    /// packed into panels, appended: `(x, cols, out)`.
+    pub pack_panel16: fn(&[f32], usize, &mut Vec<Panel16>),
 }
 
 /// The scalar references.
@@ -64,6 +67,7 @@ pub const GENERIC: KernelSet = KernelSet {
     gelu: generic::gelu,
     layer_norm: generic::layer_norm,
     quantize: qdot::quantize_activations,
+    pack_panel16: qdot::pack_panel16,
 };
 
 /// The AVX2 + FMA + F16C set, when this CPU has them.
@@ -136,6 +140,12 @@ pub fn avx2() -> Option<KernelSet> {
         unsafe { x86_64::avx2::quantize_activations(x, out) }
     }
     #[allow(unsafe_code)]
+    fn pack_panel16(x: &[f32], cols: usize, out: &mut Vec<Panel16>) {
+        assert!(cols % QK == 0 && x.len() % cols == 0 && x.len() / cols <= PANEL_TOKENS);
+        // SAFETY: this set is only handed out after detecting AVX2; shape asserted.
+        unsafe { x86_64::avx2::pack_panel16(x, cols, out) }
+    }
+    #[allow(unsafe_code)]
     fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
         assert_eq!(w.len(), b.len());
         // SAFETY: this set is only handed out after detecting AVX2 and FMA; lengths asserted.
@@ -153,6 +163,7 @@ pub fn avx2() -> Option<KernelSet> {
         gelu,
         layer_norm,
         quantize,
+        pack_panel16,
     })
 }
 
@@ -253,6 +264,7 @@ fn neon_set(dotprod: bool, i8mm: bool) -> KernelSet {
         gelu: generic::gelu,
         layer_norm: generic::layer_norm,
         quantize: qdot::quantize_activations,
+        pack_panel16: qdot::pack_panel16,
     }
 }
 
@@ -322,6 +334,11 @@ impl<'a> Activations<'a> {
         self.n
     }
 
+    /// The f32 input, `[tokens, cols]`.
+    pub fn input(&self) -> &'a [f32] {
+        self.x
+    }
+
     /// Quantizes for weights of type `ty` with `k`'s kernels, unless already done for that
     /// type (float weights need nothing).
     fn prepare(&mut self, k: KernelSet, ty: TensorType, cols: usize) {
@@ -353,7 +370,7 @@ impl<'a> Activations<'a> {
             TensorType::Q4_0 if k.dot_q4_0_2x8.is_some() => {
                 self.panels16.reserve(n.div_ceil(PANEL_TOKENS) * bpr);
                 for rows in self.x.chunks(PANEL_TOKENS * cols) {
-                    qdot::pack_panel16(rows, cols, &mut self.panels16);
+                    (k.pack_panel16)(rows, cols, &mut self.panels16);
                 }
             }
             TensorType::Q4_0 => {
@@ -448,11 +465,12 @@ impl LinearJob<'_> {
                                     _ => unreachable!("panels are packed only for a panel kernel"),
                                 };
                                 let (ra, rb) = r.split_at(PANEL_TOKENS);
-                                for ((row, &a), &b) in tile[g0 - t0..].iter_mut().zip(ra).zip(rb) {
-                                    row[o - c0] = a + ba;
+                                let tokens = tile[g0 - t0..].iter_mut().zip(ra).zip(rb);
+                                for ((row, &va), &vb) in tokens {
+                                    row[o - c0] = va + ba;
                                     // An odd last row is paired with itself and stored once.
                                     if pair {
-                                        row[o2 - c0] = b + bb;
+                                        row[o2 - c0] = vb + bb;
                                     }
                                 }
                             }

@@ -4,7 +4,9 @@
 use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
-use crate::kernels::qdot::{ActBlock, Panel16, Panel8, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
+use crate::kernels::qdot::{
+    ActBlock, Panel16, Panel8, PANEL_TOKENS, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES,
+};
 use crate::quant::QK;
 
 /// The f16 scale at `p` as f32, with F16C (no call out of the vector loop).
@@ -394,6 +396,62 @@ pub unsafe fn quantize_activations(x: &[f32], out: &mut Vec<ActBlock>) {
     }
 }
 
+/// [`crate::kernels::qdot::pack_panel16`] with the same float operations in eight lanes, so
+/// the panels are bit-identical to the reference's.
+///
+/// # Safety
+/// The CPU must support AVX2; `cols` is a multiple of 32 and `x` holds at most eight rows of it.
+#[target_feature(enable = "avx2")]
+pub unsafe fn pack_panel16(x: &[f32], cols: usize, out: &mut Vec<Panel16>) {
+    debug_assert!(cols % QK == 0 && x.len() % cols == 0 && x.len() / cols <= PANEL_TOKENS);
+    let start = out.len();
+    out.resize(
+        start + cols / QK,
+        Panel16 {
+            d: [0.0; PANEL_TOKENS],
+            qs: [[0; 2 * PANEL_TOKENS]; QK / 2],
+        },
+    );
+    for (t, row) in x.chunks_exact(cols).enumerate() {
+        for (p, chunk) in out[start..].iter_mut().zip(row.chunks_exact(QK)) {
+            // SAFETY: the four loads read the 32 floats of `chunk`; the stores write the local
+            // `pairs` (16 u32) and pair `pair < 16` of token `t < 8` (4 bytes at `2t` of a
+            // 16 x i16 array).
+            unsafe {
+                let sign = _mm256_set1_ps(-0.0);
+                let c = chunk.as_ptr();
+                let v = [
+                    _mm256_loadu_ps(c),
+                    _mm256_loadu_ps(c.add(8)),
+                    _mm256_loadu_ps(c.add(16)),
+                    _mm256_loadu_ps(c.add(24)),
+                ];
+                let a = v.map(|v| _mm256_andnot_ps(sign, v));
+                let amax =
+                    hmax_ps(_mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3])));
+                let d = amax / 32767.0;
+                let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+                // Round half away from zero as the reference does: add +-0.5, then truncate.
+                let q = v.map(|v| {
+                    let r = _mm256_mul_ps(v, id);
+                    let half = _mm256_or_ps(_mm256_and_ps(r, sign), _mm256_set1_ps(0.5));
+                    _mm256_cvttps_epi32(_mm256_add_ps(r, half))
+                });
+                // i32 -> i16 packs work per 128-bit lane; the permute restores the order.
+                let w01 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[0], q[1]), 0b11_01_10_00);
+                let w23 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[2], q[3]), 0b11_01_10_00);
+                let mut pairs = [0u32; QK / 2];
+                _mm256_storeu_si256(pairs.as_mut_ptr() as *mut __m256i, w01);
+                _mm256_storeu_si256(pairs.as_mut_ptr().add(8) as *mut __m256i, w23);
+                p.d[t] = d;
+                for (dst, &pair) in p.qs.iter_mut().zip(&pairs) {
+                    (dst.as_mut_ptr().add(2 * t) as *mut u32).write_unaligned(pair);
+                }
+            }
+        }
+    }
+}
+
 /// Two Q8_0 weight rows against a panel of eight tokens, lanes being tokens: per weight block,
 /// each group of four weights is broadcast and meets the eight tokens' four values in one
 /// `vpmaddubsw` (sign trick on the activations' side: `|x|` times `w` with `x`'s sign); the
@@ -437,6 +495,22 @@ pub unsafe fn dot_q8_0_2x8(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
     }
 }
 
+/// One weight pair of two Q4_0 rows against a 16-bit panel: `$x` is the pair's byte offset in
+/// the panel (32 per pair), `$w` in the unpacked rows (4 per pair).
+macro_rules! q4_pair {
+    ($x:literal, $w:literal) => {
+        concat!(
+            "vmovdqa {x}, ymmword ptr [{px} + ", $x, "]\n",
+            "vpbroadcastd {t0}, dword ptr [{u0} + ", $w, "]\n",
+            "vpbroadcastd {t1}, dword ptr [{u1} + ", $w, "]\n",
+            "vpmaddwd {t0}, {t0}, {x}\n",
+            "vpmaddwd {t1}, {t1}, {x}\n",
+            "vpaddd {s0}, {s0}, {t0}\n",
+            "vpaddd {s1}, {s1}, {t1}\n",
+        )
+    };
+}
+
 /// Two Q4_0 weight rows against 16-bit panels of eight tokens, lanes being tokens: each weight
 /// block is unpacked once to 32 i16 in `-8..=7`; each pair of weights is broadcast and meets
 /// the eight tokens' two values in one `vpmaddwd` (exact: the block sums stay within i32), and
@@ -448,43 +522,60 @@ pub unsafe fn dot_q8_0_2x8(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q4_0_2x8(w: [&[u8]; 2], p: &[Panel16]) -> [f32; 16] {
     debug_assert!(w.iter().all(|w| w.len() >= p.len() * Q4_0_BLOCK_BYTES));
+    // Blocks unpacked per round: the stores of a round are long done when its products read
+    // them back (a read right behind a wide store waits for it).
+    const ROUND: usize = 8;
     // SAFETY: weight reads are 16 bytes at `2 + 18b` and the scale's 2 bytes at `18b`
-    // (b < p.len()), inside rows of `18 p.len()` bytes; the unpacked block lives in a 64-byte
-    // local read 4 bytes at a time below 64; panel loads read their 32-byte arrays (aligned to
-    // 32 by `Panel16`'s layout), and the asm touches nothing else: no stack, no flags.
+    // (b < p.len()), inside rows of `18 p.len()` bytes; the unpacked round lives in a local of
+    // `ROUND` blocks read 4 bytes at a time within it; panel loads read their 32-byte arrays
+    // (aligned to 32 by `Panel16`'s layout), and the asm touches nothing else: no stack, no
+    // flags.
     unsafe {
         let low = _mm_set1_epi8(0x0f);
         let eight = _mm_set1_epi8(8);
         let mut f = [_mm256_setzero_ps(); 2];
-        let mut unpacked = [[0i16; QK]; 2];
-        for (b, pb) in p.iter().enumerate() {
-            let mut d = [0f32; 2];
+        let mut unpacked = [[[0i16; QK]; ROUND]; 2];
+        let mut d = [[0f32; ROUND]; 2];
+        for (round, panels) in p.chunks(ROUND).enumerate() {
             for r in 0..2 {
-                let wb = w[r].as_ptr().add(b * Q4_0_BLOCK_BYTES);
-                let packed = _mm_loadu_si128(wb.add(2) as *const __m128i);
-                // Byte j holds weight j in its low nibble and weight j + 16 in its high one.
-                let l = _mm_sub_epi8(_mm_and_si128(packed, low), eight);
-                let h = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(packed, 4), low), eight);
-                let u = unpacked[r].as_mut_ptr() as *mut __m256i;
-                _mm256_storeu_si256(u, _mm256_cvtepi8_epi16(l));
-                _mm256_storeu_si256(u.add(1), _mm256_cvtepi8_epi16(h));
-                d[r] = scale_at(wb);
+                for i in 0..panels.len() {
+                    let wb = w[r].as_ptr().add((round * ROUND + i) * Q4_0_BLOCK_BYTES);
+                    let packed = _mm_loadu_si128(wb.add(2) as *const __m128i);
+                    // Byte j holds weight j in its low nibble and weight j + 16 in its high one.
+                    let l = _mm_sub_epi8(_mm_and_si128(packed, low), eight);
+                    let h = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(packed, 4), low), eight);
+                    let u = unpacked[r][i].as_mut_ptr() as *mut __m256i;
+                    _mm256_storeu_si256(u, _mm256_cvtepi8_epi16(l));
+                    _mm256_storeu_si256(u.add(1), _mm256_cvtepi8_epi16(h));
+                    d[r][i] = scale_at(wb);
+                }
             }
-            let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-            for pair in 0..QK / 2 {
-                // Written out so that the weight pairs are broadcast from memory (the compiler
-                // turns the loads into a chain of shuffles, which compete with the products).
+            for (i, pb) in panels.iter().enumerate() {
+                let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                // The sixteen pairs written out with constant offsets, the weight pairs
+                // broadcast from memory (left to itself the compiler turns the broadcasts into
+                // shuffles, which compete with the products, and spends an address computation
+                // per load).
                 core::arch::asm!(
-                    "vmovdqa {x}, [{px}]",
-                    "vpbroadcastd {t0}, [{u0}]",
-                    "vpbroadcastd {t1}, [{u1}]",
-                    "vpmaddwd {t0}, {t0}, {x}",
-                    "vpmaddwd {t1}, {t1}, {x}",
-                    "vpaddd {s0}, {s0}, {t0}",
-                    "vpaddd {s1}, {s1}, {t1}",
-                    px = in(reg) pb.qs[pair].as_ptr(),
-                    u0 = in(reg) unpacked[0].as_ptr().add(2 * pair),
-                    u1 = in(reg) unpacked[1].as_ptr().add(2 * pair),
+                    q4_pair!("0", "0"),
+                    q4_pair!("32", "4"),
+                    q4_pair!("64", "8"),
+                    q4_pair!("96", "12"),
+                    q4_pair!("128", "16"),
+                    q4_pair!("160", "20"),
+                    q4_pair!("192", "24"),
+                    q4_pair!("224", "28"),
+                    q4_pair!("256", "32"),
+                    q4_pair!("288", "36"),
+                    q4_pair!("320", "40"),
+                    q4_pair!("352", "44"),
+                    q4_pair!("384", "48"),
+                    q4_pair!("416", "52"),
+                    q4_pair!("448", "56"),
+                    q4_pair!("480", "60"),
+                    px = in(reg) pb.qs.as_ptr(),
+                    u0 = in(reg) unpacked[0][i].as_ptr(),
+                    u1 = in(reg) unpacked[1][i].as_ptr(),
                     x = out(ymm_reg) _,
                     t0 = out(ymm_reg) _,
                     t1 = out(ymm_reg) _,
@@ -492,12 +583,11 @@ pub unsafe fn dot_q4_0_2x8(w: [&[u8]; 2], p: &[Panel16]) -> [f32; 16] {
                     s1 = inout(ymm_reg) s1,
                     options(pure, readonly, nostack, preserves_flags),
                 );
-            }
-            let s = [s0, s1];
-            let dx = _mm256_load_ps(pb.d.as_ptr());
-            for r in 0..2 {
-                let dr = _mm256_mul_ps(_mm256_set1_ps(d[r]), dx);
-                f[r] = _mm256_fmadd_ps(dr, _mm256_cvtepi32_ps(s[r]), f[r]);
+                let dx = _mm256_load_ps(pb.d.as_ptr());
+                for (r, s) in [s0, s1].into_iter().enumerate() {
+                    let dr = _mm256_mul_ps(_mm256_set1_ps(d[r][i]), dx);
+                    f[r] = _mm256_fmadd_ps(dr, _mm256_cvtepi32_ps(s), f[r]);
+                }
             }
         }
         let mut out = [0f32; 16];
