@@ -16,12 +16,13 @@ const FDOT_REL_TOL: f32 = 1e-5;
 const LINEAR_ACT_QUANT_MIN_COS: f64 = 0.9995;
 
 fn variants() -> Vec<KernelSet> {
-    #[allow(unused_mut)] // targets without variants (armv7) keep the reference alone
     let mut v = vec![kernels::GENERIC];
     #[cfg(target_arch = "x86_64")]
     v.extend(kernels::avx2());
     #[cfg(target_arch = "aarch64")]
     v.extend(kernels::neon_variants());
+    #[cfg(target_arch = "arm")]
+    v.extend(kernels::arm_neon());
     v
 }
 
@@ -592,4 +593,13 @@ fn linear_backward_input_matches_the_reference_for_every_type() {
             }
         }
     }
+}
+
+/// The armv7 suite runs on CPUs with NEON (QEMU's default), so the NEON set must be found there
+/// and its kernels are the ones the tests above compare with the references.
+#[cfg(target_arch = "arm")]
+#[test]
+fn armv7_neon_is_detected() {
+    let k = kernels::arm_neon().expect("NEON in AT_HWCAP of /proc/self/auxv");
+    assert_eq!(kernels::active().name, k.name);
 }

@@ -8,6 +8,9 @@
 #[cfg(target_arch = "aarch64")]
 #[allow(unsafe_code)]
 pub mod aarch64;
+#[cfg(target_arch = "arm")]
+#[allow(unsafe_code)]
+pub mod arm;
 #[allow(unsafe_code)]
 pub mod gemm;
 pub mod generic;
@@ -195,6 +198,35 @@ pub fn neon_variants() -> Vec<KernelSet> {
     v
 }
 
+/// The 32-bit ARM NEON set (Q8_0 row and 2 x 4 tile products in `asm!`; the rest are the
+/// references), when the CPU has NEON.
+#[cfg(all(feature = "std", target_arch = "arm"))]
+pub fn arm_neon() -> Option<KernelSet> {
+    if !arm::neon::detected() {
+        return None;
+    }
+    #[allow(unsafe_code)]
+    fn q8(w: &[u8], x: &[ActBlock]) -> f32 {
+        assert!(w.len() >= x.len() * qdot::Q8_0_BLOCK_BYTES);
+        // SAFETY: this set is only handed out after detecting NEON; length asserted.
+        unsafe { arm::neon::dot_q8_0(w, x) }
+    }
+    #[allow(unsafe_code)]
+    fn q8_2x4(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 8] {
+        let nb = x[0].len();
+        assert!(w.iter().all(|w| w.len() >= nb * qdot::Q8_0_BLOCK_BYTES));
+        assert!(x.iter().all(|s| s.len() == nb));
+        // SAFETY: this set is only handed out after detecting NEON; lengths asserted.
+        unsafe { arm::neon::dot_q8_0_2x4(w, x) }
+    }
+    Some(KernelSet {
+        name: "armv7-neon",
+        dot_q8_0: q8,
+        dot_q8_0_2x4: q8_2x4,
+        ..GENERIC
+    })
+}
+
 /// The NEON set with SDOT kernels (`dotprod`) and the SMMLA panel kernel (`i8mm`); the caller
 /// has detected the features it asks for.
 #[cfg(target_arch = "aarch64")]
@@ -283,6 +315,10 @@ pub fn active() -> KernelSet {
             }
             #[cfg(target_arch = "aarch64")]
             if let Some(k) = neon() {
+                return k;
+            }
+            #[cfg(target_arch = "arm")]
+            if let Some(k) = arm_neon() {
                 return k;
             }
             GENERIC

@@ -1,0 +1,3 @@
+//! 32-bit ARM kernels.
+
+pub mod neon;

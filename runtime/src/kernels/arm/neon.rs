@@ -1,0 +1,167 @@
+//! NEON kernels for 32-bit ARM (armv7): i8 block sums with widening multiplies (`vmull.s8`),
+//! written in `asm!` because Rust's 32-bit ARM NEON intrinsics and its `neon` target feature are
+//! unstable; the assembler is told `.fpu neon`, and the kernels are handed out only after the
+//! kernel reports NEON in the process's auxiliary vector ([`detected`]). Block sums are exact
+//! and scaled as the references scale them, so results equal the references bit for bit.
+
+use crate::kernels::qdot::{block_scale, ActBlock, Q8_0_BLOCK_BYTES};
+
+/// Whether the CPU has NEON: `HWCAP_NEON` in the `AT_HWCAP` entry of `/proc/self/auxv`.
+#[cfg(feature = "std")]
+pub fn detected() -> bool {
+    const AT_HWCAP: u32 = 16;
+    const HWCAP_NEON: u32 = 1 << 12;
+    let Ok(auxv) = std::fs::read("/proc/self/auxv") else {
+        return false;
+    };
+    auxv.chunks_exact(8)
+        .find_map(|e| {
+            let key = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
+            (key == AT_HWCAP).then(|| u32::from_le_bytes([e[4], e[5], e[6], e[7]]))
+        })
+        .is_some_and(|caps| caps & HWCAP_NEON != 0)
+}
+
+/// Exact sums of 32 products of weight blocks `w[r]` (32 i8 each) with activation blocks
+/// `x[t]` (32 i8 each), `[r * 4 + t]` for two rows and four tokens. Products pair up in i16
+/// (at most 2 * 128 * 127), then widen to i32.
+///
+/// # Safety
+/// The CPU must have NEON; each pointer must address 32 readable bytes.
+#[inline(always)]
+unsafe fn block_sums_2x4(w: [*const u8; 2], x: [*const i8; 4]) -> [i32; 8] {
+    let mut out = [0i32; 8];
+    // One token against both rows: widening products into q6 (row 0) and q7 (row 1), summed to
+    // one i32 each and stored at `o` and `o + 16`.
+    macro_rules! token {
+        ($x:literal, $o:literal) => {
+            concat!(
+                "vld1.8 {{d8, d9, d10, d11}}, [{", $x, "}]\n",
+                "vmull.s8 q6, d0, d8\n",
+                "vmlal.s8 q6, d1, d9\n",
+                "vmull.s8 q7, d2, d10\n",
+                "vmlal.s8 q7, d3, d11\n",
+                "vpaddl.s16 q6, q6\n",
+                "vpadal.s16 q6, q7\n",
+                "vpadd.i32 d12, d12, d13\n",
+                "vpadd.i32 d12, d12, d12\n",
+                "vmull.s8 q7, d4, d8\n",
+                "vmlal.s8 q7, d5, d9\n",
+                "vmull.s8 q4, d6, d10\n",
+                "vmlal.s8 q4, d7, d11\n",
+                "vpaddl.s16 q7, q7\n",
+                "vpadal.s16 q7, q4\n",
+                "vpadd.i32 d14, d14, d15\n",
+                "vpadd.i32 d14, d14, d14\n",
+                "vst1.32 {{d12[0]}}, [{o}]\n",
+                "add {t}, {o}, #16\n",
+                "vst1.32 {{d14[0]}}, [{t}]\n",
+                "add {o}, {o}, #4\n",
+            )
+        };
+    }
+    // SAFETY: the loads read 32 bytes at each of the six pointers (the caller's contract); the
+    // stores write the eight i32 of `out` (`o` walks its first four, `t` the last four); only
+    // the declared registers are written.
+    unsafe {
+        core::arch::asm!(
+            ".fpu neon",
+            "vld1.8 {{d0, d1, d2, d3}}, [{w0}]",
+            "vld1.8 {{d4, d5, d6, d7}}, [{w1}]",
+            token!("x0", "0"),
+            token!("x1", "4"),
+            token!("x2", "8"),
+            token!("x3", "12"),
+            w0 = in(reg) w[0],
+            w1 = in(reg) w[1],
+            x0 = in(reg) x[0],
+            x1 = in(reg) x[1],
+            x2 = in(reg) x[2],
+            x3 = in(reg) x[3],
+            o = inout(reg) out.as_mut_ptr() => _,
+            t = out(reg) _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+            out("d12") _, out("d13") _, out("d14") _, out("d15") _,
+            options(nostack, preserves_flags),
+        );
+    }
+    out
+}
+
+/// Exact sum of the 32 products of a weight block and an activation block.
+///
+/// # Safety
+/// The CPU must have NEON; both pointers address 32 readable bytes.
+#[inline(always)]
+unsafe fn block_sum(w: *const u8, x: *const i8) -> i32 {
+    let mut out = 0i32;
+    // SAFETY: the loads read 32 bytes at `w` and `x` (the caller's contract); the store writes
+    // `out`; only the declared registers are written.
+    unsafe {
+        core::arch::asm!(
+            ".fpu neon",
+            "vld1.8 {{d0, d1, d2, d3}}, [{w}]",
+            "vld1.8 {{d4, d5, d6, d7}}, [{x}]",
+            "vmull.s8 q4, d0, d4",
+            "vmlal.s8 q4, d1, d5",
+            "vmull.s8 q5, d2, d6",
+            "vmlal.s8 q5, d3, d7",
+            "vpaddl.s16 q4, q4",
+            "vpadal.s16 q4, q5",
+            "vpadd.i32 d8, d8, d9",
+            "vpadd.i32 d8, d8, d8",
+            "vst1.32 {{d8[0]}}, [{o}]",
+            w = in(reg) w,
+            x = in(reg) x,
+            o = in(reg) &mut out as *mut i32,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+            options(nostack, preserves_flags),
+        );
+    }
+    out
+}
+
+/// Dot product of one Q8_0 weight row (`x.len()` blocks of 34 bytes) with activation blocks.
+///
+/// # Safety
+/// The CPU must have NEON; `w` must hold at least `x.len() * 34` bytes.
+pub unsafe fn dot_q8_0(w: &[u8], x: &[ActBlock]) -> f32 {
+    debug_assert!(w.len() >= x.len() * Q8_0_BLOCK_BYTES);
+    let mut s = 0f32;
+    for (wb, xb) in w.chunks_exact(Q8_0_BLOCK_BYTES).zip(x) {
+        // SAFETY: `wb[2..]` and `xb.qs` are 32 bytes; NEON is the caller's contract.
+        let isum = unsafe { block_sum(wb[2..].as_ptr(), xb.qs.as_ptr()) };
+        s += block_scale(wb) * xb.d * isum as f32;
+    }
+    s
+}
+
+/// The 2 x 4 tile: two Q8_0 weight rows against four tokens, each weight block loaded once for
+/// the four tokens. Returns `[row 0 x tokens 0..4, row 1 x tokens 0..4]`.
+///
+/// # Safety
+/// The CPU must have NEON; both rows hold at least `x[0].len() * 34` bytes and the four slices
+/// have the same length.
+pub unsafe fn dot_q8_0_2x4(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 8] {
+    let nb = x[0].len();
+    debug_assert!(w.iter().all(|w| w.len() >= nb * Q8_0_BLOCK_BYTES));
+    debug_assert!(x.iter().all(|s| s.len() == nb));
+    let mut acc = [0f32; 8];
+    for b in 0..nb {
+        let wb = w.map(|r| &r[b * Q8_0_BLOCK_BYTES..(b + 1) * Q8_0_BLOCK_BYTES]);
+        let xb = x.map(|t| &t[b]);
+        // SAFETY: each weight block's `[2..]` and each activation block's `qs` are 32 bytes;
+        // NEON is the caller's contract.
+        let sums = unsafe {
+            block_sums_2x4(wb.map(|r| r[2..].as_ptr()), xb.map(|t| t.qs.as_ptr()))
+        };
+        for (i, (a, s)) in acc.iter_mut().zip(sums).enumerate() {
+            *a += block_scale(wb[i / 4]) * xb[i % 4].d * s as f32;
+        }
+    }
+    acc
+}
