@@ -386,28 +386,32 @@ impl<'a> Activations<'a> {
         self.xr.clear();
         self.panels.clear();
         self.panels16.clear();
-        let (n, bpr) = (self.n, cols / QK);
-        let pack = |xq: &[ActBlock], out: &mut Vec<Panel8>| {
-            out.reserve(n.div_ceil(PANEL_TOKENS) * bpr);
-            for g in (0..n).step_by(PANEL_TOKENS) {
-                let toks: Vec<&[ActBlock]> = (g..(g + PANEL_TOKENS).min(n))
-                    .map(|t| &xq[t * bpr..(t + 1) * bpr])
-                    .collect();
-                qdot::pack_panel(&toks, bpr, out);
-            }
-        };
+        let (x, bpr) = (self.x, cols / QK);
+        // The tokens of panel `g`.
+        let span = PANEL_TOKENS * cols;
+        let group = |g: usize| &x[g * span..((g + 1) * span).min(x.len())];
+        let groups = self.n.div_ceil(PANEL_TOKENS);
         match ty {
-            TensorType::Q8_0 => {
-                (k.quantize)(self.x, &mut self.xq);
-                if k.dot_q8_0_2x8.is_some() {
-                    pack(&self.xq, &mut self.panels);
-                }
+            TensorType::Q8_0 if k.dot_q8_0_2x8.is_some() => {
+                // Quantized and packed by panels, on the pool.
+                let panels = par_map(groups, |g| {
+                    let mut xq = Vec::with_capacity(PANEL_TOKENS * bpr);
+                    (k.quantize)(group(g), &mut xq);
+                    let toks: Vec<&[ActBlock]> = xq.chunks_exact(bpr).collect();
+                    let mut out = Vec::with_capacity(bpr);
+                    qdot::pack_panel(&toks, bpr, &mut out);
+                    out
+                });
+                self.panels = panels.concat();
             }
+            TensorType::Q8_0 => (k.quantize)(x, &mut self.xq),
             TensorType::Q4_0 if k.dot_q4_0_2x8.is_some() => {
-                self.panels16.reserve(n.div_ceil(PANEL_TOKENS) * bpr);
-                for rows in self.x.chunks(PANEL_TOKENS * cols) {
-                    (k.pack_panel16)(rows, cols, &mut self.panels16);
-                }
+                let panels = par_map(groups, |g| {
+                    let mut out = Vec::with_capacity(bpr);
+                    (k.pack_panel16)(group(g), cols, &mut out);
+                    out
+                });
+                self.panels16 = panels.concat();
             }
             TensorType::Q4_0 => {
                 qdot::quantize_two_level_with(self.x, &mut self.xq, &mut self.xr, k.quantize);
