@@ -1,6 +1,6 @@
 //! Times `kernels::linear` on MiniLM's shapes (Q8_0 weights, 128 tokens, one thread):
 //! `cargo run --release -p petal-runtime --example linear_bench [ROWSxCOLS]`; `TYPE=q4_0` for
-//! Q4_0 weights. For kernel work; the
+//! Q4_0 weights, `THREADS=2` for two threads; `linear_bench panels` times the panel kernels alone. For kernel work; the
 //! product's figures come from `petal bench` and bench/peers.sh.
 
 use std::time::Instant;
@@ -10,8 +10,12 @@ use petal_runtime::quant::{self, TensorType};
 use petal_runtime::weights::Matrix;
 
 fn main() {
-    kernels::set_threads(1).expect("first pool use");
-    let n = 128;
+    let threads = std::env::var("THREADS").map_or(1, |t| t.parse().expect("THREADS is a number"));
+    kernels::set_threads(threads).expect("first pool use");
+    if std::env::args().nth(1).as_deref() == Some("panels") {
+        return panels();
+    }
+    let n = std::env::var("N").map_or(128, |v| v.parse().expect("N is a number"));
     let mut seed = 1u64;
     let mut rand = move || {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -43,4 +47,52 @@ fn main() {
         total += med * if rows == 384 && cols == 384 { 4.0 } else { 1.0 };
     }
     println!("one MiniLM layer's linears: {total:.2} ms; six layers {:.1} ms", 6.0 * total);
+}
+
+/// `linear_bench panels`: the Q8_0 and Q4_0 panel kernels alone, one weight-row pair against
+/// one panel of eight tokens (all in L1), best of many calls.
+fn panels() {
+    use petal_runtime::kernels::qdot;
+    let k = kernels::active();
+    let (Some(q8), Some(q4)) = (k.dot_q8_0_2x8, k.dot_q4_0_2x8) else {
+        println!("{} has no panel kernels", k.name);
+        return;
+    };
+    let cols = 384;
+    let bpr = cols / 32;
+    let w: Vec<f32> = (0..2 * cols).map(|i| ((i * 7919 % 255) as f32 - 127.0) / 300.0).collect();
+    let x: Vec<f32> = (0..8 * cols).map(|i| ((i * 104729 % 251) as f32 - 125.0) / 100.0).collect();
+    let rows = |ty| {
+        let mut bytes = Vec::new();
+        quant::quantize(&w, ty, &mut bytes).unwrap();
+        bytes
+    };
+    let (w8, w4) = (rows(TensorType::Q8_0), rows(TensorType::Q4_0));
+    let (r8, r4) = (w8.split_at(w8.len() / 2), w4.split_at(w4.len() / 2));
+    let mut blocks = Vec::new();
+    qdot::quantize_activations(&x, &mut blocks);
+    let toks: Vec<&[qdot::ActBlock]> = blocks.chunks_exact(bpr).collect();
+    let (mut p8, mut p16) = (Vec::new(), Vec::new());
+    qdot::pack_panel(&toks, bpr, &mut p8);
+    qdot::pack_panel16(&x, cols, &mut p16);
+    let reps = 20_000;
+    let macs = (2 * cols * 8 * reps) as f64;
+    let (mut best8, mut best4, mut sink) = (f64::MAX, f64::MAX, 0f32);
+    for _ in 0..20 {
+        let t = Instant::now();
+        for _ in 0..reps {
+            sink += q8([r8.0, r8.1], std::hint::black_box(&p8))[0];
+        }
+        best8 = best8.min(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        for _ in 0..reps {
+            sink += q4([r4.0, r4.1], std::hint::black_box(&p16))[0];
+        }
+        best4 = best4.min(t.elapsed().as_secs_f64());
+    }
+    println!(
+        "Q8_0 2 x 8: {:.1} GMAC/s; Q4_0 2 x 8: {:.1} GMAC/s ({sink})",
+        macs / best8 / 1e9,
+        macs / best4 / 1e9
+    );
 }
