@@ -718,7 +718,7 @@ pub fn linear_backward_input(dy: &[f32], n: usize, w: &Matrix<'_>, dx: &mut [f32
 }
 
 /// LayerNorm of each row of `x` (rows of `w.len()`), in place (rows in parallel chunks on the
-/// pool).
+/// pool when it has more than one thread: at one thread a hand-off costs more than it runs).
 pub fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     let norm = active().layer_norm;
     #[cfg(feature = "std")]
@@ -740,7 +740,8 @@ pub fn softmax(x: &mut [f32]) {
     (active().softmax)(x)
 }
 
-/// Exact GELU, `x * Phi(x)`, in place (in parallel chunks on the pool).
+/// Exact GELU, `x * Phi(x)`, in place (in parallel chunks on the pool when it has more than one
+/// thread).
 pub fn gelu(x: &mut [f32]) {
     #[cfg(feature = "std")]
     {
@@ -753,7 +754,8 @@ pub fn gelu(x: &mut [f32]) {
     (active().gelu)(x)
 }
 
-/// `f(0), f(1), ..., f(count - 1)`, computed on the pool (sequentially without `std`).
+/// `f(0), f(1), ..., f(count - 1)`, computed on the pool (sequentially at one thread or without
+/// `std`).
 pub fn par_map<T: Send>(count: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
     #[cfg(feature = "std")]
     {
