@@ -144,9 +144,11 @@ pub fn avx2() -> Option<KernelSet> {
     }
     #[allow(unsafe_code)]
     fn pack_panel16(x: &[f32], cols: usize, out: &mut Vec<Panel16>) {
-        assert!(cols % QK == 0 && x.len() % cols == 0 && x.len() / cols <= PANEL_TOKENS);
-        // SAFETY: this set is only handed out after detecting AVX2; shape asserted.
-        unsafe { x86_64::avx2::pack_panel16(x, cols, out) }
+        qdot::pack_panel16_with(x, cols, out, |chunk| {
+            assert_eq!(chunk.len(), QK);
+            // SAFETY: this set is only handed out after detecting AVX2; length asserted.
+            unsafe { x86_64::avx2::quantize_block16(chunk) }
+        })
     }
     #[allow(unsafe_code)]
     fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {

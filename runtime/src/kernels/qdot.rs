@@ -128,9 +128,34 @@ pub struct Panel16 {
 /// Largest magnitude of a 16-bit quantized activation.
 const Q16_MAX: f32 = 32767.0;
 
+/// Quantizes 32 values to 16 bits: the scale `d` and values `q` with `q * d` near the inputs,
+/// `|q| <= 32767`, rounded half away from zero.
+pub fn quantize_block16(chunk: &[f32]) -> (f32, [i16; QK]) {
+    let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / Q16_MAX;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let mut q = [0i16; QK];
+    for (q, &v) in q.iter_mut().zip(chunk) {
+        let r = v * id;
+        // |r| <= 32767 by construction.
+        *q = (r + if r >= 0.0 { 0.5 } else { -0.5 }) as i16;
+    }
+    (d, q)
+}
+
 /// Quantizes up to eight tokens (`x`, rows of `cols`, a multiple of 32) per 32 values to 16 bits
 /// and packs them into `cols / 32` panels, appended to `out`; missing tokens are zeros.
 pub fn pack_panel16(x: &[f32], cols: usize, out: &mut Vec<Panel16>) {
+    pack_panel16_with(x, cols, out, quantize_block16)
+}
+
+/// [`pack_panel16`] with another block quantizer of the same results (a SIMD one).
+pub fn pack_panel16_with(
+    x: &[f32],
+    cols: usize,
+    out: &mut Vec<Panel16>,
+    quantize: impl Fn(&[f32]) -> (f32, [i16; QK]),
+) {
     let ntok = x.len() / cols;
     debug_assert!(ntok <= PANEL_TOKENS && cols % QK == 0 && x.len() == ntok * cols);
     let start = out.len();
@@ -143,14 +168,10 @@ pub fn pack_panel16(x: &[f32], cols: usize, out: &mut Vec<Panel16>) {
     );
     for (t, row) in x.chunks_exact(cols).enumerate() {
         for (p, chunk) in out[start..].iter_mut().zip(row.chunks_exact(QK)) {
-            let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / Q16_MAX;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let (d, q) = quantize(chunk);
             p.d[t] = d;
-            for (j, &v) in chunk.iter().enumerate() {
-                let r = v * id;
-                // Round half away from zero; |r| <= 32767 by construction.
-                p.qs[j / 2][2 * t + j % 2] = (r + if r >= 0.0 { 0.5 } else { -0.5 }) as i16;
+            for (pair, two) in p.qs.iter_mut().zip(q.chunks_exact(2)) {
+                pair[2 * t..2 * t + 2].copy_from_slice(two);
             }
         }
     }

@@ -4,9 +4,7 @@
 use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
-use crate::kernels::qdot::{
-    ActBlock, Panel16, Panel8, PANEL_TOKENS, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES,
-};
+use crate::kernels::qdot::{ActBlock, Panel16, Panel8, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
 use crate::quant::QK;
 
 /// The f16 scale at `p` as f32, with F16C (no call out of the vector loop).
@@ -362,28 +360,10 @@ pub unsafe fn gelu(x: &mut [f32]) {
 pub unsafe fn quantize_activations(x: &[f32], out: &mut Vec<ActBlock>) {
     debug_assert!(x.len() % 32 == 0);
     out.reserve(x.len() / 32);
-    // SAFETY: each block reads 32 floats at `32 * b < x.len()` and writes 32 bytes into the
-    // block's `qs` array.
-    unsafe {
-        let sign = _mm256_set1_ps(-0.0);
-        for chunk in x.chunks_exact(32) {
-            let p = chunk.as_ptr();
-            let v = [
-                _mm256_loadu_ps(p),
-                _mm256_loadu_ps(p.add(8)),
-                _mm256_loadu_ps(p.add(16)),
-                _mm256_loadu_ps(p.add(24)),
-            ];
-            let a = v.map(|v| _mm256_andnot_ps(sign, v));
-            let amax = hmax_ps(_mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3])));
-            let d = amax / 127.0;
-            let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
-            // Round half away from zero as the reference does: add +-0.5, then truncate.
-            let q = v.map(|v| {
-                let r = _mm256_mul_ps(v, id);
-                let half = _mm256_or_ps(_mm256_and_ps(r, sign), _mm256_set1_ps(0.5));
-                _mm256_cvttps_epi32(_mm256_add_ps(r, half))
-            });
+    for chunk in x.chunks_exact(32) {
+        // SAFETY: `chunk` holds 32 floats; the store writes the block's 32-byte `qs` array.
+        unsafe {
+            let (d, q) = quantize_lanes(chunk.as_ptr(), 127.0);
             // i32 -> i16 -> i8 packs work per 128-bit lane; the permute restores the order.
             let w01 = _mm256_packs_epi32(q[0], q[1]);
             let w23 = _mm256_packs_epi32(q[2], q[3]);
@@ -396,59 +376,54 @@ pub unsafe fn quantize_activations(x: &[f32], out: &mut Vec<ActBlock>) {
     }
 }
 
-/// [`crate::kernels::qdot::pack_panel16`] with the same float operations in eight lanes, so
-/// the panels are bit-identical to the reference's.
+/// The 32 floats at `c` quantized symmetrically to `max` as the references do (scale
+/// `amax / max`, values times its inverse, rounded half away from zero: add +-0.5, then
+/// truncate), as the scale and four vectors of eight i32.
 ///
 /// # Safety
-/// The CPU must support AVX2; `cols` is a multiple of 32 and `x` holds at most eight rows of it.
+/// The CPU must support AVX2; `c` addresses 32 readable floats.
+#[inline(always)]
+unsafe fn quantize_lanes(c: *const f32, max: f32) -> (f32, [__m256i; 4]) {
+    // SAFETY: the four loads read the 32 floats at `c` (the caller's contract).
+    unsafe {
+        let sign = _mm256_set1_ps(-0.0);
+        let v = [
+            _mm256_loadu_ps(c),
+            _mm256_loadu_ps(c.add(8)),
+            _mm256_loadu_ps(c.add(16)),
+            _mm256_loadu_ps(c.add(24)),
+        ];
+        let a = v.map(|v| _mm256_andnot_ps(sign, v));
+        let amax = hmax_ps(_mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3])));
+        let d = amax / max;
+        let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+        let q = v.map(|v| {
+            let r = _mm256_mul_ps(v, id);
+            let half = _mm256_or_ps(_mm256_and_ps(r, sign), _mm256_set1_ps(0.5));
+            _mm256_cvttps_epi32(_mm256_add_ps(r, half))
+        });
+        (d, q)
+    }
+}
+
+/// [`crate::kernels::qdot::quantize_block16`] with the same float operations in eight lanes, so
+/// the values are bit-identical to the reference's.
+///
+/// # Safety
+/// The CPU must support AVX2; `chunk` holds 32 values.
 #[target_feature(enable = "avx2")]
-pub unsafe fn pack_panel16(x: &[f32], cols: usize, out: &mut Vec<Panel16>) {
-    debug_assert!(cols % QK == 0 && x.len() % cols == 0 && x.len() / cols <= PANEL_TOKENS);
-    let start = out.len();
-    out.resize(
-        start + cols / QK,
-        Panel16 {
-            d: [0.0; PANEL_TOKENS],
-            qs: [[0; 2 * PANEL_TOKENS]; QK / 2],
-        },
-    );
-    for (t, row) in x.chunks_exact(cols).enumerate() {
-        for (p, chunk) in out[start..].iter_mut().zip(row.chunks_exact(QK)) {
-            // SAFETY: the four loads read the 32 floats of `chunk`; the stores write the local
-            // `pairs` (16 u32) and pair `pair < 16` of token `t < 8` (4 bytes at `2t` of a
-            // 16 x i16 array).
-            unsafe {
-                let sign = _mm256_set1_ps(-0.0);
-                let c = chunk.as_ptr();
-                let v = [
-                    _mm256_loadu_ps(c),
-                    _mm256_loadu_ps(c.add(8)),
-                    _mm256_loadu_ps(c.add(16)),
-                    _mm256_loadu_ps(c.add(24)),
-                ];
-                let a = v.map(|v| _mm256_andnot_ps(sign, v));
-                let amax =
-                    hmax_ps(_mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3])));
-                let d = amax / 32767.0;
-                let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
-                // Round half away from zero as the reference does: add +-0.5, then truncate.
-                let q = v.map(|v| {
-                    let r = _mm256_mul_ps(v, id);
-                    let half = _mm256_or_ps(_mm256_and_ps(r, sign), _mm256_set1_ps(0.5));
-                    _mm256_cvttps_epi32(_mm256_add_ps(r, half))
-                });
-                // i32 -> i16 packs work per 128-bit lane; the permute restores the order.
-                let w01 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[0], q[1]), 0b11_01_10_00);
-                let w23 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[2], q[3]), 0b11_01_10_00);
-                let mut pairs = [0u32; QK / 2];
-                _mm256_storeu_si256(pairs.as_mut_ptr() as *mut __m256i, w01);
-                _mm256_storeu_si256(pairs.as_mut_ptr().add(8) as *mut __m256i, w23);
-                p.d[t] = d;
-                for (dst, &pair) in p.qs.iter_mut().zip(&pairs) {
-                    (dst.as_mut_ptr().add(2 * t) as *mut u32).write_unaligned(pair);
-                }
-            }
-        }
+pub unsafe fn quantize_block16(chunk: &[f32]) -> (f32, [i16; QK]) {
+    debug_assert_eq!(chunk.len(), QK);
+    // SAFETY: `chunk` holds 32 floats; the stores write the local `q` (32 i16).
+    unsafe {
+        let (d, r) = quantize_lanes(chunk.as_ptr(), 32767.0);
+        // i32 -> i16 packs work per 128-bit lane; the permute restores the order.
+        let w01 = _mm256_permute4x64_epi64(_mm256_packs_epi32(r[0], r[1]), 0b11_01_10_00);
+        let w23 = _mm256_permute4x64_epi64(_mm256_packs_epi32(r[2], r[3]), 0b11_01_10_00);
+        let mut q = [0i16; QK];
+        _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, w01);
+        _mm256_storeu_si256(q.as_mut_ptr().add(16) as *mut __m256i, w23);
+        (d, q)
     }
 }
 
