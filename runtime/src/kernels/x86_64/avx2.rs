@@ -382,7 +382,10 @@ pub unsafe fn quantize_activations(x: &[f32], out: &mut Vec<ActBlock>) {
 ///
 /// # Safety
 /// The CPU must support AVX2; `c` addresses 32 readable floats.
-#[inline(always)]
+// With the feature enabled here (not only in the callers), the closures below inherit it and
+// their intrinsics inline; `#[inline(always)]` alone left them as calls.
+#[target_feature(enable = "avx2")]
+#[inline]
 unsafe fn quantize_lanes(c: *const f32, max: f32) -> (f32, [__m256i; 4]) {
     // SAFETY: the four loads read the 32 floats at `c` (the caller's contract).
     unsafe {
