@@ -73,6 +73,19 @@ pub const GENERIC: KernelSet = KernelSet {
     pack_panel16: qdot::pack_panel16,
 };
 
+/// The bounds the SIMD 2 x 4 tile kernels rely on: both weight rows hold the four tokens'
+/// blocks, and the four tokens have as many blocks.
+#[cfg(any(
+    all(feature = "std", target_arch = "x86_64"),
+    target_arch = "aarch64",
+    all(feature = "std", target_arch = "arm")
+))]
+fn check_tile(w: [&[u8]; 2], x: [&[ActBlock]; 4]) {
+    let nb = x[0].len();
+    assert!(w.iter().all(|w| w.len() >= nb * qdot::Q8_0_BLOCK_BYTES));
+    assert!(x.iter().all(|s| s.len() == nb));
+}
+
 /// The AVX2 + FMA + F16C set, when this CPU has them.
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 pub fn avx2() -> Option<KernelSet> {
@@ -90,9 +103,7 @@ pub fn avx2() -> Option<KernelSet> {
     }
     #[allow(unsafe_code)]
     fn q8_2x4(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 8] {
-        let nb = x[0].len();
-        assert!(w.iter().all(|w| w.len() >= nb * qdot::Q8_0_BLOCK_BYTES));
-        assert!(x.iter().all(|s| s.len() == nb));
+        check_tile(w, x);
         // SAFETY: this set is only handed out after detecting AVX2, FMA and F16C; lengths
         // asserted.
         unsafe { x86_64::avx2::dot_q8_0_2x4(w, x) }
@@ -215,9 +226,7 @@ pub fn arm_neon() -> Option<KernelSet> {
     }
     #[allow(unsafe_code)]
     fn q8_2x4(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 8] {
-        let nb = x[0].len();
-        assert!(w.iter().all(|w| w.len() >= nb * qdot::Q8_0_BLOCK_BYTES));
-        assert!(x.iter().all(|s| s.len() == nb));
+        check_tile(w, x);
         // SAFETY: this set is only handed out after detecting NEON; lengths asserted.
         unsafe { arm::neon::dot_q8_0_2x4(w, x) }
     }
@@ -238,11 +247,6 @@ fn neon_set(dotprod: bool, i8mm: bool) -> KernelSet {
         assert!(w.len() >= x.len() * qdot::Q8_0_BLOCK_BYTES);
         // SAFETY: NEON is part of the aarch64 baseline; length asserted.
         unsafe { aarch64::neon::dot_q8_0(w, x) }
-    }
-    fn check_tile(w: [&[u8]; 2], x: [&[ActBlock]; 4]) {
-        let nb = x[0].len();
-        assert!(w.iter().all(|w| w.len() >= nb * qdot::Q8_0_BLOCK_BYTES));
-        assert!(x.iter().all(|s| s.len() == nb));
     }
     #[allow(unsafe_code)]
     fn q8_2x4(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 8] {

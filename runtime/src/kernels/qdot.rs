@@ -19,18 +19,26 @@ pub struct ActBlock {
     pub qs: [i8; QK],
 }
 
+/// Symmetric quantization of 32 values to `max`: the scale `amax / max`, and each value times
+/// its inverse plus or minus one half, so that truncating toward zero (`as`) rounds half away
+/// from zero; magnitudes stay below `max + 1` by construction.
+fn scaled(chunk: &[f32], max: f32) -> (f32, impl Iterator<Item = f32> + '_) {
+    let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / max;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let halves = chunk.iter().map(move |&v| {
+        let r = v * id;
+        r + if r >= 0.0 { 0.5 } else { -0.5 }
+    });
+    (d, halves)
+}
+
 /// Quantizes `x` (a multiple of 32 values) into activation blocks, appended to `out`.
 pub fn quantize_activations(x: &[f32], out: &mut Vec<ActBlock>) {
     for chunk in x.chunks_exact(QK) {
-        let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let (d, halves) = scaled(chunk, 127.0);
         let mut qs = [0i8; QK];
-        for (q, &v) in qs.iter_mut().zip(chunk) {
-            let r = v * id;
-            // Round half away from zero; |r| <= 127 by construction.
-            *q = (r + if r >= 0.0 { 0.5 } else { -0.5 }) as i8;
-        }
+        qs.iter_mut().zip(halves).for_each(|(q, r)| *q = r as i8);
         out.push(ActBlock { d, qs });
     }
 }
@@ -131,15 +139,9 @@ const Q16_MAX: f32 = 32767.0;
 /// Quantizes 32 values to 16 bits: the scale `d` and values `q` with `q * d` near the inputs,
 /// `|q| <= 32767`, rounded half away from zero.
 pub fn quantize_block16(chunk: &[f32]) -> (f32, [i16; QK]) {
-    let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d = amax / Q16_MAX;
-    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let (d, halves) = scaled(chunk, Q16_MAX);
     let mut q = [0i16; QK];
-    for (q, &v) in q.iter_mut().zip(chunk) {
-        let r = v * id;
-        // |r| <= 32767 by construction.
-        *q = (r + if r >= 0.0 { 0.5 } else { -0.5 }) as i16;
-    }
+    q.iter_mut().zip(halves).for_each(|(q, r)| *q = r as i16);
     (d, q)
 }
 

@@ -159,8 +159,10 @@ pub unsafe fn dot_q8_0_2x4(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 8] {
         let sums = unsafe {
             block_sums_2x4(wb.map(|r| r[2..].as_ptr()), xb.map(|t| t.qs.as_ptr()))
         };
+        // The f16 scales decode once per block (in software on armv7), not once per token.
+        let dw = wb.map(block_scale);
         for (i, (a, s)) in acc.iter_mut().zip(sums).enumerate() {
-            *a += block_scale(wb[i / 4]) * xb[i % 4].d * s as f32;
+            *a += dw[i / 4] * xb[i % 4].d * s as f32;
         }
     }
     acc
