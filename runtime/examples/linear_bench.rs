@@ -1,7 +1,8 @@
-//! Times `kernels::linear` on MiniLM's shapes (Q8_0 weights, 128 tokens, one thread):
-//! `cargo run --release -p petal-runtime --example linear_bench [ROWSxCOLS]`; `TYPE=q4_0` for
-//! Q4_0 weights, `THREADS=2` for two threads; `linear_bench panels` times the panel kernels alone. For kernel work; the
-//! product's figures come from `petal bench` and bench/peers.sh.
+//! Times `kernels::linear` on MiniLM's shapes (Q8_0 weights, 128 tokens, one thread by
+//! default): `cargo run --release -p petal-runtime --example linear_bench [ROWSxCOLS]`, with
+//! `TYPE=q4_0` for Q4_0 weights, `THREADS=N` threads and `N=T` tokens; `linear_bench panels`
+//! times the panel kernels alone. For kernel work; the product's figures come from
+//! `petal bench` and bench/peers.sh.
 
 use std::time::Instant;
 
