@@ -19,7 +19,9 @@ fn main() {
     let n = std::env::var("N").map_or(128, |v| v.parse().expect("N is a number"));
     let mut seed = 1u64;
     let mut rand = move || {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
     };
     let ty = match std::env::var("TYPE").as_deref() {
@@ -27,13 +29,24 @@ fn main() {
         _ => TensorType::Q8_0,
     };
     let mut total = 0.0;
-    let shapes: Vec<(usize, usize)> = std::env::args().nth(1).map_or(vec![(384, 384), (1536, 384), (384, 1536)], |s| { let v: Vec<usize> = s.split("x").map(|p| p.parse().unwrap()).collect(); vec![(v[0], v[1])] });
+    let shapes: Vec<(usize, usize)> =
+        std::env::args()
+            .nth(1)
+            .map_or(vec![(384, 384), (1536, 384), (384, 1536)], |s| {
+                let v: Vec<usize> = s.split("x").map(|p| p.parse().unwrap()).collect();
+                vec![(v[0], v[1])]
+            });
     for (rows, cols) in shapes {
         let w: Vec<f32> = (0..rows * cols).map(|_| rand()).collect();
         let x: Vec<f32> = (0..n * cols).map(|_| rand()).collect();
         let mut bytes = Vec::new();
         quant::quantize(&w, ty, &mut bytes).unwrap();
-        let m = Matrix { ty, rows, cols, data: &bytes };
+        let m = Matrix {
+            ty,
+            rows,
+            cols,
+            data: &bytes,
+        };
         let mut y = vec![0f32; n * rows];
         let mut times = Vec::new();
         for _ in 0..30 {
@@ -44,25 +57,32 @@ fn main() {
         times.sort_by(f64::total_cmp);
         let med = times[times.len() / 2];
         let gmacs = (rows * cols * n) as f64 / med / 1e6;
-        println!("{rows}x{cols} x {n} tokens: median {med:.3} ms, {gmacs:.1} GMAC/s ({})", kernels::active().name);
+        println!(
+            "{rows}x{cols} x {n} tokens: median {med:.3} ms, {gmacs:.1} GMAC/s ({})",
+            kernels::active().name
+        );
         total += med * if rows == 384 && cols == 384 { 4.0 } else { 1.0 };
     }
-    println!("one MiniLM layer's linears: {total:.2} ms; six layers {:.1} ms", 6.0 * total);
+    println!(
+        "one MiniLM layer's linears: {total:.2} ms; six layers {:.1} ms",
+        6.0 * total
+    );
 }
 
-/// `linear_bench panels`: the Q8_0 and Q4_0 panel kernels alone, one weight-row pair against
-/// one panel of eight tokens (all in L1), best of many calls.
+/// `linear_bench panels`: the active set's panel kernels alone (Q8_0 against 8-bit panels or
+/// offset panels, Q4_0 against 16-bit panels), one weight-row pair against one panel of eight
+/// tokens (all in L1), best of many calls.
 fn panels() {
     use petal_runtime::kernels::qdot;
     let k = kernels::active();
-    let (Some(q8), Some(q4)) = (k.dot_q8_0_2x8, k.dot_q4_0_2x8) else {
-        println!("{} has no panel kernels", k.name);
-        return;
-    };
     let cols = 384;
     let bpr = cols / 32;
-    let w: Vec<f32> = (0..2 * cols).map(|i| ((i * 7919 % 255) as f32 - 127.0) / 300.0).collect();
-    let x: Vec<f32> = (0..8 * cols).map(|i| ((i * 104729 % 251) as f32 - 125.0) / 100.0).collect();
+    let w: Vec<f32> = (0..2 * cols)
+        .map(|i| ((i * 7919 % 255) as f32 - 127.0) / 300.0)
+        .collect();
+    let x: Vec<f32> = (0..8 * cols)
+        .map(|i| ((i * 104729 % 251) as f32 - 125.0) / 100.0)
+        .collect();
     let rows = |ty| {
         let mut bytes = Vec::new();
         quant::quantize(&w, ty, &mut bytes).unwrap();
@@ -70,30 +90,51 @@ fn panels() {
     };
     let (w8, w4) = (rows(TensorType::Q8_0), rows(TensorType::Q4_0));
     let (r8, r4) = (w8.split_at(w8.len() / 2), w4.split_at(w4.len() / 2));
+    let (r8, r4) = ([r8.0, r8.1], [r4.0, r4.1]);
     let mut blocks = Vec::new();
     qdot::quantize_activations(&x, &mut blocks);
     let toks: Vec<&[qdot::ActBlock]> = blocks.chunks_exact(bpr).collect();
-    let (mut p8, mut p16) = (Vec::new(), Vec::new());
+    let (mut p8, mut p16, mut po) = (Vec::new(), Vec::new(), Vec::new());
     qdot::pack_panel(&toks, bpr, &mut p8);
     qdot::pack_panel16(&x, cols, &mut p16);
+    qdot::pack_offset_panel(&x, cols, &mut po);
+    let mut kernels: Vec<(&str, Box<dyn Fn() -> f32>)> = Vec::new();
+    if let Some(f) = k.dot_q8_0_2x8 {
+        kernels.push((
+            "Q8_0 2 x 8",
+            Box::new(move || f(r8, std::hint::black_box(&p8))[0]),
+        ));
+    }
+    if let Some(f) = k.dot_q8_0_2x8_offset {
+        kernels.push((
+            "Q8_0 2 x 8 offset",
+            Box::new(move || f(r8, std::hint::black_box(&po))[0]),
+        ));
+    }
+    if let Some(f) = k.dot_q4_0_2x8 {
+        kernels.push((
+            "Q4_0 2 x 8",
+            Box::new(move || f(r4, std::hint::black_box(&p16))[0]),
+        ));
+    }
+    if kernels.is_empty() {
+        println!("{} has no panel kernels", k.name);
+    }
     let reps = 20_000;
     let macs = (2 * cols * 8 * reps) as f64;
-    let (mut best8, mut best4, mut sink) = (f64::MAX, f64::MAX, 0f32);
+    let mut best = vec![f64::MAX; kernels.len()];
+    let mut sink = 0f32;
     for _ in 0..20 {
-        let t = Instant::now();
-        for _ in 0..reps {
-            sink += q8([r8.0, r8.1], std::hint::black_box(&p8))[0];
+        for ((_, f), best) in kernels.iter().zip(&mut best) {
+            let t = Instant::now();
+            for _ in 0..reps {
+                sink += f();
+            }
+            *best = best.min(t.elapsed().as_secs_f64());
         }
-        best8 = best8.min(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        for _ in 0..reps {
-            sink += q4([r4.0, r4.1], std::hint::black_box(&p16))[0];
-        }
-        best4 = best4.min(t.elapsed().as_secs_f64());
     }
-    println!(
-        "Q8_0 2 x 8: {:.1} GMAC/s; Q4_0 2 x 8: {:.1} GMAC/s ({sink})",
-        macs / best8 / 1e9,
-        macs / best4 / 1e9
-    );
+    for ((name, _), best) in kernels.iter().zip(&best) {
+        println!("{name}: {:.1} GMAC/s ({})", macs / best / 1e9, k.name);
+    }
+    std::hint::black_box(sink);
 }

@@ -19,6 +19,8 @@ fn variants() -> Vec<KernelSet> {
     let mut v = vec![kernels::GENERIC];
     #[cfg(target_arch = "x86_64")]
     v.extend(kernels::avx2());
+    #[cfg(target_arch = "x86_64")]
+    v.extend(kernels::avx2_vnni());
     #[cfg(target_arch = "aarch64")]
     v.extend(kernels::neon_variants());
     #[cfg(target_arch = "arm")]
@@ -169,6 +171,84 @@ fn q8_0_panels_match_the_reference() {
                 assert!(
                     (g - e).abs() <= QDOT_REL_TOL * scale,
                     "{} 2x8 [{i}]: {g} vs {e}",
+                    k.name
+                );
+            }
+        }
+    }
+}
+
+/// Offset panels hold the tokens' 8-bit blocks (as `quantize_activations` makes them) and the
+/// offset's correction; the offset panel kernels (VNNI) match their reference, and the
+/// reference matches the per-token row reference.
+#[test]
+fn q8_0_offset_panels_match_the_reference() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(22);
+    for _ in 0..60 {
+        let blocks = rng.gen_range(1..50);
+        let ntok = rng.gen_range(1..=qdot::PANEL_TOKENS);
+        let cols = blocks * QK;
+        let rows = random_rows(&mut rng, 2, blocks, TensorType::Q8_0);
+        let mut x = Vec::new();
+        for _ in 0..ntok {
+            let xs = rng.gen_range(0.01..8.0);
+            x.extend(random_vec(&mut rng, cols, xs));
+        }
+        let mut panel = Vec::new();
+        qdot::pack_offset_panel(&x, cols, &mut panel);
+        assert_eq!(panel.len(), blocks);
+        let mut toks = Vec::new();
+        qdot::quantize_activations(&x, &mut toks);
+        for (b, p) in panel.iter().enumerate() {
+            for t in 0..qdot::PANEL_TOKENS {
+                let (d, qs): (f32, Vec<i8>) = match toks.get(t * blocks + b) {
+                    Some(blk) if t < ntok => (blk.d, blk.qs.to_vec()),
+                    _ => (0.0, vec![0; QK]),
+                };
+                let got: Vec<i8> = (0..QK).map(|k| p.qs[k / 4][4 * t + k % 4]).collect();
+                assert_eq!((p.d[t], &got), (d, &qs), "offset panel [{b}, {t}]");
+                let sum: i32 = qs.iter().map(|&v| v as i32).sum();
+                assert_eq!(p.corr[t], 128 * sum, "offset panel [{b}, {t}] correction");
+            }
+        }
+        let w = [&rows[0][..], &rows[1][..]];
+        let want = generic::dot_q8_0_2x8_offset(w, &panel);
+        for r in 0..2 {
+            for t in 0..qdot::PANEL_TOKENS {
+                let got = want[r * qdot::PANEL_TOKENS + t];
+                let exact = if t < ntok {
+                    generic::dot_q8_0(w[r], &toks[t * blocks..(t + 1) * blocks])
+                } else {
+                    0.0
+                };
+                assert!(
+                    (got - exact).abs() <= QDOT_REL_TOL * (exact.abs() + got.abs() + 1e-3) * blocks as f32,
+                    "offset panel reference [{r}, {t}]: {got} vs {exact}"
+                );
+            }
+        }
+        for k in variants() {
+            let mut packed = Vec::new();
+            (k.pack_offset)(&x, cols, &mut packed);
+            assert_eq!(packed, panel, "{} offset panels", k.name);
+            let Some(f) = k.dot_q8_0_2x8_offset else { continue };
+            let got = f(w, &panel);
+            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                let t = i % qdot::PANEL_TOKENS;
+                let scale = rows[i / qdot::PANEL_TOKENS]
+                    .chunks_exact(qdot::Q8_0_BLOCK_BYTES)
+                    .zip(&panel)
+                    .map(|(wb, pb)| {
+                        let s: i32 = (0..QK)
+                            .map(|k| (wb[2 + k] as i8 as i32 * pb.qs[k / 4][4 * t + k % 4] as i32).abs())
+                            .sum();
+                        qdot::block_scale(wb).abs() * pb.d[t] * s as f32
+                    })
+                    .sum::<f32>()
+                    + 1e-6;
+                assert!(
+                    (g - e).abs() <= QDOT_REL_TOL * scale,
+                    "{} offset 2x8 [{i}]: {g} vs {e}",
                     k.name
                 );
             }

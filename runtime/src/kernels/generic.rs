@@ -3,7 +3,7 @@
 use alloc::vec;
 
 use crate::kernels::qdot::{
-    block_scale, ActBlock, Panel16, Panel8, PANEL_TOKENS, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES,
+    block_scale, ActBlock, Panel16, OffsetPanel, Panel8, PANEL_TOKENS, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES,
 };
 use crate::quant::QK;
 use crate::weights::Matrix;
@@ -124,6 +124,23 @@ pub fn dot_q8_0_2x8(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
                         isum += wb[2 + 4 * g + j] as i8 as i32 * pb.qs[g][4 * t + j] as i32;
                     }
                 }
+                out[r * PANEL_TOKENS + t] += block_scale(wb) * pb.d[t] * isum as f32;
+            }
+        }
+    }
+    out
+}
+
+/// Scalar reference of two Q8_0 weight rows against [`OffsetPanel`]s of eight tokens:
+/// `[row 0 x tokens 0..8, row 1 x tokens 0..8]`, exact i32 block sums scaled in f32.
+pub fn dot_q8_0_2x8_offset(w: [&[u8]; 2], p: &[OffsetPanel]) -> [f32; 16] {
+    let mut out = [0f32; 16];
+    for (r, row) in w.iter().enumerate() {
+        for (wb, pb) in row.chunks_exact(Q8_0_BLOCK_BYTES).zip(p) {
+            for t in 0..PANEL_TOKENS {
+                let isum: i32 = (0..QK)
+                    .map(|k| wb[2 + k] as i8 as i32 * pb.qs[k / 4][4 * t + k % 4] as i32)
+                    .sum();
                 out[r * PANEL_TOKENS + t] += block_scale(wb) * pb.d[t] * isum as f32;
             }
         }

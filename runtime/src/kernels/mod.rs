@@ -23,7 +23,7 @@ use alloc::vec::Vec;
 
 use crate::quant::{TensorType, QK};
 use crate::weights::Matrix;
-use qdot::{ActBlock, Panel16, Panel8, PANEL_TOKENS};
+use qdot::{ActBlock, Panel16, OffsetPanel, Panel8, PANEL_TOKENS};
 
 /// One implementation of every kernel.
 #[derive(Clone, Copy, Debug)]
@@ -37,6 +37,10 @@ pub struct KernelSet {
     /// Two Q8_0 weight rows · a panel of eight tokens, `[row 0 x 8, row 1 x 8]`; when present,
     /// linear layers pack their activations into panels and use it instead of the 2 x 4 tile.
     pub dot_q8_0_2x8: Option<fn([&[u8]; 2], &[Panel8]) -> [f32; 16]>,
+    /// Two Q8_0 weight rows · an [`OffsetPanel`] of eight tokens (for kernels that offset the
+    /// weights to unsigned bytes), `[row 0 x 8, row 1 x 8]`; when present, linear layers pack
+    /// their activations so and use it before the other Q8_0 kernels.
+    pub dot_q8_0_2x8_offset: Option<fn([&[u8]; 2], &[OffsetPanel]) -> [f32; 16]>,
     /// Two Q4_0 weight rows · 16-bit panels of eight tokens, `[row 0 x 8, row 1 x 8]`; when
     /// present, Q4_0 layers quantize their activations to 16 bits and use it.
     pub dot_q4_0_2x8: Option<fn([&[u8]; 2], &[Panel16]) -> [f32; 16]>,
@@ -55,6 +59,9 @@ pub struct KernelSet {
     /// Up to eight tokens' activations (rows of `cols`) quantized to 16 bits per 32 values and
     /// packed into panels, appended: `(x, cols, out)`.
     pub pack_panel16: fn(&[f32], usize, &mut Vec<Panel16>),
+    /// Up to eight tokens' activations quantized per 32 values and packed into
+    /// [`OffsetPanel`]s, appended: `(x, cols, out)`.
+    pub pack_offset: fn(&[f32], usize, &mut Vec<OffsetPanel>),
 }
 
 /// The scalar references.
@@ -63,6 +70,7 @@ pub const GENERIC: KernelSet = KernelSet {
     dot_q8_0: generic::dot_q8_0,
     dot_q8_0_2x4: generic::dot_q8_0_2x4,
     dot_q8_0_2x8: None,
+    dot_q8_0_2x8_offset: None,
     dot_q4_0_2x8: None,
     dot_q4_0: generic::dot_q4_0,
     dot_f32: generic::dot,
@@ -71,6 +79,7 @@ pub const GENERIC: KernelSet = KernelSet {
     layer_norm: generic::layer_norm,
     quantize: qdot::quantize_activations,
     pack_panel16: qdot::pack_panel16,
+    pack_offset: qdot::pack_offset_panel,
 };
 
 /// The bounds the SIMD 2 x 4 tile kernels rely on: both weight rows hold the four tokens'
@@ -172,6 +181,7 @@ pub fn avx2() -> Option<KernelSet> {
         dot_q8_0: q8,
         dot_q8_0_2x4: q8_2x4,
         dot_q8_0_2x8: Some(q8_2x8),
+        dot_q8_0_2x8_offset: None,
         dot_q4_0_2x8: Some(q4_2x8),
         dot_q4_0: q4,
         dot_f32: f,
@@ -180,6 +190,56 @@ pub fn avx2() -> Option<KernelSet> {
         layer_norm,
         quantize,
         pack_panel16,
+        pack_offset: qdot::pack_offset_panel,
+    })
+}
+
+/// The AVX2 set with VNNI's byte products for Q8_0 (AVX-VNNI, or AVX-512 VNNI on 256-bit
+/// vectors), when this CPU has them.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+pub fn avx2_vnni() -> Option<KernelSet> {
+    let base = avx2()?;
+    #[allow(unsafe_code)]
+    fn q8_2x8_avxvnni(w: [&[u8]; 2], p: &[OffsetPanel]) -> [f32; 16] {
+        assert!(w
+            .iter()
+            .all(|w| w.len() >= p.len() * qdot::Q8_0_BLOCK_BYTES));
+        // SAFETY: only handed out after detecting AVX2, FMA, F16C and AVX-VNNI; lengths
+        // asserted.
+        unsafe { x86_64::avx2::dot_q8_0_2x8_avxvnni(w, p) }
+    }
+    #[allow(unsafe_code)]
+    fn q8_2x8_avx512vnni(w: [&[u8]; 2], p: &[OffsetPanel]) -> [f32; 16] {
+        assert!(w
+            .iter()
+            .all(|w| w.len() >= p.len() * qdot::Q8_0_BLOCK_BYTES));
+        // SAFETY: only handed out after detecting AVX2, FMA, F16C, AVX-512 VNNI and VL;
+        // lengths asserted.
+        unsafe { x86_64::avx2::dot_q8_0_2x8_avx512vnni(w, p) }
+    }
+    #[allow(unsafe_code)]
+    fn pack_offset(x: &[f32], cols: usize, out: &mut Vec<OffsetPanel>) {
+        qdot::pack_offset_panel_with(x, cols, out, |chunk| {
+            assert_eq!(chunk.len(), QK);
+            // SAFETY: this set is only handed out after detecting AVX2; length asserted.
+            unsafe { x86_64::avx2::quantize_block_i8(chunk, 127.0) }
+        })
+    }
+    let (name, kernel): (_, fn([&[u8]; 2], &[OffsetPanel]) -> [f32; 16]) =
+        if std::is_x86_feature_detected!("avxvnni") {
+            ("avx2+avxvnni", q8_2x8_avxvnni)
+        } else if std::is_x86_feature_detected!("avx512vnni")
+            && std::is_x86_feature_detected!("avx512vl")
+        {
+            ("avx2+avx512vnni", q8_2x8_avx512vnni)
+        } else {
+            return None;
+        };
+    Some(KernelSet {
+        name,
+        dot_q8_0_2x8_offset: Some(kernel),
+        pack_offset,
+        ..base
     })
 }
 
@@ -295,25 +355,24 @@ fn neon_set(dotprod: bool, i8mm: bool) -> KernelSet {
             (true, false) => Some(q8_2x8_sdot),
             _ => None,
         },
-        dot_q4_0_2x8: None,
-        dot_q4_0: generic::dot_q4_0,
-        dot_f32: generic::dot,
-        softmax: generic::softmax,
-        gelu: generic::gelu,
-        layer_norm: generic::layer_norm,
-        quantize: qdot::quantize_activations,
-        pack_panel16: qdot::pack_panel16,
+        ..GENERIC
     }
 }
 
-/// The kernel set in use: the best this CPU supports, unless `PETAL_KERNELS=generic`.
+/// The kernel set in use: the best this CPU supports, unless `PETAL_KERNELS=generic` (the
+/// scalar references) or, on x86_64, `PETAL_KERNELS=avx2` (AVX2 without VNNI).
 pub fn active() -> KernelSet {
     #[cfg(feature = "std")]
     {
         static ACTIVE: std::sync::OnceLock<KernelSet> = std::sync::OnceLock::new();
         *ACTIVE.get_or_init(|| {
-            if std::env::var("PETAL_KERNELS").is_ok_and(|v| v == "generic") {
+            let forced = std::env::var("PETAL_KERNELS");
+            if forced.as_deref() == Ok("generic") {
                 return GENERIC;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if let Some(k) = avx2_vnni().filter(|_| forced.as_deref() != Ok("avx2")) {
+                return k;
             }
             #[cfg(target_arch = "x86_64")]
             if let Some(k) = avx2() {
@@ -335,7 +394,7 @@ pub fn active() -> KernelSet {
 }
 
 /// Tokens whose activations stay in L1 while a chunk of weight rows passes over them.
-const TOKEN_TILE: usize = 16;
+const TOKEN_TILE: usize = 128;
 
 /// Below this many multiply-adds a linear layer runs on one thread.
 #[cfg(feature = "std")]
@@ -355,6 +414,8 @@ pub struct Activations<'a> {
     panels: Vec<Panel8>,
     /// Activations in 16 bits packed by eight tokens for Q4_0, likewise.
     panels16: Vec<Panel16>,
+    /// Activations packed by eight tokens for Q8_0's offset kernels, likewise.
+    offset_panels: Vec<OffsetPanel>,
 }
 
 impl<'a> Activations<'a> {
@@ -368,6 +429,7 @@ impl<'a> Activations<'a> {
             xr: Vec::new(),
             panels: Vec::new(),
             panels16: Vec::new(),
+            offset_panels: Vec::new(),
         }
     }
 
@@ -392,12 +454,21 @@ impl<'a> Activations<'a> {
         self.xr.clear();
         self.panels.clear();
         self.panels16.clear();
+        self.offset_panels.clear();
         let (x, bpr) = (self.x, cols / QK);
         // The tokens of panel `g`.
         let span = PANEL_TOKENS * cols;
         let group = |g: usize| &x[g * span..((g + 1) * span).min(x.len())];
         let groups = self.n.div_ceil(PANEL_TOKENS);
         match ty {
+            TensorType::Q8_0 if k.dot_q8_0_2x8_offset.is_some() => {
+                let panels = par_map(groups, |g| {
+                    let mut out = Vec::with_capacity(bpr);
+                    (k.pack_offset)(group(g), cols, &mut out);
+                    out
+                });
+                self.offset_panels = panels.concat();
+            }
             TensorType::Q8_0 if k.dot_q8_0_2x8.is_some() => {
                 // Quantized and packed by panels, on the pool.
                 let panels = par_map(groups, |g| {
@@ -489,7 +560,7 @@ impl LinearJob<'_> {
             let t1 = (t0 + TOKEN_TILE).min(tokens.end);
             match w.ty {
                 TensorType::Q8_0 | TensorType::Q4_0
-                    if !a.panels.is_empty() || !a.panels16.is_empty() =>
+                    if !(a.panels.is_empty() && a.panels16.is_empty() && a.offset_panels.is_empty()) =>
                 {
                     debug_assert!(t0 % PANEL_TOKENS == 0);
                     // Results gather in `tile[token][row]` and leave as contiguous rows.
@@ -503,12 +574,13 @@ impl LinearJob<'_> {
                             let wr = [w.row(o), w.row(o2)];
                             for g0 in (t0..t1).step_by(PANEL_TOKENS) {
                                 let at = g0 / PANEL_TOKENS * bpr..(g0 / PANEL_TOKENS + 1) * bpr;
-                                let r = match (k.dot_q8_0_2x8, k.dot_q4_0_2x8) {
-                                    (Some(f), _) if w.ty == TensorType::Q8_0 => {
-                                        f(wr, &a.panels[at])
-                                    }
-                                    (_, Some(f)) => f(wr, &a.panels16[at]),
-                                    _ => unreachable!("panels are packed only for a panel kernel"),
+                                let r = match (w.ty, k.dot_q8_0_2x8_offset, k.dot_q8_0_2x8) {
+                                    (TensorType::Q8_0, Some(f), _) => f(wr, &a.offset_panels[at]),
+                                    (TensorType::Q8_0, None, Some(f)) => f(wr, &a.panels[at]),
+                                    _ => match k.dot_q4_0_2x8 {
+                                        Some(f) => f(wr, &a.panels16[at]),
+                                        None => unreachable!("panels are packed for panel kernels"),
+                                    },
                                 };
                                 let (ra, rb) = r.split_at(PANEL_TOKENS);
                                 let tokens = tile[g0 - t0..].iter_mut().zip(ra).zip(rb);

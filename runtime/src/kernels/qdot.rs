@@ -36,9 +36,7 @@ fn scaled(chunk: &[f32], max: f32) -> (f32, impl Iterator<Item = f32> + '_) {
 /// Quantizes `x` (a multiple of 32 values) into activation blocks, appended to `out`.
 pub fn quantize_activations(x: &[f32], out: &mut Vec<ActBlock>) {
     for chunk in x.chunks_exact(QK) {
-        let (d, halves) = scaled(chunk, 127.0);
-        let mut qs = [0i8; QK];
-        qs.iter_mut().zip(halves).for_each(|(q, r)| *q = r as i8);
+        let (d, qs) = quantize_block_i8(chunk, 127.0);
         out.push(ActBlock { d, qs });
     }
 }
@@ -114,6 +112,68 @@ pub fn pack_panel(tokens: &[&[ActBlock]], nb: usize, out: &mut Vec<Panel8>) {
         for (a, q) in p.abs.iter_mut().zip(&p.qs) {
             for (a, q) in a.iter_mut().zip(q) {
                 *a = q.unsigned_abs();
+            }
+        }
+    }
+}
+
+/// One activation block of eight tokens for x86_64's VNNI Q8_0 kernels, which offset the
+/// weights to unsigned bytes (`w ^ 0x80 = w + 128`, `0..=255`) for `vpdpbusd`'s
+/// unsigned-by-signed byte products: `qs[g]` holds values `4g..4g + 4` of each token in turn
+/// (token `t` at bytes `4t..4t + 4`), `d` the tokens' scales, `corr[t]` 128 times the sum of
+/// token `t`'s values (the offset's products, taken back out).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C, align(32))]
+pub struct OffsetPanel {
+    /// Scales of the eight tokens.
+    pub d: [f32; PANEL_TOKENS],
+    /// `128 * sum(qs)` per token.
+    pub corr: [i32; PANEL_TOKENS],
+    /// Values, by groups of four.
+    pub qs: [[i8; 32]; QK / 4],
+}
+
+/// Quantizes 32 values to `|q| <= max` (at most 127): the scale `d` and the values, rounded
+/// half away from zero.
+pub fn quantize_block_i8(chunk: &[f32], max: f32) -> (f32, [i8; QK]) {
+    let (d, halves) = scaled(chunk, max);
+    let mut q = [0i8; QK];
+    q.iter_mut().zip(halves).for_each(|(q, r)| *q = r as i8);
+    (d, q)
+}
+
+/// Quantizes up to eight tokens (`x`, rows of `cols`, a multiple of 32) per 32 values as
+/// [`quantize_activations`] does and packs them into `cols / 32` [`OffsetPanel`]s, appended to
+/// `out`; missing tokens are zeros.
+pub fn pack_offset_panel(x: &[f32], cols: usize, out: &mut Vec<OffsetPanel>) {
+    pack_offset_panel_with(x, cols, out, |chunk| quantize_block_i8(chunk, 127.0))
+}
+
+/// [`pack_offset_panel`] with another block quantizer of the same results (a SIMD one).
+pub fn pack_offset_panel_with(
+    x: &[f32],
+    cols: usize,
+    out: &mut Vec<OffsetPanel>,
+    quantize: impl Fn(&[f32]) -> (f32, [i8; QK]),
+) {
+    let ntok = x.len() / cols;
+    debug_assert!(ntok <= PANEL_TOKENS && cols % QK == 0 && x.len() == ntok * cols);
+    let start = out.len();
+    out.resize(
+        start + cols / QK,
+        OffsetPanel {
+            d: [0.0; PANEL_TOKENS],
+            corr: [0; PANEL_TOKENS],
+            qs: [[0; 32]; QK / 4],
+        },
+    );
+    for (t, row) in x.chunks_exact(cols).enumerate() {
+        for (p, chunk) in out[start..].iter_mut().zip(row.chunks_exact(QK)) {
+            let (d, q) = quantize(chunk);
+            p.d[t] = d;
+            p.corr[t] = 128 * q.iter().map(|&v| v as i32).sum::<i32>();
+            for (four, g) in p.qs.iter_mut().zip(q.chunks_exact(4)) {
+                four[4 * t..4 * t + 4].copy_from_slice(g);
             }
         }
     }

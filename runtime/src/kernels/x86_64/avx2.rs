@@ -4,7 +4,7 @@
 use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
-use crate::kernels::qdot::{ActBlock, Panel16, Panel8, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
+use crate::kernels::qdot::{ActBlock, Panel16, OffsetPanel, Panel8, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
 use crate::quant::QK;
 
 /// The f16 scale at `p` as f32, with F16C (no call out of the vector loop).
@@ -361,18 +361,42 @@ pub unsafe fn quantize_activations(x: &[f32], out: &mut Vec<ActBlock>) {
     debug_assert!(x.len() % 32 == 0);
     out.reserve(x.len() / 32);
     for chunk in x.chunks_exact(32) {
-        // SAFETY: `chunk` holds 32 floats; the store writes the block's 32-byte `qs` array.
-        unsafe {
-            let (d, q) = quantize_lanes(chunk.as_ptr(), 127.0);
-            // i32 -> i16 -> i8 packs work per 128-bit lane; the permute restores the order.
-            let w01 = _mm256_packs_epi32(q[0], q[1]);
-            let w23 = _mm256_packs_epi32(q[2], q[3]);
-            let b = _mm256_packs_epi16(w01, w23);
-            let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-            let mut block = ActBlock { d, qs: [0; 32] };
-            _mm256_storeu_si256(block.qs.as_mut_ptr() as *mut __m256i, b);
-            out.push(block);
-        }
+        // SAFETY: `chunk` holds 32 floats.
+        let (d, qs) = unsafe { quantize_block_at(chunk.as_ptr(), 127.0) };
+        out.push(ActBlock { d, qs });
+    }
+}
+
+/// [`crate::kernels::qdot::quantize_block_i8`] with the same float operations in eight lanes,
+/// so the values are bit-identical to the reference's.
+///
+/// # Safety
+/// The CPU must support AVX2; `chunk` holds 32 values.
+#[target_feature(enable = "avx2")]
+pub unsafe fn quantize_block_i8(chunk: &[f32], max: f32) -> (f32, [i8; QK]) {
+    debug_assert_eq!(chunk.len(), QK);
+    // SAFETY: `chunk` holds 32 floats.
+    unsafe { quantize_block_at(chunk.as_ptr(), max) }
+}
+
+/// The 32 floats at `c` quantized to `max` (at most 127) as i8.
+///
+/// # Safety
+/// The CPU must support AVX2; `c` addresses 32 readable floats.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn quantize_block_at(c: *const f32, max: f32) -> (f32, [i8; QK]) {
+    // SAFETY: the caller's contract covers the loads; the store writes the local `qs`.
+    unsafe {
+        let (d, q) = quantize_lanes(c, max);
+        // i32 -> i16 -> i8 packs work per 128-bit lane; the permute restores the order.
+        let w01 = _mm256_packs_epi32(q[0], q[1]);
+        let w23 = _mm256_packs_epi32(q[2], q[3]);
+        let b = _mm256_packs_epi16(w01, w23);
+        let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        let mut qs = [0i8; QK];
+        _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, b);
+        (d, qs)
     }
 }
 
@@ -472,6 +496,89 @@ pub unsafe fn dot_q8_0_2x8(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
         out
     }
 }
+
+/// Two Q8_0 weight rows against an [`OffsetPanel`] of eight tokens with VNNI's `vpdpbusd`
+/// (four unsigned-by-signed byte products summed into each i32 lane, no intermediate
+/// saturation): each weight block is offset once to unsigned bytes (`w ^ 0x80 = w + 128`);
+/// each group of four is broadcast and meets the eight tokens' four values in one instruction
+/// per group and row (even and odd groups accumulate apart, so four chains of products
+/// overlap); the panel's `corr` takes the offset's products back out, and one conversion and
+/// one multiply-add per block and row apply the scales. Returns
+/// `[row 0 x tokens 0..8, row 1 x tokens 0..8]`.
+macro_rules! vnni_2x8 {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $dpbusd:ident) => {
+        $(#[$doc])*
+        /// # Safety
+        /// The CPU must support the features enabled below; both rows hold at least
+        /// `p.len() * 34` bytes.
+        #[target_feature(enable = $features)]
+        pub unsafe fn $name(w: [&[u8]; 2], p: &[OffsetPanel]) -> [f32; 16] {
+            debug_assert!(w.iter().all(|w| w.len() >= p.len() * Q8_0_BLOCK_BYTES));
+            const ROUND: usize = 8;
+            // SAFETY: weight reads are 32 bytes at `2 + 34b` and the scale's 2 bytes at `34b`
+            // (b < p.len()), inside rows of `34 p.len()` bytes; the offset round lives in a
+            // local of `ROUND` blocks read 4 bytes at a time within it; panel loads read its
+            // aligned arrays.
+            unsafe {
+                let flip = _mm256_set1_epi8(-128);
+                let mut f = [_mm256_setzero_ps(); 2];
+                let mut unsigned = [[[0u8; QK]; ROUND]; 2];
+                let mut d = [[0f32; ROUND]; 2];
+                for (round, panels) in p.chunks(ROUND).enumerate() {
+                    for r in 0..2 {
+                        for i in 0..panels.len() {
+                            let wb = w[r].as_ptr().add((round * ROUND + i) * Q8_0_BLOCK_BYTES);
+                            let v = _mm256_loadu_si256(wb.add(2) as *const __m256i);
+                            let u = unsigned[r][i].as_mut_ptr() as *mut __m256i;
+                            _mm256_storeu_si256(u, _mm256_xor_si256(v, flip));
+                            d[r][i] = scale_at(wb);
+                        }
+                    }
+                    for (i, pb) in panels.iter().enumerate() {
+                        let u = [unsigned[0][i].as_ptr(), unsigned[1][i].as_ptr()];
+                        let at = |r: usize, g: usize| {
+                            _mm256_set1_epi32((u[r].add(4 * g) as *const i32).read_unaligned())
+                        };
+                        let mut s = [_mm256_setzero_si256(); 4];
+                        for g in (0..QK / 4).step_by(2) {
+                            let x0 = _mm256_load_si256(pb.qs[g].as_ptr() as *const __m256i);
+                            let x1 = _mm256_load_si256(pb.qs[g + 1].as_ptr() as *const __m256i);
+                            s[0] = $dpbusd(s[0], at(0, g), x0);
+                            s[1] = $dpbusd(s[1], at(0, g + 1), x1);
+                            s[2] = $dpbusd(s[2], at(1, g), x0);
+                            s[3] = $dpbusd(s[3], at(1, g + 1), x1);
+                        }
+                        let corr = _mm256_load_si256(pb.corr.as_ptr() as *const __m256i);
+                        let dx = _mm256_load_ps(pb.d.as_ptr());
+                        for r in 0..2 {
+                            let sum = _mm256_add_epi32(s[2 * r], s[2 * r + 1]);
+                            let dr = _mm256_mul_ps(_mm256_set1_ps(d[r][i]), dx);
+                            let sum = _mm256_cvtepi32_ps(_mm256_sub_epi32(sum, corr));
+                            f[r] = _mm256_fmadd_ps(dr, sum, f[r]);
+                        }
+                    }
+                }
+                let mut out = [0f32; 16];
+                _mm256_storeu_ps(out.as_mut_ptr(), f[0]);
+                _mm256_storeu_ps(out.as_mut_ptr().add(8), f[1]);
+                out
+            }
+        }
+    };
+}
+
+vnni_2x8!(
+    /// With AVX-VNNI (the VEX encoding: Alder Lake and later, Zen 5).
+    dot_q8_0_2x8_avxvnni,
+    "avx2,fma,f16c,avxvnni",
+    _mm256_dpbusd_avx_epi32
+);
+vnni_2x8!(
+    /// With AVX-512 VNNI on 256-bit vectors (Ice Lake and later servers, Zen 4).
+    dot_q8_0_2x8_avx512vnni,
+    "avx2,fma,f16c,avx512vnni,avx512vl",
+    _mm256_dpbusd_epi32
+);
 
 /// One weight pair of two Q4_0 rows against a 16-bit panel: `$x` is the pair's byte offset in
 /// the panel (32 per pair), `$w` in the unpacked rows (4 per pair).
