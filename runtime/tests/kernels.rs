@@ -16,16 +16,7 @@ const FDOT_REL_TOL: f32 = 1e-5;
 const LINEAR_ACT_QUANT_MIN_COS: f64 = 0.9995;
 
 fn variants() -> Vec<KernelSet> {
-    let mut v = vec![kernels::GENERIC];
-    #[cfg(target_arch = "x86_64")]
-    v.extend(kernels::avx2());
-    #[cfg(target_arch = "x86_64")]
-    v.extend(kernels::avx2_vnni());
-    #[cfg(target_arch = "aarch64")]
-    v.extend(kernels::neon_variants());
-    #[cfg(target_arch = "arm")]
-    v.extend(kernels::arm_neon());
-    v
+    kernels::available()
 }
 
 fn random_vec(rng: &mut impl Rng, n: usize, scale: f32) -> Vec<f32> {
@@ -682,4 +673,22 @@ fn linear_backward_input_matches_the_reference_for_every_type() {
 fn armv7_neon_is_detected() {
     let k = kernels::arm_neon().expect("NEON in AT_HWCAP of /proc/self/auxv");
     assert_eq!(kernels::active().name, k.name);
+}
+
+/// The sets this CPU runs have distinct names (`PETAL_KERNELS` picks one by name), start with
+/// the scalar references, and the active set is the last, best one unless the environment
+/// names another.
+#[test]
+fn kernel_sets_are_named_and_the_best_is_active() {
+    let sets = kernels::available();
+    assert_eq!(sets[0].name, kernels::GENERIC.name);
+    let mut names: Vec<&str> = sets.iter().map(|k| k.name).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), sets.len(), "duplicate kernel set names");
+    let want = match std::env::var("PETAL_KERNELS") {
+        Ok(name) if sets.iter().any(|k| k.name == name) => name,
+        _ => sets.last().unwrap().name.to_string(),
+    };
+    assert_eq!(kernels::active().name, want);
 }

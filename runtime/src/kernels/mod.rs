@@ -3,7 +3,8 @@
 //! references, and each ISA has its own module whose kernels are tested against them.
 //!
 //! Selection happens once, by CPU feature detection; `PETAL_KERNELS=generic` forces the scalar
-//! references.
+//! references, and `PETAL_KERNELS=NAME` any other set this CPU runs (`avx2`, `avx2+avxvnni`,
+//! `neon`, ...).
 
 #[cfg(target_arch = "aarch64")]
 #[allow(unsafe_code)]
@@ -194,11 +195,19 @@ pub fn avx2() -> Option<KernelSet> {
     })
 }
 
-/// The AVX2 set with VNNI's byte products for Q8_0 (AVX-VNNI, or AVX-512 VNNI on 256-bit
+/// The AVX2 set with VNNI's byte products for Q8_0 (AVX-VNNI, else AVX-512 VNNI on 256-bit
 /// vectors), when this CPU has them.
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 pub fn avx2_vnni() -> Option<KernelSet> {
-    let base = avx2()?;
+    avx2_vnni_variants().pop()
+}
+
+/// Every VNNI set this CPU runs, the preferred last (for tests that cover each kernel).
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+pub fn avx2_vnni_variants() -> Vec<KernelSet> {
+    let Some(base) = avx2() else {
+        return Vec::new();
+    };
     #[allow(unsafe_code)]
     fn q8_2x8_avxvnni(w: [&[u8]; 2], p: &[OffsetPanel]) -> [f32; 16] {
         assert!(w
@@ -225,22 +234,21 @@ pub fn avx2_vnni() -> Option<KernelSet> {
             unsafe { x86_64::avx2::quantize_block_i8(chunk, 127.0) }
         })
     }
-    let (name, kernel): (_, fn([&[u8]; 2], &[OffsetPanel]) -> [f32; 16]) =
-        if std::is_x86_feature_detected!("avxvnni") {
-            ("avx2+avxvnni", q8_2x8_avxvnni)
-        } else if std::is_x86_feature_detected!("avx512vnni")
-            && std::is_x86_feature_detected!("avx512vl")
-        {
-            ("avx2+avx512vnni", q8_2x8_avx512vnni)
-        } else {
-            return None;
-        };
-    Some(KernelSet {
+    let set = |name, kernel: fn([&[u8]; 2], &[OffsetPanel]) -> [f32; 16]| KernelSet {
         name,
         dot_q8_0_2x8_offset: Some(kernel),
         pack_offset,
         ..base
-    })
+    };
+    let mut v = Vec::new();
+    if std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl") {
+        v.push(set("avx2+avx512vnni", q8_2x8_avx512vnni));
+    }
+    // The same kernel in VEX encoding (no AVX-512 state to manage), preferred.
+    if std::is_x86_feature_detected!("avxvnni") {
+        v.push(set("avx2+avxvnni", q8_2x8_avxvnni));
+    }
+    v
 }
 
 /// The best NEON set this CPU runs (aarch64 always has NEON): SDOT for the Q8_0 products when
@@ -359,34 +367,42 @@ fn neon_set(dotprod: bool, i8mm: bool) -> KernelSet {
     }
 }
 
-/// The kernel set in use: the best this CPU supports, unless `PETAL_KERNELS=generic` (the
-/// scalar references) or, on x86_64, `PETAL_KERNELS=avx2` (AVX2 without VNNI).
+/// Every kernel set this CPU runs, plainest (the scalar references) first, best last.
+#[cfg(feature = "std")]
+pub fn available() -> Vec<KernelSet> {
+    #[allow(unused_mut)]
+    let mut v = alloc::vec![GENERIC];
+    #[cfg(target_arch = "x86_64")]
+    {
+        v.extend(avx2());
+        v.extend(avx2_vnni_variants());
+    }
+    #[cfg(target_arch = "aarch64")]
+    v.extend(neon_variants());
+    #[cfg(target_arch = "arm")]
+    v.extend(arm_neon());
+    v
+}
+
+/// The kernel set in use: the best this CPU supports, or the one named by `PETAL_KERNELS`
+/// (`generic` for the scalar references, or another name of [`available`], such as `avx2` for
+/// AVX2 without VNNI); a name this CPU cannot run is ignored with a warning.
 pub fn active() -> KernelSet {
     #[cfg(feature = "std")]
     {
         static ACTIVE: std::sync::OnceLock<KernelSet> = std::sync::OnceLock::new();
         *ACTIVE.get_or_init(|| {
-            let forced = std::env::var("PETAL_KERNELS");
-            if forced.as_deref() == Ok("generic") {
-                return GENERIC;
+            let mut sets = available();
+            let best = sets.pop().unwrap_or(GENERIC);
+            match std::env::var("PETAL_KERNELS") {
+                Ok(name) if name != best.name => {
+                    sets.into_iter().find(|k| k.name == name).unwrap_or_else(|| {
+                        log::warn!("PETAL_KERNELS={name}: no such kernel set on this CPU; using {}", best.name);
+                        best
+                    })
+                }
+                _ => best,
             }
-            #[cfg(target_arch = "x86_64")]
-            if let Some(k) = avx2_vnni().filter(|_| forced.as_deref() != Ok("avx2")) {
-                return k;
-            }
-            #[cfg(target_arch = "x86_64")]
-            if let Some(k) = avx2() {
-                return k;
-            }
-            #[cfg(target_arch = "aarch64")]
-            if let Some(k) = neon() {
-                return k;
-            }
-            #[cfg(target_arch = "arm")]
-            if let Some(k) = arm_neon() {
-                return k;
-            }
-            GENERIC
         })
     }
     #[cfg(not(feature = "std"))]
@@ -394,7 +410,7 @@ pub fn active() -> KernelSet {
 }
 
 /// Tokens whose activations stay in L1 while a chunk of weight rows passes over them.
-const TOKEN_TILE: usize = 128;
+const TOKEN_TILE: usize = 16;
 
 /// Below this many multiply-adds a linear layer runs on one thread.
 #[cfg(feature = "std")]
