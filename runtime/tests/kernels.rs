@@ -247,6 +247,61 @@ fn q8_0_offset_panels_match_the_reference() {
     }
 }
 
+/// The sixteen-row tile kernels (AMX) against the two-row offset-panel reference, row pair by
+/// row pair, on random block counts and partly filled panels.
+#[test]
+fn q8_0_sixteen_row_tiles_match_the_reference() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    let sets: Vec<KernelSet> = variants().into_iter().filter(|k| k.dot_q8_0_16x8.is_some()).collect();
+    for _ in 0..40 {
+        let blocks = rng.gen_range(1..50);
+        let ntok = rng.gen_range(1..=qdot::PANEL_TOKENS);
+        let cols = blocks * QK;
+        // Rows padded by up to three blocks: the kernel reads `row_bytes` apart.
+        let pad = rng.gen_range(0..4) * qdot::Q8_0_BLOCK_BYTES;
+        let rows = random_rows(&mut rng, 16, blocks, TensorType::Q8_0);
+        let row_bytes = blocks * qdot::Q8_0_BLOCK_BYTES + pad;
+        let mut w = Vec::new();
+        for r in &rows {
+            w.extend_from_slice(r);
+            w.extend(std::iter::repeat(0x55u8).take(pad));
+        }
+        let mut x = Vec::new();
+        for _ in 0..ntok {
+            let xs = rng.gen_range(0.01..8.0);
+            x.extend(random_vec(&mut rng, cols, xs));
+        }
+        let mut panel = Vec::new();
+        qdot::pack_offset_panel(&x, cols, &mut panel);
+        for k in &sets {
+            let got = (k.dot_q8_0_16x8.unwrap())(&w, row_bytes, &panel);
+            for r in (0..16).step_by(2) {
+                let want = generic::dot_q8_0_2x8_offset([&rows[r][..], &rows[r + 1][..]], &panel);
+                for (i, e) in want.iter().enumerate() {
+                    let (row, t) = (r + i / qdot::PANEL_TOKENS, i % qdot::PANEL_TOKENS);
+                    let scale: f32 = rows[row]
+                        .chunks_exact(qdot::Q8_0_BLOCK_BYTES)
+                        .zip(&panel)
+                        .map(|(wb, pb)| {
+                            let s: i32 = (0..QK)
+                                .map(|k| (wb[2 + k] as i8 as i32 * pb.qs[k / 4][4 * t + k % 4] as i32).abs())
+                                .sum();
+                            qdot::block_scale(wb).abs() * pb.d[t] * s as f32
+                        })
+                        .sum::<f32>()
+                        + 1e-6;
+                    let g = got[row][t];
+                    assert!(
+                        (g - e).abs() <= QDOT_REL_TOL * scale,
+                        "{} 16x8 [{row}, {t}]: {g} vs {e}",
+                        k.name
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Softmax with a polynomial `exp`, relative to each probability (plus a floor for the tiny
 /// ones).
 const SOFTMAX_REL_TOL: f32 = 2e-6;

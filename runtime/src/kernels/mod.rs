@@ -42,6 +42,10 @@ pub struct KernelSet {
     /// weights to unsigned bytes), `[row 0 x 8, row 1 x 8]`; when present, linear layers pack
     /// their activations so and use it before the other Q8_0 kernels.
     pub dot_q8_0_2x8_offset: Option<fn([&[u8]; 2], &[OffsetPanel]) -> [f32; 16]>,
+    /// Sixteen Q8_0 weight rows (from the start of `w`, `row_bytes` apart) · an
+    /// [`OffsetPanel`] of eight tokens, `out[row][token]` (AMX); when present, linear layers
+    /// use it for whole chunks of sixteen rows: `(w, row_bytes, panels)`.
+    pub dot_q8_0_16x8: Option<fn(&[u8], usize, &[OffsetPanel]) -> [[f32; 8]; 16]>,
     /// Two Q4_0 weight rows · 16-bit panels of eight tokens, `[row 0 x 8, row 1 x 8]`; when
     /// present, Q4_0 layers quantize their activations to 16 bits and use it.
     pub dot_q4_0_2x8: Option<fn([&[u8]; 2], &[Panel16]) -> [f32; 16]>,
@@ -72,6 +76,7 @@ pub const GENERIC: KernelSet = KernelSet {
     dot_q8_0_2x4: generic::dot_q8_0_2x4,
     dot_q8_0_2x8: None,
     dot_q8_0_2x8_offset: None,
+    dot_q8_0_16x8: None,
     dot_q4_0_2x8: None,
     dot_q4_0: generic::dot_q4_0,
     dot_f32: generic::dot,
@@ -183,6 +188,7 @@ pub fn avx2() -> Option<KernelSet> {
         dot_q8_0_2x4: q8_2x4,
         dot_q8_0_2x8: Some(q8_2x8),
         dot_q8_0_2x8_offset: None,
+        dot_q8_0_16x8: None,
         dot_q4_0_2x8: Some(q4_2x8),
         dot_q4_0: q4,
         dot_f32: f,
@@ -247,6 +253,24 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
     // The same kernel in VEX encoding (no AVX-512 state to manage), preferred.
     if std::is_x86_feature_detected!("avxvnni") {
         v.push(set("avx2+avxvnni", q8_2x8_avxvnni));
+    }
+    #[allow(unsafe_code)]
+    fn q8_16x8_amx(w: &[u8], row_bytes: usize, p: &[OffsetPanel]) -> [[f32; 8]; 16] {
+        let blocks = p.len() * qdot::Q8_0_BLOCK_BYTES;
+        assert!(row_bytes >= blocks && w.len() >= (x86_64::amx::AMX_ROWS - 1) * row_bytes + blocks);
+        // SAFETY: only handed out after `amx::available()` and detecting AVX2, FMA and F16C;
+        // lengths asserted.
+        unsafe { x86_64::amx::dot_q8_0_16x8(w, row_bytes, p) }
+    }
+    // AMX for chunks of sixteen rows, the best VNNI kernel for the rest.
+    if let Some(&best) = v.last() {
+        if x86_64::amx::available() {
+            v.push(KernelSet {
+                name: "avx2+amx",
+                dot_q8_0_16x8: Some(q8_16x8_amx),
+                ..best
+            });
+        }
     }
     v
 }
@@ -589,7 +613,23 @@ impl LinearJob<'_> {
                     let mut tile = [[0f32; OUT_TILE]; TOKEN_TILE];
                     for c0 in rows.clone().step_by(OUT_TILE) {
                         let c1 = (c0 + OUT_TILE).min(rows.end);
-                        for o in (c0..c1).step_by(2) {
+                        let whole = match k.dot_q8_0_16x8 {
+                            Some(f) if c1 - c0 == OUT_TILE && !a.offset_panels.is_empty() => {
+                                let rb = w.row_bytes();
+                                for g0 in (t0..t1).step_by(PANEL_TOKENS) {
+                                    let g = g0 / PANEL_TOKENS;
+                                    let r = f(&w.data[c0 * rb..], rb, &a.offset_panels[g * bpr..(g + 1) * bpr]);
+                                    for (t, row) in tile[g0 - t0..].iter_mut().take(PANEL_TOKENS).enumerate() {
+                                        for (i, v) in row.iter_mut().enumerate() {
+                                            *v = r[i][t] + bias(c0 + i);
+                                        }
+                                    }
+                                }
+                                true
+                            }
+                            _ => false,
+                        };
+                        for o in (c0..c1).step_by(2).filter(|_| !whole) {
                             let pair = o + 1 < c1;
                             let o2 = if pair { o + 1 } else { o };
                             let (ba, bb) = (bias(o), bias(o2));

@@ -9,7 +9,7 @@ use crate::quant::QK;
 
 /// The f16 scale at `p` as f32, with F16C (no call out of the vector loop).
 #[inline(always)]
-unsafe fn scale_at(p: *const u8) -> f32 {
+pub(crate) unsafe fn scale_at(p: *const u8) -> f32 {
     // SAFETY: the caller points `p` at two readable bytes; F16C is enabled by the callers'
     // target_feature.
     unsafe {

@@ -1,3 +1,5 @@
 //! x86_64 kernels.
 
+#[cfg(feature = "std")]
+pub mod amx;
 pub mod avx2;
