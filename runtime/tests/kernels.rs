@@ -266,22 +266,27 @@ fn q8_0_sixteen_row_tiles_match_the_reference() {
             w.extend_from_slice(r);
             w.extend(std::iter::repeat(0x55u8).take(pad));
         }
-        let mut x = Vec::new();
-        for _ in 0..ntok {
-            let xs = rng.gen_range(0.01..8.0);
-            x.extend(random_vec(&mut rng, cols, xs));
+        // One or two groups of eight tokens, the last partly filled.
+        let groups = rng.gen_range(1..=2);
+        let mut panels = Vec::new();
+        for g in 0..groups {
+            let mut x = Vec::new();
+            for _ in 0..if g + 1 < groups { qdot::PANEL_TOKENS } else { ntok } {
+                let xs = rng.gen_range(0.01..8.0);
+                x.extend(random_vec(&mut rng, cols, xs));
+            }
+            qdot::pack_offset_panel(&x, cols, &mut panels);
         }
-        let mut panel = Vec::new();
-        qdot::pack_offset_panel(&x, cols, &mut panel);
         for k in &sets {
-            let got = (k.dot_q8_0_16x8.unwrap())(&w, row_bytes, &panel);
+            let got = (k.dot_q8_0_16x8.unwrap())(&w, row_bytes, blocks, &panels);
+            for (g, panel) in panels.chunks(blocks).enumerate() {
             for r in (0..16).step_by(2) {
-                let want = generic::dot_q8_0_2x8_offset([&rows[r][..], &rows[r + 1][..]], &panel);
+                let want = generic::dot_q8_0_2x8_offset([&rows[r][..], &rows[r + 1][..]], panel);
                 for (i, e) in want.iter().enumerate() {
                     let (row, t) = (r + i / qdot::PANEL_TOKENS, i % qdot::PANEL_TOKENS);
                     let scale: f32 = rows[row]
                         .chunks_exact(qdot::Q8_0_BLOCK_BYTES)
-                        .zip(&panel)
+                        .zip(panel)
                         .map(|(wb, pb)| {
                             let s: i32 = (0..QK)
                                 .map(|k| (wb[2 + k] as i8 as i32 * pb.qs[k / 4][4 * t + k % 4] as i32).abs())
@@ -290,13 +295,14 @@ fn q8_0_sixteen_row_tiles_match_the_reference() {
                         })
                         .sum::<f32>()
                         + 1e-6;
-                    let g = got[row][t];
+                    let v = got[g * qdot::PANEL_TOKENS + t][row];
                     assert!(
-                        (g - e).abs() <= QDOT_REL_TOL * scale,
-                        "{} 16x8 [{row}, {t}]: {g} vs {e}",
+                        (v - e).abs() <= QDOT_REL_TOL * scale,
+                        "{} 16x8 group {g} [{row}, {t}]: {v} vs {e}",
                         k.name
                     );
                 }
+            }
             }
         }
     }

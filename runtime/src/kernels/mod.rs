@@ -42,10 +42,11 @@ pub struct KernelSet {
     /// weights to unsigned bytes), `[row 0 x 8, row 1 x 8]`; when present, linear layers pack
     /// their activations so and use it before the other Q8_0 kernels.
     pub dot_q8_0_2x8_offset: Option<fn([&[u8]; 2], &[OffsetPanel]) -> [f32; 16]>,
-    /// Sixteen Q8_0 weight rows (from the start of `w`, `row_bytes` apart) · an
-    /// [`OffsetPanel`] of eight tokens, `out[row][token]` (AMX); when present, linear layers
-    /// use it for whole chunks of sixteen rows: `(w, row_bytes, panels)`.
-    pub dot_q8_0_16x8: Option<fn(&[u8], usize, &[OffsetPanel]) -> [[f32; 8]; 16]>,
+    /// Sixteen Q8_0 weight rows (from the start of `w`, `row_bytes` apart) · one or two
+    /// groups of eight tokens (`nb` [`OffsetPanel`]s each), `out[token][row]` (AMX); when
+    /// present, linear layers use it for whole chunks of sixteen rows:
+    /// `(w, row_bytes, nb, panels)`.
+    pub dot_q8_0_16x8: Option<fn(&[u8], usize, usize, &[OffsetPanel]) -> [[f32; 16]; 16]>,
     /// Two Q4_0 weight rows · 16-bit panels of eight tokens, `[row 0 x 8, row 1 x 8]`; when
     /// present, Q4_0 layers quantize their activations to 16 bits and use it.
     pub dot_q4_0_2x8: Option<fn([&[u8]; 2], &[Panel16]) -> [f32; 16]>,
@@ -255,12 +256,13 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
         v.push(set("avx2+avxvnni", q8_2x8_avxvnni));
     }
     #[allow(unsafe_code)]
-    fn q8_16x8_amx(w: &[u8], row_bytes: usize, p: &[OffsetPanel]) -> [[f32; 8]; 16] {
-        let blocks = p.len() * qdot::Q8_0_BLOCK_BYTES;
+    fn q8_16x8_amx(w: &[u8], row_bytes: usize, nb: usize, p: &[OffsetPanel]) -> [[f32; 16]; 16] {
+        let blocks = nb * qdot::Q8_0_BLOCK_BYTES;
         assert!(row_bytes >= blocks && w.len() >= (x86_64::amx::AMX_ROWS - 1) * row_bytes + blocks);
+        assert!(nb > 0 && p.len() % nb == 0 && p.len() / nb <= x86_64::amx::AMX_GROUPS);
         // SAFETY: only handed out after `amx::available()` and detecting AVX2, FMA and F16C;
         // lengths asserted.
-        unsafe { x86_64::amx::dot_q8_0_16x8(w, row_bytes, p) }
+        unsafe { x86_64::amx::dot_q8_0_16x8(w, row_bytes, nb, p) }
     }
     // AMX for chunks of sixteen rows, the best VNNI kernel for the rest.
     if let Some(&best) = v.last() {
@@ -435,6 +437,10 @@ pub fn active() -> KernelSet {
 
 /// Tokens whose activations stay in L1 while a chunk of weight rows passes over them.
 const TOKEN_TILE: usize = 16;
+
+// The sixteen-row tile kernel takes a whole token tile per call.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+const _: () = assert!(TOKEN_TILE <= PANEL_TOKENS * x86_64::amx::AMX_GROUPS);
 
 /// Below this many multiply-adds a linear layer runs on one thread.
 #[cfg(feature = "std")]
@@ -616,13 +622,11 @@ impl LinearJob<'_> {
                         let whole = match k.dot_q8_0_16x8 {
                             Some(f) if c1 - c0 == OUT_TILE && !a.offset_panels.is_empty() => {
                                 let rb = w.row_bytes();
-                                for g0 in (t0..t1).step_by(PANEL_TOKENS) {
-                                    let g = g0 / PANEL_TOKENS;
-                                    let r = f(&w.data[c0 * rb..], rb, &a.offset_panels[g * bpr..(g + 1) * bpr]);
-                                    for (t, row) in tile[g0 - t0..].iter_mut().take(PANEL_TOKENS).enumerate() {
-                                        for (i, v) in row.iter_mut().enumerate() {
-                                            *v = r[i][t] + bias(c0 + i);
-                                        }
+                                let (g0, g1) = (t0 / PANEL_TOKENS, t1.div_ceil(PANEL_TOKENS));
+                                let r = f(&w.data[c0 * rb..], rb, bpr, &a.offset_panels[g0 * bpr..g1 * bpr]);
+                                for (row, r) in tile.iter_mut().zip(&r).take(t1 - t0) {
+                                    for (i, (v, r)) in row.iter_mut().zip(r).enumerate() {
+                                        *v = r + bias(c0 + i);
                                     }
                                 }
                                 true

@@ -72,91 +72,94 @@ fn request_tile_data() -> bool {
     false
 }
 
-/// The 64-byte tile configuration (palette 1): tiles 0 and 1 hold sums (16 rows x 8 i32),
-/// 2 and 3 weight blocks (16 rows x 32 bytes), 4 and 5 activation blocks (8 groups of four
-/// values x 8 tokens, 32 bytes a row).
+/// The 64-byte tile configuration (palette 1): tile 0 holds sums (16 rows x 8 i32), 2 a weight
+/// block (16 rows x 32 bytes), 4 an activation block (8 groups of four values x 8 tokens, 32
+/// bytes a row); the others stay unconfigured.
 #[repr(C, align(64))]
 struct TileConfig([u8; 64]);
 
 const CONFIG: TileConfig = {
     let mut c = [0u8; 64];
     c[0] = 1;
-    let mut t = 0;
-    while t < 6 {
-        // colsb (u16 at 16 + 2t), rows (u8 at 48 + t).
-        c[16 + 2 * t] = 32;
-        c[48 + t] = if t < 4 { 16 } else { 8 };
-        t += 1;
-    }
+    // colsb (u16 at 16 + 2t), rows (u8 at 48 + t) of tiles 0, 2 and 4.
+    c[16] = 32;
+    c[48] = 16;
+    c[20] = 32;
+    c[50] = 16;
+    c[24] = 32;
+    c[52] = 8;
     TileConfig(c)
 };
 
-/// Sixteen Q8_0 weight rows (row `r` at `w[r * row_bytes..]`) against an [`OffsetPanel`] of
-/// eight tokens (its values and scales; AMX multiplies signed by signed, so the offset's
-/// correction is not needed): `out[r][t]`, each block's exact i32 sum scaled in f32, blocks
-/// summed in order. Two blocks go through the tiles at a time.
+/// Token groups (of eight) one call takes at most.
+pub const AMX_GROUPS: usize = 2;
+
+/// Sixteen Q8_0 weight rows (row `r` at `w[r * row_bytes..]`) against up to [`AMX_GROUPS`]
+/// groups of eight tokens (`p`: `p.len() / nb` groups of `nb` [`OffsetPanel`]s; their values
+/// and scales, AMX multiplies signed by signed, so the offset's correction is not needed):
+/// `out[g * 8 + t][r]`, each block's exact i32 sum scaled in f32, blocks summed in order. Per
+/// block, the weight tile and the sixteen row scales serve every group.
 ///
 /// # Safety
-/// [`available`] returned true; the CPU supports AVX2, FMA and F16C; `w` holds
-/// `15 * row_bytes + p.len() * 34` bytes.
+/// [`available`] returned true; the CPU supports AVX2, FMA and F16C; `p.len()` is a multiple
+/// of `nb` of at most `AMX_GROUPS * nb`; `w` holds `15 * row_bytes + nb * 34` bytes.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q8_0_16x8(w: &[u8], row_bytes: usize, p: &[OffsetPanel]) -> [[f32; 8]; 16] {
-    debug_assert!(w.len() >= (AMX_ROWS - 1) * row_bytes + p.len() * Q8_0_BLOCK_BYTES);
-    let mut acc = [_mm256_setzero_ps(); AMX_ROWS];
-    let mut sums = [[[0i32; 8]; AMX_ROWS]; 2];
+pub unsafe fn dot_q8_0_16x8(
+    w: &[u8],
+    row_bytes: usize,
+    nb: usize,
+    p: &[OffsetPanel],
+) -> [[f32; AMX_ROWS]; 8 * AMX_GROUPS] {
+    let groups = p.len() / nb.max(1);
+    debug_assert!(groups <= AMX_GROUPS && p.len() == groups * nb);
+    debug_assert!(w.len() >= (AMX_ROWS - 1) * row_bytes + nb * Q8_0_BLOCK_BYTES);
+    // acc[g][r]: row r against group g's eight tokens.
+    let mut acc = [[_mm256_setzero_ps(); AMX_ROWS]; AMX_GROUPS];
+    let mut sums = [[[0i32; 8]; AMX_ROWS]; AMX_GROUPS];
     // SAFETY: the tile loads read 16 rows of 32 bytes at `w + r * row_bytes + 34b + 2` (within
     // `w` by the caller's contract) and 8 x 32 bytes of a panel's `qs`; the stores write the
     // local `sums` (16 x 32 bytes each); the scales read 2 bytes at `w + r * row_bytes + 34b`.
     unsafe {
         asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly, preserves_flags));
         let base = w.as_ptr();
-        for (b0, pair) in p.chunks(2).enumerate().map(|(i, c)| (2 * i, c)) {
-            let a0 = base.add(b0 * Q8_0_BLOCK_BYTES + 2);
-            let x0 = pair[0].qs.as_ptr();
+        for b in 0..nb {
+            let wb = base.add(b * Q8_0_BLOCK_BYTES);
             asm!(
-                "tilezero tmm0",
                 "tileloadd tmm2, [{a} + {s}*1]",
-                "tileloadd tmm4, [{x} + {xs}*1]",
-                "tdpbssd tmm0, tmm2, tmm4",
-                "tilestored [{o} + {xs}*1], tmm0",
-                a = in(reg) a0,
+                a = in(reg) wb.add(2),
                 s = in(reg) row_bytes,
-                x = in(reg) x0,
-                xs = in(reg) 32usize,
-                o = in(reg) sums[0].as_mut_ptr(),
-                options(nostack, preserves_flags),
+                options(nostack, readonly, preserves_flags),
             );
-            if pair.len() == 2 {
+            for (g, s) in sums.iter_mut().enumerate().take(groups) {
                 asm!(
-                    "tilezero tmm1",
-                    "tileloadd tmm3, [{a} + {s}*1]",
-                    "tileloadd tmm5, [{x} + {xs}*1]",
-                    "tdpbssd tmm1, tmm3, tmm5",
-                    "tilestored [{o} + {xs}*1], tmm1",
-                    a = in(reg) a0.add(Q8_0_BLOCK_BYTES),
-                    s = in(reg) row_bytes,
-                    x = in(reg) pair[1].qs.as_ptr(),
+                    "tilezero tmm0",
+                    "tileloadd tmm4, [{x} + {xs}*1]",
+                    "tdpbssd tmm0, tmm2, tmm4",
+                    "tilestored [{o} + {xs}*1], tmm0",
+                    x = in(reg) p[g * nb + b].qs.as_ptr(),
                     xs = in(reg) 32usize,
-                    o = in(reg) sums[1].as_mut_ptr(),
+                    o = in(reg) s.as_mut_ptr(),
                     options(nostack, preserves_flags),
                 );
             }
-            for (k, pb) in pair.iter().enumerate() {
-                let b = b0 + k;
-                let dx = _mm256_load_ps(pb.d.as_ptr());
-                for r in 0..AMX_ROWS {
-                    let dw = super::avx2::scale_at(base.add(r * row_bytes + b * Q8_0_BLOCK_BYTES));
-                    let s = _mm256_cvtepi32_ps(_mm256_loadu_si256(sums[k][r].as_ptr() as *const __m256i));
-                    acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(dw), dx), s, acc[r]);
+            for r in 0..AMX_ROWS {
+                let dw = _mm256_set1_ps(super::avx2::scale_at(wb.add(r * row_bytes)));
+                for g in 0..groups {
+                    let dx = _mm256_load_ps(p[g * nb + b].d.as_ptr());
+                    let s = _mm256_cvtepi32_ps(_mm256_loadu_si256(sums[g][r].as_ptr() as *const __m256i));
+                    acc[g][r] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), s, acc[g][r]);
                 }
             }
         }
         asm!("tilerelease", options(nostack, nomem, preserves_flags));
     }
-    let mut out = [[0f32; 8]; AMX_ROWS];
-    for (o, a) in out.iter_mut().zip(acc) {
-        // SAFETY: stores 8 floats into an 8-float array.
-        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), a) };
+    // Rows by token: transpose each group's 16 x 8 block.
+    let mut by_row = [[[0f32; 8]; AMX_ROWS]; AMX_GROUPS];
+    for (o, a) in by_row.iter_mut().zip(&acc) {
+        for (o, a) in o.iter_mut().zip(a) {
+            // SAFETY: stores 8 floats into an 8-float array.
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), *a) };
+        }
     }
-    out
+    core::array::from_fn(|i| core::array::from_fn(|r| by_row[i / 8][r][i % 8]))
 }
