@@ -142,8 +142,18 @@ pub unsafe fn dot_q8_0_16x8(
                     options(nostack, preserves_flags),
                 );
             }
+            // The sixteen rows' f16 scales, gathered as integers and converted at once.
+            let mut bits = [0u16; AMX_ROWS];
+            for (r, h) in bits.iter_mut().enumerate() {
+                *h = (wb.add(r * row_bytes) as *const u16).read_unaligned();
+            }
+            let mut scales = [0f32; AMX_ROWS];
+            for h in 0..2 {
+                let v = _mm256_cvtph_ps(_mm_loadu_si128(bits.as_ptr().add(8 * h) as *const __m128i));
+                _mm256_storeu_ps(scales.as_mut_ptr().add(8 * h), v);
+            }
             for r in 0..AMX_ROWS {
-                let dw = _mm256_set1_ps(super::avx2::scale_at(wb.add(r * row_bytes)));
+                let dw = _mm256_set1_ps(scales[r]);
                 for g in 0..groups {
                     let dx = _mm256_load_ps(p[g * nb + b].d.as_ptr());
                     let s = _mm256_cvtepi32_ps(_mm256_loadu_si256(sums[g][r].as_ptr() as *const __m256i));
