@@ -118,6 +118,25 @@ fn q8_0_tiles_match_the_reference() {
     }
 }
 
+/// Tolerance scale of a Q8_0 row against one token of 8-bit panels (`Panel8` or `OffsetPanel`,
+/// by their values and scales): the sum of the absolute scaled products, plus a floor.
+fn panel_abs_products<'a>(
+    row: &[u8],
+    panels: impl Iterator<Item = (&'a [[i8; 32]; QK / 4], &'a [f32; qdot::PANEL_TOKENS])>,
+    t: usize,
+) -> f32 {
+    row.chunks_exact(qdot::Q8_0_BLOCK_BYTES)
+        .zip(panels)
+        .map(|(wb, (qs, d))| {
+            let s: i32 = (0..QK)
+                .map(|k| (wb[2 + k] as i8 as i32 * qs[k / 4][4 * t + k % 4] as i32).abs())
+                .sum();
+            qdot::block_scale(wb).abs() * d[t] * s as f32
+        })
+        .sum::<f32>()
+        + 1e-6
+}
+
 #[test]
 fn q8_0_panels_match_the_reference() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(20);
@@ -147,18 +166,9 @@ fn q8_0_panels_match_the_reference() {
             let Some(f) = k.dot_q8_0_2x8 else { continue };
             let got = f(w, &panel);
             for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-                let scale = rows[i / qdot::PANEL_TOKENS]
-                    .chunks_exact(qdot::Q8_0_BLOCK_BYTES)
-                    .zip(&panel)
-                    .map(|(wb, pb)| {
-                        let t = i % qdot::PANEL_TOKENS;
-                        let s: i32 = (0..QK)
-                            .map(|k| (wb[2 + k] as i8 as i32 * pb.qs[k / 4][4 * t + k % 4] as i32).abs())
-                            .sum();
-                        qdot::block_scale(wb).abs() * pb.d[t] * s as f32
-                    })
-                    .sum::<f32>()
-                    + 1e-6;
+                let panels = panel.iter().map(|pb| (&pb.qs, &pb.d));
+                let scale =
+                    panel_abs_products(&rows[i / qdot::PANEL_TOKENS], panels, i % qdot::PANEL_TOKENS);
                 assert!(
                     (g - e).abs() <= QDOT_REL_TOL * scale,
                     "{} 2x8 [{i}]: {g} vs {e}",
@@ -226,17 +236,8 @@ fn q8_0_offset_panels_match_the_reference() {
             let got = f(w, &panel);
             for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                 let t = i % qdot::PANEL_TOKENS;
-                let scale = rows[i / qdot::PANEL_TOKENS]
-                    .chunks_exact(qdot::Q8_0_BLOCK_BYTES)
-                    .zip(&panel)
-                    .map(|(wb, pb)| {
-                        let s: i32 = (0..QK)
-                            .map(|k| (wb[2 + k] as i8 as i32 * pb.qs[k / 4][4 * t + k % 4] as i32).abs())
-                            .sum();
-                        qdot::block_scale(wb).abs() * pb.d[t] * s as f32
-                    })
-                    .sum::<f32>()
-                    + 1e-6;
+                let panels = panel.iter().map(|pb| (&pb.qs, &pb.d));
+                let scale = panel_abs_products(&rows[i / qdot::PANEL_TOKENS], panels, t);
                 assert!(
                     (g - e).abs() <= QDOT_REL_TOL * scale,
                     "{} offset 2x8 [{i}]: {g} vs {e}",
@@ -284,17 +285,8 @@ fn q8_0_sixteen_row_tiles_match_the_reference() {
                 let want = generic::dot_q8_0_2x8_offset([&rows[r][..], &rows[r + 1][..]], panel);
                 for (i, e) in want.iter().enumerate() {
                     let (row, t) = (r + i / qdot::PANEL_TOKENS, i % qdot::PANEL_TOKENS);
-                    let scale: f32 = rows[row]
-                        .chunks_exact(qdot::Q8_0_BLOCK_BYTES)
-                        .zip(panel)
-                        .map(|(wb, pb)| {
-                            let s: i32 = (0..QK)
-                                .map(|k| (wb[2 + k] as i8 as i32 * pb.qs[k / 4][4 * t + k % 4] as i32).abs())
-                                .sum();
-                            qdot::block_scale(wb).abs() * pb.d[t] * s as f32
-                        })
-                        .sum::<f32>()
-                        + 1e-6;
+                    let panels = panel.iter().map(|pb| (&pb.qs, &pb.d));
+                    let scale = panel_abs_products(&rows[row], panels, t);
                     let v = got[g * qdot::PANEL_TOKENS + t][row];
                     assert!(
                         (v - e).abs() <= QDOT_REL_TOL * scale,

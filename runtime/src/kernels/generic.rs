@@ -114,34 +114,29 @@ pub fn dot_q8_0_2x4(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 8] {
 /// Scalar reference of two Q8_0 weight rows against a panel of eight tokens (`nb` panels):
 /// `[row 0 x tokens 0..8, row 1 x tokens 0..8]`, exact i32 block sums scaled in f32.
 pub fn dot_q8_0_2x8(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
-    let mut out = [0f32; 16];
-    for (r, row) in w.iter().enumerate() {
-        for (wb, pb) in row.chunks_exact(Q8_0_BLOCK_BYTES).zip(p) {
-            for t in 0..PANEL_TOKENS {
-                let mut isum = 0i32;
-                for g in 0..QK / 4 {
-                    for j in 0..4 {
-                        isum += wb[2 + 4 * g + j] as i8 as i32 * pb.qs[g][4 * t + j] as i32;
-                    }
-                }
-                out[r * PANEL_TOKENS + t] += block_scale(wb) * pb.d[t] * isum as f32;
-            }
-        }
-    }
-    out
+    dot_q8_0_2x8_panels(w, p.iter().map(|pb| (&pb.qs, &pb.d)))
 }
 
-/// Scalar reference of two Q8_0 weight rows against [`OffsetPanel`]s of eight tokens:
-/// `[row 0 x tokens 0..8, row 1 x tokens 0..8]`, exact i32 block sums scaled in f32.
+/// Scalar reference of two Q8_0 weight rows against [`OffsetPanel`]s of eight tokens (their
+/// values and scales; the offset is the kernels' business): as [`dot_q8_0_2x8`].
 pub fn dot_q8_0_2x8_offset(w: [&[u8]; 2], p: &[OffsetPanel]) -> [f32; 16] {
+    dot_q8_0_2x8_panels(w, p.iter().map(|pb| (&pb.qs, &pb.d)))
+}
+
+/// The two panel references over each panel's values (by groups of four, token `t` at bytes
+/// `4t..4t + 4`) and scales.
+fn dot_q8_0_2x8_panels<'a>(
+    w: [&[u8]; 2],
+    p: impl Iterator<Item = (&'a [[i8; 32]; QK / 4], &'a [f32; PANEL_TOKENS])> + Clone,
+) -> [f32; 16] {
     let mut out = [0f32; 16];
     for (r, row) in w.iter().enumerate() {
-        for (wb, pb) in row.chunks_exact(Q8_0_BLOCK_BYTES).zip(p) {
+        for (wb, (qs, d)) in row.chunks_exact(Q8_0_BLOCK_BYTES).zip(p.clone()) {
             for t in 0..PANEL_TOKENS {
                 let isum: i32 = (0..QK)
-                    .map(|k| wb[2 + k] as i8 as i32 * pb.qs[k / 4][4 * t + k % 4] as i32)
+                    .map(|k| wb[2 + k] as i8 as i32 * qs[k / 4][4 * t + k % 4] as i32)
                     .sum();
-                out[r * PANEL_TOKENS + t] += block_scale(wb) * pb.d[t] * isum as f32;
+                out[r * PANEL_TOKENS + t] += block_scale(wb) * d[t] * isum as f32;
             }
         }
     }

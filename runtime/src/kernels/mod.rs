@@ -98,8 +98,19 @@ pub const GENERIC: KernelSet = KernelSet {
 ))]
 fn check_tile(w: [&[u8]; 2], x: [&[ActBlock]; 4]) {
     let nb = x[0].len();
-    assert!(w.iter().all(|w| w.len() >= nb * qdot::Q8_0_BLOCK_BYTES));
+    check_panel_rows(w, nb, qdot::Q8_0_BLOCK_BYTES);
     assert!(x.iter().all(|s| s.len() == nb));
+}
+
+/// The bounds the SIMD tile and panel kernels rely on: both weight rows hold `blocks` blocks
+/// of `block_bytes`.
+#[cfg(any(
+    all(feature = "std", target_arch = "x86_64"),
+    target_arch = "aarch64",
+    all(feature = "std", target_arch = "arm")
+))]
+fn check_panel_rows(w: [&[u8]; 2], blocks: usize, block_bytes: usize) {
+    assert!(w.iter().all(|w| w.len() >= blocks * block_bytes));
 }
 
 /// The AVX2 + FMA + F16C set, when this CPU has them.
@@ -126,18 +137,14 @@ pub fn avx2() -> Option<KernelSet> {
     }
     #[allow(unsafe_code)]
     fn q8_2x8(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
-        assert!(w
-            .iter()
-            .all(|w| w.len() >= p.len() * qdot::Q8_0_BLOCK_BYTES));
+        check_panel_rows(w, p.len(), qdot::Q8_0_BLOCK_BYTES);
         // SAFETY: this set is only handed out after detecting AVX2, FMA and F16C; lengths
         // asserted.
         unsafe { x86_64::avx2::dot_q8_0_2x8(w, p) }
     }
     #[allow(unsafe_code)]
     fn q4_2x8(w: [&[u8]; 2], p: &[Panel16]) -> [f32; 16] {
-        assert!(w
-            .iter()
-            .all(|w| w.len() >= p.len() * qdot::Q4_0_BLOCK_BYTES));
+        check_panel_rows(w, p.len(), qdot::Q4_0_BLOCK_BYTES);
         // SAFETY: this set is only handed out after detecting AVX2, FMA and F16C; lengths
         // asserted.
         unsafe { x86_64::avx2::dot_q4_0_2x8(w, p) }
@@ -178,6 +185,14 @@ pub fn avx2() -> Option<KernelSet> {
         })
     }
     #[allow(unsafe_code)]
+    fn pack_offset(x: &[f32], cols: usize, out: &mut Vec<OffsetPanel>) {
+        qdot::pack_offset_panel_with(x, cols, out, |chunk| {
+            assert_eq!(chunk.len(), QK);
+            // SAFETY: this set is only handed out after detecting AVX2; length asserted.
+            unsafe { x86_64::avx2::quantize_block_i8(chunk, 127.0) }
+        })
+    }
+    #[allow(unsafe_code)]
     fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
         assert_eq!(w.len(), b.len());
         // SAFETY: this set is only handed out after detecting AVX2 and FMA; lengths asserted.
@@ -198,18 +213,12 @@ pub fn avx2() -> Option<KernelSet> {
         layer_norm,
         quantize,
         pack_panel16,
-        pack_offset: qdot::pack_offset_panel,
+        pack_offset,
     })
 }
 
-/// The AVX2 set with VNNI's byte products for Q8_0 (AVX-VNNI, else AVX-512 VNNI on 256-bit
-/// vectors), when this CPU has them.
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-pub fn avx2_vnni() -> Option<KernelSet> {
-    avx2_vnni_variants().pop()
-}
-
-/// Every VNNI set this CPU runs, the preferred last (for tests that cover each kernel).
+/// Every set with VNNI's byte products for Q8_0 this CPU runs (AVX-512 VNNI on 256-bit vectors,
+/// AVX-VNNI, and AMX over the preferred of them), the preferred last.
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 pub fn avx2_vnni_variants() -> Vec<KernelSet> {
     let Some(base) = avx2() else {
@@ -217,34 +226,21 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
     };
     #[allow(unsafe_code)]
     fn q8_2x8_avxvnni(w: [&[u8]; 2], p: &[OffsetPanel]) -> [f32; 16] {
-        assert!(w
-            .iter()
-            .all(|w| w.len() >= p.len() * qdot::Q8_0_BLOCK_BYTES));
+        check_panel_rows(w, p.len(), qdot::Q8_0_BLOCK_BYTES);
         // SAFETY: only handed out after detecting AVX2, FMA, F16C and AVX-VNNI; lengths
         // asserted.
         unsafe { x86_64::avx2::dot_q8_0_2x8_avxvnni(w, p) }
     }
     #[allow(unsafe_code)]
     fn q8_2x8_avx512vnni(w: [&[u8]; 2], p: &[OffsetPanel]) -> [f32; 16] {
-        assert!(w
-            .iter()
-            .all(|w| w.len() >= p.len() * qdot::Q8_0_BLOCK_BYTES));
+        check_panel_rows(w, p.len(), qdot::Q8_0_BLOCK_BYTES);
         // SAFETY: only handed out after detecting AVX2, FMA, F16C, AVX-512 VNNI and VL;
         // lengths asserted.
         unsafe { x86_64::avx2::dot_q8_0_2x8_avx512vnni(w, p) }
     }
-    #[allow(unsafe_code)]
-    fn pack_offset(x: &[f32], cols: usize, out: &mut Vec<OffsetPanel>) {
-        qdot::pack_offset_panel_with(x, cols, out, |chunk| {
-            assert_eq!(chunk.len(), QK);
-            // SAFETY: this set is only handed out after detecting AVX2; length asserted.
-            unsafe { x86_64::avx2::quantize_block_i8(chunk, 127.0) }
-        })
-    }
     let set = |name, kernel: fn([&[u8]; 2], &[OffsetPanel]) -> [f32; 16]| KernelSet {
         name,
         dot_q8_0_2x8_offset: Some(kernel),
-        pack_offset,
         ..base
     };
     let mut v = Vec::new();
@@ -362,17 +358,13 @@ fn neon_set(dotprod: bool, i8mm: bool) -> KernelSet {
     }
     #[allow(unsafe_code)]
     fn q8_2x8_sdot(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
-        assert!(w
-            .iter()
-            .all(|w| w.len() >= p.len() * qdot::Q8_0_BLOCK_BYTES));
+        check_panel_rows(w, p.len(), qdot::Q8_0_BLOCK_BYTES);
         // SAFETY: only handed out after detecting dotprod; lengths asserted.
         unsafe { aarch64::neon::dot_q8_0_2x8_dotprod(w, p) }
     }
     #[allow(unsafe_code)]
     fn q8_2x8_smmla(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
-        assert!(w
-            .iter()
-            .all(|w| w.len() >= p.len() * qdot::Q8_0_BLOCK_BYTES));
+        check_panel_rows(w, p.len(), qdot::Q8_0_BLOCK_BYTES);
         // SAFETY: only handed out after detecting i8mm; lengths asserted.
         unsafe { aarch64::neon::dot_q8_0_2x8_i8mm(w, p) }
     }

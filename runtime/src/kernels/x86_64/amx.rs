@@ -152,12 +152,16 @@ pub unsafe fn dot_q8_0_16x8(
                 let v = _mm256_cvtph_ps(_mm_loadu_si128(bits.as_ptr().add(8 * h) as *const __m128i));
                 _mm256_storeu_ps(scales.as_mut_ptr().add(8 * h), v);
             }
+            // Each group's token scales, loaded once for the sixteen rows.
+            let mut dx = [_mm256_setzero_ps(); AMX_GROUPS];
+            for (g, dx) in dx.iter_mut().enumerate().take(groups) {
+                *dx = _mm256_load_ps(p[g * nb + b].d.as_ptr());
+            }
             for r in 0..AMX_ROWS {
                 let dw = _mm256_set1_ps(scales[r]);
                 for g in 0..groups {
-                    let dx = _mm256_load_ps(p[g * nb + b].d.as_ptr());
                     let s = _mm256_cvtepi32_ps(_mm256_loadu_si256(sums[g][r].as_ptr() as *const __m256i));
-                    acc[g][r] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), s, acc[g][r]);
+                    acc[g][r] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx[g]), s, acc[g][r]);
                 }
             }
         }
