@@ -300,6 +300,112 @@ fn q8_0_sixteen_row_tiles_match_the_reference() {
     }
 }
 
+/// The bf16 product against its reference (both in f32 over the same bf16 values; the tile
+/// unit sums in its own order), relative to the sum of absolute products.
+const BF16_GEMM_REL_TOL: f32 = 1e-5;
+
+/// Every set with bf16 kernels: rows decoded and activations packed bit for bit as the
+/// references, and the strip product against the reference on random depths, odd and even
+/// numbers of token tiles, partly filled tiles, and values that round across bf16 boundaries.
+#[test]
+fn bf16_kernels_match_the_reference() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(29);
+    let sets: Vec<KernelSet> = variants().into_iter().filter(|k| k.bf16.is_some()).collect();
+    for _ in 0..30 {
+        let blocks = rng.gen_range(1..50);
+        let cols = blocks * QK;
+        for ty in [TensorType::Q8_0, TensorType::Q4_0] {
+            let rows = random_rows(&mut rng, 32, blocks, ty);
+            let mut want = vec![0u16; 32 * cols];
+            for (r, o) in rows.iter().zip(want.chunks_exact_mut(cols)) {
+                qdot::dequantize_row_bf16(ty, r, o);
+            }
+            let ntok = rng.gen_range(1..=5 * qdot::BF16_TILE_TOKENS);
+            let mut x = Vec::new();
+            for _ in 0..ntok {
+                let xs = rng.gen_range(0.01..8.0);
+                x.extend(random_vec(&mut rng, cols, xs));
+            }
+            // Ties, subnormals and extremes among the values.
+            for (i, v) in [1.0 + 1.0 / 256.0, -3.0 * f32::MIN_POSITIVE / 4.0, 3.0e38, -1.0e-38, 0.0]
+                .into_iter()
+                .enumerate()
+            {
+                let at = rng.gen_range(0..x.len());
+                x[at] = if i == 2 { v / 16.0 } else { v };
+            }
+            let mut packed = Vec::new();
+            for tile in x.chunks(qdot::BF16_TILE_TOKENS * cols) {
+                qdot::pack_bf16_tile(tile, cols, &mut packed);
+            }
+            let nt = ntok.div_ceil(qdot::BF16_TILE_TOKENS);
+            let bias: [f32; 32] = std::array::from_fn(|_| rng.gen_range(-1.0..1.0));
+            // Rows and tokens stored: a partial strip and partial last tile at times, into
+            // rows of `ld` (others keep the sentinel).
+            let nr = if rng.gen_bool(0.5) { 32 } else { rng.gen_range(1..=32) };
+            let ld = nr + rng.gen_range(0..3);
+            const SENTINEL: f32 = -7.0e30;
+            let mut reference = vec![SENTINEL; ntok * ld];
+            generic::gemm_bf16_32xn(&want, cols, &packed, nt, &bias, &mut reference, ld, nr, ntok);
+            for k in &sets {
+                let bk = k.bf16.unwrap();
+                let mut got = vec![0u16; 32 * cols];
+                for (r, o) in rows.iter().zip(got.chunks_exact_mut(cols)) {
+                    (bk.dequantize)(ty, r, o);
+                }
+                assert!(got == want, "{} {ty} rows in bf16", k.name);
+                let mut got = Vec::new();
+                for tile in x.chunks(qdot::BF16_TILE_TOKENS * cols) {
+                    (bk.pack)(tile, cols, &mut got);
+                }
+                assert!(got == packed, "{} activations in bf16", k.name);
+                let mut out = vec![SENTINEL; ntok * ld];
+                (bk.gemm)(&want, cols, &packed, nt, &bias, &mut out, ld, nr, ntok);
+                let untouched = |v: &Vec<f32>| (0..ntok * ld).filter(|i| i % ld >= nr).all(|i| v[i] == SENTINEL);
+                assert!(untouched(&out) && untouched(&reference), "{} wrote past row {nr}", k.name);
+                for t in 0..ntok {
+                    let tile = &packed[t / 16 * 16 * cols..];
+                    for r in 0..nr {
+                        let scale: f32 = (0..cols)
+                            .map(|i| {
+                                let xv = tile[(i / 2 * 16 + t % 16) * 2 + i % 2];
+                                (qdot::bf16_value(want[r * cols + i]) * qdot::bf16_value(xv)).abs()
+                            })
+                            .sum::<f32>()
+                            + bias[r].abs();
+                        let (v, e) = (out[t * ld + r], reference[t * ld + r]);
+                        assert!(
+                            (v - e).abs() <= BF16_GEMM_REL_TOL * scale,
+                            "{} {ty} k={cols} [{t}, {r}]: {v} vs {e}",
+                            k.name
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The rounding to bf16: to nearest, ties to even; subnormals to signed zero; NaN stays NaN.
+#[test]
+fn bf16_rounding_is_to_nearest_even() {
+    let cases = [
+        (1.0f32, 0x3f80u16),
+        (1.0 + 1.0 / 256.0, 0x3f80),
+        (1.0 + 3.0 / 256.0, 0x3f82),
+        (1.0 + 1.0 / 128.0 + 1.0 / 65536.0, 0x3f81),
+        (-2.5, 0xc020),
+        (f32::MAX, 0x7f80),
+        (-f32::MIN_POSITIVE / 2.0, 0x8000),
+        (f32::MIN_POSITIVE, 0x0080),
+    ];
+    for (x, want) in cases {
+        assert_eq!(qdot::bf16_bits(x), want, "{x:e}");
+    }
+    assert!(qdot::bf16_value(qdot::bf16_bits(f32::NAN)).is_nan());
+}
+
+
 /// Softmax with a polynomial `exp`, relative to each probability (plus a floor for the tiny
 /// ones).
 const SOFTMAX_REL_TOL: f32 = 2e-6;
@@ -412,6 +518,18 @@ fn quantized_linear_matches_block_dots_at_every_position() {
             };
             let mut got = vec![0f32; n * rows];
             kernels::linear(&x, n, &m, &bias, &mut got);
+            // Sets with bf16 kernels take the weights and activations in bf16 (from
+            // `BF16_MIN_TOKENS` tokens).
+            let bf16 = kernels::active().bf16.is_some() && n >= kernels::BF16_MIN_TOKENS;
+            let bf16_dot = |o: usize, t: usize| {
+                let mut wr = vec![0u16; cols];
+                qdot::dequantize_row_bf16(ty, m.row(o), &mut wr);
+                let xs = &x[t * cols..(t + 1) * cols];
+                wr.iter()
+                    .zip(xs)
+                    .map(|(&w, &v)| qdot::bf16_value(w) * qdot::bf16_value(qdot::bf16_bits(v)))
+                    .sum::<f32>()
+            };
             let (mut xq, mut xr, mut x16) = (Vec::new(), Vec::new(), Vec::new());
             // Q4_0 meets 16-bit activations where the set has a panel kernel for them.
             let q4_16 = kernels::active().dot_q4_0_2x8.is_some();
@@ -429,7 +547,9 @@ fn quantized_linear_matches_block_dots_at_every_position() {
                 for o in 0..rows {
                     let blocks = t * bpr..(t + 1) * bpr;
                     let want = bias[o]
-                        + if ty == TensorType::Q8_0 {
+                        + if bf16 {
+                            bf16_dot(o, t)
+                        } else if ty == TensorType::Q8_0 {
                             generic::dot_q8_0(m.row(o), &xq[blocks])
                         } else if q4_16 {
                             let g = t / qdot::PANEL_TOKENS;

@@ -24,7 +24,7 @@ use alloc::vec::Vec;
 
 use crate::quant::{TensorType, QK};
 use crate::weights::Matrix;
-use qdot::{ActBlock, Panel16, OffsetPanel, Panel8, PANEL_TOKENS};
+use qdot::{ActBlock, Panel16, OffsetPanel, Panel8, BF16_TILE_TOKENS, PANEL_TOKENS};
 
 /// One implementation of every kernel.
 #[derive(Clone, Copy, Debug)]
@@ -68,7 +68,29 @@ pub struct KernelSet {
     /// Up to eight tokens' activations quantized per 32 values and packed into
     /// [`OffsetPanel`]s, appended: `(x, cols, out)`.
     pub pack_offset: fn(&[f32], usize, &mut Vec<OffsetPanel>),
+    /// Products in bf16 for Q8_0 and Q4_0 weights; when present, linear layers with those
+    /// weights and at least [`BF16_MIN_TOKENS`] tokens use them instead of the integer kernels
+    /// above.
+    pub bf16: Option<Bf16Kernels>,
 }
+
+/// Linear layers in bf16 (AMX-BF16): weights decoded to bf16 by strips of 32 rows, each strip
+/// serving every token; activations rounded to bf16 once per layer input; sums in f32.
+#[derive(Clone, Copy, Debug)]
+pub struct Bf16Kernels {
+    /// One Q8_0 or Q4_0 weight row decoded to bf16, as [`qdot::dequantize_row_bf16`]:
+    /// `(ty, row, out)`.
+    pub dequantize: fn(TensorType, &[u8], &mut [u16]),
+    /// Up to sixteen tokens packed as one bf16 tile, as [`qdot::pack_bf16_tile`]:
+    /// `(x, cols, out)`.
+    pub pack: fn(&[f32], usize, &mut Vec<u16>),
+    /// Thirty-two bf16 weight rows against `nt` token tiles, as [`generic::gemm_bf16_32xn`]:
+    /// `(a, k, b, nt, bias, out, ld, nr, ntok)`, `out[token * ld + row]`.
+    pub gemm: Bf16Gemm,
+}
+
+/// The bf16 strip product's signature: `(a, k, b, nt, bias, out, ld, nr, ntok)`.
+pub type Bf16Gemm = fn(&[u16], usize, &[u16], usize, &[f32; 32], &mut [f32], usize, usize, usize);
 
 /// The scalar references.
 pub const GENERIC: KernelSet = KernelSet {
@@ -87,6 +109,7 @@ pub const GENERIC: KernelSet = KernelSet {
     quantize: qdot::quantize_activations,
     pack_panel16: qdot::pack_panel16,
     pack_offset: qdot::pack_offset_panel,
+    bf16: None,
 };
 
 /// The bounds the SIMD 2 x 4 tile kernels rely on: both weight rows hold the four tokens'
@@ -214,6 +237,7 @@ pub fn avx2() -> Option<KernelSet> {
         quantize,
         pack_panel16,
         pack_offset,
+        bf16: None,
     })
 }
 
@@ -266,6 +290,57 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
             v.push(KernelSet {
                 name: "avx2+amx",
                 dot_q8_0_16x8: Some(q8_16x8_amx),
+                ..best
+            });
+        }
+    }
+    #[allow(unsafe_code)]
+    fn dequantize_bf16(ty: TensorType, row: &[u8], out: &mut [u16]) {
+        let (q4, bytes) = match ty {
+            TensorType::Q8_0 => (false, qdot::Q8_0_BLOCK_BYTES),
+            TensorType::Q4_0 => (true, qdot::Q4_0_BLOCK_BYTES),
+            _ => return qdot::dequantize_row_bf16(ty, row, out),
+        };
+        assert!(out.len() % QK == 0 && row.len() >= out.len() / QK * bytes);
+        // SAFETY: only handed out after `amx::available_bf16()` (AVX-512 BF16 and VL) and
+        // detecting AVX2 and F16C; lengths asserted.
+        unsafe { x86_64::amx::dequantize_row_bf16(q4, row, out) }
+    }
+    #[allow(unsafe_code)]
+    fn pack_bf16(x: &[f32], cols: usize, out: &mut Vec<u16>) {
+        assert!(cols % 16 == 0);
+        // SAFETY: as above; `cols` asserted.
+        unsafe { x86_64::amx::pack_bf16_tile(x, cols, out) }
+    }
+    #[allow(unsafe_code)]
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_bf16(
+        a: &[u16],
+        k: usize,
+        b: &[u16],
+        nt: usize,
+        bias: &[f32; 32],
+        out: &mut [f32],
+        ld: usize,
+        nr: usize,
+        ntok: usize,
+    ) {
+        let t = qdot::BF16_TILE_TOKENS;
+        assert!(k % 32 == 0 && a.len() >= 32 * k && b.len() >= nt * t * k);
+        assert!(nr <= 32 && nr <= ld && ntok <= nt * t && (ntok == 0 || out.len() >= (ntok - 1) * ld + nr));
+        // SAFETY: only handed out after `amx::available_bf16()` and detecting AVX2; lengths
+        // asserted.
+        unsafe { x86_64::amx::gemm_bf16_32xn(a, k, b, nt, bias, out, ld, nr, ntok) }
+    }
+    if let Some(&best) = v.last() {
+        if x86_64::amx::available_bf16() {
+            v.push(KernelSet {
+                name: "avx2+amx-bf16",
+                bf16: Some(Bf16Kernels {
+                    dequantize: dequantize_bf16,
+                    pack: pack_bf16,
+                    gemm: gemm_bf16,
+                }),
                 ..best
             });
         }
@@ -454,6 +529,8 @@ pub struct Activations<'a> {
     panels16: Vec<Panel16>,
     /// Activations packed by eight tokens for Q8_0's offset kernels, likewise.
     offset_panels: Vec<OffsetPanel>,
+    /// Activations in bf16 packed by sixteen tokens, for the bf16 kernels.
+    bf16: Vec<u16>,
 }
 
 impl<'a> Activations<'a> {
@@ -468,6 +545,7 @@ impl<'a> Activations<'a> {
             panels: Vec::new(),
             panels16: Vec::new(),
             offset_panels: Vec::new(),
+            bf16: Vec::new(),
         }
     }
 
@@ -493,12 +571,23 @@ impl<'a> Activations<'a> {
         self.panels.clear();
         self.panels16.clear();
         self.offset_panels.clear();
+        self.bf16.clear();
         let (x, bpr) = (self.x, cols / QK);
         // The tokens of panel `g`.
         let span = PANEL_TOKENS * cols;
         let group = |g: usize| &x[g * span..((g + 1) * span).min(x.len())];
         let groups = self.n.div_ceil(PANEL_TOKENS);
         match ty {
+            TensorType::Q8_0 | TensorType::Q4_0 if k.bf16.is_some() && self.n >= BF16_MIN_TOKENS => {
+                let pack = k.bf16.map(|b| b.pack).unwrap_or(qdot::pack_bf16_tile);
+                let span = BF16_TILE_TOKENS * cols;
+                let tiles = par_map(self.n.div_ceil(BF16_TILE_TOKENS), |g| {
+                    let mut out = Vec::with_capacity(span);
+                    pack(&x[g * span..((g + 1) * span).min(x.len())], cols, &mut out);
+                    out
+                });
+                self.bf16 = tiles.concat();
+            }
             TensorType::Q8_0 if k.dot_q8_0_2x8_offset.is_some() => {
                 let panels = par_map(groups, |g| {
                     let mut out = Vec::with_capacity(bpr);
@@ -568,8 +657,8 @@ impl Out<'_> {
             let y = &mut self.y[at..at + v.len()];
             // A whole tile as one fixed-size copy (vector moves): a call to memcpy per tile
             // was 8 % of a 128-token pass.
-            match (<&mut [f32; OUT_TILE]>::try_from(&mut *y), <&[f32; OUT_TILE]>::try_from(v)) {
-                (Ok(y), Ok(v)) => *y = *v,
+            match v.len() {
+                OUT_TILE => copy_fixed::<OUT_TILE>(y, v),
                 _ => y.copy_from_slice(v),
             }
         } else {
@@ -583,6 +672,21 @@ impl Out<'_> {
 /// Output rows a panel kernel fills in a local tile before they are stored.
 const OUT_TILE: usize = 16;
 
+/// Fewest tokens for which linear layers take the bf16 kernels: each layer decodes all its
+/// weights to bf16, which fewer tokens do not pay back (the integer kernels take them).
+pub const BF16_MIN_TOKENS: usize = 32;
+
+/// Weight rows per bf16 strip.
+const BF16_ROWS: usize = 32;
+
+/// `y = v` for slices of `N`, as one fixed-size copy.
+#[inline(always)]
+fn copy_fixed<const N: usize>(y: &mut [f32], v: &[f32]) {
+    if let (Ok(y), Ok(v)) = (<&mut [f32; N]>::try_from(y), <&[f32; N]>::try_from(v)) {
+        *y = *v;
+    }
+}
+
 impl LinearJob<'_> {
     /// Computes outputs of rows `rows` for tokens `tokens` into `out`.
     /// Tokens go in tiles of TOKEN_TILE whose activations stay in L1 while the rows pass over
@@ -594,6 +698,9 @@ impl LinearJob<'_> {
         out: &mut Out<'_>,
     ) {
         let (k, w) = (self.k, self.w);
+        if let (Some(bk), false) = (k.bf16, self.act.bf16.is_empty()) {
+            return self.run_bf16(bk, rows, tokens, out);
+        }
         let cols = w.cols;
         let bpr = cols / QK;
         let bias = |o: usize| self.bias.get(o).copied().unwrap_or(0.0);
@@ -711,6 +818,46 @@ impl LinearJob<'_> {
     }
 }
 
+impl LinearJob<'_> {
+    /// [`LinearJob::run`] with the bf16 kernels: strips of [`BF16_ROWS`] weight rows are
+    /// decoded once and meet the tokens (from a multiple of sixteen) two tiles at a time.
+    fn run_bf16(
+        &self,
+        bk: Bf16Kernels,
+        rows: core::ops::Range<usize>,
+        tokens: core::ops::Range<usize>,
+        out: &mut Out<'_>,
+    ) {
+        let (w, cols) = (self.w, self.w.cols);
+        let tile = BF16_TILE_TOKENS * cols;
+        debug_assert!(tokens.start % BF16_TILE_TOKENS == 0);
+        let (j0, nt) = (tokens.start / BF16_TILE_TOKENS, tokens.len().div_ceil(BF16_TILE_TOKENS));
+        let b = &self.act.bf16[j0 * tile..(j0 + nt) * tile];
+        let mut strip = alloc::vec![0u16; BF16_ROWS * cols];
+        // Results go straight into rows of `y`, else through `[token][row]` here.
+        let direct = out.os == 1;
+        let mut r = alloc::vec![0f32; if direct { 0 } else { tokens.len() * BF16_ROWS }];
+        for c0 in rows.clone().step_by(BF16_ROWS) {
+            let c1 = (c0 + BF16_ROWS).min(rows.end);
+            for (o, r) in strip.chunks_exact_mut(cols).zip(c0..c1) {
+                (bk.dequantize)(w.ty, w.row(r), o);
+            }
+            // Rows past the end are zeros (their outputs are dropped).
+            strip[(c1 - c0) * cols..].fill(0);
+            let bias: [f32; BF16_ROWS] = core::array::from_fn(|i| self.bias.get(c0 + i).copied().unwrap_or(0.0));
+            if direct {
+                let at = (tokens.start - out.t0) * out.ts + c0 - out.r0;
+                (bk.gemm)(&strip, cols, b, nt, &bias, &mut out.y[at..], out.ts, c1 - c0, tokens.len());
+            } else {
+                (bk.gemm)(&strip, cols, b, nt, &bias, &mut r, BF16_ROWS, c1 - c0, tokens.len());
+                for (t, r) in tokens.clone().zip(r.chunks_exact(BF16_ROWS)) {
+                    out.put_rows(t, c0, &r[..c1 - c0]);
+                }
+            }
+        }
+    }
+}
+
 /// `y[t, o] = sum_i x[t, i] * W[o, i] + bias[o]` for `n` tokens; `x` is `[n, W.cols]`, `y` is
 /// `[n, W.rows]`, row-major. Q8_0 and Q4_0 weights are multiplied in integers against
 /// activations quantized per 32 values (Q4_0 against activations in 16 bits where the kernel
@@ -737,8 +884,10 @@ pub fn linear_with(act: &mut Activations<'_>, w: &Matrix<'_>, bias: &[f32], y: &
         let threads = rayon::current_num_threads();
         if threads > 1 && rows * n * cols >= PARALLEL_MIN_MACS {
             if n >= 8 * threads {
-                // Whole tokens per task: each writes its own rows of `y`.
-                let chunk = n.div_ceil(threads * 2).next_multiple_of(PANEL_TOKENS);
+                // Whole tokens per task: each writes its own rows of `y`. The bf16 kernels
+                // decode the weights once per task: one task per thread.
+                let tasks = if act.bf16.is_empty() { threads * 2 } else { threads };
+                let chunk = n.div_ceil(tasks).next_multiple_of(BF16_TILE_TOKENS);
                 y.par_chunks_mut(chunk * rows)
                     .enumerate()
                     .for_each(|(c, out)| {

@@ -238,3 +238,75 @@ pub fn pack_panel16_with(
         }
     }
 }
+
+/// Tokens in one bf16 activation tile (the B operand of AMX-BF16's tile product: sixteen
+/// columns of value pairs).
+pub const BF16_TILE_TOKENS: usize = 16;
+
+/// `x` rounded to bfloat16 (to nearest, ties to even) as bits, the way `vcvtne2ps2bf16`
+/// rounds: subnormal inputs become signed zeros, NaN stays a (quiet) NaN.
+#[inline]
+pub fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return (b >> 16) as u16 | 0x40;
+    }
+    if x.abs() < f32::MIN_POSITIVE {
+        return (b >> 16) as u16 & 0x8000;
+    }
+    (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// The f32 value of bfloat16 bits.
+#[inline]
+pub fn bf16_value(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// One Q8_0 or Q4_0 weight row (`row`, `out.len() / 32` blocks) decoded to bf16: each value
+/// `q * d` in f32, then rounded by [`bf16_bits`].
+///
+/// # Panics
+/// If `ty` is neither Q8_0 nor Q4_0, or `row` is short.
+pub fn dequantize_row_bf16(ty: crate::quant::TensorType, row: &[u8], out: &mut [u16]) {
+    use crate::quant::TensorType;
+    match ty {
+        TensorType::Q8_0 => {
+            for (o, b) in out.chunks_exact_mut(QK).zip(row.chunks_exact(Q8_0_BLOCK_BYTES)) {
+                let d = block_scale(b);
+                o.iter_mut()
+                    .zip(&b[2..])
+                    .for_each(|(o, &q)| *o = bf16_bits(q as i8 as f32 * d));
+            }
+            assert!(row.len() >= out.len() / QK * Q8_0_BLOCK_BYTES, "short Q8_0 row");
+        }
+        TensorType::Q4_0 => {
+            for (o, b) in out.chunks_exact_mut(QK).zip(row.chunks_exact(Q4_0_BLOCK_BYTES)) {
+                let d = block_scale(b);
+                let (lo, hi) = o.split_at_mut(QK / 2);
+                for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&b[2..]) {
+                    *l = bf16_bits(((q & 0x0f) as i32 - 8) as f32 * d);
+                    *h = bf16_bits(((q >> 4) as i32 - 8) as f32 * d);
+                }
+            }
+            assert!(row.len() >= out.len() / QK * Q4_0_BLOCK_BYTES, "short Q4_0 row");
+        }
+        _ => panic!("bf16 rows are decoded from Q8_0 or Q4_0, not {ty:?}"),
+    }
+}
+
+/// Up to sixteen tokens (`x`, rows of `cols`, an even number) rounded to bf16 and packed as one
+/// tile of `cols * 16` values, appended to `out`: value pair `p` (values `2p, 2p + 1`) of token
+/// `t` at `(p * 16 + t) * 2`, the row layout of AMX-BF16's B operand; missing tokens are zeros.
+pub fn pack_bf16_tile(x: &[f32], cols: usize, out: &mut Vec<u16>) {
+    let at = out.len();
+    out.resize(at + cols * BF16_TILE_TOKENS, 0);
+    let tile = &mut out[at..];
+    for (t, row) in x.chunks_exact(cols).take(BF16_TILE_TOKENS).enumerate() {
+        for (p, v) in row.chunks_exact(2).enumerate() {
+            let o = (p * BF16_TILE_TOKENS + t) * 2;
+            tile[o] = bf16_bits(v[0]);
+            tile[o + 1] = bf16_bits(v[1]);
+        }
+    }
+}

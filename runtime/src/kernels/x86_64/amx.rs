@@ -17,11 +17,28 @@ pub const AMX_ROWS: usize = 16;
 /// Whether this CPU has AMX-TILE and AMX-INT8, the OS saves their state, and Linux granted this
 /// process the tile data (asked for once).
 pub fn available() -> bool {
+    // CPUID leaf 7, EDX bit 25: AMX-INT8.
+    tiles_granted() && __cpuid_count(7, 0).edx & (1 << 25) != 0
+}
+
+/// Whether this CPU has AMX-TILE and AMX-BF16 (granted as for [`available`]), and AVX-512 BF16
+/// for the conversions to bf16 that feed the tiles.
+pub fn available_bf16() -> bool {
+    // CPUID leaf 7, EDX bit 22: AMX-BF16.
+    tiles_granted()
+        && __cpuid_count(7, 0).edx & (1 << 22) != 0
+        && std::is_x86_feature_detected!("avx512bf16")
+        && std::is_x86_feature_detected!("avx512vl")
+}
+
+/// Whether this CPU has AMX-TILE, the OS saves the tile state, and Linux granted this process
+/// the tile data (asked for once).
+fn tiles_granted() -> bool {
     static GRANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *GRANTED.get_or_init(|| {
-        // CPUID leaf 7: EDX bit 24 AMX-TILE, bit 25 AMX-INT8.
+        // CPUID leaf 7: EDX bit 24 AMX-TILE.
         let leaf7 = __cpuid_count(7, 0);
-        if leaf7.edx & (3 << 24) != 3 << 24 || !std::is_x86_feature_detected!("xsave") {
+        if leaf7.edx & (1 << 24) == 0 || !std::is_x86_feature_detected!("xsave") {
             return false;
         }
         // SAFETY: CPUID says XSAVE is present, so XGETBV(0) (XCR0) is defined; bits 17 and 18
@@ -176,4 +193,262 @@ pub unsafe fn dot_q8_0_16x8(
         }
     }
     core::array::from_fn(|i| core::array::from_fn(|r| by_row[i / 8][r][i % 8]))
+}
+
+/// The tile configuration of the bf16 strip product: all eight tiles 16 rows of 64 bytes;
+/// 0-3 sums (16 rows x 16 tokens, f32), 4-5 weights (16 rows x 32 bf16), 6-7 activations
+/// (16 value pairs x 16 tokens).
+const CONFIG_BF16: TileConfig = {
+    let mut c = [0u8; 64];
+    c[0] = 1;
+    let mut t = 0;
+    while t < 8 {
+        c[16 + 2 * t] = 64;
+        c[48 + t] = 16;
+        t += 1;
+    }
+    TileConfig(c)
+};
+
+/// Thirty-two weight rows in bf16 (`a`, rows of `k` values, `k` a multiple of 32) against
+/// `nt` tiles of sixteen tokens packed by [`crate::kernels::qdot::pack_bf16_tile`] (`b`):
+/// `out[t * ld + r] = bias[r] + sum a[r][i] * x_t[i]` for the first `ntok` tokens and `nr`
+/// rows, accumulated in f32 by `tdpbf16ps`. Token tiles go in pairs against 2 x 2 tiles of sums (each weight tile serves
+/// both token tiles and each token tile both weight tiles); one tile configuration serves the
+/// whole call.
+///
+/// # Safety
+/// [`available_bf16`] returned true; the CPU supports AVX2; `a.len() >= 32 * k`,
+/// `b.len() >= nt * 16 * k`, `k % 32 == 0`, `nr <= 32`, `nr <= ld`, `ntok <= 16 * nt`, and
+/// `out.len() >= (ntok - 1) * ld + nr` when `ntok > 0`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+pub unsafe fn gemm_bf16_32xn(
+    a: &[u16],
+    k: usize,
+    b: &[u16],
+    nt: usize,
+    bias: &[f32; 32],
+    out: &mut [f32],
+    ld: usize,
+    nr: usize,
+    ntok: usize,
+) {
+    debug_assert!(k % 32 == 0 && nr <= 32 && nr <= ld && ntok <= 16 * nt);
+    debug_assert!(a.len() >= 32 * k && b.len() >= nt * 16 * k);
+    debug_assert!(ntok == 0 || out.len() >= (ntok - 1) * ld + nr);
+    // Lanes of each 8-row group below `nr`, for the stores of a partial strip.
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let masks: [__m256i; 4] = core::array::from_fn(|g| _mm256_cmpgt_epi32(_mm256_set1_epi32(nr as i32 - 8 * g as i32), lanes));
+    // sums[2 * i + j][r][t]: weight tile i (rows 16i..), token tile j; all four are stored
+    // (a missing second token tile's sums as zeros) before they are read.
+    let mut sums = core::mem::MaybeUninit::<[[[f32; 16]; 16]; 4]>::uninit();
+    let base = sums.as_mut_ptr().cast::<f32>();
+    let at = |q: usize| base.wrapping_add(256 * q);
+    // SAFETY: the configuration is a local constant; tiles are released before return.
+    unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG_BF16, options(nostack, readonly, preserves_flags)) };
+    for j0 in (0..nt).step_by(2) {
+        let pair = j0 + 1 < nt;
+        // SAFETY: per step `c` of 32 values the loads read 16 rows of 64 bytes at
+        // `a + (16 i * k + 32 c) * 2` with a stride of `2 k` bytes (within `a`: 32 rows of k),
+        // and 16 rows of 64 contiguous bytes at `b + ((j0 + j) * 16 k + 512 c) * 2` (within
+        // tile j0 + j < nt of `b`); the stores write the local `sums` (16 rows of 64 bytes
+        // each).
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem, preserves_flags)
+            );
+            let (a0, a1) = (a.as_ptr(), a.as_ptr().add(16 * k));
+            let b0 = b.as_ptr().add(j0 * 16 * k);
+            for c in 0..k / 32 {
+                if pair {
+                    asm!(
+                        "tileloadd tmm4, [{a0} + {s}*1]",
+                        "tileloadd tmm6, [{b0} + {bs}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tileloadd tmm7, [{b1} + {bs}*1]",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tileloadd tmm5, [{a1} + {s}*1]",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        a0 = in(reg) a0.add(32 * c),
+                        a1 = in(reg) a1.add(32 * c),
+                        s = in(reg) 2 * k,
+                        b0 = in(reg) b0.add(512 * c),
+                        b1 = in(reg) b0.add(16 * k + 512 * c),
+                        bs = in(reg) 64usize,
+                        options(nostack, readonly, preserves_flags),
+                    );
+                } else {
+                    asm!(
+                        "tileloadd tmm4, [{a0} + {s}*1]",
+                        "tileloadd tmm6, [{b0} + {bs}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tileloadd tmm5, [{a1} + {s}*1]",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        a0 = in(reg) a0.add(32 * c),
+                        a1 = in(reg) a1.add(32 * c),
+                        s = in(reg) 2 * k,
+                        b0 = in(reg) b0.add(512 * c),
+                        bs = in(reg) 64usize,
+                        options(nostack, readonly, preserves_flags),
+                    );
+                }
+            }
+            asm!(
+                "tilestored [{o0} + {s}*1], tmm0",
+                "tilestored [{o1} + {s}*1], tmm1",
+                "tilestored [{o2} + {s}*1], tmm2",
+                "tilestored [{o3} + {s}*1], tmm3",
+                o0 = in(reg) at(0),
+                o1 = in(reg) at(1),
+                o2 = in(reg) at(2),
+                o3 = in(reg) at(3),
+                s = in(reg) 64usize,
+                options(nostack, preserves_flags),
+            );
+        }
+        // SAFETY: the four tile stores above wrote all of `sums`.
+        let sums = unsafe { sums.assume_init_ref() };
+        // Tokens by row: each 8 x 8 quarter of a tile transposed, with the rows' biases, stored
+        // for the tokens below `ntok` and (masked) the rows below `nr`.
+        for (q, s) in sums.iter().enumerate().filter(|(q, _)| pair || q % 2 == 0) {
+            let (i, j) = (q / 2, j0 + q % 2);
+            for rh in (0..2).filter(|rh| 16 * i + 8 * rh < nr) {
+                let (g, r0) = (2 * i + rh, 16 * i + 8 * rh);
+                for th in (0..2).filter(|th| 16 * j + 8 * th < ntok) {
+                    // SAFETY: reads rows 8rh..8rh + 8, floats 8th..8th + 8 of the 16 x 16
+                    // tile; writes token t = 16j + 8th + u < ntok, rows r0.. (all 8 when
+                    // r0 + 8 <= nr, else those below nr, masked): within `out` by the
+                    // caller's contract.
+                    unsafe {
+                        let v: [__m256; 8] =
+                            core::array::from_fn(|u| _mm256_loadu_ps(s[8 * rh + u].as_ptr().add(8 * th)));
+                        let v = transpose8(v);
+                        let bv = _mm256_loadu_ps(bias.as_ptr().add(r0));
+                        let t0 = 16 * j + 8 * th;
+                        for (u, v) in v.iter().enumerate().take(ntok - t0) {
+                            let o = out.as_mut_ptr().add((t0 + u) * ld + r0);
+                            if r0 + 8 <= nr {
+                                _mm256_storeu_ps(o, _mm256_add_ps(*v, bv));
+                            } else {
+                                _mm256_maskstore_ps(o, masks[g], _mm256_add_ps(*v, bv));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // SAFETY: releases the tiles configured above.
+    unsafe { asm!("tilerelease", options(nostack, nomem, preserves_flags)) };
+}
+
+/// The transpose of an 8 x 8 block of f32 (rows in, columns out).
+#[inline(always)]
+unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    // SAFETY: register shuffles only; AVX is enabled by the callers' target_feature.
+    unsafe {
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xee>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xee>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xee>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xee>(t5, t7);
+        [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ]
+    }
+}
+
+/// Sixteen f32 (two vectors, `lo` first) rounded to bf16 as [`crate::kernels::qdot::bf16_bits`]
+/// does.
+#[inline(always)]
+unsafe fn bf16x16(lo: __m256, hi: __m256) -> __m256i {
+    // SAFETY: register conversion only; AVX-512 BF16 and VL are enabled by the callers.
+    unsafe { core::mem::transmute::<__m256bh, __m256i>(_mm256_cvtne2ps_pbh(hi, lo)) }
+}
+
+/// One Q8_0 (`q4 == false`) or Q4_0 weight row decoded to bf16 into `out` (`out.len() / 32`
+/// blocks), bit for bit as [`crate::kernels::qdot::dequantize_row_bf16`].
+///
+/// # Safety
+/// The CPU supports AVX2, F16C, AVX-512 BF16 and VL; `row` holds `out.len() / 32` blocks.
+#[target_feature(enable = "avx2,f16c,avx512bf16,avx512vl")]
+pub unsafe fn dequantize_row_bf16(q4: bool, row: &[u8], out: &mut [u16]) {
+    use crate::kernels::qdot::{Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
+    let bytes = if q4 { Q4_0_BLOCK_BYTES } else { Q8_0_BLOCK_BYTES };
+    debug_assert!(row.len() >= out.len() / 32 * bytes);
+    for (b, o) in out.chunks_exact_mut(32).enumerate() {
+        // SAFETY: block b lies within `row` by the caller's contract (scale at its start, then
+        // 32 or 16 bytes of values); the stores write the 32 values of `o`.
+        unsafe {
+            let p = row.as_ptr().add(b * bytes);
+            let d = _mm256_set1_ps(crate::kernels::x86_64::avx2::scale_at(p));
+            let ints: [__m256i; 4] = if q4 {
+                let q = _mm_loadu_si128(p.add(2) as *const __m128i);
+                let m = _mm_set1_epi8(0x0f);
+                let (lo, hi) = (_mm_and_si128(q, m), _mm_and_si128(_mm_srli_epi16::<4>(q), m));
+                let eight = _mm256_set1_epi32(8);
+                [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)]
+                    .map(|v| _mm256_sub_epi32(_mm256_cvtepu8_epi32(v), eight))
+            } else {
+                let lo = _mm_loadu_si128(p.add(2) as *const __m128i);
+                let hi = _mm_loadu_si128(p.add(18) as *const __m128i);
+                [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)].map(|v| _mm256_cvtepi8_epi32(v))
+            };
+            let f = ints.map(|v| _mm256_mul_ps(_mm256_cvtepi32_ps(v), d));
+            _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, bf16x16(f[0], f[1]));
+            _mm256_storeu_si256(o.as_mut_ptr().add(16) as *mut __m256i, bf16x16(f[2], f[3]));
+        }
+    }
+}
+
+/// [`crate::kernels::qdot::pack_bf16_tile`] with AVX-512 BF16's conversion, bit for bit.
+///
+/// # Safety
+/// The CPU supports AVX2, AVX-512 BF16 and VL; `cols` is a multiple of 16.
+#[target_feature(enable = "avx2,avx512bf16,avx512vl")]
+pub unsafe fn pack_bf16_tile(x: &[f32], cols: usize, out: &mut alloc::vec::Vec<u16>) {
+    use crate::kernels::qdot::BF16_TILE_TOKENS as T;
+    debug_assert!(cols % 16 == 0);
+    let at = out.len();
+    out.resize(at + cols * T, 0);
+    let tile = &mut out[at..];
+    for (t, row) in x.chunks_exact(cols).take(T).enumerate() {
+        for (c, v) in row.chunks_exact(16).enumerate() {
+            // SAFETY: reads the 16 floats of `v`; AVX-512 BF16 by the caller's contract.
+            let pairs: [u32; 8] = unsafe {
+                let h = bf16x16(_mm256_loadu_ps(v.as_ptr()), _mm256_loadu_ps(v.as_ptr().add(8)));
+                core::mem::transmute::<__m256i, [u32; 8]>(h)
+            };
+            // Pair p = 8c + u of token t at (p * 16 + t) * 2.
+            for (u, &w) in pairs.iter().enumerate() {
+                let o = ((8 * c + u) * T + t) * 2;
+                tile[o] = w as u16;
+                tile[o + 1] = (w >> 16) as u16;
+            }
+        }
+    }
 }
