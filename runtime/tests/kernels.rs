@@ -497,13 +497,14 @@ fn softmax_gelu_and_quantization_match_the_reference() {
 }
 
 /// Every position of a Q8_0 or Q4_0 linear layer equals the block dot products of its weight row
-/// and the token's quantized activations (16-bit panels or both 8-bit levels for Q4_0), on
-/// shapes that take each of the frame's paths (one thread, tokens split across threads, rows split across threads; odd rows,
-/// ragged token tiles and panels).
+/// and the token's quantized activations (16-bit panels or both 8-bit levels for Q4_0; bf16
+/// weights and activations where the set has bf16 kernels), on shapes that take each of the
+/// frame's paths (one thread, tokens split across threads, rows split across threads; odd rows,
+/// ragged token tiles, panels and strips).
 #[test]
 fn quantized_linear_matches_block_dots_at_every_position() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(19);
-    for (rows, cols, n) in [(3, 32, 5), (37, 384, 41), (130, 1536, 2), (64, 96, 128), (7, 64, 1)] {
+    for (rows, cols, n) in [(3, 32, 5), (37, 384, 41), (130, 1536, 2), (64, 96, 128), (7, 64, 1), (100, 64, 45)] {
         let w = random_vec(&mut rng, rows * cols, 0.5);
         let x = random_vec(&mut rng, n * cols, 2.0);
         let bias = random_vec(&mut rng, rows, 0.1);
@@ -578,7 +579,7 @@ fn quantized_linear_matches_block_dots_at_every_position() {
 #[test]
 fn f32_linear_matches_the_reference_at_every_position() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(22);
-    for (rows, cols, n) in [(3, 32, 5), (37, 384, 41), (130, 1536, 2), (64, 96, 128), (7, 64, 1)] {
+    for (rows, cols, n) in [(3, 32, 5), (37, 384, 41), (130, 1536, 2), (64, 96, 128), (7, 64, 1), (100, 64, 45)] {
         let w = random_vec(&mut rng, rows * cols, 0.5);
         let x = random_vec(&mut rng, n * cols, 2.0);
         let bias = random_vec(&mut rng, rows, 0.1);

@@ -676,6 +676,10 @@ const OUT_TILE: usize = 16;
 /// weights to bf16, which fewer tokens do not pay back (the integer kernels take them).
 pub const BF16_MIN_TOKENS: usize = 32;
 
+/// Below this many tokens, linear layers on the bf16 kernels split their rows across threads
+/// (each weight decoded once) rather than their tokens (each thread decoding every weight).
+const BF16_ROW_SPLIT_MAX_TOKENS: usize = 512;
+
 /// Weight rows per bf16 strip.
 const BF16_ROWS: usize = 32;
 
@@ -883,6 +887,36 @@ pub fn linear_with(act: &mut Activations<'_>, w: &Matrix<'_>, bias: &[f32], y: &
         use rayon::prelude::*;
         let threads = rayon::current_num_threads();
         if threads > 1 && rows * n * cols >= PARALLEL_MIN_MACS {
+            if !act.bf16.is_empty() && n < BF16_ROW_SPLIT_MAX_TOKENS && rows >= 2 * BF16_ROWS {
+                // Chunks of rows per thread, so that each weight is decoded once: each task's
+                // results gather in its own `[token][row]` block, then go to their rows of `y`.
+                let chunk_rows = rows.div_ceil(threads).next_multiple_of(BF16_ROWS);
+                let blocks: Vec<Vec<f32>> = par_map(rows.div_ceil(chunk_rows), |c| {
+                    let (r0, r1) = (c * chunk_rows, ((c + 1) * chunk_rows).min(rows));
+                    let mut out = alloc::vec![0f32; n * (r1 - r0)];
+                    let ts = r1 - r0;
+                    job.run(
+                        r0..r1,
+                        0..n,
+                        &mut Out {
+                            y: &mut out,
+                            t0: 0,
+                            r0,
+                            ts,
+                            os: 1,
+                        },
+                    );
+                    out
+                });
+                for (c, b) in blocks.iter().enumerate() {
+                    let r0 = c * chunk_rows;
+                    let width = b.len() / n;
+                    for (t, src) in b.chunks_exact(width).enumerate() {
+                        y[t * rows + r0..t * rows + r0 + width].copy_from_slice(src);
+                    }
+                }
+                return;
+            }
             if n >= 8 * threads {
                 // Whole tokens per task: each writes its own rows of `y`. The bf16 kernels
                 // decode the weights once per task: one task per thread.
