@@ -425,7 +425,9 @@ pub unsafe fn dequantize_row_bf16(q4: bool, row: &[u8], out: &mut [u16]) {
     }
 }
 
-/// [`crate::kernels::qdot::pack_bf16_tile`] with AVX-512 BF16's conversion, bit for bit.
+/// [`crate::kernels::qdot::pack_bf16_tile`] with AVX-512 BF16's conversion, bit for bit: per
+/// eight tokens and sixteen values, each token's eight value pairs (one vector) are transposed
+/// with the others' into eight rows of eight tokens.
 ///
 /// # Safety
 /// The CPU supports AVX2, AVX-512 BF16 and VL; `cols` is a multiple of 16.
@@ -436,18 +438,26 @@ pub unsafe fn pack_bf16_tile(x: &[f32], cols: usize, out: &mut alloc::vec::Vec<u
     let at = out.len();
     out.resize(at + cols * T, 0);
     let tile = &mut out[at..];
-    for (t, row) in x.chunks_exact(cols).take(T).enumerate() {
-        for (c, v) in row.chunks_exact(16).enumerate() {
-            // SAFETY: reads the 16 floats of `v`; AVX-512 BF16 by the caller's contract.
-            let pairs: [u32; 8] = unsafe {
-                let h = bf16x16(_mm256_loadu_ps(v.as_ptr()), _mm256_loadu_ps(v.as_ptr().add(8)));
-                core::mem::transmute::<__m256i, [u32; 8]>(h)
-            };
-            // Pair p = 8c + u of token t at (p * 16 + t) * 2.
-            for (u, &w) in pairs.iter().enumerate() {
-                let o = ((8 * c + u) * T + t) * 2;
-                tile[o] = w as u16;
-                tile[o + 1] = (w >> 16) as u16;
+    let n = (x.len() / cols).min(T);
+    for t0 in (0..n).step_by(8) {
+        for c in 0..cols / 16 {
+            // SAFETY: reads 16 floats at column 16c of tokens t0 + u < n (zeros past them);
+            // writes 8 pairs (16 u16) at pair 8c + u, tokens t0..t0 + 8 of the tile (within
+            // its `cols * 16` values).
+            unsafe {
+                let rows: [__m256; 8] = core::array::from_fn(|u| {
+                    if t0 + u < n {
+                        let v = x.as_ptr().add((t0 + u) * cols + 16 * c);
+                        let h = bf16x16(_mm256_loadu_ps(v), _mm256_loadu_ps(v.add(8)));
+                        _mm256_castsi256_ps(h)
+                    } else {
+                        _mm256_setzero_ps()
+                    }
+                });
+                for (u, v) in transpose8(rows).iter().enumerate() {
+                    let o = tile.as_mut_ptr().add(((8 * c + u) * T + t0) * 2);
+                    _mm256_storeu_ps(o as *mut f32, *v);
+                }
             }
         }
     }
