@@ -307,6 +307,13 @@ impl<B: AsRef<[u8]>> Encoder<B> {
             let (start, n, col) = (starts[s], lens[s], head * dh);
             let (pk, pv) = prefix.unwrap_or((&[], &[]));
             let np = pk.len() / h;
+            if np == 0 {
+                let (at, ld) = (start * h + col, h);
+                let attended = kernels::attention_bf16(&q[at..], &k[at..], &v[at..], ld, n, dh, scale);
+                if let Some(out) = attended {
+                    return out;
+                }
+            }
             let m = np + n;
             let rows = Strides::rows(h);
             let qh = &q[start * h + col..];

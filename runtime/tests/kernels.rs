@@ -359,6 +359,11 @@ fn bf16_kernels_match_the_reference() {
                     (bk.pack)(tile, cols, &mut got);
                 }
                 assert!(got == packed, "{} activations in bf16", k.name);
+                let mut conv = vec![0u16; x.len()];
+                let mut conv_ref = vec![0u16; x.len()];
+                (bk.convert)(&x, &mut conv);
+                qdot::convert_bf16(&x, &mut conv_ref);
+                assert!(conv == conv_ref, "{} conversion to bf16", k.name);
                 let mut out = vec![SENTINEL; ntok * ld];
                 (bk.gemm)(&want, cols, &packed, nt, &bias, &mut out, ld, nr, ntok);
                 let untouched = |v: &Vec<f32>| (0..ntok * ld).filter(|i| i % ld >= nr).all(|i| v[i] == SENTINEL);
@@ -381,6 +386,56 @@ fn bf16_kernels_match_the_reference() {
                         );
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Attention in bf16 against the same steps on the scalar references (the order of the sums
+/// differs), relative to the largest output magnitude.
+const BF16_ATTENTION_REL_TOL: f32 = 1e-5;
+/// Attention in bf16 against f64 arithmetic on the unrounded values: bf16 keeps 8 bits, so
+/// each output moves by about 2^-9 of the values it averages.
+const BF16_ATTENTION_F64_TOL: f64 = 1e-2;
+
+/// One head's attention on each set with bf16 kernels: ragged token counts (keys padded to a
+/// strip), head widths of 32 and 64, head columns inside wider rows.
+#[test]
+fn bf16_attention_matches_the_reference() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(31);
+    let sets: Vec<KernelSet> = variants().into_iter().filter(|k| k.bf16.is_some()).collect();
+    for (n, dh) in [(32, 32), (45, 32), (128, 32), (70, 64), (33, 64)] {
+        let ld = dh * 3;
+        let (q, k, v) = (random_vec(&mut rng, n * ld, 1.0), random_vec(&mut rng, n * ld, 1.0), random_vec(&mut rng, n * ld, 1.0));
+        let scale = 1.0 / (dh as f32).sqrt();
+        let col = dh;
+        let at = |x: &[f32], i: usize, d: usize| x[i * ld + col + d] as f64;
+        // f64 reference on the unrounded values.
+        let mut exact = vec![0f64; n * dh];
+        for i in 0..n {
+            let s: Vec<f64> = (0..n).map(|j| (0..dh).map(|d| at(&q, i, d) * at(&k, j, d)).sum::<f64>() * scale as f64).collect();
+            let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = s.iter().map(|s| (s - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for d in 0..dh {
+                exact[i * dh + d] = (0..n).map(|j| e[j] / sum * at(&v, j, d)).sum();
+            }
+        }
+        let reference = kernels::attention_bf16_with(kernels::BF16_REFERENCE, &q[col..], &k[col..], &v[col..], ld, n, dh, scale);
+        let big = exact.iter().fold(0f64, |m, v| m.max(v.abs()));
+        for (r, e) in reference.iter().zip(&exact) {
+            assert!((*r as f64 - e).abs() <= BF16_ATTENTION_F64_TOL * big, "reference n={n} dh={dh}: {r} vs {e}");
+        }
+        for set in &sets {
+            let got = kernels::attention_bf16_with(set.bf16.unwrap(), &q[col..], &k[col..], &v[col..], ld, n, dh, scale);
+            for (i, (g, r)) in got.iter().zip(&reference).enumerate() {
+                assert!(
+                    (g - r).abs() <= BF16_ATTENTION_REL_TOL * big as f32,
+                    "{} n={n} dh={dh} [{}, {}]: {g} vs {r}",
+                    set.name,
+                    i / dh,
+                    i % dh
+                );
             }
         }
     }

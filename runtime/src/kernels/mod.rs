@@ -84,10 +84,20 @@ pub struct Bf16Kernels {
     /// Up to sixteen tokens packed as one bf16 tile, as [`qdot::pack_bf16_tile`]:
     /// `(x, cols, out)`.
     pub pack: fn(&[f32], usize, &mut Vec<u16>),
+    /// f32 values rounded to bf16, as [`qdot::bf16_bits`]: `(x, out)`.
+    pub convert: fn(&[f32], &mut [u16]),
     /// Thirty-two bf16 weight rows against `nt` token tiles, as [`generic::gemm_bf16_32xn`]:
     /// `(a, k, b, nt, bias, out, ld, nr, ntok)`, `out[token * ld + row]`.
     pub gemm: Bf16Gemm,
 }
+
+/// The scalar references of the bf16 kernels (no CPU has them as its set: for tests).
+pub const BF16_REFERENCE: Bf16Kernels = Bf16Kernels {
+    dequantize: qdot::dequantize_row_bf16,
+    pack: qdot::pack_bf16_tile,
+    convert: qdot::convert_bf16,
+    gemm: generic::gemm_bf16_32xn,
+};
 
 /// The bf16 strip product's signature: `(a, k, b, nt, bias, out, ld, nr, ntok)`.
 pub type Bf16Gemm = fn(&[u16], usize, &[u16], usize, &[f32; 32], &mut [f32], usize, usize, usize);
@@ -307,6 +317,13 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
         unsafe { x86_64::amx::dequantize_row_bf16(q4, row, out) }
     }
     #[allow(unsafe_code)]
+    fn convert_bf16(x: &[f32], out: &mut [u16]) {
+        assert!(out.len() >= x.len());
+        // SAFETY: only handed out after `amx::available_bf16()` (AVX-512 BF16 and VL) and
+        // detecting AVX2; length asserted.
+        unsafe { x86_64::amx::convert_bf16(x, out) }
+    }
+    #[allow(unsafe_code)]
     fn pack_bf16(x: &[f32], cols: usize, out: &mut Vec<u16>) {
         assert!(cols % 16 == 0);
         // SAFETY: as above; `cols` asserted.
@@ -339,6 +356,7 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
                 bf16: Some(Bf16Kernels {
                     dequantize: dequantize_bf16,
                     pack: pack_bf16,
+                    convert: convert_bf16,
                     gemm: gemm_bf16,
                 }),
                 ..best
@@ -1052,6 +1070,85 @@ pub fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
         }
     }
     norm(x, w, b, eps)
+}
+
+/// Fewest tokens for which attention takes the bf16 kernels.
+pub const BF16_ATTENTION_MIN_TOKENS: usize = 32;
+
+/// One attention head of one sequence in bf16, when the active set has bf16 kernels, `n` is at
+/// least [`BF16_ATTENTION_MIN_TOKENS`] and `dh` a multiple of 32 (else `None`):
+/// `softmax(scale * q k^T) v` as `[n, dh]`, for `n` tokens whose head values are `q[i * ld..]`
+/// (`dh` of them), likewise `k` and `v`. Queries, keys, values and the probabilities are
+/// rounded to bf16 (as [`qdot::bf16_bits`]); scores, softmax and sums are f32. Keys are the
+/// strips' rows (padded to a multiple of 32 with zeros), queries the token tiles; then the
+/// values' columns are the rows against the probabilities as tokens.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bf16(q: &[f32], k: &[f32], v: &[f32], ld: usize, n: usize, dh: usize, scale: f32) -> Option<Vec<f32>> {
+    let bk = active().bf16?;
+    if n < BF16_ATTENTION_MIN_TOKENS || dh % BF16_ROWS != 0 {
+        return None;
+    }
+    Some(attention_bf16_with(bk, q, k, v, ld, n, dh, scale))
+}
+
+/// [`attention_bf16`] on the given kernels (tests compare each set with the references).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bf16_with(
+    bk: Bf16Kernels,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    ld: usize,
+    n: usize,
+    dh: usize,
+    scale: f32,
+) -> Vec<f32> {
+    let m = n.next_multiple_of(BF16_ROWS);
+    fn head(x: &[f32], i: usize, ld: usize, dh: usize) -> &[f32] {
+        &x[i * ld..i * ld + dh]
+    }
+    // Queries as token tiles.
+    let mut rows = Vec::with_capacity(n * dh);
+    (0..n).for_each(|i| rows.extend_from_slice(head(q, i, ld, dh)));
+    let mut qt = Vec::with_capacity(n.div_ceil(BF16_TILE_TOKENS) * BF16_TILE_TOKENS * dh);
+    for tile in rows.chunks(BF16_TILE_TOKENS * dh) {
+        (bk.pack)(tile, dh, &mut qt);
+    }
+    // Keys as rows, `[m, dh]`.
+    let mut kr = alloc::vec![0u16; m * dh];
+    for (i, o) in kr.chunks_exact_mut(dh).take(n).enumerate() {
+        (bk.convert)(head(k, i, ld, dh), o);
+    }
+    let nt = n.div_ceil(BF16_TILE_TOKENS);
+    let zero = [0f32; BF16_ROWS];
+    // scores[i, j] = q_i . k_j, `[n, m]`.
+    let mut scores = alloc::vec![0f32; n * m];
+    for j0 in (0..n).step_by(BF16_ROWS) {
+        let nr = (n - j0).min(BF16_ROWS);
+        (bk.gemm)(&kr[j0 * dh..], dh, &qt, nt, &zero, &mut scores[j0..], m, nr, n);
+    }
+    for row in scores.chunks_exact_mut(m) {
+        let (p, pad) = row.split_at_mut(n);
+        p.iter_mut().for_each(|s| *s *= scale);
+        softmax(p);
+        pad.fill(0.0);
+    }
+    // Probabilities as token tiles of depth m; values' columns as rows, `[dh, m]`.
+    let mut pt = Vec::with_capacity(nt * BF16_TILE_TOKENS * m);
+    for tile in scores.chunks(BF16_TILE_TOKENS * m) {
+        (bk.pack)(tile, m, &mut pt);
+    }
+    let mut col = alloc::vec![0f32; m];
+    let mut vt = alloc::vec![0u16; dh * m];
+    for (d, o) in vt.chunks_exact_mut(m).enumerate() {
+        (0..n).for_each(|j| col[j] = v[j * ld + d]);
+        (bk.convert)(&col, o);
+    }
+    let mut out = alloc::vec![0f32; n * dh];
+    for d0 in (0..dh).step_by(BF16_ROWS) {
+        (bk.gemm)(&vt[d0 * m..], m, &pt, nt, &zero, &mut out[d0..], dh, BF16_ROWS, n);
+    }
+    out
 }
 
 /// Softmax of `x` in place.

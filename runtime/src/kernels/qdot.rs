@@ -257,6 +257,11 @@ pub fn bf16_bits(x: f32) -> u16 {
     (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16
 }
 
+/// `x` rounded to bf16 by [`bf16_bits`] into `out` (at least as long).
+pub fn convert_bf16(x: &[f32], out: &mut [u16]) {
+    out.iter_mut().zip(x).for_each(|(o, &v)| *o = bf16_bits(v));
+}
+
 /// The f32 value of bfloat16 bits.
 #[inline]
 pub fn bf16_value(h: u16) -> f32 {

@@ -462,3 +462,24 @@ pub unsafe fn pack_bf16_tile(x: &[f32], cols: usize, out: &mut alloc::vec::Vec<u
         }
     }
 }
+
+/// f32 values rounded to bf16 as [`crate::kernels::qdot::bf16_bits`] does, bit for bit.
+///
+/// # Safety
+/// The CPU supports AVX2, AVX-512 BF16 and VL; `out.len() >= x.len()`.
+#[target_feature(enable = "avx2,avx512bf16,avx512vl")]
+pub unsafe fn convert_bf16(x: &[f32], out: &mut [u16]) {
+    debug_assert!(out.len() >= x.len());
+    let whole = x.len() / 16 * 16;
+    for i in (0..whole).step_by(16) {
+        // SAFETY: reads x[i..i + 16], writes out[i..i + 16] (i + 16 <= x.len() <= out.len()).
+        unsafe {
+            let p = x.as_ptr().add(i);
+            let h = bf16x16(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
+            _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, h);
+        }
+    }
+    for (o, &v) in out[whole..].iter_mut().zip(&x[whole..]) {
+        *o = crate::kernels::qdot::bf16_bits(v);
+    }
+}
