@@ -14,6 +14,7 @@ use crate::config::{HeadActivation, LoadError, ModelConfig, Pooling};
 use crate::gguf::names::tensor::Block;
 use crate::gguf::Gguf;
 use crate::kernels::{self, Activations};
+use crate::quant::TensorType;
 use crate::weights::{Linear, Norm, Weights};
 
 /// Token ids of a batch of sequences, concatenated.
@@ -286,7 +287,8 @@ impl<B: AsRef<[u8]>> Encoder<B> {
     }
 
     /// Multi-head self-attention within each sequence, after the `prefix` keys and values if
-    /// any; returns the context `[tokens, H]` before the output projection.
+    /// any; returns the context `[tokens, H]` before the output projection. Models with
+    /// quantized weights (`quantized`) may take the bf16 kernels for heads without a prefix.
     fn attention(
         &self,
         q: &[f32],
@@ -294,6 +296,7 @@ impl<B: AsRef<[u8]>> Encoder<B> {
         v: &[f32],
         lens: &[usize],
         prefix: Option<(&[f32], &[f32])>,
+        quantized: bool,
     ) -> Vec<f32> {
         let (h, heads) = (self.config.hidden, self.config.heads);
         let dh = h / heads;
@@ -307,7 +310,7 @@ impl<B: AsRef<[u8]>> Encoder<B> {
             let (start, n, col) = (starts[s], lens[s], head * dh);
             let (pk, pv) = prefix.unwrap_or((&[], &[]));
             let np = pk.len() / h;
-            if np == 0 {
+            if np == 0 && quantized {
                 let (at, ld) = (start * h + col, h);
                 let attended = kernels::attention_bf16(&q[at..], &k[at..], &v[at..], ld, n, dh, scale);
                 if let Some(out) = attended {
@@ -382,7 +385,8 @@ impl<B: AsRef<[u8]>> Encoder<B> {
             let q = proj(hooks, Block::AttnQ, &layer.q, &mut shared);
             let k = proj(hooks, Block::AttnK, &layer.k, &mut shared);
             let v = proj(hooks, Block::AttnV, &layer.v, &mut shared);
-            let ctx = self.attention(&q, &k, &v, input.lens, hooks.attention_prefix(l));
+            let quantized = matches!(layer.q.weight.ty, TensorType::Q8_0 | TensorType::Q4_0);
+            let ctx = self.attention(&q, &k, &v, input.lens, hooks.attention_prefix(l), quantized);
             let mut a = proj(hooks, Block::AttnOutput, &layer.o, &mut Activations::new(&ctx, n));
             a.iter_mut().zip(&x).for_each(|(a, x)| *a += x);
             self.hooked_norm(&layer.attn_norm, NormSite::Attention(l), &mut a, hooks);
