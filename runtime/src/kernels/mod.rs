@@ -696,6 +696,7 @@ pub const BF16_MIN_TOKENS: usize = 32;
 
 /// Below this many tokens, linear layers on the bf16 kernels split their rows across threads
 /// (each weight decoded once) rather than their tokens (each thread decoding every weight).
+#[cfg(feature = "std")]
 const BF16_ROW_SPLIT_MAX_TOKENS: usize = 512;
 
 /// Weight rows per bf16 strip.
@@ -1078,8 +1079,9 @@ pub const BF16_ATTENTION_MIN_TOKENS: usize = 32;
 /// One attention head of one sequence in bf16, when the active set has bf16 kernels, `n` is at
 /// least [`BF16_ATTENTION_MIN_TOKENS`] and `dh` a multiple of 32 (else `None`):
 /// `softmax(scale * q k^T) v` as `[n, dh]`, for `n` tokens whose head values are `q[i * ld..]`
-/// (`dh` of them), likewise `k` and `v`. Queries, keys, values and the probabilities are
-/// rounded to bf16 (as [`qdot::bf16_bits`]); scores, softmax and sums are f32. Keys are the
+/// (`dh` of them), likewise `k` and `v`. Queries (times `scale`), keys, values and the
+/// probabilities are rounded to bf16 (as [`qdot::bf16_bits`]); scores, softmax and sums are
+/// f32. Keys are the
 /// strips' rows (padded to a multiple of 32 with zeros), queries the token tiles; then the
 /// values' columns are the rows against the probabilities as tokens.
 #[allow(clippy::too_many_arguments)]
@@ -1107,9 +1109,9 @@ pub fn attention_bf16_with(
     fn head(x: &[f32], i: usize, ld: usize, dh: usize) -> &[f32] {
         &x[i * ld..i * ld + dh]
     }
-    // Queries as token tiles.
+    // Queries, times the scale (so the scores come out scaled), as token tiles.
     let mut rows = Vec::with_capacity(n * dh);
-    (0..n).for_each(|i| rows.extend_from_slice(head(q, i, ld, dh)));
+    (0..n).for_each(|i| rows.extend(head(q, i, ld, dh).iter().map(|v| v * scale)));
     let mut qt = Vec::with_capacity(n.div_ceil(BF16_TILE_TOKENS) * BF16_TILE_TOKENS * dh);
     for tile in rows.chunks(BF16_TILE_TOKENS * dh) {
         (bk.pack)(tile, dh, &mut qt);
@@ -1129,7 +1131,6 @@ pub fn attention_bf16_with(
     }
     for row in scores.chunks_exact_mut(m) {
         let (p, pad) = row.split_at_mut(n);
-        p.iter_mut().for_each(|s| *s *= scale);
         softmax(p);
         pad.fill(0.0);
     }
