@@ -559,7 +559,7 @@ fn softmax_gelu_and_quantization_match_the_reference() {
 #[test]
 fn quantized_linear_matches_block_dots_at_every_position() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(19);
-    for (rows, cols, n) in [(3, 32, 5), (37, 384, 41), (130, 1536, 2), (64, 96, 128), (7, 64, 1), (100, 64, 45)] {
+    for (rows, cols, n) in [(3, 32, 5), (37, 384, 41), (130, 1536, 2), (64, 96, 128), (7, 64, 1), (100, 64, 45), (60, 1536, 8)] {
         let w = random_vec(&mut rng, rows * cols, 0.5);
         let x = random_vec(&mut rng, n * cols, 2.0);
         let bias = random_vec(&mut rng, rows, 0.1);
@@ -575,8 +575,8 @@ fn quantized_linear_matches_block_dots_at_every_position() {
             let mut got = vec![0f32; n * rows];
             kernels::linear(&x, n, &m, &bias, &mut got);
             // Sets with bf16 kernels take the weights and activations in bf16 (from
-            // `BF16_MIN_TOKENS` tokens).
-            let bf16 = kernels::active().bf16.is_some() && n >= kernels::BF16_MIN_TOKENS;
+            // `bf16_min_tokens` tokens).
+            let bf16 = kernels::active().bf16.is_some() && n >= kernels::bf16_min_tokens(ty);
             let bf16_dot = |o: usize, t: usize| {
                 let mut wr = vec![0u16; cols];
                 qdot::dequantize_row_bf16(ty, m.row(o), &mut wr);
@@ -634,7 +634,7 @@ fn quantized_linear_matches_block_dots_at_every_position() {
 #[test]
 fn f32_linear_matches_the_reference_at_every_position() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(22);
-    for (rows, cols, n) in [(3, 32, 5), (37, 384, 41), (130, 1536, 2), (64, 96, 128), (7, 64, 1), (100, 64, 45)] {
+    for (rows, cols, n) in [(3, 32, 5), (37, 384, 41), (130, 1536, 2), (64, 96, 128), (7, 64, 1), (100, 64, 45), (60, 1536, 8)] {
         let w = random_vec(&mut rng, rows * cols, 0.5);
         let x = random_vec(&mut rng, n * cols, 2.0);
         let bias = random_vec(&mut rng, rows, 0.1);

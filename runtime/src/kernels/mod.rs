@@ -69,7 +69,7 @@ pub struct KernelSet {
     /// [`OffsetPanel`]s, appended: `(x, cols, out)`.
     pub pack_offset: fn(&[f32], usize, &mut Vec<OffsetPanel>),
     /// Products in bf16 for Q8_0 and Q4_0 weights; when present, linear layers with those
-    /// weights and at least [`BF16_MIN_TOKENS`] tokens use them instead of the integer kernels
+    /// weights and at least [`bf16_min_tokens`] tokens use them instead of the integer kernels
     /// above.
     pub bf16: Option<Bf16Kernels>,
 }
@@ -596,7 +596,7 @@ impl<'a> Activations<'a> {
         let group = |g: usize| &x[g * span..((g + 1) * span).min(x.len())];
         let groups = self.n.div_ceil(PANEL_TOKENS);
         match ty {
-            TensorType::Q8_0 | TensorType::Q4_0 if k.bf16.is_some() && self.n >= BF16_MIN_TOKENS => {
+            TensorType::Q8_0 | TensorType::Q4_0 if k.bf16.is_some() && self.n >= bf16_min_tokens(ty) => {
                 let pack = k.bf16.map(|b| b.pack).unwrap_or(qdot::pack_bf16_tile);
                 let span = BF16_TILE_TOKENS * cols;
                 let tiles = par_map(self.n.div_ceil(BF16_TILE_TOKENS), |g| {
@@ -690,9 +690,19 @@ impl Out<'_> {
 /// Output rows a panel kernel fills in a local tile before they are stored.
 const OUT_TILE: usize = 16;
 
-/// Fewest tokens for which linear layers take the bf16 kernels: each layer decodes all its
-/// weights to bf16, which fewer tokens do not pay back (the integer kernels take them).
+/// Fewest tokens for which Q8_0 linear layers take the bf16 kernels: each layer decodes all
+/// its weights to bf16, which fewer tokens do not pay back (the integer kernels take them).
 pub const BF16_MIN_TOKENS: usize = 32;
+
+/// Fewest tokens for which linear layers with weights of type `ty` take the bf16 kernels:
+/// [`BF16_MIN_TOKENS`] for Q8_0; any number for Q4_0, whose integer path (16-bit
+/// activations) is slower and whose weights are half the bytes to decode.
+pub fn bf16_min_tokens(ty: TensorType) -> usize {
+    match ty {
+        TensorType::Q4_0 => 1,
+        _ => BF16_MIN_TOKENS,
+    }
+}
 
 /// Below this many tokens, linear layers on the bf16 kernels split their rows across threads
 /// (each weight decoded once) rather than their tokens (each thread decoding every weight).
