@@ -949,8 +949,12 @@ pub fn linear_with(act: &mut Activations<'_>, w: &Matrix<'_>, bias: &[f32], y: &
             if n >= 8 * threads {
                 // Whole tokens per task: each writes its own rows of `y`. The bf16 kernels
                 // decode the weights once per task: one task per thread.
-                let tasks = if act.bf16.is_empty() { threads * 2 } else { threads };
-                let chunk = n.div_ceil(tasks).next_multiple_of(BF16_TILE_TOKENS);
+                let (tasks, align) = if act.bf16.is_empty() {
+                    (threads * 2, PANEL_TOKENS)
+                } else {
+                    (threads, BF16_TILE_TOKENS)
+                };
+                let chunk = n.div_ceil(tasks).next_multiple_of(align);
                 y.par_chunks_mut(chunk * rows)
                     .enumerate()
                     .for_each(|(c, out)| {
