@@ -335,9 +335,7 @@ fn bf16_kernels_match_the_reference() {
                 x[at] = if i == 2 { v / 16.0 } else { v };
             }
             let mut packed = Vec::new();
-            for tile in x.chunks(qdot::BF16_TILE_TOKENS * cols) {
-                qdot::pack_bf16_tile(tile, cols, &mut packed);
-            }
+            qdot::pack_bf16_tiles_with(qdot::pack_bf16_tile, &x, cols, &mut packed);
             let nt = ntok.div_ceil(qdot::BF16_TILE_TOKENS);
             let bias: [f32; 32] = std::array::from_fn(|_| rng.gen_range(-1.0..1.0));
             // Rows and tokens stored: a partial strip and partial last tile at times, into
@@ -355,9 +353,7 @@ fn bf16_kernels_match_the_reference() {
                 }
                 assert!(got == want, "{} {ty} rows in bf16", k.name);
                 let mut got = Vec::new();
-                for tile in x.chunks(qdot::BF16_TILE_TOKENS * cols) {
-                    (bk.pack)(tile, cols, &mut got);
-                }
+                qdot::pack_bf16_tiles_with(bk.pack, &x, cols, &mut got);
                 assert!(got == packed, "{} activations in bf16", k.name);
                 let mut conv = vec![0u16; x.len()];
                 let mut conv_ref = vec![0u16; x.len()];

@@ -591,21 +591,22 @@ impl<'a> Activations<'a> {
         self.offset_panels.clear();
         self.bf16.clear();
         let (x, bpr) = (self.x, cols / QK);
+        // Chunk `g` of `tokens` tokens (the last one short).
+        let chunk = |g: usize, tokens: usize| &x[g * tokens * cols..((g + 1) * tokens * cols).min(x.len())];
         // The tokens of panel `g`.
-        let span = PANEL_TOKENS * cols;
-        let group = |g: usize| &x[g * span..((g + 1) * span).min(x.len())];
+        let group = |g: usize| chunk(g, PANEL_TOKENS);
         let groups = self.n.div_ceil(PANEL_TOKENS);
+        let quantized = matches!(ty, TensorType::Q8_0 | TensorType::Q4_0);
+        if let Some(bk) = k.bf16.filter(|_| quantized && self.n >= bf16_min_tokens(ty)) {
+            let tiles = par_map(self.n.div_ceil(BF16_TILE_TOKENS), |g| {
+                let mut out = Vec::with_capacity(BF16_TILE_TOKENS * cols);
+                (bk.pack)(chunk(g, BF16_TILE_TOKENS), cols, &mut out);
+                out
+            });
+            self.bf16 = tiles.concat();
+            return;
+        }
         match ty {
-            TensorType::Q8_0 | TensorType::Q4_0 if k.bf16.is_some() && self.n >= bf16_min_tokens(ty) => {
-                let pack = k.bf16.map(|b| b.pack).unwrap_or(qdot::pack_bf16_tile);
-                let span = BF16_TILE_TOKENS * cols;
-                let tiles = par_map(self.n.div_ceil(BF16_TILE_TOKENS), |g| {
-                    let mut out = Vec::with_capacity(span);
-                    pack(&x[g * span..((g + 1) * span).min(x.len())], cols, &mut out);
-                    out
-                });
-                self.bf16 = tiles.concat();
-            }
             TensorType::Q8_0 if k.dot_q8_0_2x8_offset.is_some() => {
                 let panels = par_map(groups, |g| {
                     let mut out = Vec::with_capacity(bpr);
@@ -675,8 +676,8 @@ impl Out<'_> {
             let y = &mut self.y[at..at + v.len()];
             // A whole tile as one fixed-size copy (vector moves): a call to memcpy per tile
             // was 8 % of a 128-token pass.
-            match v.len() {
-                OUT_TILE => copy_fixed::<OUT_TILE>(y, v),
+            match (<&mut [f32; OUT_TILE]>::try_from(&mut *y), <&[f32; OUT_TILE]>::try_from(v)) {
+                (Ok(y), Ok(v)) => *y = *v,
                 _ => y.copy_from_slice(v),
             }
         } else {
@@ -712,14 +713,6 @@ const BF16_ROW_SPLIT_MAX_TOKENS: usize = 512;
 /// Weight rows per bf16 strip.
 const BF16_ROWS: usize = 32;
 
-/// `y = v` for slices of `N`, as one fixed-size copy.
-#[inline(always)]
-fn copy_fixed<const N: usize>(y: &mut [f32], v: &[f32]) {
-    if let (Ok(y), Ok(v)) = (<&mut [f32; N]>::try_from(y), <&[f32; N]>::try_from(v)) {
-        *y = *v;
-    }
-}
-
 impl LinearJob<'_> {
     /// Computes outputs of rows `rows` for tokens `tokens` into `out`.
     /// Tokens go in tiles of TOKEN_TILE whose activations stay in L1 while the rows pass over
@@ -736,7 +729,7 @@ impl LinearJob<'_> {
         }
         let cols = w.cols;
         let bpr = cols / QK;
-        let bias = |o: usize| self.bias.get(o).copied().unwrap_or(0.0);
+        let bias = |o: usize| self.bias_of(o);
         let a = self.act;
         let tok = |t: usize| &a.xq[t * bpr..(t + 1) * bpr];
         let mut buf = Vec::new();
@@ -852,6 +845,11 @@ impl LinearJob<'_> {
 }
 
 impl LinearJob<'_> {
+    /// Output row `o`'s bias (zero without biases).
+    fn bias_of(&self, o: usize) -> f32 {
+        self.bias.get(o).copied().unwrap_or(0.0)
+    }
+
     /// [`LinearJob::run`] with the bf16 kernels: strips of [`BF16_ROWS`] weight rows are
     /// decoded once and meet the tokens (from a multiple of sixteen) two tiles at a time.
     fn run_bf16(
@@ -877,7 +875,7 @@ impl LinearJob<'_> {
             }
             // Rows past the end are zeros (their outputs are dropped).
             strip[(c1 - c0) * cols..].fill(0);
-            let bias: [f32; BF16_ROWS] = core::array::from_fn(|i| self.bias.get(c0 + i).copied().unwrap_or(0.0));
+            let bias: [f32; BF16_ROWS] = core::array::from_fn(|i| self.bias_of(c0 + i));
             if direct {
                 let at = (tokens.start - out.t0) * out.ts + c0 - out.r0;
                 (bk.gemm)(&strip, cols, b, nt, &bias, &mut out.y[at..], out.ts, c1 - c0, tokens.len());
@@ -922,8 +920,8 @@ pub fn linear_with(act: &mut Activations<'_>, w: &Matrix<'_>, bias: &[f32], y: &
                 let chunk_rows = rows.div_ceil(threads).next_multiple_of(BF16_ROWS);
                 let blocks: Vec<Vec<f32>> = par_map(rows.div_ceil(chunk_rows), |c| {
                     let (r0, r1) = (c * chunk_rows, ((c + 1) * chunk_rows).min(rows));
-                    let mut out = alloc::vec![0f32; n * (r1 - r0)];
                     let ts = r1 - r0;
+                    let mut out = alloc::vec![0f32; n * ts];
                     job.run(
                         r0..r1,
                         0..n,
@@ -1095,9 +1093,8 @@ pub const BF16_ATTENTION_MIN_TOKENS: usize = 32;
 /// `softmax(scale * q k^T) v` as `[n, dh]`, for `n` tokens whose head values are `q[i * ld..]`
 /// (`dh` of them), likewise `k` and `v`. Queries (times `scale`), keys, values and the
 /// probabilities are rounded to bf16 (as [`qdot::bf16_bits`]); scores, softmax and sums are
-/// f32. Keys are the
-/// strips' rows (padded to a multiple of 32 with zeros), queries the token tiles; then the
-/// values' columns are the rows against the probabilities as tokens.
+/// f32. Keys are the strips' rows (padded to a multiple of 32 with zeros), queries the token
+/// tiles; then the values' columns are the rows against the probabilities as tokens.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_bf16(q: &[f32], k: &[f32], v: &[f32], ld: usize, n: usize, dh: usize, scale: f32) -> Option<Vec<f32>> {
     let bk = active().bf16?;
@@ -1126,10 +1123,8 @@ pub fn attention_bf16_with(
     // Queries, times the scale (so the scores come out scaled), as token tiles.
     let mut rows = Vec::with_capacity(n * dh);
     (0..n).for_each(|i| rows.extend(head(q, i, ld, dh).iter().map(|v| v * scale)));
-    let mut qt = Vec::with_capacity(n.div_ceil(BF16_TILE_TOKENS) * BF16_TILE_TOKENS * dh);
-    for tile in rows.chunks(BF16_TILE_TOKENS * dh) {
-        (bk.pack)(tile, dh, &mut qt);
-    }
+    let mut qt = Vec::new();
+    qdot::pack_bf16_tiles_with(bk.pack, &rows, dh, &mut qt);
     // Keys as rows, `[m, dh]`.
     let mut kr = alloc::vec![0u16; m * dh];
     for (i, o) in kr.chunks_exact_mut(dh).take(n).enumerate() {
@@ -1137,22 +1132,18 @@ pub fn attention_bf16_with(
     }
     let nt = n.div_ceil(BF16_TILE_TOKENS);
     let zero = [0f32; BF16_ROWS];
-    // scores[i, j] = q_i . k_j, `[n, m]`.
+    // scores[i, j] = q_i . k_j, `[n, m]`; columns n.. are never written and stay zero.
     let mut scores = alloc::vec![0f32; n * m];
     for j0 in (0..n).step_by(BF16_ROWS) {
         let nr = (n - j0).min(BF16_ROWS);
         (bk.gemm)(&kr[j0 * dh..], dh, &qt, nt, &zero, &mut scores[j0..], m, nr, n);
     }
     for row in scores.chunks_exact_mut(m) {
-        let (p, pad) = row.split_at_mut(n);
-        softmax(p);
-        pad.fill(0.0);
+        softmax(&mut row[..n]);
     }
     // Probabilities as token tiles of depth m; values' columns as rows, `[dh, m]`.
-    let mut pt = Vec::with_capacity(nt * BF16_TILE_TOKENS * m);
-    for tile in scores.chunks(BF16_TILE_TOKENS * m) {
-        (bk.pack)(tile, m, &mut pt);
-    }
+    let mut pt = Vec::new();
+    qdot::pack_bf16_tiles_with(bk.pack, &scores, m, &mut pt);
     let mut col = alloc::vec![0f32; m];
     let mut vt = alloc::vec![0u16; dh * m];
     for (d, o) in vt.chunks_exact_mut(m).enumerate() {

@@ -269,35 +269,21 @@ pub fn bf16_value(h: u16) -> f32 {
 }
 
 /// One Q8_0 or Q4_0 weight row (`row`, `out.len() / 32` blocks) decoded to bf16: each value
-/// `q * d` in f32, then rounded by [`bf16_bits`].
+/// `q * d` in f32 (as [`crate::quant::dequantize`]), then rounded by [`bf16_bits`].
 ///
 /// # Panics
 /// If `ty` is neither Q8_0 nor Q4_0, or `row` is short.
 pub fn dequantize_row_bf16(ty: crate::quant::TensorType, row: &[u8], out: &mut [u16]) {
     use crate::quant::TensorType;
-    match ty {
-        TensorType::Q8_0 => {
-            for (o, b) in out.chunks_exact_mut(QK).zip(row.chunks_exact(Q8_0_BLOCK_BYTES)) {
-                let d = block_scale(b);
-                o.iter_mut()
-                    .zip(&b[2..])
-                    .for_each(|(o, &q)| *o = bf16_bits(q as i8 as f32 * d));
-            }
-            assert!(row.len() >= out.len() / QK * Q8_0_BLOCK_BYTES, "short Q8_0 row");
-        }
-        TensorType::Q4_0 => {
-            for (o, b) in out.chunks_exact_mut(QK).zip(row.chunks_exact(Q4_0_BLOCK_BYTES)) {
-                let d = block_scale(b);
-                let (lo, hi) = o.split_at_mut(QK / 2);
-                for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&b[2..]) {
-                    *l = bf16_bits(((q & 0x0f) as i32 - 8) as f32 * d);
-                    *h = bf16_bits(((q >> 4) as i32 - 8) as f32 * d);
-                }
-            }
-            assert!(row.len() >= out.len() / QK * Q4_0_BLOCK_BYTES, "short Q4_0 row");
-        }
-        _ => panic!("bf16 rows are decoded from Q8_0 or Q4_0, not {ty:?}"),
-    }
+    assert!(
+        matches!(ty, TensorType::Q8_0 | TensorType::Q4_0),
+        "bf16 rows are decoded from Q8_0 or Q4_0, not {ty:?}"
+    );
+    let bytes = out.len() / QK * ty.block_bytes();
+    assert!(row.len() >= bytes, "short {ty:?} row");
+    let mut f = Vec::with_capacity(out.len());
+    crate::quant::dequantize(&row[..bytes], ty, out.len(), &mut f).expect("whole blocks");
+    convert_bf16(&f, out);
 }
 
 /// Up to sixteen tokens (`x`, rows of `cols`, an even number) rounded to bf16 and packed as one
@@ -313,5 +299,14 @@ pub fn pack_bf16_tile(x: &[f32], cols: usize, out: &mut Vec<u16>) {
             tile[o] = bf16_bits(v[0]);
             tile[o + 1] = bf16_bits(v[1]);
         }
+    }
+}
+
+/// `x` (rows of `cols`) packed as bf16 tiles of sixteen tokens by `pack` (one of the sets'
+/// [`pack_bf16_tile`]s), appended to `out`; the last tile's missing tokens are zeros.
+pub fn pack_bf16_tiles_with(pack: fn(&[f32], usize, &mut Vec<u16>), x: &[f32], cols: usize, out: &mut Vec<u16>) {
+    out.reserve(x.len().div_ceil(BF16_TILE_TOKENS * cols) * BF16_TILE_TOKENS * cols);
+    for tile in x.chunks(BF16_TILE_TOKENS * cols) {
+        pack(tile, cols, out);
     }
 }
