@@ -157,6 +157,36 @@ impl Hidden {
     }
 }
 
+/// Buffers handed from layer to layer within one forward pass, so that each layer's outputs
+/// reuse the memory of the layer before instead of fresh zeroed allocations (their zeroing and
+/// first-touch page faults were a tenth of a 128-token pass).
+#[derive(Debug, Default)]
+struct Buffers(Vec<Vec<f32>>);
+
+impl Buffers {
+    /// A buffer of `len` values whose contents are unspecified: the smallest free one that
+    /// holds `len` values, else a new one.
+    fn take(&mut self, len: usize) -> Vec<f32> {
+        let fit = (self.0.iter().enumerate())
+            .filter(|(_, b)| b.len() >= len)
+            .min_by_key(|(_, b)| b.len())
+            .map(|(i, _)| i);
+        match fit {
+            Some(i) => {
+                let mut b = self.0.swap_remove(i);
+                b.truncate(len);
+                b
+            }
+            None => vec![0f32; len],
+        }
+    }
+
+    /// Gives buffers back for reuse.
+    fn give(&mut self, bufs: impl IntoIterator<Item = Vec<f32>>) {
+        self.0.extend(bufs);
+    }
+}
+
 /// The encoder over a model file's bytes `B` (a memory mapping, a buffer, or a `&'static [u8]`
 /// in flash).
 #[derive(Debug)]
@@ -203,13 +233,14 @@ impl<B: AsRef<[u8]>> Encoder<B> {
     }
 
     fn linear(&self, lin: &Linear, x: &[f32], n: usize) -> Vec<f32> {
-        self.linear_with(lin, &mut Activations::new(x, n))
+        self.linear_with(lin, &mut Activations::new(x, n), &mut Buffers::default())
     }
 
-    fn linear_with(&self, lin: &Linear, x: &mut Activations<'_>) -> Vec<f32> {
+    /// The layer's output in a buffer from `pool` (the kernels write every value).
+    fn linear_with(&self, lin: &Linear, x: &mut Activations<'_>, pool: &mut Buffers) -> Vec<f32> {
         let bytes = self.bytes();
         let w = lin.weight.view(bytes);
-        let mut y = vec![0f32; x.tokens() * w.rows];
+        let mut y = pool.take(x.tokens() * w.rows);
         kernels::linear_with(x, &w, &lin.bias.f32s(bytes), &mut y);
         y
     }
@@ -289,6 +320,8 @@ impl<B: AsRef<[u8]>> Encoder<B> {
     /// Multi-head self-attention within each sequence, after the `prefix` keys and values if
     /// any; returns the context `[tokens, H]` before the output projection. Models with
     /// quantized weights (`quantized`) may take the bf16 kernels for heads without a prefix.
+    /// The context's buffer comes from `pool`.
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         q: &[f32],
@@ -297,6 +330,7 @@ impl<B: AsRef<[u8]>> Encoder<B> {
         lens: &[usize],
         prefix: Option<(&[f32], &[f32])>,
         quantized: bool,
+        pool: &mut Buffers,
     ) -> Vec<f32> {
         let (h, heads) = (self.config.hidden, self.config.heads);
         let dh = h / heads;
@@ -342,7 +376,8 @@ impl<B: AsRef<[u8]>> Encoder<B> {
             gemm(n, n, dh, &scores[np..], own, vh, rows, beta, &mut out, Strides::rows(dh));
             out
         });
-        let mut ctx = vec![0f32; q.len()];
+        // Every value is written: the sequences cover the tokens, the heads the columns.
+        let mut ctx = pool.take(q.len());
         for (task, out) in tasks.iter().enumerate() {
             let (s, head) = (task / heads, task % heads);
             for (i, row) in out.chunks_exact(dh).enumerate() {
@@ -363,10 +398,12 @@ impl<B: AsRef<[u8]>> Encoder<B> {
         let n = input.ids.len();
         let mut x = self.embeddings(input, hooks);
         hooks.hidden_state(0, &x);
+        let mut pool = Buffers::default();
         for (l, layer) in self.weights.layers.iter().enumerate() {
             // Each projection reads prepared activations (quantized once for all layers reading
             // them) unless a hook replaces its input.
             let proj = |hooks: &mut dyn Hooks,
+                        pool: &mut Buffers,
                         part: Block,
                         lin: &Linear,
                         act: &mut Activations<'_>| {
@@ -376,27 +413,30 @@ impl<B: AsRef<[u8]>> Encoder<B> {
                     hooks.linear_output(l, part, &replaced, &mut y);
                     return y;
                 }
-                let mut y = self.linear_with(lin, act);
+                let mut y = self.linear_with(lin, act, pool);
                 hooks.linear_output(l, part, inp, &mut y);
                 y
             };
             // Self-attention, then residual and LayerNorm (post-LN). Q, K and V share their input.
             let mut shared = Activations::new(&x, n);
-            let q = proj(hooks, Block::AttnQ, &layer.q, &mut shared);
-            let k = proj(hooks, Block::AttnK, &layer.k, &mut shared);
-            let v = proj(hooks, Block::AttnV, &layer.v, &mut shared);
+            let q = proj(hooks, &mut pool, Block::AttnQ, &layer.q, &mut shared);
+            let k = proj(hooks, &mut pool, Block::AttnK, &layer.k, &mut shared);
+            let v = proj(hooks, &mut pool, Block::AttnV, &layer.v, &mut shared);
             let quantized = matches!(layer.q.weight.ty, TensorType::Q8_0 | TensorType::Q4_0);
-            let ctx = self.attention(&q, &k, &v, input.lens, hooks.attention_prefix(l), quantized);
-            let mut a = proj(hooks, Block::AttnOutput, &layer.o, &mut Activations::new(&ctx, n));
+            let prefix = hooks.attention_prefix(l);
+            let ctx = self.attention(&q, &k, &v, input.lens, prefix, quantized, &mut pool);
+            pool.give([q, k, v]);
+            let mut a = proj(hooks, &mut pool, Block::AttnOutput, &layer.o, &mut Activations::new(&ctx, n));
+            pool.give([ctx]);
             a.iter_mut().zip(&x).for_each(|(a, x)| *a += x);
             self.hooked_norm(&layer.attn_norm, NormSite::Attention(l), &mut a, hooks);
             // Feed-forward with exact GELU, then residual and LayerNorm.
-            let mut u = proj(hooks, Block::FfnUp, &layer.up, &mut Activations::new(&a, n));
+            let mut u = proj(hooks, &mut pool, Block::FfnUp, &layer.up, &mut Activations::new(&a, n));
             kernels::gelu(&mut u);
-            let mut d = proj(hooks, Block::FfnDown, &layer.down, &mut Activations::new(&u, n));
+            let mut d = proj(hooks, &mut pool, Block::FfnDown, &layer.down, &mut Activations::new(&u, n));
             d.iter_mut().zip(&a).for_each(|(d, a)| *d += a);
             self.hooked_norm(&layer.out_norm, NormSite::Output(l), &mut d, hooks);
-            x = d;
+            pool.give([core::mem::replace(&mut x, d), a, u]);
             hooks.hidden_state(l + 1, &x);
         }
         Ok(Hidden {

@@ -352,9 +352,16 @@ fn bf16_kernels_match_the_reference() {
                     (bk.dequantize)(ty, r, o);
                 }
                 assert!(got == want, "{} {ty} rows in bf16", k.name);
-                let mut got = Vec::new();
+                // Over stale values: the packing writes every value of its tile.
+                let mut got = vec![0x7fc1u16; 5];
                 qdot::pack_bf16_tiles_with(bk.pack, &x, cols, &mut got);
-                assert!(got == packed, "{} activations in bf16", k.name);
+                assert!(got[5..] == packed[..], "{} activations in bf16", k.name);
+                let few = &x[..cols * ntok.min(3)];
+                let mut tile = vec![0x7fc1u16; cols * qdot::BF16_TILE_TOKENS];
+                let mut want_tile = vec![0x7fc1u16; tile.len()];
+                (bk.pack)(few, cols, &mut tile);
+                qdot::pack_bf16_tile(few, cols, &mut want_tile);
+                assert!(tile == want_tile, "{} a short tile over stale values", k.name);
                 let mut conv = vec![0u16; x.len()];
                 let mut conv_ref = vec![0u16; x.len()];
                 (bk.convert)(&x, &mut conv);
@@ -568,7 +575,8 @@ fn quantized_linear_matches_block_dots_at_every_position() {
                 cols,
                 data: &bytes,
             };
-            let mut got = vec![0f32; n * rows];
+            // NaN before: the layer writes every output (the encoder hands it reused buffers).
+            let mut got = vec![f32::NAN; n * rows];
             kernels::linear(&x, n, &m, &bias, &mut got);
             // Sets with bf16 kernels take the weights and activations in bf16 (from
             // `bf16_min_tokens` tokens).
@@ -642,7 +650,7 @@ fn f32_linear_matches_the_reference_at_every_position() {
             cols,
             data: &bytes,
         };
-        let (mut got, mut want) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+        let (mut got, mut want) = (vec![f32::NAN; n * rows], vec![0f32; n * rows]);
         kernels::linear(&x, n, &m, &bias, &mut got);
         generic::linear(&x, n, &m, &bias, &mut want);
         for t in 0..n {
@@ -773,7 +781,7 @@ fn quantized_linear_matches_f32_reference() {
                 cols,
                 data: &bytes,
             };
-            let (mut got, mut want) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+            let (mut got, mut want) = (vec![f32::NAN; n * rows], vec![0f32; n * rows]);
             kernels::linear(&x, n, &m, &bias, &mut got);
             generic::linear(&x, n, &m, &bias, &mut want);
             let dot: f64 = got

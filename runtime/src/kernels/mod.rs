@@ -83,7 +83,7 @@ pub struct Bf16Kernels {
     pub dequantize: fn(TensorType, &[u8], &mut [u16]),
     /// Up to sixteen tokens packed as one bf16 tile, as [`qdot::pack_bf16_tile`]:
     /// `(x, cols, out)`.
-    pub pack: fn(&[f32], usize, &mut Vec<u16>),
+    pub pack: fn(&[f32], usize, &mut [u16]),
     /// f32 values rounded to bf16, as [`qdot::bf16_bits`]: `(x, out)`.
     pub convert: fn(&[f32], &mut [u16]),
     /// Thirty-two bf16 weight rows against `nt` token tiles, as [`generic::gemm_bf16_32xn`]:
@@ -313,7 +313,7 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
         };
         assert!(out.len() % QK == 0 && row.len() >= out.len() / QK * bytes);
         // SAFETY: only handed out after `amx::available_bf16()` (AVX-512 BF16 and VL) and
-        // detecting AVX2 and F16C; lengths asserted.
+        // detecting AVX2, F16C and AVX-512F; lengths asserted.
         unsafe { x86_64::amx::dequantize_row_bf16(q4, row, out) }
     }
     #[allow(unsafe_code)]
@@ -324,9 +324,9 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
         unsafe { x86_64::amx::convert_bf16(x, out) }
     }
     #[allow(unsafe_code)]
-    fn pack_bf16(x: &[f32], cols: usize, out: &mut Vec<u16>) {
-        assert!(cols % 16 == 0);
-        // SAFETY: as above; `cols` asserted.
+    fn pack_bf16(x: &[f32], cols: usize, out: &mut [u16]) {
+        assert!(cols % 16 == 0 && out.len() >= cols * qdot::BF16_TILE_TOKENS);
+        // SAFETY: as above; `cols` and the tile's room asserted.
         unsafe { x86_64::amx::pack_bf16_tile(x, cols, out) }
     }
     #[allow(unsafe_code)]
@@ -349,10 +349,23 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
         // asserted.
         unsafe { x86_64::amx::gemm_bf16_32xn(a, k, b, nt, bias, out, ld, nr, ntok) }
     }
+    #[allow(unsafe_code)]
+    fn softmax512(x: &mut [f32]) {
+        // SAFETY: only handed out after `amx::available_bf16()` and detecting AVX-512F.
+        unsafe { x86_64::avx512::softmax(x) }
+    }
+    #[allow(unsafe_code)]
+    fn gelu512(x: &mut [f32]) {
+        // SAFETY: only handed out after `amx::available_bf16()` and detecting AVX-512F.
+        unsafe { x86_64::avx512::gelu(x) }
+    }
     if let Some(&best) = v.last() {
-        if x86_64::amx::available_bf16() {
+        if x86_64::amx::available_bf16() && std::is_x86_feature_detected!("avx512f") {
+            // The element-wise kernels on 512-bit vectors too.
             v.push(KernelSet {
                 name: "avx2+amx-bf16",
+                softmax: softmax512,
+                gelu: gelu512,
                 bf16: Some(Bf16Kernels {
                     dequantize: dequantize_bf16,
                     pack: pack_bf16,
@@ -598,12 +611,10 @@ impl<'a> Activations<'a> {
         let groups = self.n.div_ceil(PANEL_TOKENS);
         let quantized = matches!(ty, TensorType::Q8_0 | TensorType::Q4_0);
         if let Some(bk) = k.bf16.filter(|_| quantized && self.n >= bf16_min_tokens(ty)) {
-            let tiles = par_map(self.n.div_ceil(BF16_TILE_TOKENS), |g| {
-                let mut out = Vec::with_capacity(BF16_TILE_TOKENS * cols);
-                (bk.pack)(chunk(g, BF16_TILE_TOKENS), cols, &mut out);
-                out
-            });
-            self.bf16 = tiles.concat();
+            // Tiles packed in place, on the pool.
+            let tile = BF16_TILE_TOKENS * cols;
+            self.bf16.resize(self.n.div_ceil(BF16_TILE_TOKENS) * tile, 0);
+            par_chunks_mut(&mut self.bf16, tile, |g, out| (bk.pack)(chunk(g, BF16_TILE_TOKENS), cols, out));
             return;
         }
         match ty {
@@ -655,17 +666,84 @@ struct LinearJob<'a> {
 /// Where a linear layer's outputs go: `y[(t - t0) * ts + (o - r0) * os]` for token `t` and
 /// output row `o`.
 struct Out<'a> {
-    y: &'a mut [f32],
+    y: Dest<'a>,
     t0: usize,
     r0: usize,
     ts: usize,
     os: usize,
 }
 
+/// Where a task's outputs go.
+enum Dest<'a> {
+    /// Its own slice.
+    Own(&'a mut [f32]),
+    /// Its own columns of rows that other tasks fill in other columns.
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
+    Shared(SharedRows),
+}
+
+/// A `[tokens, ld]` buffer whose columns are split among parallel tasks: each task writes
+/// only within its own columns, through [`SharedRows::slice`].
+#[cfg(feature = "std")]
+#[derive(Clone, Copy)]
+struct SharedRows {
+    ptr: *mut f32,
+    len: usize,
+    ld: usize,
+    /// The columns this task owns, `c0..c1`.
+    c0: usize,
+    c1: usize,
+}
+
+/// A stand-in without threads: never constructed.
+#[cfg(not(feature = "std"))]
+enum SharedRows {}
+
+// SAFETY: the tasks holding copies write disjoint columns (each `slice` stays within the
+// task's `cols`), and the buffer outlives them (the owner waits for the tasks).
+#[cfg(feature = "std")]
+#[allow(unsafe_code)]
+unsafe impl Send for SharedRows {}
+#[cfg(feature = "std")]
+#[allow(unsafe_code)]
+unsafe impl Sync for SharedRows {}
+
+impl SharedRows {
+    /// The same buffer, for the task owning columns `c0..c1`.
+    #[cfg(feature = "std")]
+    fn columns(&self, c0: usize, c1: usize) -> Self {
+        SharedRows { c0, c1, ..*self }
+    }
+
+    /// `len` values at `at` of the buffer, within this task's columns of one row (panics
+    /// otherwise, so that no two tasks' slices overlap).
+    #[cfg(feature = "std")]
+    #[allow(unsafe_code)]
+    fn slice(&mut self, at: usize, len: usize) -> &mut [f32] {
+        let col = at % self.ld;
+        assert!(
+            at + len <= self.len && col >= self.c0 && col + len <= self.c1,
+            "output slice outside the task's columns"
+        );
+        // SAFETY: within the buffer (checked), and within this task's columns of one row
+        // (checked), which no other task writes while the tasks run.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.add(at), len) }
+    }
+
+    #[cfg(not(feature = "std"))]
+    fn slice(&mut self, _: usize, _: usize) -> &mut [f32] {
+        match *self {}
+    }
+}
+
 impl Out<'_> {
     #[inline]
     fn put(&mut self, t: usize, o: usize, v: f32) {
-        self.y[(t - self.t0) * self.ts + (o - self.r0) * self.os] = v;
+        let at = (t - self.t0) * self.ts + (o - self.r0) * self.os;
+        match &mut self.y {
+            Dest::Own(y) => y[at] = v,
+            Dest::Shared(y) => y.slice(at, 1)[0] = v,
+        }
     }
 
     /// Outputs of rows `o0..o0 + v.len()` for token `t`.
@@ -673,12 +751,27 @@ impl Out<'_> {
     fn put_rows(&mut self, t: usize, o0: usize, v: &[f32]) {
         if self.os == 1 {
             let at = (t - self.t0) * self.ts + o0 - self.r0;
-            let y = &mut self.y[at..at + v.len()];
-            // A whole tile as one fixed-size copy (vector moves): a call to memcpy per tile
-            // was 8 % of a 128-token pass.
-            match (<&mut [f32; OUT_TILE]>::try_from(&mut *y), <&[f32; OUT_TILE]>::try_from(v)) {
-                (Ok(y), Ok(v)) => *y = *v,
-                _ => y.copy_from_slice(v),
+            let y = match &mut self.y {
+                Dest::Own(y) => &mut y[at..at + v.len()],
+                Dest::Shared(y) => y.slice(at, v.len()),
+            };
+            // A whole tile (or a strip of two) as fixed-size copies (vector moves): a call to
+            // memcpy per tile was 8 % of a 128-token pass.
+            fn copy_fixed<const N: usize>(y: &mut [f32], v: &[f32]) -> bool {
+                match (<&mut [f32; N]>::try_from(y), <&[f32; N]>::try_from(v)) {
+                    (Ok(y), Ok(v)) => *y = *v,
+                    _ => return false,
+                }
+                true
+            }
+            if !copy_fixed::<OUT_TILE>(y, v) {
+                if v.len() == 2 * OUT_TILE {
+                    let (y, v) = (y.split_at_mut(OUT_TILE), v.split_at(OUT_TILE));
+                    copy_fixed::<OUT_TILE>(y.0, v.0);
+                    copy_fixed::<OUT_TILE>(y.1, v.1);
+                } else {
+                    y.copy_from_slice(v);
+                }
             }
         } else {
             v.iter()
@@ -865,8 +958,8 @@ impl LinearJob<'_> {
         let (j0, nt) = (tokens.start / BF16_TILE_TOKENS, tokens.len().div_ceil(BF16_TILE_TOKENS));
         let b = &self.act.bf16[j0 * tile..(j0 + nt) * tile];
         let mut strip = alloc::vec![0u16; BF16_ROWS * cols];
-        // Results go straight into rows of `y`, else through `[token][row]` here.
-        let direct = out.os == 1;
+        // Results go straight into rows of `y` the task owns, else through `[token][row]` here.
+        let direct = out.os == 1 && matches!(out.y, Dest::Own(_));
         let mut r = alloc::vec![0f32; if direct { 0 } else { tokens.len() * BF16_ROWS }];
         for c0 in rows.clone().step_by(BF16_ROWS) {
             let c1 = (c0 + BF16_ROWS).min(rows.end);
@@ -876,9 +969,9 @@ impl LinearJob<'_> {
             // Rows past the end are zeros (their outputs are dropped).
             strip[(c1 - c0) * cols..].fill(0);
             let bias: [f32; BF16_ROWS] = core::array::from_fn(|i| self.bias_of(c0 + i));
-            if direct {
+            if let (true, Dest::Own(y)) = (direct, &mut out.y) {
                 let at = (tokens.start - out.t0) * out.ts + c0 - out.r0;
-                (bk.gemm)(&strip, cols, b, nt, &bias, &mut out.y[at..], out.ts, c1 - c0, tokens.len());
+                (bk.gemm)(&strip, cols, b, nt, &bias, &mut y[at..], out.ts, c1 - c0, tokens.len());
             } else {
                 (bk.gemm)(&strip, cols, b, nt, &bias, &mut r, BF16_ROWS, c1 - c0, tokens.len());
                 for (t, r) in tokens.clone().zip(r.chunks_exact(BF16_ROWS)) {
@@ -915,33 +1008,32 @@ pub fn linear_with(act: &mut Activations<'_>, w: &Matrix<'_>, bias: &[f32], y: &
         let threads = rayon::current_num_threads();
         if threads > 1 && rows * n * cols >= PARALLEL_MIN_MACS {
             if !act.bf16.is_empty() && n < BF16_ROW_SPLIT_MAX_TOKENS && rows >= 2 * BF16_ROWS {
-                // Chunks of rows per thread, so that each weight is decoded once: each task's
-                // results gather in its own `[token][row]` block, then go to their rows of `y`.
+                // Chunks of rows per thread, so that each weight is decoded once: each task
+                // writes its own columns of `y` (a copy of each task's block into `y` was a
+                // tenth of a 128-token pass at two threads).
                 let chunk_rows = rows.div_ceil(threads).next_multiple_of(BF16_ROWS);
-                let blocks: Vec<Vec<f32>> = par_map(rows.div_ceil(chunk_rows), |c| {
+                let shared = SharedRows {
+                    ptr: y.as_mut_ptr(),
+                    len: y.len(),
+                    ld: rows,
+                    c0: 0,
+                    c1: 0,
+                };
+                par_map(rows.div_ceil(chunk_rows), |c| {
                     let (r0, r1) = (c * chunk_rows, ((c + 1) * chunk_rows).min(rows));
-                    let ts = r1 - r0;
-                    let mut out = alloc::vec![0f32; n * ts];
+                    let y = shared.columns(r0, r1);
                     job.run(
                         r0..r1,
                         0..n,
                         &mut Out {
-                            y: &mut out,
+                            y: Dest::Shared(y),
                             t0: 0,
-                            r0,
-                            ts,
+                            r0: 0,
+                            ts: rows,
                             os: 1,
                         },
                     );
-                    out
                 });
-                for (c, b) in blocks.iter().enumerate() {
-                    let r0 = c * chunk_rows;
-                    let width = b.len() / n;
-                    for (t, src) in b.chunks_exact(width).enumerate() {
-                        y[t * rows + r0..t * rows + r0 + width].copy_from_slice(src);
-                    }
-                }
                 return;
             }
             if n >= 8 * threads {
@@ -962,7 +1054,7 @@ pub fn linear_with(act: &mut Activations<'_>, w: &Matrix<'_>, bias: &[f32], y: &
                             0..rows,
                             t0..t1,
                             &mut Out {
-                                y: out,
+                                y: Dest::Own(out),
                                 t0,
                                 r0: 0,
                                 ts: rows,
@@ -984,7 +1076,7 @@ pub fn linear_with(act: &mut Activations<'_>, w: &Matrix<'_>, bias: &[f32], y: &
                             r0..r1,
                             0..n,
                             &mut Out {
-                                y: out,
+                                y: Dest::Own(out),
                                 t0: 0,
                                 r0,
                                 ts: 1,
@@ -1005,7 +1097,7 @@ pub fn linear_with(act: &mut Activations<'_>, w: &Matrix<'_>, bias: &[f32], y: &
         0..rows,
         0..n,
         &mut Out {
-            y,
+            y: Dest::Own(y),
             t0: 0,
             r0: 0,
             ts: rows,
@@ -1174,6 +1266,20 @@ pub fn gelu(x: &mut [f32]) {
         }
     }
     (active().gelu)(x)
+}
+
+/// `f(i, chunk)` for chunk `i` of `size` values of `x`, on the pool (sequentially at one
+/// thread or without `std`).
+pub fn par_chunks_mut<T: Send>(x: &mut [T], size: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+    #[cfg(feature = "std")]
+    {
+        use rayon::prelude::*;
+        if rayon::current_num_threads() > 1 {
+            x.par_chunks_mut(size).enumerate().for_each(|(i, c)| f(i, c));
+            return;
+        }
+    }
+    x.chunks_mut(size).enumerate().for_each(|(i, c)| f(i, c));
 }
 
 /// `f(0), f(1), ..., f(count - 1)`, computed on the pool (sequentially at one thread or without

@@ -287,12 +287,12 @@ pub fn dequantize_row_bf16(ty: crate::quant::TensorType, row: &[u8], out: &mut [
 }
 
 /// Up to sixteen tokens (`x`, rows of `cols`, an even number) rounded to bf16 and packed as one
-/// tile of `cols * 16` values, appended to `out`: value pair `p` (values `2p, 2p + 1`) of token
-/// `t` at `(p * 16 + t) * 2`, the row layout of AMX-BF16's B operand; missing tokens are zeros.
-pub fn pack_bf16_tile(x: &[f32], cols: usize, out: &mut Vec<u16>) {
-    let at = out.len();
-    out.resize(at + cols * BF16_TILE_TOKENS, 0);
-    let tile = &mut out[at..];
+/// tile of `cols * 16` values into `out` (of that length, every value written): value pair `p`
+/// (values `2p, 2p + 1`) of token `t` at `(p * 16 + t) * 2`, the row layout of AMX-BF16's B
+/// operand; missing tokens are zeros.
+pub fn pack_bf16_tile(x: &[f32], cols: usize, out: &mut [u16]) {
+    let tile = &mut out[..cols * BF16_TILE_TOKENS];
+    tile.fill(0);
     for (t, row) in x.chunks_exact(cols).take(BF16_TILE_TOKENS).enumerate() {
         for (p, v) in row.chunks_exact(2).enumerate() {
             let o = (p * BF16_TILE_TOKENS + t) * 2;
@@ -304,9 +304,10 @@ pub fn pack_bf16_tile(x: &[f32], cols: usize, out: &mut Vec<u16>) {
 
 /// `x` (rows of `cols`) packed as bf16 tiles of sixteen tokens by `pack` (one of the sets'
 /// [`pack_bf16_tile`]s), appended to `out`; the last tile's missing tokens are zeros.
-pub fn pack_bf16_tiles_with(pack: fn(&[f32], usize, &mut Vec<u16>), x: &[f32], cols: usize, out: &mut Vec<u16>) {
-    out.reserve(x.len().div_ceil(BF16_TILE_TOKENS * cols) * BF16_TILE_TOKENS * cols);
-    for tile in x.chunks(BF16_TILE_TOKENS * cols) {
-        pack(tile, cols, out);
+pub fn pack_bf16_tiles_with(pack: fn(&[f32], usize, &mut [u16]), x: &[f32], cols: usize, out: &mut Vec<u16>) {
+    let (at, tile) = (out.len(), BF16_TILE_TOKENS * cols);
+    out.resize(at + x.len().div_ceil(tile) * tile, 0);
+    for (x, o) in x.chunks(tile).zip(out[at..].chunks_exact_mut(tile)) {
+        pack(x, cols, o);
     }
 }

@@ -391,36 +391,43 @@ unsafe fn bf16x16(lo: __m256, hi: __m256) -> __m256i {
 }
 
 /// One Q8_0 (`q4 == false`) or Q4_0 weight row decoded to bf16 into `out` (`out.len() / 32`
-/// blocks), bit for bit as [`crate::kernels::qdot::dequantize_row_bf16`].
+/// blocks), bit for bit as [`crate::kernels::qdot::dequantize_row_bf16`]: a block per 512-bit
+/// vector (16 + 16 values widened, scaled, and converted to bf16 in one instruction).
 ///
 /// # Safety
-/// The CPU supports AVX2, F16C, AVX-512 BF16 and VL; `row` holds `out.len() / 32` blocks.
-#[target_feature(enable = "avx2,f16c,avx512bf16,avx512vl")]
+/// The CPU supports F16C, AVX-512F and AVX-512 BF16; `row` holds `out.len() / 32` blocks.
+#[target_feature(enable = "avx2,f16c,avx512f,avx512bf16")]
 pub unsafe fn dequantize_row_bf16(q4: bool, row: &[u8], out: &mut [u16]) {
     use crate::kernels::qdot::{Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
     let bytes = if q4 { Q4_0_BLOCK_BYTES } else { Q8_0_BLOCK_BYTES };
     debug_assert!(row.len() >= out.len() / 32 * bytes);
     for (b, o) in out.chunks_exact_mut(32).enumerate() {
         // SAFETY: block b lies within `row` by the caller's contract (scale at its start, then
-        // 32 or 16 bytes of values); the stores write the 32 values of `o`.
+        // 32 or 16 bytes of values); the store writes the 32 values of `o`.
         unsafe {
             let p = row.as_ptr().add(b * bytes);
-            let d = _mm256_set1_ps(crate::kernels::x86_64::avx2::scale_at(p));
-            let ints: [__m256i; 4] = if q4 {
+            let d = _mm512_set1_ps(crate::kernels::x86_64::avx2::scale_at(p));
+            let (lo, hi) = if q4 {
                 let q = _mm_loadu_si128(p.add(2) as *const __m128i);
                 let m = _mm_set1_epi8(0x0f);
+                let eight = _mm512_set1_epi32(8);
                 let (lo, hi) = (_mm_and_si128(q, m), _mm_and_si128(_mm_srli_epi16::<4>(q), m));
-                let eight = _mm256_set1_epi32(8);
-                [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)]
-                    .map(|v| _mm256_sub_epi32(_mm256_cvtepu8_epi32(v), eight))
+                (
+                    _mm512_sub_epi32(_mm512_cvtepu8_epi32(lo), eight),
+                    _mm512_sub_epi32(_mm512_cvtepu8_epi32(hi), eight),
+                )
             } else {
-                let lo = _mm_loadu_si128(p.add(2) as *const __m128i);
-                let hi = _mm_loadu_si128(p.add(18) as *const __m128i);
-                [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)].map(|v| _mm256_cvtepi8_epi32(v))
+                (
+                    _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(2) as *const __m128i)),
+                    _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(18) as *const __m128i)),
+                )
             };
-            let f = ints.map(|v| _mm256_mul_ps(_mm256_cvtepi32_ps(v), d));
-            _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, bf16x16(f[0], f[1]));
-            _mm256_storeu_si256(o.as_mut_ptr().add(16) as *mut __m256i, bf16x16(f[2], f[3]));
+            let (lo, hi) = (
+                _mm512_mul_ps(_mm512_cvtepi32_ps(lo), d),
+                _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d),
+            );
+            let h = core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(o.as_mut_ptr() as *mut __m512i, h);
         }
     }
 }
@@ -432,14 +439,13 @@ pub unsafe fn dequantize_row_bf16(q4: bool, row: &[u8], out: &mut [u16]) {
 /// # Safety
 /// The CPU supports AVX2, AVX-512 BF16 and VL; `cols` is a multiple of 16.
 #[target_feature(enable = "avx2,avx512bf16,avx512vl")]
-pub unsafe fn pack_bf16_tile(x: &[f32], cols: usize, out: &mut alloc::vec::Vec<u16>) {
+pub unsafe fn pack_bf16_tile(x: &[f32], cols: usize, out: &mut [u16]) {
     use crate::kernels::qdot::BF16_TILE_TOKENS as T;
     debug_assert!(cols % 16 == 0);
-    let at = out.len();
-    out.resize(at + cols * T, 0);
-    let tile = &mut out[at..];
+    let tile = &mut out[..cols * T];
     let n = (x.len() / cols).min(T);
-    for t0 in (0..n).step_by(8) {
+    // Every token group, so that missing tokens are written as zeros.
+    for t0 in (0..T).step_by(8) {
         for c in 0..cols / 16 {
             // SAFETY: reads 16 floats at column 16c of tokens t0 + u < n (zeros past them);
             // writes 8 pairs (16 u16) at pair 8c + u, tokens t0..t0 + 8 of the tile (within

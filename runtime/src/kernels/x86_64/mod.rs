@@ -3,3 +3,4 @@
 #[cfg(feature = "std")]
 pub mod amx;
 pub mod avx2;
+pub mod avx512;

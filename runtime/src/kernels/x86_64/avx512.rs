@@ -1,0 +1,115 @@
+//! AVX-512 versions of the element-wise kernels (softmax, GELU): the AVX2 ones' arithmetic on
+//! sixteen lanes, with masked loads and stores for the tails, `vscalefps` for the powers of two
+//! of `exp`, and a refined reciprocal instead of a division in GELU.
+
+use core::arch::x86_64::*;
+
+/// Mask of the first `n` (at most 16) lanes.
+#[inline(always)]
+fn lanes(n: usize) -> __mmask16 {
+    if n >= 16 {
+        0xffff
+    } else {
+        (1u16 << n) - 1
+    }
+}
+
+/// `e^x` for sixteen lanes: Cephes' range reduction and degree-6 polynomial (as the AVX2
+/// `exp_ps`), scaled by `2^n` with `vscalefps`. Inputs are clamped to `[-87.3, 88.3]`.
+#[inline(always)]
+unsafe fn exp_ps(x: __m512) -> __m512 {
+    // SAFETY: register-only arithmetic under AVX-512F.
+    unsafe {
+        let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3)), _mm512_set1_ps(88.3));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+            x,
+            _mm512_set1_ps(core::f32::consts::LOG2_E),
+        ));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.398_2e-3));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.333_452e-3));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.166_579_6e-2));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.666_666_5e-1));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5));
+        let r2 = _mm512_mul_ps(r, r);
+        let y = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0));
+        _mm512_scalef_ps(y, n)
+    }
+}
+
+/// Softmax of `x` in place, with [`exp_ps`].
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn softmax(x: &mut [f32]) {
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    // SAFETY: every load and store is masked to the lanes below `n`.
+    unsafe {
+        let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+        for i in (0..n).step_by(16) {
+            m = _mm512_max_ps(m, _mm512_mask_loadu_ps(m, lanes(n - i), p.add(i)));
+        }
+        let max = _mm512_set1_ps(_mm512_reduce_max_ps(m));
+        let mut sum = _mm512_setzero_ps();
+        for i in (0..n).step_by(16) {
+            let k = lanes(n - i);
+            let e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, p.add(i)), max));
+            sum = _mm512_mask_add_ps(sum, k, sum, e);
+            _mm512_mask_storeu_ps(p.add(i), k, e);
+        }
+        let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+        for i in (0..n).step_by(16) {
+            let k = lanes(n - i);
+            _mm512_mask_storeu_ps(p.add(i), k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p.add(i)), inv));
+        }
+    }
+}
+
+/// Exact GELU `x Phi(x)` for sixteen lanes, as the AVX2 `gelu_ps` (Abramowitz and Stegun 7.1.26
+/// for `erfc`), with `1 / (1 + p z)` from `vrcp14ps` and one Newton step.
+#[inline(always)]
+unsafe fn gelu_ps(x: __m512) -> __m512 {
+    // SAFETY: register-only arithmetic under AVX-512F.
+    unsafe {
+        let z = _mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(core::f32::consts::FRAC_1_SQRT_2));
+        let d = _mm512_fmadd_ps(_mm512_set1_ps(0.327_591_1), z, _mm512_set1_ps(1.0));
+        let t0 = _mm512_rcp14_ps(d);
+        // t = t0 (2 - d t0): relative error about 2^-28.
+        let t = _mm512_mul_ps(t0, _mm512_fnmadd_ps(d, t0, _mm512_set1_ps(2.0)));
+        let mut p = _mm512_set1_ps(1.061_405_4);
+        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.453_152_1));
+        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421_413_7));
+        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284_496_74));
+        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254_829_6));
+        p = _mm512_mul_ps(p, t);
+        // erfc(z) = p e^{-z^2}; Phi(x) = 1 - erfc/2 for x >= 0, erfc/2 below.
+        let half_erfc = _mm512_mul_ps(
+            _mm512_mul_ps(p, exp_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), z), z))),
+            _mm512_set1_ps(0.5),
+        );
+        let negative = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_setzero_ps());
+        let phi = _mm512_mask_blend_ps(negative, _mm512_sub_ps(_mm512_set1_ps(1.0), half_erfc), half_erfc);
+        _mm512_mul_ps(x, phi)
+    }
+}
+
+/// Exact GELU in place, with [`gelu_ps`].
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn gelu(x: &mut [f32]) {
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    // SAFETY: every load and store is masked to the lanes below `n`.
+    unsafe {
+        for i in (0..n).step_by(16) {
+            let k = lanes(n - i);
+            _mm512_mask_storeu_ps(p.add(i), k, gelu_ps(_mm512_maskz_loadu_ps(k, p.add(i))));
+        }
+    }
+}
