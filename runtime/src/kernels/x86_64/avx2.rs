@@ -193,6 +193,17 @@ pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
+/// `ln 2` in two parts for the range reduction of `exp` (`x - n ln 2` without cancellation).
+pub(crate) const LN2_HI: f32 = 0.693_359_4;
+pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
+/// Cephes' polynomial for `e^r` on the reduced range, highest degree first (times `r^2`,
+/// plus `r + 1`).
+pub(crate) const EXP_POLY: [f32; 6] = [1.987_569_1e-4, 1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
+/// Abramowitz and Stegun 7.1.26: `erfc(z) = t P(t) e^{-z^2}` with `t = 1 / (1 + ERFC_P z)`,
+/// `P`'s coefficients highest degree first.
+pub(crate) const ERFC_P: f32 = 0.327_591_1;
+pub(crate) const ERFC_POLY: [f32; 5] = [1.061_405_4, -1.453_152_1, 1.421_413_7, -0.284_496_74, 0.254_829_6];
+
 /// `e^x` for eight lanes: Cephes' range reduction `x = n ln 2 + r` and its degree-6 polynomial
 /// for `e^r`, scaled by `2^n` through the exponent bits. Inputs are clamped to
 /// `[-87.3, 88.3]`, so the result stays a normal float.
@@ -206,14 +217,12 @@ unsafe fn exp_ps(x: __m256) -> __m256 {
             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
         );
         // r = x - n ln 2, with ln 2 split in two for precision.
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm256_set1_ps(1.987_569_1e-4);
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.398_2e-3));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.333_452e-3));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.166_579_6e-2));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.666_666_5e-1));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+        let mut p = _mm256_set1_ps(EXP_POLY[0]);
+        for c in &EXP_POLY[1..] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
+        }
         let r2 = _mm256_mul_ps(r, r);
         let y = _mm256_add_ps(_mm256_fmadd_ps(p, r2, r), _mm256_set1_ps(1.0));
         // 2^n from the exponent field; n is in [-126, 127] after the clamp.
@@ -308,13 +317,12 @@ unsafe fn gelu_ps(x: __m256) -> __m256 {
         let z = _mm256_mul_ps(_mm256_andnot_ps(sign, x), _mm256_set1_ps(core::f32::consts::FRAC_1_SQRT_2));
         let t = _mm256_div_ps(
             _mm256_set1_ps(1.0),
-            _mm256_fmadd_ps(_mm256_set1_ps(0.327_591_1), z, _mm256_set1_ps(1.0)),
+            _mm256_fmadd_ps(_mm256_set1_ps(ERFC_P), z, _mm256_set1_ps(1.0)),
         );
-        let mut p = _mm256_set1_ps(1.061_405_4);
-        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.453_152_1));
-        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.421_413_7));
-        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.284_496_74));
-        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.254_829_6));
+        let mut p = _mm256_set1_ps(ERFC_POLY[0]);
+        for c in &ERFC_POLY[1..] {
+            p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(*c));
+        }
         p = _mm256_mul_ps(p, t);
         // erfc(z) = p e^{-z^2}; Phi(x) = 1 - erfc/2 for x >= 0, erfc/2 below.
         let half_erfc = _mm256_mul_ps(

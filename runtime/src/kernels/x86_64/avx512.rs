@@ -4,6 +4,8 @@
 
 use core::arch::x86_64::*;
 
+use super::avx2::{ERFC_P, ERFC_POLY, EXP_POLY, LN2_HI, LN2_LO};
+
 /// Mask of the first `n` (at most 16) lanes.
 #[inline(always)]
 fn lanes(n: usize) -> __mmask16 {
@@ -25,14 +27,12 @@ unsafe fn exp_ps(x: __m512) -> __m512 {
             x,
             _mm512_set1_ps(core::f32::consts::LOG2_E),
         ));
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm512_set1_ps(1.987_569_1e-4);
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.398_2e-3));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.333_452e-3));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.166_579_6e-2));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.666_666_5e-1));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+        let mut p = _mm512_set1_ps(EXP_POLY[0]);
+        for c in &EXP_POLY[1..] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
+        }
         let r2 = _mm512_mul_ps(r, r);
         let y = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0));
         _mm512_scalef_ps(y, n)
@@ -76,15 +76,14 @@ unsafe fn gelu_ps(x: __m512) -> __m512 {
     // SAFETY: register-only arithmetic under AVX-512F.
     unsafe {
         let z = _mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(core::f32::consts::FRAC_1_SQRT_2));
-        let d = _mm512_fmadd_ps(_mm512_set1_ps(0.327_591_1), z, _mm512_set1_ps(1.0));
+        let d = _mm512_fmadd_ps(_mm512_set1_ps(ERFC_P), z, _mm512_set1_ps(1.0));
         let t0 = _mm512_rcp14_ps(d);
         // t = t0 (2 - d t0): relative error about 2^-28.
         let t = _mm512_mul_ps(t0, _mm512_fnmadd_ps(d, t0, _mm512_set1_ps(2.0)));
-        let mut p = _mm512_set1_ps(1.061_405_4);
-        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.453_152_1));
-        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421_413_7));
-        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284_496_74));
-        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254_829_6));
+        let mut p = _mm512_set1_ps(ERFC_POLY[0]);
+        for c in &ERFC_POLY[1..] {
+            p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(*c));
+        }
         p = _mm512_mul_ps(p, t);
         // erfc(z) = p e^{-z^2}; Phi(x) = 1 - erfc/2 for x >= 0, erfc/2 below.
         let half_erfc = _mm512_mul_ps(
