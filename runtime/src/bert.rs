@@ -113,6 +113,13 @@ pub trait Hooks {
     /// act here.
     fn linear_output(&mut self, _layer: usize, _part: Block, _x: &[f32], _y: &mut [f32]) {}
 
+    /// Whether [`Hooks::linear_input`] and [`Hooks::linear_output`] must see every linear
+    /// layer. Plain inference ([`NoHooks`]) says no, which lets the feed-forward's first layer
+    /// apply GELU as its kernels store the outputs (no second pass over them).
+    fn sees_linear_layers(&self) -> bool {
+        true
+    }
+
     /// Sees the input of a LayerNorm (`[tokens, H]`).
     fn norm_input(&mut self, _site: NormSite, _x: &[f32]) {}
 
@@ -136,7 +143,11 @@ pub trait Hooks {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoHooks;
 
-impl Hooks for NoHooks {}
+impl Hooks for NoHooks {
+    fn sees_linear_layers(&self) -> bool {
+        false
+    }
+}
 
 /// Hidden states of a packed batch.
 #[derive(Clone, Debug, PartialEq)]
@@ -233,15 +244,21 @@ impl<B: AsRef<[u8]>> Encoder<B> {
     }
 
     fn linear(&self, lin: &Linear, x: &[f32], n: usize) -> Vec<f32> {
-        self.linear_with(lin, &mut Activations::new(x, n), &mut Buffers::default())
+        self.linear_with(lin, &mut Activations::new(x, n), &mut Buffers::default(), false)
     }
 
-    /// The layer's output in a buffer from `pool` (the kernels write every value).
-    fn linear_with(&self, lin: &Linear, x: &mut Activations<'_>, pool: &mut Buffers) -> Vec<f32> {
+    /// The layer's output in a buffer from `pool` (the kernels write every value), through
+    /// GELU if `gelu`.
+    fn linear_with(&self, lin: &Linear, x: &mut Activations<'_>, pool: &mut Buffers, gelu: bool) -> Vec<f32> {
         let bytes = self.bytes();
         let w = lin.weight.view(bytes);
         let mut y = pool.take(x.tokens() * w.rows);
-        kernels::linear_with(x, &w, &lin.bias.f32s(bytes), &mut y);
+        let (w, bias) = (&w, &lin.bias.f32s(bytes));
+        if gelu {
+            kernels::linear_gelu_with(x, w, bias, &mut y);
+        } else {
+            kernels::linear_with(x, w, bias, &mut y);
+        }
         y
     }
 
@@ -413,7 +430,7 @@ impl<B: AsRef<[u8]>> Encoder<B> {
                     hooks.linear_output(l, part, &replaced, &mut y);
                     return y;
                 }
-                let mut y = self.linear_with(lin, act, pool);
+                let mut y = self.linear_with(lin, act, pool, false);
                 hooks.linear_output(l, part, inp, &mut y);
                 y
             };
@@ -431,8 +448,14 @@ impl<B: AsRef<[u8]>> Encoder<B> {
             a.iter_mut().zip(&x).for_each(|(a, x)| *a += x);
             self.hooked_norm(&layer.attn_norm, NormSite::Attention(l), &mut a, hooks);
             // Feed-forward with exact GELU, then residual and LayerNorm.
-            let mut u = proj(hooks, &mut pool, Block::FfnUp, &layer.up, &mut Activations::new(&a, n));
-            kernels::gelu(&mut u);
+            let mut up_in = Activations::new(&a, n);
+            let u = if hooks.sees_linear_layers() {
+                let mut u = proj(hooks, &mut pool, Block::FfnUp, &layer.up, &mut up_in);
+                kernels::gelu(&mut u);
+                u
+            } else {
+                self.linear_with(&layer.up, &mut up_in, &mut pool, true)
+            };
             let mut d = proj(hooks, &mut pool, Block::FfnDown, &layer.down, &mut Activations::new(&u, n));
             d.iter_mut().zip(&a).for_each(|(d, a)| *d += a);
             self.hooked_norm(&layer.out_norm, NormSite::Output(l), &mut d, hooks);

@@ -344,7 +344,7 @@ fn bf16_kernels_match_the_reference() {
             let ld = nr + rng.gen_range(0..3);
             const SENTINEL: f32 = -7.0e30;
             let mut reference = vec![SENTINEL; ntok * ld];
-            generic::gemm_bf16_32xn(&want, cols, &packed, nt, &bias, &mut reference, ld, nr, ntok);
+            generic::gemm_bf16_32xn(&want, cols, &packed, nt, &bias, &mut reference, ld, nr, ntok, false);
             for k in &sets {
                 let bk = k.bf16.unwrap();
                 let mut got = vec![0u16; 32 * cols];
@@ -368,9 +368,15 @@ fn bf16_kernels_match_the_reference() {
                 qdot::convert_bf16(&x, &mut conv_ref);
                 assert!(conv == conv_ref, "{} conversion to bf16", k.name);
                 let mut out = vec![SENTINEL; ntok * ld];
-                (bk.gemm)(&want, cols, &packed, nt, &bias, &mut out, ld, nr, ntok);
+                (bk.gemm)(&want, cols, &packed, nt, &bias, &mut out, ld, nr, ntok, false);
+                // With GELU as the outputs are stored.
+                let mut out_gelu = vec![SENTINEL; ntok * ld];
+                (bk.gemm)(&want, cols, &packed, nt, &bias, &mut out_gelu, ld, nr, ntok, true);
+                let mut reference_gelu = vec![SENTINEL; ntok * ld];
+                generic::gemm_bf16_32xn(&want, cols, &packed, nt, &bias, &mut reference_gelu, ld, nr, ntok, true);
                 let untouched = |v: &Vec<f32>| (0..ntok * ld).filter(|i| i % ld >= nr).all(|i| v[i] == SENTINEL);
                 assert!(untouched(&out) && untouched(&reference), "{} wrote past row {nr}", k.name);
+                assert!(untouched(&out_gelu), "{} wrote past row {nr} with GELU", k.name);
                 for t in 0..ntok {
                     let tile = &packed[t / 16 * 16 * cols..];
                     for r in 0..nr {
@@ -385,6 +391,13 @@ fn bf16_kernels_match_the_reference() {
                         assert!(
                             (v - e).abs() <= BF16_GEMM_REL_TOL * scale,
                             "{} {ty} k={cols} [{t}, {r}]: {v} vs {e}",
+                            k.name
+                        );
+                        // GELU's slope is at most 1.13: the sums' difference, plus GELU's own.
+                        let (v, e) = (out_gelu[t * ld + r], reference_gelu[t * ld + r]);
+                        assert!(
+                            (v - e).abs() <= 1.13 * BF16_GEMM_REL_TOL * scale + GELU_ABS_TOL * e.abs().max(1.0),
+                            "{} {ty} k={cols} [{t}, {r}] with GELU: {v} vs {e}",
                             k.name
                         );
                     }
@@ -578,6 +591,17 @@ fn quantized_linear_matches_block_dots_at_every_position() {
             // NaN before: the layer writes every output (the encoder hands it reused buffers).
             let mut got = vec![f32::NAN; n * rows];
             kernels::linear(&x, n, &m, &bias, &mut got);
+            // The layer with GELU (fused into the bf16 kernels' stores) is GELU of the layer.
+            let mut fused = vec![f32::NAN; n * rows];
+            kernels::linear_gelu_with(&mut kernels::Activations::new(&x, n), &m, &bias, &mut fused);
+            let mut want_gelu = got.clone();
+            generic::gelu(&mut want_gelu);
+            for (i, (f, w)) in fused.iter().zip(&want_gelu).enumerate() {
+                assert!(
+                    (f - w).abs() <= 2.0 * GELU_ABS_TOL * got[i].abs().max(1.0),
+                    "{ty} {rows}x{cols}, {n} tokens, GELU at {i}: {f} vs {w}"
+                );
+            }
             // Sets with bf16 kernels take the weights and activations in bf16 (from
             // `bf16_min_tokens` tokens).
             let bf16 = kernels::active().bf16.is_some() && n >= kernels::bf16_min_tokens(ty);

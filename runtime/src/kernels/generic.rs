@@ -165,7 +165,8 @@ pub fn dot_q4_0_2x8(w: [&[u8]; 2], p: &[Panel16]) -> [f32; 16] {
 /// Scalar reference of the bf16 strip product: thirty-two weight rows decoded to bf16 (`a`,
 /// rows of `k`, row-major) against `nt` packed tiles of sixteen tokens (`b`, in
 /// [`qdot::pack_bf16_tile`]'s layout): `out[t * ld + r] = bias[r] + sum_i a[r][i] * x_t[i]` for
-/// the first `ntok` tokens and `nr` rows, products and sums in f32 over value pairs in order.
+/// the first `ntok` tokens and `nr` rows, products and sums in f32 over value pairs in order;
+/// with `gelu`, each output goes through [`gelu`].
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_bf16_32xn(
     a: &[u16],
@@ -177,6 +178,7 @@ pub fn gemm_bf16_32xn(
     ld: usize,
     nr: usize,
     ntok: usize,
+    gelu: bool,
 ) {
     use crate::kernels::qdot::{bf16_value, BF16_TILE_TOKENS as T};
     for t in 0..ntok.min(nt * T) {
@@ -189,6 +191,9 @@ pub fn gemm_bf16_32xn(
                 s += bf16_value(row[2 * p]) * bf16_value(x[0]) + bf16_value(row[2 * p + 1]) * bf16_value(x[1]);
             }
             out[t * ld + r] = s + bias[r];
+            if gelu {
+                self::gelu(&mut out[t * ld + r..t * ld + r + 1]);
+            }
         }
     }
 }

@@ -87,7 +87,7 @@ pub struct Bf16Kernels {
     /// f32 values rounded to bf16, as [`qdot::bf16_bits`]: `(x, out)`.
     pub convert: fn(&[f32], &mut [u16]),
     /// Thirty-two bf16 weight rows against `nt` token tiles, as [`generic::gemm_bf16_32xn`]:
-    /// `(a, k, b, nt, bias, out, ld, nr, ntok)`, `out[token * ld + row]`.
+    /// `(a, k, b, nt, bias, out, ld, nr, ntok, gelu)`, `out[token * ld + row]`.
     pub gemm: Bf16Gemm,
 }
 
@@ -99,8 +99,8 @@ pub const BF16_REFERENCE: Bf16Kernels = Bf16Kernels {
     gemm: generic::gemm_bf16_32xn,
 };
 
-/// The bf16 strip product's signature: `(a, k, b, nt, bias, out, ld, nr, ntok)`.
-pub type Bf16Gemm = fn(&[u16], usize, &[u16], usize, &[f32; 32], &mut [f32], usize, usize, usize);
+/// The bf16 strip product's signature: `(a, k, b, nt, bias, out, ld, nr, ntok, gelu)`.
+pub type Bf16Gemm = fn(&[u16], usize, &[u16], usize, &[f32; 32], &mut [f32], usize, usize, usize, bool);
 
 /// The scalar references.
 pub const GENERIC: KernelSet = KernelSet {
@@ -341,13 +341,14 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
         ld: usize,
         nr: usize,
         ntok: usize,
+        gelu: bool,
     ) {
         let t = qdot::BF16_TILE_TOKENS;
         assert!(k % 32 == 0 && a.len() >= 32 * k && b.len() >= nt * t * k);
         assert!(nr <= 32 && nr <= ld && ntok <= nt * t && (ntok == 0 || out.len() >= (ntok - 1) * ld + nr));
-        // SAFETY: only handed out after `amx::available_bf16()` and detecting AVX2; lengths
-        // asserted.
-        unsafe { x86_64::amx::gemm_bf16_32xn(a, k, b, nt, bias, out, ld, nr, ntok) }
+        // SAFETY: only handed out after `amx::available_bf16()` and detecting AVX2 and FMA;
+        // lengths asserted.
+        unsafe { x86_64::amx::gemm_bf16_32xn(a, k, b, nt, bias, out, ld, nr, ntok, gelu) }
     }
     #[allow(unsafe_code)]
     fn softmax512(x: &mut [f32]) {
@@ -661,6 +662,8 @@ struct LinearJob<'a> {
     w: &'a Matrix<'a>,
     bias: &'a [f32],
     act: &'a Activations<'a>,
+    /// GELU applied by the kernels as they store (bf16 strips only).
+    gelu: bool,
 }
 
 /// Where a linear layer's outputs go: `y[(t - t0) * ts + (o - r0) * os]` for token `t` and
@@ -971,9 +974,9 @@ impl LinearJob<'_> {
             let bias: [f32; BF16_ROWS] = core::array::from_fn(|i| self.bias_of(c0 + i));
             if let (true, Dest::Own(y)) = (direct, &mut out.y) {
                 let at = (tokens.start - out.t0) * out.ts + c0 - out.r0;
-                (bk.gemm)(&strip, cols, b, nt, &bias, &mut y[at..], out.ts, c1 - c0, tokens.len());
+                (bk.gemm)(&strip, cols, b, nt, &bias, &mut y[at..], out.ts, c1 - c0, tokens.len(), self.gelu);
             } else {
-                (bk.gemm)(&strip, cols, b, nt, &bias, &mut r, BF16_ROWS, c1 - c0, tokens.len());
+                (bk.gemm)(&strip, cols, b, nt, &bias, &mut r, BF16_ROWS, c1 - c0, tokens.len(), self.gelu);
                 for (t, r) in tokens.clone().zip(r.chunks_exact(BF16_ROWS)) {
                     out.put_rows(t, c0, &r[..c1 - c0]);
                 }
@@ -996,12 +999,27 @@ pub fn linear(x: &[f32], n: usize, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) 
 /// [`linear`] over prepared activations: layers that read the same input share `act`, and
 /// with it the input's quantized and packed forms.
 pub fn linear_with(act: &mut Activations<'_>, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) {
+    linear_job(act, w, bias, y, false);
+}
+
+/// [`linear_with`] followed by the exact GELU ([`gelu`]): the bf16 kernels apply it as they
+/// store each output (no second pass over `y`), the others after the product.
+pub fn linear_gelu_with(act: &mut Activations<'_>, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) {
+    if !linear_job(act, w, bias, y, true) {
+        gelu(y);
+    }
+}
+
+/// The linear layer's frame; with `gelu`, the bf16 kernels apply GELU to the outputs. Returns
+/// whether they did.
+fn linear_job(act: &mut Activations<'_>, w: &Matrix<'_>, bias: &[f32], y: &mut [f32], gelu: bool) -> bool {
     let k = active();
     let (n, rows, cols) = (act.n, w.rows, w.cols);
     debug_assert_eq!(act.x.len(), n * cols);
     debug_assert_eq!(y.len(), n * rows);
     act.prepare(k, w.ty, cols);
-    let job = LinearJob { k, w, bias, act };
+    let gelu = gelu && k.bf16.is_some() && !act.bf16.is_empty();
+    let job = LinearJob { k, w, bias, act, gelu };
     #[cfg(feature = "std")]
     {
         use rayon::prelude::*;
@@ -1034,7 +1052,7 @@ pub fn linear_with(act: &mut Activations<'_>, w: &Matrix<'_>, bias: &[f32], y: &
                         },
                     );
                 });
-                return;
+                return gelu;
             }
             if n >= 8 * threads {
                 // Whole tokens per task: each writes its own rows of `y`. The bf16 kernels
@@ -1090,7 +1108,7 @@ pub fn linear_with(act: &mut Activations<'_>, w: &Matrix<'_>, bias: &[f32], y: &
                     }
                 }
             }
-            return;
+            return gelu;
         }
     }
     job.run(
@@ -1104,6 +1122,7 @@ pub fn linear_with(act: &mut Activations<'_>, w: &Matrix<'_>, bias: &[f32], y: &
             os: 1,
         },
     );
+    gelu
 }
 
 /// The backward of [`linear`] with respect to its input: `dx[t, i] += sum_o dy[t, o] * W[o, i]`
@@ -1228,7 +1247,7 @@ pub fn attention_bf16_with(
     let mut scores = alloc::vec![0f32; n * m];
     for j0 in (0..n).step_by(BF16_ROWS) {
         let nr = (n - j0).min(BF16_ROWS);
-        (bk.gemm)(&kr[j0 * dh..], dh, &qt, nt, &zero, &mut scores[j0..], m, nr, n);
+        (bk.gemm)(&kr[j0 * dh..], dh, &qt, nt, &zero, &mut scores[j0..], m, nr, n, false);
     }
     for row in scores.chunks_exact_mut(m) {
         softmax(&mut row[..n]);
@@ -1244,7 +1263,7 @@ pub fn attention_bf16_with(
     }
     let mut out = alloc::vec![0f32; n * dh];
     for d0 in (0..dh).step_by(BF16_ROWS) {
-        (bk.gemm)(&vt[d0 * m..], m, &pt, nt, &zero, &mut out[d0..], dh, BF16_ROWS, n);
+        (bk.gemm)(&vt[d0 * m..], m, &pt, nt, &zero, &mut out[d0..], dh, BF16_ROWS, n, false);
     }
     out
 }

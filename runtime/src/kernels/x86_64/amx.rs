@@ -213,16 +213,17 @@ const CONFIG_BF16: TileConfig = {
 /// Thirty-two weight rows in bf16 (`a`, rows of `k` values, `k` a multiple of 32) against
 /// `nt` tiles of sixteen tokens packed by [`crate::kernels::qdot::pack_bf16_tile`] (`b`):
 /// `out[t * ld + r] = bias[r] + sum a[r][i] * x_t[i]` for the first `ntok` tokens and `nr`
-/// rows, accumulated in f32 by `tdpbf16ps`. Token tiles go in pairs against 2 x 2 tiles of sums (each weight tile serves
+/// rows, accumulated in f32 by `tdpbf16ps`; with `gelu`, each output goes through the AVX2
+/// GELU as it is stored. Token tiles go in pairs against 2 x 2 tiles of sums (each weight tile serves
 /// both token tiles and each token tile both weight tiles); one tile configuration serves the
 /// whole call.
 ///
 /// # Safety
-/// [`available_bf16`] returned true; the CPU supports AVX2; `a.len() >= 32 * k`,
+/// [`available_bf16`] returned true; the CPU supports AVX2 and FMA; `a.len() >= 32 * k`,
 /// `b.len() >= nt * 16 * k`, `k % 32 == 0`, `nr <= 32`, `nr <= ld`, `ntok <= 16 * nt`, and
 /// `out.len() >= (ntok - 1) * ld + nr` when `ntok > 0`.
 #[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 pub unsafe fn gemm_bf16_32xn(
     a: &[u16],
     k: usize,
@@ -233,6 +234,7 @@ pub unsafe fn gemm_bf16_32xn(
     ld: usize,
     nr: usize,
     ntok: usize,
+    gelu: bool,
 ) {
     debug_assert!(k % 32 == 0 && nr <= 32 && nr <= ld && ntok <= 16 * nt);
     debug_assert!(a.len() >= 32 * k && b.len() >= nt * 16 * k);
@@ -333,10 +335,14 @@ pub unsafe fn gemm_bf16_32xn(
                         let t0 = 16 * j + 8 * th;
                         for (u, v) in v.iter().enumerate().take(ntok - t0) {
                             let o = out.as_mut_ptr().add((t0 + u) * ld + r0);
+                            let mut v = _mm256_add_ps(*v, bv);
+                            if gelu {
+                                v = crate::kernels::x86_64::avx2::gelu_ps(v);
+                            }
                             if r0 + 8 <= nr {
-                                _mm256_storeu_ps(o, _mm256_add_ps(*v, bv));
+                                _mm256_storeu_ps(o, v);
                             } else {
-                                _mm256_maskstore_ps(o, masks[g], _mm256_add_ps(*v, bv));
+                                _mm256_maskstore_ps(o, masks[g], v);
                             }
                         }
                     }

@@ -310,7 +310,7 @@ pub unsafe fn softmax(x: &mut [f32]) {
 /// Exact GELU `x Phi(x)` for eight lanes, with `erfc` from Abramowitz and Stegun 7.1.26 (absolute
 /// error below 1.5e-7) on `|x| / sqrt 2`, so `Phi` keeps its precision for negative `x`.
 #[inline(always)]
-unsafe fn gelu_ps(x: __m256) -> __m256 {
+pub(crate) unsafe fn gelu_ps(x: __m256) -> __m256 {
     // SAFETY: register-only arithmetic under AVX2 + FMA.
     unsafe {
         let sign = _mm256_set1_ps(-0.0);
