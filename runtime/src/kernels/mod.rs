@@ -219,11 +219,9 @@ pub fn avx2() -> Option<KernelSet> {
     }
     #[allow(unsafe_code)]
     fn pack_offset(x: &[f32], cols: usize, out: &mut Vec<OffsetPanel>) {
-        qdot::pack_offset_panel_with(x, cols, out, |chunk| {
-            assert_eq!(chunk.len(), QK);
-            // SAFETY: this set is only handed out after detecting AVX2; length asserted.
-            unsafe { x86_64::avx2::quantize_block_i8(chunk, 127.0) }
-        })
+        assert!(cols % QK == 0 && x.len() % cols.max(1) == 0 && x.len() / cols.max(1) <= PANEL_TOKENS);
+        // SAFETY: this set is only handed out after detecting AVX2; shape asserted.
+        unsafe { x86_64::avx2::pack_offset_panel(x, cols, out) }
     }
     #[allow(unsafe_code)]
     fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {

@@ -10,6 +10,7 @@ use core::arch::asm;
 use core::arch::x86_64::*;
 
 use crate::kernels::qdot::{OffsetPanel, Q8_0_BLOCK_BYTES};
+use crate::kernels::x86_64::avx2::transpose8;
 
 /// Weight rows per tile product.
 pub const AMX_ROWS: usize = 16;
@@ -184,15 +185,20 @@ pub unsafe fn dot_q8_0_16x8(
         }
         asm!("tilerelease", options(nostack, nomem, preserves_flags));
     }
-    // Rows by token: transpose each group's 16 x 8 block.
-    let mut by_row = [[[0f32; 8]; AMX_ROWS]; AMX_GROUPS];
-    for (o, a) in by_row.iter_mut().zip(&acc) {
-        for (o, a) in o.iter_mut().zip(a) {
-            // SAFETY: stores 8 floats into an 8-float array.
-            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), *a) };
+    // Tokens by row: each group's two 8 x 8 blocks (rows 0-7, 8-15) transposed.
+    let mut out = [[0f32; AMX_ROWS]; 8 * AMX_GROUPS];
+    for (g, a) in acc.iter().enumerate() {
+        for h in 0..2 {
+            // SAFETY: register shuffles; each store writes 8 floats of a 16-float row of `out`.
+            unsafe {
+                let v = transpose8(core::array::from_fn(|u| a[8 * h + u]));
+                for (u, v) in v.iter().enumerate() {
+                    _mm256_storeu_ps(out[8 * g + u].as_mut_ptr().add(8 * h), *v);
+                }
+            }
         }
     }
-    core::array::from_fn(|i| core::array::from_fn(|r| by_row[i / 8][r][i % 8]))
+    out
 }
 
 /// The tile configuration of the bf16 strip product: all eight tiles 16 rows of 64 bytes;
@@ -354,39 +360,6 @@ pub unsafe fn gemm_bf16_32xn(
     unsafe { asm!("tilerelease", options(nostack, nomem, preserves_flags)) };
 }
 
-/// The transpose of an 8 x 8 block of f32 (rows in, columns out).
-#[inline(always)]
-unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
-    // SAFETY: register shuffles only; AVX is enabled by the callers' target_feature.
-    unsafe {
-        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-        let u1 = _mm256_shuffle_ps::<0xee>(t0, t2);
-        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-        let u3 = _mm256_shuffle_ps::<0xee>(t1, t3);
-        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-        let u5 = _mm256_shuffle_ps::<0xee>(t4, t6);
-        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-        let u7 = _mm256_shuffle_ps::<0xee>(t5, t7);
-        [
-            _mm256_permute2f128_ps::<0x20>(u0, u4),
-            _mm256_permute2f128_ps::<0x20>(u1, u5),
-            _mm256_permute2f128_ps::<0x20>(u2, u6),
-            _mm256_permute2f128_ps::<0x20>(u3, u7),
-            _mm256_permute2f128_ps::<0x31>(u0, u4),
-            _mm256_permute2f128_ps::<0x31>(u1, u5),
-            _mm256_permute2f128_ps::<0x31>(u2, u6),
-            _mm256_permute2f128_ps::<0x31>(u3, u7),
-        ]
-    }
-}
 
 /// Sixteen f32 (two vectors, `lo` first) rounded to bf16 as [`crate::kernels::qdot::bf16_bits`]
 /// does.

@@ -743,3 +743,92 @@ pub unsafe fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
         }
     }
 }
+
+/// The transpose of an 8 x 8 block of f32 (rows in, columns out).
+#[inline(always)]
+pub(crate) unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    // SAFETY: register shuffles only; AVX is enabled by the callers' target_feature.
+    unsafe {
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xee>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xee>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xee>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xee>(t5, t7);
+        [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ]
+    }
+}
+
+/// [`crate::kernels::qdot::pack_offset_panel`] with the blocks quantized as
+/// [`quantize_block_i8`] does (bit for bit), eight tokens at a time: each token's 32 values
+/// (eight groups of four bytes, one vector) are transposed with the others' into the panel's
+/// eight rows of groups.
+///
+/// # Safety
+/// The CPU must support AVX2; `x` holds at most eight tokens of `cols` values, a multiple of 32.
+#[target_feature(enable = "avx2")]
+pub unsafe fn pack_offset_panel(x: &[f32], cols: usize, out: &mut Vec<OffsetPanel>) {
+    use crate::kernels::qdot::PANEL_TOKENS;
+    let ntok = x.len() / cols;
+    debug_assert!(ntok <= PANEL_TOKENS && cols % QK == 0 && x.len() == ntok * cols);
+    out.reserve(cols / QK);
+    for b in 0..cols / QK {
+        let mut p = OffsetPanel {
+            d: [0.0; PANEL_TOKENS],
+            corr: [0; PANEL_TOKENS],
+            qs: [[0; 32]; QK / 4],
+        };
+        let mut rows = [_mm256_setzero_ps(); PANEL_TOKENS];
+        for (t, row) in rows.iter_mut().enumerate().take(ntok) {
+            // SAFETY: token t's block b is 32 floats within `x` (t < ntok, b < cols / 32).
+            unsafe {
+                let (d, q) = quantize_lanes(x.as_ptr().add(t * cols + b * QK), 127.0);
+                p.d[t] = d;
+                let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+                p.corr[t] = 128 * hsum_ps_bits(s);
+                // i32 -> i16 -> i8 packs work per 128-bit lane; the permute restores the order.
+                let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+                let bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+                *row = _mm256_castsi256_ps(bytes);
+            }
+        }
+        // SAFETY: register shuffles; each store writes one 32-byte row of `p.qs`.
+        unsafe {
+            for (g, v) in transpose8(rows).iter().enumerate() {
+                _mm256_storeu_ps(p.qs[g].as_mut_ptr() as *mut f32, *v);
+            }
+        }
+        out.push(p);
+    }
+}
+
+/// The sum of eight i32 lanes.
+#[inline(always)]
+unsafe fn hsum_ps_bits(v: __m256i) -> i32 {
+    // SAFETY: register-only arithmetic under AVX2.
+    unsafe {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+        _mm_cvtsi128_si32(s)
+    }
+}
