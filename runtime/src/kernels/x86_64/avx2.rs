@@ -397,14 +397,21 @@ unsafe fn quantize_block_at(c: *const f32, max: f32) -> (f32, [i8; QK]) {
     // SAFETY: the caller's contract covers the loads; the store writes the local `qs`.
     unsafe {
         let (d, q) = quantize_lanes(c, max);
-        // i32 -> i16 -> i8 packs work per 128-bit lane; the permute restores the order.
-        let w01 = _mm256_packs_epi32(q[0], q[1]);
-        let w23 = _mm256_packs_epi32(q[2], q[3]);
-        let b = _mm256_packs_epi16(w01, w23);
-        let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         let mut qs = [0i8; QK];
-        _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, b);
+        _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, bytes_in_order(q));
         (d, qs)
+    }
+}
+
+/// The 32 values of [`quantize_lanes`] (four vectors of eight i32, each within `i8`) as 32
+/// bytes in order.
+#[inline(always)]
+unsafe fn bytes_in_order(q: [__m256i; 4]) -> __m256i {
+    // SAFETY: register-only arithmetic under AVX2.
+    unsafe {
+        // i32 -> i16 -> i8 packs work per 128-bit lane; the permute restores the order.
+        let b = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
     }
 }
 
@@ -804,11 +811,8 @@ pub unsafe fn pack_offset_panel(x: &[f32], cols: usize, out: &mut Vec<OffsetPane
                 let (d, q) = quantize_lanes(x.as_ptr().add(t * cols + b * QK), 127.0);
                 p.d[t] = d;
                 let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-                p.corr[t] = 128 * hsum_ps_bits(s);
-                // i32 -> i16 -> i8 packs work per 128-bit lane; the permute restores the order.
-                let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-                let bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-                *row = _mm256_castsi256_ps(bytes);
+                p.corr[t] = 128 * hsum_epi32(s);
+                *row = _mm256_castsi256_ps(bytes_in_order(q));
             }
         }
         // SAFETY: register shuffles; each store writes one 32-byte row of `p.qs`.
@@ -823,7 +827,7 @@ pub unsafe fn pack_offset_panel(x: &[f32], cols: usize, out: &mut Vec<OffsetPane
 
 /// The sum of eight i32 lanes.
 #[inline(always)]
-unsafe fn hsum_ps_bits(v: __m256i) -> i32 {
+unsafe fn hsum_epi32(v: __m256i) -> i32 {
     // SAFETY: register-only arithmetic under AVX2.
     unsafe {
         let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
