@@ -7,6 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 log() { printf '[test] %s\n' "$*" >&2; }
+# One-shot builds: incremental caches only cost disk (about 1 GB) and time here.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+# The whole run needs about 12 GB of disk (target/ about 6, PEFT's torch with its CUDA wheels
+# about 6): say how much there is, at the start and at the end, so a full disk is plain to see.
+disk() { log "disk: $(df -h --output=avail . | tail -1 | tr -d ' ') free, target/ $(du -sh target 2>/dev/null | cut -f1)"; }
+disk
 
 log "rust targets and the ARM cross toolchains"
 TARGETS=(thumbv7em-none-eabihf aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
@@ -27,16 +33,17 @@ cargo build --quiet -p petal-board --target thumbv7em-none-eabihf
 
 log "cargo test --workspace"
 mkdir -p target
-set +e  # keep going to print the duration and the summary; the exit status is kept
+set +e  # every stage runs, to print all failures, the duration and the summary
 cargo test --workspace 2>&1 | tee target/test.log
 status=${PIPESTATUS[0]}
+failed=()
+[ "$status" = 0 ] || failed+=("cargo test --workspace")
+disk
 
 # PEFT itself loads the adapter directories petal writes (installs torch, transformers, peft).
 log "PEFT loads petal's adapters (tests/interop/peft_load.sh)"
-if [ "$status" = 0 ]; then
-  bash tests/interop/peft_load.sh target/debug/petal 2>&1 | tee -a target/test.log
-  status=${PIPESTATUS[0]}
-fi
+bash tests/interop/peft_load.sh target/debug/petal 2>&1 | tee -a target/test.log
+[ "${PIPESTATUS[0]}" = 0 ] || failed+=("PEFT loading")
 
 # The runtime's suite on ARM Linux under qemu-user (.cargo/config.toml sets linkers and
 # runners): aarch64 on QEMU's default CPU and on a Cortex-A53 (no dotprod, no i8mm), and armv7.
@@ -44,11 +51,13 @@ for run in "aarch64-unknown-linux-gnu:" "aarch64-unknown-linux-gnu:cortex-a53" "
   target=${run%%:*} cpu=${run#*:}
   log "petal-runtime tests on $target under qemu${cpu:+ (QEMU_CPU=$cpu)}"
   if [ -n "$cpu" ]; then export QEMU_CPU=$cpu; else unset QEMU_CPU; fi
-  if [ "$status" = 0 ]; then
-    cargo test -p petal-runtime --target "$target" 2>&1 | tee -a target/test.log
-    status=${PIPESTATUS[0]}
-  fi
+  cargo test -p petal-runtime --target "$target" 2>&1 | tee -a target/test.log
+  [ "${PIPESTATUS[0]}" = 0 ] || failed+=("$target${cpu:+ ($cpu)}")
 done
+disk
 log "finished in $(( $(date +%s) - start )) s"
 grep -h "^test result:" target/test.log | awk '{p+=$4; f+=$6} END {printf "summary: %d passed, %d failed\n", p, f}'
-exit "$status"
+if [ "${#failed[@]}" -gt 0 ]; then
+  log "FAILED: ${failed[*]}"
+  exit 1
+fi

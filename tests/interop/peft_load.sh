@@ -15,7 +15,7 @@ if ! "$VENV/bin/python" -c "import torch, transformers, peft, safetensors" 2>/de
   log "installing ${PINS[*]} into $VENV"
   start=$(date +%s)
   python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PINS[@]}"
+  "$VENV/bin/python" -m pip install --quiet --no-cache-dir --disable-pip-version-check "${PINS[@]}"
   log "installed in $(( $(date +%s) - start )) s"
 fi
 
