@@ -315,10 +315,21 @@ fn bf16_kernels_match_the_reference() {
         let blocks = rng.gen_range(1..50);
         let cols = blocks * QK;
         for ty in [TensorType::Q8_0, TensorType::Q4_0] {
-            let rows = random_rows(&mut rng, 32, blocks, ty);
-            let mut want = vec![0u16; 32 * cols];
-            for (r, o) in rows.iter().zip(want.chunks_exact_mut(cols)) {
+            // A full strip or a partial one (the rows past `nr` are zeros).
+            let nr = if rng.gen_bool(0.5) { 32 } else { rng.gen_range(1..=32) };
+            let rows = random_rows(&mut rng, nr, blocks, ty);
+            let data: Vec<u8> = rows.concat();
+            let mut by_row = vec![0u16; nr * cols];
+            for (r, o) in rows.iter().zip(by_row.chunks_exact_mut(cols)) {
                 qdot::dequantize_row_bf16(ty, r, o);
+            }
+            let mut want = vec![0x7fc1u16; 32 * cols];
+            qdot::dequantize_strip_bf16(ty, &data, nr, cols, &mut want);
+            for r in 0..32 {
+                for i in 0..cols {
+                    let v = if r < nr { by_row[r * cols + i] } else { 0 };
+                    assert_eq!(want[qdot::strip_index(r, i, cols)], v, "reference strip [{r}, {i}]");
+                }
             }
             let ntok = rng.gen_range(1..=5 * qdot::BF16_TILE_TOKENS);
             let mut x = Vec::new();
@@ -334,56 +345,57 @@ fn bf16_kernels_match_the_reference() {
                 let at = rng.gen_range(0..x.len());
                 x[at] = if i == 2 { v / 16.0 } else { v };
             }
-            let mut packed = Vec::new();
+            let mut packed = qdot::Bf16Buf::new();
             qdot::pack_bf16_tiles_with(qdot::pack_bf16_tile, &x, cols, &mut packed);
+            let packed = packed.as_slice().to_vec();
             let nt = ntok.div_ceil(qdot::BF16_TILE_TOKENS);
             let bias: [f32; 32] = std::array::from_fn(|_| rng.gen_range(-1.0..1.0));
             // Rows and tokens stored: a partial strip and partial last tile at times, into
             // rows of `ld` (others keep the sentinel).
-            let nr = if rng.gen_bool(0.5) { 32 } else { rng.gen_range(1..=32) };
             let ld = nr + rng.gen_range(0..3);
             const SENTINEL: f32 = -7.0e30;
             let mut reference = vec![SENTINEL; ntok * ld];
-            generic::gemm_bf16_32xn(&want, cols, &packed, nt, &bias, &mut reference, ld, nr, ntok, false);
+            generic::gemm_bf16_32xn(&want, cols, &packed, nt, &bias, &mut reference, ld, nr, ntok, false, &[]);
             for k in &sets {
                 let bk = k.bf16.unwrap();
-                let mut got = vec![0u16; 32 * cols];
-                for (r, o) in rows.iter().zip(got.chunks_exact_mut(cols)) {
-                    (bk.dequantize)(ty, r, o);
-                }
-                assert!(got == want, "{} {ty} rows in bf16", k.name);
+                let mut got = vec![0x7fc1u16; 32 * cols];
+                (bk.dequantize)(ty, &data, nr, cols, &mut got);
+                assert!(got == want, "{} {ty} strip of {nr} rows in bf16", k.name);
                 // Over stale values: the packing writes every value of its tile.
-                let mut got = vec![0x7fc1u16; 5];
+                let mut got = qdot::Bf16Buf::zeros(5);
+                got.as_mut_slice().fill(0x7fc1);
                 qdot::pack_bf16_tiles_with(bk.pack, &x, cols, &mut got);
-                assert!(got[5..] == packed[..], "{} activations in bf16", k.name);
+                assert!(got.as_slice()[5..] == packed[..], "{} activations in bf16", k.name);
+                assert!(got.as_slice()[..5].iter().all(|&v| v == 0x7fc1), "{} kept the values before", k.name);
                 let few = &x[..cols * ntok.min(3)];
                 let mut tile = vec![0x7fc1u16; cols * qdot::BF16_TILE_TOKENS];
                 let mut want_tile = vec![0x7fc1u16; tile.len()];
                 (bk.pack)(few, cols, &mut tile);
                 qdot::pack_bf16_tile(few, cols, &mut want_tile);
                 assert!(tile == want_tile, "{} a short tile over stale values", k.name);
-                let mut conv = vec![0u16; x.len()];
-                let mut conv_ref = vec![0u16; x.len()];
-                (bk.convert)(&x, &mut conv);
-                qdot::convert_bf16(&x, &mut conv_ref);
-                assert!(conv == conv_ref, "{} conversion to bf16", k.name);
+                // f32 rows as a strip (attention's keys and values), from 1 to 32 rows.
+                let few = &x[..cols * ntok.min(32)];
+                let mut strip = vec![0x7fc1u16; 32 * cols];
+                let mut strip_ref = vec![0x7fc1u16; 32 * cols];
+                (bk.strip)(few, cols, &mut strip);
+                qdot::pack_bf16_strip(few, cols, &mut strip_ref);
+                assert!(strip == strip_ref, "{} f32 rows as a bf16 strip", k.name);
                 let mut out = vec![SENTINEL; ntok * ld];
-                (bk.gemm)(&want, cols, &packed, nt, &bias, &mut out, ld, nr, ntok, false);
+                (bk.gemm)(&want, cols, &packed, nt, &bias, &mut out, ld, nr, ntok, false, &data);
                 // With GELU as the outputs are stored.
                 let mut out_gelu = vec![SENTINEL; ntok * ld];
-                (bk.gemm)(&want, cols, &packed, nt, &bias, &mut out_gelu, ld, nr, ntok, true);
+                (bk.gemm)(&want, cols, &packed, nt, &bias, &mut out_gelu, ld, nr, ntok, true, &[]);
                 let mut reference_gelu = vec![SENTINEL; ntok * ld];
-                generic::gemm_bf16_32xn(&want, cols, &packed, nt, &bias, &mut reference_gelu, ld, nr, ntok, true);
+                generic::gemm_bf16_32xn(&want, cols, &packed, nt, &bias, &mut reference_gelu, ld, nr, ntok, true, &[]);
                 let untouched = |v: &Vec<f32>| (0..ntok * ld).filter(|i| i % ld >= nr).all(|i| v[i] == SENTINEL);
                 assert!(untouched(&out) && untouched(&reference), "{} wrote past row {nr}", k.name);
                 assert!(untouched(&out_gelu), "{} wrote past row {nr} with GELU", k.name);
                 for t in 0..ntok {
-                    let tile = &packed[t / 16 * 16 * cols..];
                     for r in 0..nr {
                         let scale: f32 = (0..cols)
                             .map(|i| {
-                                let xv = tile[(i / 2 * 16 + t % 16) * 2 + i % 2];
-                                (qdot::bf16_value(want[r * cols + i]) * qdot::bf16_value(xv)).abs()
+                                let (wv, xv) = (want[qdot::strip_index(r, i, cols)], packed[t * cols + i]);
+                                (qdot::bf16_value(wv) * qdot::bf16_value(xv)).abs()
                             })
                             .sum::<f32>()
                             + bias[r].abs();
@@ -948,4 +960,24 @@ fn kernel_sets_are_named_and_the_best_is_active() {
         _ => sets.last().unwrap().name.to_string(),
     };
     assert_eq!(kernels::active().name, want);
+}
+
+/// The aligned bf16 buffer: values on a 64-byte boundary, kept as it grows (storage moving),
+/// zeros where it grows, and appends after a shrink.
+#[test]
+fn bf16_buffers_are_aligned_and_keep_their_values() {
+    let mut b = qdot::Bf16Buf::new();
+    let mut want: Vec<u16> = Vec::new();
+    for (i, len) in [5usize, 3, 700, 40_000, 12, 90_001].into_iter().enumerate() {
+        b.resize(len);
+        want.resize(len, 0);
+        assert_eq!(b.as_slice(), &want[..], "resize {i} to {len}");
+        assert_eq!(b.as_slice().as_ptr() as usize % 64, 0, "resize {i} to {len}");
+        for (j, (v, w)) in b.as_mut_slice().iter_mut().zip(want.iter_mut()).enumerate() {
+            *v = (i * 7 + j) as u16;
+            *w = *v;
+        }
+    }
+    b.clear();
+    assert!(b.as_slice().is_empty());
 }

@@ -162,11 +162,12 @@ pub fn dot_q4_0_2x8(w: [&[u8]; 2], p: &[Panel16]) -> [f32; 16] {
     out
 }
 
-/// Scalar reference of the bf16 strip product: thirty-two weight rows decoded to bf16 (`a`,
-/// rows of `k`, row-major) against `nt` packed tiles of sixteen tokens (`b`, in
-/// [`qdot::pack_bf16_tile`]'s layout): `out[t * ld + r] = bias[r] + sum_i a[r][i] * x_t[i]` for
-/// the first `ntok` tokens and `nr` rows, products and sums in f32 over value pairs in order;
-/// with `gelu`, each output goes through [`gelu`].
+/// Scalar reference of the bf16 strip product: thirty-two weight rows decoded to bf16 (`a`, a
+/// strip in [`qdot::strip_index`]'s layout, rows of `k` values) against `nt` tiles of sixteen
+/// tokens (`b`, rows of `k` bf16 values, as [`qdot::pack_bf16_tile`] packs them):
+/// `out[t * ld + r] = bias[r] + sum_i a[r][i] * x_t[i]` for the first `ntok` tokens and `nr`
+/// rows, products and sums in f32 over value pairs in order; with `gelu`, each output goes
+/// through [`gelu`]. `_next` is a cache hint for the SIMD kernels.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_bf16_32xn(
     a: &[u16],
@@ -179,16 +180,16 @@ pub fn gemm_bf16_32xn(
     nr: usize,
     ntok: usize,
     gelu: bool,
+    _next: &[u8],
 ) {
-    use crate::kernels::qdot::{bf16_value, BF16_TILE_TOKENS as T};
+    use crate::kernels::qdot::{bf16_value, strip_index, BF16_TILE_TOKENS as T};
     for t in 0..ntok.min(nt * T) {
-        let tile = &b[t / T * k * T..(t / T + 1) * k * T];
+        let x = &b[t * k..(t + 1) * k];
         for r in 0..nr {
-            let row = &a[r * k..(r + 1) * k];
             let mut s = 0f32;
             for p in 0..k / 2 {
-                let x = &tile[(p * T + t % T) * 2..];
-                s += bf16_value(row[2 * p]) * bf16_value(x[0]) + bf16_value(row[2 * p + 1]) * bf16_value(x[1]);
+                let (w0, w1) = (a[strip_index(r, 2 * p, k)], a[strip_index(r, 2 * p + 1, k)]);
+                s += bf16_value(w0) * bf16_value(x[2 * p]) + bf16_value(w1) * bf16_value(x[2 * p + 1]);
             }
             out[t * ld + r] = s + bias[r];
             if gelu {

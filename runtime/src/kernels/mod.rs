@@ -78,29 +78,31 @@ pub struct KernelSet {
 /// serving every token; activations rounded to bf16 once per layer input; sums in f32.
 #[derive(Clone, Copy, Debug)]
 pub struct Bf16Kernels {
-    /// One Q8_0 or Q4_0 weight row decoded to bf16, as [`qdot::dequantize_row_bf16`]:
-    /// `(ty, row, out)`.
-    pub dequantize: fn(TensorType, &[u8], &mut [u16]),
+    /// Up to 32 Q8_0 or Q4_0 weight rows decoded to a bf16 strip, as
+    /// [`qdot::dequantize_strip_bf16`]: `(ty, data, nr, k, out)`.
+    pub dequantize: fn(TensorType, &[u8], usize, usize, &mut [u16]),
     /// Up to sixteen tokens packed as one bf16 tile, as [`qdot::pack_bf16_tile`]:
     /// `(x, cols, out)`.
     pub pack: fn(&[f32], usize, &mut [u16]),
-    /// f32 values rounded to bf16, as [`qdot::bf16_bits`]: `(x, out)`.
-    pub convert: fn(&[f32], &mut [u16]),
-    /// Thirty-two bf16 weight rows against `nt` token tiles, as [`generic::gemm_bf16_32xn`]:
-    /// `(a, k, b, nt, bias, out, ld, nr, ntok, gelu)`, `out[token * ld + row]`.
+    /// Up to 32 f32 rows rounded to a bf16 strip, as [`qdot::pack_bf16_strip`]: `(x, k, out)`.
+    pub strip: fn(&[f32], usize, &mut [u16]),
+    /// A strip of thirty-two bf16 weight rows against `nt` token tiles, as
+    /// [`generic::gemm_bf16_32xn`]: `(a, k, b, nt, bias, out, ld, nr, ntok, gelu, next)`,
+    /// `out[token * ld + row]`; `next` (the next strip's weights) is brought into the cache
+    /// while the product runs.
     pub gemm: Bf16Gemm,
 }
 
 /// The scalar references of the bf16 kernels (no CPU has them as its set: for tests).
 pub const BF16_REFERENCE: Bf16Kernels = Bf16Kernels {
-    dequantize: qdot::dequantize_row_bf16,
+    dequantize: qdot::dequantize_strip_bf16,
     pack: qdot::pack_bf16_tile,
-    convert: qdot::convert_bf16,
+    strip: qdot::pack_bf16_strip,
     gemm: generic::gemm_bf16_32xn,
 };
 
-/// The bf16 strip product's signature: `(a, k, b, nt, bias, out, ld, nr, ntok, gelu)`.
-pub type Bf16Gemm = fn(&[u16], usize, &[u16], usize, &[f32; 32], &mut [f32], usize, usize, usize, bool);
+/// The bf16 strip product's signature: `(a, k, b, nt, bias, out, ld, nr, ntok, gelu, next)`.
+pub type Bf16Gemm = fn(&[u16], usize, &[u16], usize, &[f32; 32], &mut [f32], usize, usize, usize, bool, &[u8]);
 
 /// The scalar references.
 pub const GENERIC: KernelSet = KernelSet {
@@ -303,28 +305,29 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
         }
     }
     #[allow(unsafe_code)]
-    fn dequantize_bf16(ty: TensorType, row: &[u8], out: &mut [u16]) {
+    fn dequantize_bf16(ty: TensorType, data: &[u8], nr: usize, k: usize, out: &mut [u16]) {
         let (q4, bytes) = match ty {
             TensorType::Q8_0 => (false, qdot::Q8_0_BLOCK_BYTES),
             TensorType::Q4_0 => (true, qdot::Q4_0_BLOCK_BYTES),
-            _ => return qdot::dequantize_row_bf16(ty, row, out),
+            _ => return qdot::dequantize_strip_bf16(ty, data, nr, k, out),
         };
-        assert!(out.len() % QK == 0 && row.len() >= out.len() / QK * bytes);
+        assert!(k % QK == 0 && nr <= qdot::BF16_STRIP_ROWS && out.len() >= qdot::BF16_STRIP_ROWS * k);
+        assert!(data.len() >= nr * (k / QK) * bytes, "short {ty:?} rows");
         // SAFETY: only handed out after `amx::available_bf16()` (AVX-512 BF16 and VL) and
         // detecting AVX2, F16C and AVX-512F; lengths asserted.
-        unsafe { x86_64::amx::dequantize_row_bf16(q4, row, out) }
+        unsafe { x86_64::amx::dequantize_strip_bf16(q4, data, nr, k, out) }
     }
     #[allow(unsafe_code)]
-    fn convert_bf16(x: &[f32], out: &mut [u16]) {
-        assert!(out.len() >= x.len());
+    fn strip_bf16(x: &[f32], k: usize, out: &mut [u16]) {
+        assert!(k % QK == 0 && out.len() >= qdot::BF16_STRIP_ROWS * k);
         // SAFETY: only handed out after `amx::available_bf16()` (AVX-512 BF16 and VL) and
-        // detecting AVX2; length asserted.
-        unsafe { x86_64::amx::convert_bf16(x, out) }
+        // detecting AVX-512F; lengths asserted.
+        unsafe { x86_64::amx::pack_bf16_strip(x, k, out) }
     }
     #[allow(unsafe_code)]
     fn pack_bf16(x: &[f32], cols: usize, out: &mut [u16]) {
-        assert!(cols % 16 == 0 && out.len() >= cols * qdot::BF16_TILE_TOKENS);
-        // SAFETY: as above; `cols` and the tile's room asserted.
+        assert!(out.len() >= cols * qdot::BF16_TILE_TOKENS);
+        // SAFETY: as above; the tile's room asserted.
         unsafe { x86_64::amx::pack_bf16_tile(x, cols, out) }
     }
     #[allow(unsafe_code)]
@@ -340,13 +343,14 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
         nr: usize,
         ntok: usize,
         gelu: bool,
+        next: &[u8],
     ) {
         let t = qdot::BF16_TILE_TOKENS;
         assert!(k % 32 == 0 && a.len() >= 32 * k && b.len() >= nt * t * k);
         assert!(nr <= 32 && nr <= ld && ntok <= nt * t && (ntok == 0 || out.len() >= (ntok - 1) * ld + nr));
-        // SAFETY: only handed out after `amx::available_bf16()` and detecting AVX2 and FMA;
+        // SAFETY: only handed out after `amx::available_bf16()` and detecting AVX-512F;
         // lengths asserted.
-        unsafe { x86_64::amx::gemm_bf16_32xn(a, k, b, nt, bias, out, ld, nr, ntok, gelu) }
+        unsafe { x86_64::amx::gemm_bf16_32xn(a, k, b, nt, bias, out, ld, nr, ntok, gelu, next) }
     }
     #[allow(unsafe_code)]
     fn softmax512(x: &mut [f32]) {
@@ -368,7 +372,7 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
                 bf16: Some(Bf16Kernels {
                     dequantize: dequantize_bf16,
                     pack: pack_bf16,
-                    convert: convert_bf16,
+                    strip: strip_bf16,
                     gemm: gemm_bf16,
                 }),
                 ..best
@@ -560,7 +564,7 @@ pub struct Activations<'a> {
     /// Activations packed by eight tokens for Q8_0's offset kernels, likewise.
     offset_panels: Vec<OffsetPanel>,
     /// Activations in bf16 packed by sixteen tokens, for the bf16 kernels.
-    bf16: Vec<u16>,
+    bf16: qdot::Bf16Buf,
 }
 
 impl<'a> Activations<'a> {
@@ -575,7 +579,7 @@ impl<'a> Activations<'a> {
             panels: Vec::new(),
             panels16: Vec::new(),
             offset_panels: Vec::new(),
-            bf16: Vec::new(),
+            bf16: qdot::Bf16Buf::new(),
         }
     }
 
@@ -612,8 +616,8 @@ impl<'a> Activations<'a> {
         if let Some(bk) = k.bf16.filter(|_| quantized && self.n >= bf16_min_tokens(ty)) {
             // Tiles packed in place, on the pool.
             let tile = BF16_TILE_TOKENS * cols;
-            self.bf16.resize(self.n.div_ceil(BF16_TILE_TOKENS) * tile, 0);
-            par_chunks_mut(&mut self.bf16, tile, |g, out| (bk.pack)(chunk(g, BF16_TILE_TOKENS), cols, out));
+            self.bf16.resize(self.n.div_ceil(BF16_TILE_TOKENS) * tile);
+            par_chunks_mut(self.bf16.as_mut_slice(), tile, |g, out| (bk.pack)(chunk(g, BF16_TILE_TOKENS), cols, out));
             return;
         }
         match ty {
@@ -795,7 +799,7 @@ pub fn bf16_min_tokens(ty: TensorType) -> usize {
 const BF16_ROW_SPLIT_MAX_TOKENS: usize = 512;
 
 /// Weight rows per bf16 strip.
-const BF16_ROWS: usize = 32;
+const BF16_ROWS: usize = qdot::BF16_STRIP_ROWS;
 
 impl LinearJob<'_> {
     /// Computes outputs of rows `rows` for tokens `tokens` into `out`.
@@ -808,7 +812,7 @@ impl LinearJob<'_> {
         out: &mut Out<'_>,
     ) {
         let (k, w) = (self.k, self.w);
-        if let (Some(bk), false) = (k.bf16, self.act.bf16.is_empty()) {
+        if let (Some(bk), false) = (k.bf16, self.act.bf16.as_slice().is_empty()) {
             return self.run_bf16(bk, rows, tokens, out);
         }
         let cols = w.cols;
@@ -947,24 +951,25 @@ impl LinearJob<'_> {
         let tile = BF16_TILE_TOKENS * cols;
         debug_assert!(tokens.start % BF16_TILE_TOKENS == 0);
         let (j0, nt) = (tokens.start / BF16_TILE_TOKENS, tokens.len().div_ceil(BF16_TILE_TOKENS));
-        let b = &self.act.bf16[j0 * tile..(j0 + nt) * tile];
-        let mut strip = alloc::vec![0u16; BF16_ROWS * cols];
+        let b = &self.act.bf16.as_slice()[j0 * tile..(j0 + nt) * tile];
+        let mut strip = qdot::Bf16Buf::zeros(BF16_ROWS * cols);
+        let strip = strip.as_mut_slice();
         // Results go straight into rows of `y` the task owns, else through `[token][row]` here.
         let direct = out.os == 1 && matches!(out.y, Dest::Own(_));
         let mut r = alloc::vec![0f32; if direct { 0 } else { tokens.len() * BF16_ROWS }];
         for c0 in rows.clone().step_by(BF16_ROWS) {
             let c1 = (c0 + BF16_ROWS).min(rows.end);
-            for (o, r) in strip.chunks_exact_mut(cols).zip(c0..c1) {
-                (bk.dequantize)(w.ty, w.row(r), o);
-            }
             // Rows past the end are zeros (their outputs are dropped).
-            strip[(c1 - c0) * cols..].fill(0);
+            let rb = w.row_bytes();
+            (bk.dequantize)(w.ty, &w.data[c0 * rb..c1 * rb], c1 - c0, cols, strip);
+            // The next strip's weights, fetched while this one's product runs.
+            let next = &w.data[c1 * rb..((c1 + BF16_ROWS).min(rows.end) * rb).max(c1 * rb)];
             let bias: [f32; BF16_ROWS] = core::array::from_fn(|i| self.bias_of(c0 + i));
             if let (true, Dest::Own(y)) = (direct, &mut out.y) {
                 let at = (tokens.start - out.t0) * out.ts + c0 - out.r0;
-                (bk.gemm)(&strip, cols, b, nt, &bias, &mut y[at..], out.ts, c1 - c0, tokens.len(), self.gelu);
+                (bk.gemm)(strip, cols, b, nt, &bias, &mut y[at..], out.ts, c1 - c0, tokens.len(), self.gelu, next);
             } else {
-                (bk.gemm)(&strip, cols, b, nt, &bias, &mut r, BF16_ROWS, c1 - c0, tokens.len(), self.gelu);
+                (bk.gemm)(strip, cols, b, nt, &bias, &mut r, BF16_ROWS, c1 - c0, tokens.len(), self.gelu, next);
                 for (t, r) in tokens.clone().zip(r.chunks_exact(BF16_ROWS)) {
                     out.put_rows(t, c0, &r[..c1 - c0]);
                 }
@@ -1006,14 +1011,14 @@ fn linear_job(act: &mut Activations<'_>, w: &Matrix<'_>, bias: &[f32], y: &mut [
     debug_assert_eq!(act.x.len(), n * cols);
     debug_assert_eq!(y.len(), n * rows);
     act.prepare(k, w.ty, cols);
-    let gelu = gelu && k.bf16.is_some() && !act.bf16.is_empty();
+    let gelu = gelu && k.bf16.is_some() && !act.bf16.as_slice().is_empty();
     let job = LinearJob { k, w, bias, act, gelu };
     #[cfg(feature = "std")]
     {
         use rayon::prelude::*;
         let threads = rayon::current_num_threads();
         if threads > 1 && rows * n * cols >= PARALLEL_MIN_MACS {
-            if !act.bf16.is_empty() && n < BF16_ROW_SPLIT_MAX_TOKENS && rows >= 2 * BF16_ROWS {
+            if !act.bf16.as_slice().is_empty() && n < BF16_ROW_SPLIT_MAX_TOKENS && rows >= 2 * BF16_ROWS {
                 // Chunks of rows per thread, so that each weight is decoded once: each task
                 // writes its own columns of `y` (a copy of each task's block into `y` was a
                 // tenth of a 128-token pass at two threads).
@@ -1045,7 +1050,7 @@ fn linear_job(act: &mut Activations<'_>, w: &Matrix<'_>, bias: &[f32], y: &mut [
             if n >= 8 * threads {
                 // Whole tokens per task: each writes its own rows of `y`. The bf16 kernels
                 // decode the weights once per task: one task per thread.
-                let (tasks, align) = if act.bf16.is_empty() {
+                let (tasks, align) = if act.bf16.as_slice().is_empty() {
                     (threads * 2, PANEL_TOKENS)
                 } else {
                     (threads, BF16_TILE_TOKENS)
@@ -1222,12 +1227,17 @@ pub fn attention_bf16_with(
     // Queries, times the scale (so the scores come out scaled), as token tiles.
     let mut rows = Vec::with_capacity(n * dh);
     (0..n).for_each(|i| rows.extend(head(q, i, ld, dh).iter().map(|v| v * scale)));
-    let mut qt = Vec::new();
+    let mut qt = qdot::Bf16Buf::new();
     qdot::pack_bf16_tiles_with(bk.pack, &rows, dh, &mut qt);
-    // Keys as rows, `[m, dh]`.
-    let mut kr = alloc::vec![0u16; m * dh];
-    for (i, o) in kr.chunks_exact_mut(dh).take(n).enumerate() {
-        (bk.convert)(head(k, i, ld, dh), o);
+    let qt = qt.as_slice();
+    // Keys as strips of 32 rows, `[m, dh]`.
+    let mut kf = Vec::with_capacity(BF16_ROWS * dh);
+    let mut kr = qdot::Bf16Buf::zeros(m * dh);
+    let kr = kr.as_mut_slice();
+    for (j0, o) in (0..n).step_by(BF16_ROWS).zip(kr.chunks_exact_mut(BF16_ROWS * dh)) {
+        kf.clear();
+        (j0..(j0 + BF16_ROWS).min(n)).for_each(|j| kf.extend_from_slice(head(k, j, ld, dh)));
+        (bk.strip)(&kf, dh, o);
     }
     let nt = n.div_ceil(BF16_TILE_TOKENS);
     let zero = [0f32; BF16_ROWS];
@@ -1235,23 +1245,28 @@ pub fn attention_bf16_with(
     let mut scores = alloc::vec![0f32; n * m];
     for j0 in (0..n).step_by(BF16_ROWS) {
         let nr = (n - j0).min(BF16_ROWS);
-        (bk.gemm)(&kr[j0 * dh..], dh, &qt, nt, &zero, &mut scores[j0..], m, nr, n, false);
+        (bk.gemm)(&kr[j0 * dh..], dh, qt, nt, &zero, &mut scores[j0..], m, nr, n, false, &[]);
     }
     for row in scores.chunks_exact_mut(m) {
         softmax(&mut row[..n]);
     }
-    // Probabilities as token tiles of depth m; values' columns as rows, `[dh, m]`.
-    let mut pt = Vec::new();
+    // Probabilities as token tiles of depth m.
+    let mut pt = qdot::Bf16Buf::new();
     qdot::pack_bf16_tiles_with(bk.pack, &scores, m, &mut pt);
-    let mut col = alloc::vec![0f32; m];
-    let mut vt = alloc::vec![0u16; dh * m];
-    for (d, o) in vt.chunks_exact_mut(m).enumerate() {
-        (0..n).for_each(|j| col[j] = v[j * ld + d]);
-        (bk.convert)(&col, o);
+    let pt = pt.as_slice();
+    // Values' columns as strips of 32 rows of depth m (zeros past n).
+    let mut cols = alloc::vec![0f32; BF16_ROWS * m];
+    let mut vt = qdot::Bf16Buf::zeros(dh * m);
+    let vt = vt.as_mut_slice();
+    for (d0, o) in (0..dh).step_by(BF16_ROWS).zip(vt.chunks_exact_mut(BF16_ROWS * m)) {
+        for (d, col) in cols.chunks_exact_mut(m).enumerate() {
+            (0..n).for_each(|j| col[j] = v[j * ld + d0 + d]);
+        }
+        (bk.strip)(&cols, m, o);
     }
     let mut out = alloc::vec![0f32; n * dh];
     for d0 in (0..dh).step_by(BF16_ROWS) {
-        (bk.gemm)(&vt[d0 * m..], m, &pt, nt, &zero, &mut out[d0..], dh, BF16_ROWS, n, false);
+        (bk.gemm)(&vt[d0 * m..], m, pt, nt, &zero, &mut out[d0..], dh, BF16_ROWS, n, false, &[]);
     }
     out
 }

@@ -239,9 +239,120 @@ pub fn pack_panel16_with(
     }
 }
 
-/// Tokens in one bf16 activation tile (the B operand of AMX-BF16's tile product: sixteen
-/// columns of value pairs).
+/// Tokens in one bf16 activation tile (the A operand of AMX-BF16's tile product: sixteen
+/// tokens' rows of 32 values per step).
 pub const BF16_TILE_TOKENS: usize = 16;
+
+/// Weight rows in one bf16 strip (two B operands of sixteen rows each).
+pub const BF16_STRIP_ROWS: usize = 32;
+
+/// A bf16 buffer whose values start on a 64-byte boundary: AMX tile loads of 64-byte rows that
+/// straddle two cache lines took about twice as long (on a Sapphire Rapids VM).
+#[derive(Clone, Debug, Default)]
+pub struct Bf16Buf {
+    buf: Vec<u16>,
+    at: usize,
+    len: usize,
+}
+
+impl Bf16Buf {
+    /// An empty buffer.
+    pub const fn new() -> Self {
+        Bf16Buf {
+            buf: Vec::new(),
+            at: 0,
+            len: 0,
+        }
+    }
+
+    /// `len` zeros.
+    pub fn zeros(len: usize) -> Self {
+        let mut b = Bf16Buf::new();
+        b.resize(len);
+        b
+    }
+
+    /// Resized to `len` values (zeros where it grows), realigned if the storage moved.
+    pub fn resize(&mut self, len: usize) {
+        let old = self.as_slice().len().min(len);
+        if self.buf.len() < len + 31 {
+            // Move the values to the front, grow, then realign below.
+            self.buf.copy_within(self.at..self.at + old, 0);
+            self.at = 0;
+            self.buf.resize(len + 31, 0);
+        }
+        // `align_offset` may decline (usize::MAX): any offset then serves, only slower.
+        let at = self.buf.as_ptr().align_offset(64).min(31);
+        if at != self.at {
+            self.buf.copy_within(self.at..self.at + old, at);
+            self.at = at;
+        }
+        self.len = len;
+        self.buf[at + old..at + len].fill(0);
+    }
+
+    /// Emptied (the storage kept).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// The values.
+    pub fn as_slice(&self) -> &[u16] {
+        &self.buf[self.at..self.at + self.len]
+    }
+
+    /// The values, to write.
+    pub fn as_mut_slice(&mut self) -> &mut [u16] {
+        &mut self.buf[self.at..self.at + self.len]
+    }
+}
+
+/// Where value `i` of row `r` (of [`BF16_STRIP_ROWS`], each of `k` values, `k` a multiple of
+/// 32) lies in a bf16 strip: the rows in two groups of sixteen, each group's values in steps of
+/// 32, each step one 16 x 16 tile of value pairs (AMX-BF16's B operand: tile row `p` holds
+/// pair `p`, values `2p` and `2p + 1`, of the sixteen rows side by side).
+#[inline]
+pub fn strip_index(r: usize, i: usize, k: usize) -> usize {
+    let (g, n, c, p, e) = (r / 16, r % 16, i / 32, i % 32 / 2, i % 2);
+    ((g * (k / 32) + c) * 16 + p) * 32 + n * 2 + e
+}
+
+/// bf16 rows (`rows`, `k` values each, at most [`BF16_STRIP_ROWS`] of them, `k` a multiple of
+/// 32) laid out as a strip ([`strip_index`]) in `out` (`32 * k` values, every one written:
+/// missing rows are zeros).
+pub fn interleave_strip(rows: &[u16], k: usize, out: &mut [u16]) {
+    let out = &mut out[..BF16_STRIP_ROWS * k];
+    out.fill(0);
+    for (r, row) in rows.chunks_exact(k).take(BF16_STRIP_ROWS).enumerate() {
+        for (i, &v) in row.iter().enumerate() {
+            out[strip_index(r, i, k)] = v;
+        }
+    }
+}
+
+/// Up to [`BF16_STRIP_ROWS`] Q8_0 or Q4_0 weight rows (`nr` rows of `k` values, one after the
+/// other from the start of `data`) decoded to bf16 as [`dequantize_row_bf16`] and laid out as a
+/// strip ([`interleave_strip`]; rows from `nr` on are zeros).
+///
+/// # Panics
+/// If `ty` is neither Q8_0 nor Q4_0, `data` is short, or `nr` is above 32.
+pub fn dequantize_strip_bf16(ty: crate::quant::TensorType, data: &[u8], nr: usize, k: usize, out: &mut [u16]) {
+    assert!(nr <= BF16_STRIP_ROWS, "a strip holds {BF16_STRIP_ROWS} rows, not {nr}");
+    let rb = k / QK * ty.block_bytes();
+    let mut rows = alloc::vec![0u16; nr * k];
+    for (r, o) in rows.chunks_exact_mut(k).enumerate() {
+        dequantize_row_bf16(ty, data.get(r * rb..).unwrap_or(&[]), o);
+    }
+    interleave_strip(&rows, k, out);
+}
+
+/// Up to [`BF16_STRIP_ROWS`] f32 rows (`x`, rows of `k`) rounded to bf16 by [`bf16_bits`] and
+/// laid out as a strip ([`interleave_strip`]).
+pub fn pack_bf16_strip(x: &[f32], k: usize, out: &mut [u16]) {
+    let mut rows = alloc::vec![0u16; x.len().min(BF16_STRIP_ROWS * k)];
+    convert_bf16(x, &mut rows);
+    interleave_strip(&rows, k, out);
+}
 
 /// `x` rounded to bfloat16 (to nearest, ties to even) as bits, the way `vcvtne2ps2bf16`
 /// rounds: subnormal inputs become signed zeros, NaN stays a (quiet) NaN.
@@ -286,28 +397,22 @@ pub fn dequantize_row_bf16(ty: crate::quant::TensorType, row: &[u8], out: &mut [
     convert_bf16(&f, out);
 }
 
-/// Up to sixteen tokens (`x`, rows of `cols`, an even number) rounded to bf16 and packed as one
-/// tile of `cols * 16` values into `out` (of that length, every value written): value pair `p`
-/// (values `2p, 2p + 1`) of token `t` at `(p * 16 + t) * 2`, the row layout of AMX-BF16's B
-/// operand; missing tokens are zeros.
+/// Up to sixteen tokens (`x`, rows of `cols`) rounded to bf16 as one tile of `cols * 16`
+/// values in `out` (of that length, every value written): token `t`'s values at `t * cols..`,
+/// the row layout of AMX-BF16's A operand; missing tokens are zeros.
 pub fn pack_bf16_tile(x: &[f32], cols: usize, out: &mut [u16]) {
     let tile = &mut out[..cols * BF16_TILE_TOKENS];
-    tile.fill(0);
-    for (t, row) in x.chunks_exact(cols).take(BF16_TILE_TOKENS).enumerate() {
-        for (p, v) in row.chunks_exact(2).enumerate() {
-            let o = (p * BF16_TILE_TOKENS + t) * 2;
-            tile[o] = bf16_bits(v[0]);
-            tile[o + 1] = bf16_bits(v[1]);
-        }
-    }
+    let n = x.len().min(tile.len()) / cols * cols;
+    convert_bf16(&x[..n], tile);
+    tile[n..].fill(0);
 }
 
 /// `x` (rows of `cols`) packed as bf16 tiles of sixteen tokens by `pack` (one of the sets'
 /// [`pack_bf16_tile`]s), appended to `out`; the last tile's missing tokens are zeros.
-pub fn pack_bf16_tiles_with(pack: fn(&[f32], usize, &mut [u16]), x: &[f32], cols: usize, out: &mut Vec<u16>) {
-    let (at, tile) = (out.len(), BF16_TILE_TOKENS * cols);
-    out.resize(at + x.len().div_ceil(tile) * tile, 0);
-    for (x, o) in x.chunks(tile).zip(out[at..].chunks_exact_mut(tile)) {
+pub fn pack_bf16_tiles_with(pack: fn(&[f32], usize, &mut [u16]), x: &[f32], cols: usize, out: &mut Bf16Buf) {
+    let (at, tile) = (out.as_slice().len(), BF16_TILE_TOKENS * cols);
+    out.resize(at + x.len().div_ceil(tile) * tile);
+    for (x, o) in x.chunks(tile).zip(out.as_mut_slice()[at..].chunks_exact_mut(tile)) {
         pack(x, cols, o);
     }
 }

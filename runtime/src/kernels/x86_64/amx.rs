@@ -202,8 +202,8 @@ pub unsafe fn dot_q8_0_16x8(
 }
 
 /// The tile configuration of the bf16 strip product: all eight tiles 16 rows of 64 bytes;
-/// 0-3 sums (16 rows x 16 tokens, f32), 4-5 weights (16 rows x 32 bf16), 6-7 activations
-/// (16 value pairs x 16 tokens).
+/// 0-3 sums (16 tokens x 16 rows, f32), 4-5 activations (16 tokens x 32 bf16), 6-7 weights
+/// (16 value pairs x 16 rows).
 const CONFIG_BF16: TileConfig = {
     let mut c = [0u8; 64];
     c[0] = 1;
@@ -216,20 +216,22 @@ const CONFIG_BF16: TileConfig = {
     TileConfig(c)
 };
 
-/// Thirty-two weight rows in bf16 (`a`, rows of `k` values, `k` a multiple of 32) against
-/// `nt` tiles of sixteen tokens packed by [`crate::kernels::qdot::pack_bf16_tile`] (`b`):
-/// `out[t * ld + r] = bias[r] + sum a[r][i] * x_t[i]` for the first `ntok` tokens and `nr`
-/// rows, accumulated in f32 by `tdpbf16ps`; with `gelu`, each output goes through the AVX2
-/// GELU as it is stored. Token tiles go in pairs against 2 x 2 tiles of sums (each weight tile serves
-/// both token tiles and each token tile both weight tiles); one tile configuration serves the
-/// whole call.
+/// A strip of thirty-two weight rows in bf16 (`a`, laid out as
+/// [`crate::kernels::qdot::strip_index`] says, rows of `k` values, `k` a multiple of 32) against
+/// `nt` tiles of sixteen tokens (`b`, rows of `k` bf16 values):
+/// `out[t * ld + r] = bias[r] + sum a[r][i] * x_t[i]` for the first `ntok` tokens and `nr` rows,
+/// accumulated in f32 by `tdpbf16ps` from the biases. The tiles of sums are tokens by rows, the
+/// layout of `out`: whole ones are stored straight into it; partial ones, and all with `gelu`
+/// (GELU on 512-bit vectors as they are copied), go through a local tile. Token tiles go in
+/// pairs against 2 x 2 tiles of sums (each weight tile serves both token tiles and each token
+/// tile both weight tiles); one tile configuration serves the whole call.
 ///
 /// # Safety
-/// [`available_bf16`] returned true; the CPU supports AVX2 and FMA; `a.len() >= 32 * k`,
+/// [`available_bf16`] returned true; the CPU supports AVX-512F; `a.len() >= 32 * k`,
 /// `b.len() >= nt * 16 * k`, `k % 32 == 0`, `nr <= 32`, `nr <= ld`, `ntok <= 16 * nt`, and
 /// `out.len() >= (ntok - 1) * ld + nr` when `ntok > 0`.
 #[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx512f")]
 pub unsafe fn gemm_bf16_32xn(
     a: &[u16],
     k: usize,
@@ -241,117 +243,107 @@ pub unsafe fn gemm_bf16_32xn(
     nr: usize,
     ntok: usize,
     gelu: bool,
+    next: &[u8],
 ) {
     debug_assert!(k % 32 == 0 && nr <= 32 && nr <= ld && ntok <= 16 * nt);
     debug_assert!(a.len() >= 32 * k && b.len() >= nt * 16 * k);
     debug_assert!(ntok == 0 || out.len() >= (ntok - 1) * ld + nr);
-    // Lanes of each 8-row group below `nr`, for the stores of a partial strip.
-    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    let masks: [__m256i; 4] = core::array::from_fn(|g| _mm256_cmpgt_epi32(_mm256_set1_epi32(nr as i32 - 8 * g as i32), lanes));
-    // sums[2 * i + j][r][t]: weight tile i (rows 16i..), token tile j; all four are stored
-    // (a missing second token tile's sums as zeros) before they are read.
-    let mut sums = core::mem::MaybeUninit::<[[[f32; 16]; 16]; 4]>::uninit();
-    let base = sums.as_mut_ptr().cast::<f32>();
-    let at = |q: usize| base.wrapping_add(256 * q);
+    let nb = k / 32;
+    // `next`'s cache lines, spread over the product's steps (into L2).
+    let (lines, steps) = (next.len().div_ceil(64), (nb * nt.div_ceil(2)).max(1));
+    let mut fetched = 0;
+    // The sums start from the biases: sixteen equal rows of the 32 biases.
+    let init = [*bias; 16];
+    // A partial tile of sums, or one on its way through GELU.
+    let mut part = [[0f32; 16]; 16];
     // SAFETY: the configuration is a local constant; tiles are released before return.
     unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG_BF16, options(nostack, readonly, preserves_flags)) };
     for j0 in (0..nt).step_by(2) {
         let pair = j0 + 1 < nt;
-        // SAFETY: per step `c` of 32 values the loads read 16 rows of 64 bytes at
-        // `a + (16 i * k + 32 c) * 2` with a stride of `2 k` bytes (within `a`: 32 rows of k),
-        // and 16 rows of 64 contiguous bytes at `b + ((j0 + j) * 16 k + 512 c) * 2` (within
-        // tile j0 + j < nt of `b`); the stores write the local `sums` (16 rows of 64 bytes
-        // each).
+        // SAFETY: the bias loads read 16 rows of 64 bytes of `init` (rows of 128 bytes); per
+        // step `c` of 32 values the loads read 16 rows of 64 bytes at `b + ((j0 + j) 16 k +
+        // 32 c) 2` with a stride of `2 k` bytes (within token tile j0 + j < nt of `b`) and the
+        // 1 KB weight tiles `(g nb + c)` of `a` (within its 32 k values).
         unsafe {
+            let ip = init.as_ptr().cast::<f32>();
             asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem, preserves_flags)
+                "tileloadd tmm0, [{i0} + {s}*1]",
+                "tileloadd tmm1, [{i1} + {s}*1]",
+                "tileloadd tmm2, [{i0} + {s}*1]",
+                "tileloadd tmm3, [{i1} + {s}*1]",
+                i0 = in(reg) ip,
+                i1 = in(reg) ip.add(16),
+                s = in(reg) 128usize,
+                options(nostack, readonly, preserves_flags)
             );
-            let (a0, a1) = (a.as_ptr(), a.as_ptr().add(16 * k));
-            let b0 = b.as_ptr().add(j0 * 16 * k);
-            for c in 0..k / 32 {
+            let x0 = b.as_ptr().add(j0 * 16 * k);
+            let (w0, w1) = (a.as_ptr(), a.as_ptr().add(nb * 512));
+            for c in 0..nb {
+                let due = (j0 / 2 * nb + c + 1) * lines / steps;
+                while fetched < due {
+                    _mm_prefetch::<_MM_HINT_T1>(next.as_ptr().add(64 * fetched) as *const i8);
+                    fetched += 1;
+                }
                 if pair {
                     asm!(
-                        "tileloadd tmm4, [{a0} + {s}*1]",
-                        "tileloadd tmm6, [{b0} + {bs}*1]",
+                        "tileloadd tmm4, [{x0} + {s}*1]",
+                        "tileloadd tmm6, [{w0} + {ws}*1]",
                         "tdpbf16ps tmm0, tmm4, tmm6",
-                        "tileloadd tmm7, [{b1} + {bs}*1]",
+                        "tileloadd tmm7, [{w1} + {ws}*1]",
                         "tdpbf16ps tmm1, tmm4, tmm7",
-                        "tileloadd tmm5, [{a1} + {s}*1]",
+                        "tileloadd tmm5, [{x1} + {s}*1]",
                         "tdpbf16ps tmm2, tmm5, tmm6",
                         "tdpbf16ps tmm3, tmm5, tmm7",
-                        a0 = in(reg) a0.add(32 * c),
-                        a1 = in(reg) a1.add(32 * c),
+                        x0 = in(reg) x0.add(32 * c),
+                        x1 = in(reg) x0.add(16 * k + 32 * c),
                         s = in(reg) 2 * k,
-                        b0 = in(reg) b0.add(512 * c),
-                        b1 = in(reg) b0.add(16 * k + 512 * c),
-                        bs = in(reg) 64usize,
+                        w0 = in(reg) w0.add(512 * c),
+                        w1 = in(reg) w1.add(512 * c),
+                        ws = in(reg) 64usize,
                         options(nostack, readonly, preserves_flags),
                     );
                 } else {
                     asm!(
-                        "tileloadd tmm4, [{a0} + {s}*1]",
-                        "tileloadd tmm6, [{b0} + {bs}*1]",
+                        "tileloadd tmm4, [{x0} + {s}*1]",
+                        "tileloadd tmm6, [{w0} + {ws}*1]",
                         "tdpbf16ps tmm0, tmm4, tmm6",
-                        "tileloadd tmm5, [{a1} + {s}*1]",
-                        "tdpbf16ps tmm2, tmm5, tmm6",
-                        a0 = in(reg) a0.add(32 * c),
-                        a1 = in(reg) a1.add(32 * c),
+                        "tileloadd tmm7, [{w1} + {ws}*1]",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        x0 = in(reg) x0.add(32 * c),
                         s = in(reg) 2 * k,
-                        b0 = in(reg) b0.add(512 * c),
-                        bs = in(reg) 64usize,
+                        w0 = in(reg) w0.add(512 * c),
+                        w1 = in(reg) w1.add(512 * c),
+                        ws = in(reg) 64usize,
                         options(nostack, readonly, preserves_flags),
                     );
                 }
             }
-            asm!(
-                "tilestored [{o0} + {s}*1], tmm0",
-                "tilestored [{o1} + {s}*1], tmm1",
-                "tilestored [{o2} + {s}*1], tmm2",
-                "tilestored [{o3} + {s}*1], tmm3",
-                o0 = in(reg) at(0),
-                o1 = in(reg) at(1),
-                o2 = in(reg) at(2),
-                o3 = in(reg) at(3),
-                s = in(reg) 64usize,
-                options(nostack, preserves_flags),
-            );
         }
-        // SAFETY: the four tile stores above wrote all of `sums`.
-        let sums = unsafe { sums.assume_init_ref() };
-        // Tokens by row: each 8 x 8 quarter of a tile transposed, with the rows' biases, stored
-        // for the tokens below `ntok` and (masked) the rows below `nr`.
-        for (q, s) in sums.iter().enumerate().filter(|(q, _)| pair || q % 2 == 0) {
-            let (i, j) = (q / 2, j0 + q % 2);
-            for rh in (0..2).filter(|rh| 16 * i + 8 * rh < nr) {
-                let (g, r0) = (2 * i + rh, 16 * i + 8 * rh);
-                for th in (0..2).filter(|th| 16 * j + 8 * th < ntok) {
-                    // SAFETY: reads rows 8rh..8rh + 8, floats 8th..8th + 8 of the 16 x 16
-                    // tile; writes token t = 16j + 8th + u < ntok, rows r0.. (all 8 when
-                    // r0 + 8 <= nr, else those below nr, masked): within `out` by the
-                    // caller's contract.
-                    unsafe {
-                        let v: [__m256; 8] =
-                            core::array::from_fn(|u| _mm256_loadu_ps(s[8 * rh + u].as_ptr().add(8 * th)));
-                        let v = transpose8(v);
-                        let bv = _mm256_loadu_ps(bias.as_ptr().add(r0));
-                        let t0 = 16 * j + 8 * th;
-                        for (u, v) in v.iter().enumerate().take(ntok - t0) {
-                            let o = out.as_mut_ptr().add((t0 + u) * ld + r0);
-                            let mut v = _mm256_add_ps(*v, bv);
-                            if gelu {
-                                v = crate::kernels::x86_64::avx2::gelu_ps(v);
-                            }
-                            if r0 + 8 <= nr {
-                                _mm256_storeu_ps(o, v);
-                            } else {
-                                _mm256_maskstore_ps(o, masks[g], v);
-                            }
-                        }
+        // Tile q of sums: token tile j0 + q / 2, rows 16 (q % 2)..
+        for q in 0..if pair { 4 } else { 2 } {
+            let (t0, r0) = (16 * (j0 + q / 2), 16 * (q % 2));
+            if t0 >= ntok || r0 >= nr {
+                continue;
+            }
+            let (tn, rn) = ((ntok - t0).min(16), (nr - r0).min(16));
+            let o = out.as_mut_ptr().wrapping_add(t0 * ld + r0);
+            if tn == 16 && rn == 16 && !gelu {
+                // SAFETY: writes 16 rows of 64 bytes at `out[(t0 + t) ld + r0..]` for t < 16:
+                // tokens below `ntok` and rows below `nr`, within `out` by the contract.
+                unsafe { tile_store(q, o, 4 * ld) };
+                continue;
+            }
+            // SAFETY: the tile store writes the 1 KB of `part`; each row's masked store writes
+            // the `rn` floats of token t0 + t < ntok, rows r0..r0 + rn <= nr, within `out`.
+            unsafe {
+                tile_store(q, part.as_mut_ptr().cast(), 64);
+                let m: __mmask16 = ((1u32 << rn) - 1) as u16;
+                for (t, row) in part.iter().enumerate().take(tn) {
+                    let mut v = _mm512_loadu_ps(row.as_ptr());
+                    if gelu {
+                        v = crate::kernels::x86_64::avx512::gelu_ps(v);
                     }
+                    _mm512_mask_storeu_ps(o.add(t * ld), m, v);
                 }
             }
         }
@@ -360,6 +352,185 @@ pub unsafe fn gemm_bf16_32xn(
     unsafe { asm!("tilerelease", options(nostack, nomem, preserves_flags)) };
 }
 
+/// Stores tile of sums `q` (tmm0-3) as 16 rows of 64 bytes at `o`, `stride` bytes apart.
+///
+/// # Safety
+/// The bf16 tile configuration is loaded; the 16 rows are writable.
+#[inline(always)]
+unsafe fn tile_store(q: usize, o: *mut f32, stride: usize) {
+    // SAFETY: by the caller's contract.
+    unsafe {
+        match q {
+            0 => asm!("tilestored [{o} + {s}*1], tmm0", o = in(reg) o, s = in(reg) stride, options(nostack, preserves_flags)),
+            1 => asm!("tilestored [{o} + {s}*1], tmm1", o = in(reg) o, s = in(reg) stride, options(nostack, preserves_flags)),
+            2 => asm!("tilestored [{o} + {s}*1], tmm2", o = in(reg) o, s = in(reg) stride, options(nostack, preserves_flags)),
+            _ => asm!("tilestored [{o} + {s}*1], tmm3", o = in(reg) o, s = in(reg) stride, options(nostack, preserves_flags)),
+        }
+    }
+}
+
+/// The 16 x 16 transpose of 32-bit lanes: lane `c` of `v[r]` becomes lane `r` of the result's
+/// `c`th vector (in-lane unpacks by 32 and 64 bits, then two rounds of 128-bit lane shuffles).
+#[inline(always)]
+unsafe fn transpose16(v: [__m512i; 16]) -> [__m512i; 16] {
+    // SAFETY: register shuffles under AVX-512F (enabled by the callers).
+    unsafe {
+        let t: [__m512i; 16] = core::array::from_fn(|i| {
+            let (x, y) = (v[i & !1], v[i | 1]);
+            if i % 2 == 0 {
+                _mm512_unpacklo_epi32(x, y)
+            } else {
+                _mm512_unpackhi_epi32(x, y)
+            }
+        });
+        // u[4i + j], in each 128-bit lane L: rows 4i..4i + 4 of column 4L + j.
+        let u: [__m512i; 16] = core::array::from_fn(|i| {
+            let (g, j) = (i / 4 * 4, i % 4);
+            let (x, y) = (t[g + j / 2], t[g + 2 + j / 2]);
+            if j % 2 == 0 {
+                _mm512_unpacklo_epi64(x, y)
+            } else {
+                _mm512_unpackhi_epi64(x, y)
+            }
+        });
+        let mut out = [_mm512_setzero_si512(); 16];
+        for j in 0..4 {
+            let x = _mm512_shuffle_i32x4::<0x44>(u[j], u[4 + j]);
+            let y = _mm512_shuffle_i32x4::<0xee>(u[j], u[4 + j]);
+            let x2 = _mm512_shuffle_i32x4::<0x44>(u[8 + j], u[12 + j]);
+            let y2 = _mm512_shuffle_i32x4::<0xee>(u[8 + j], u[12 + j]);
+            out[j] = _mm512_shuffle_i32x4::<0x88>(x, x2);
+            out[4 + j] = _mm512_shuffle_i32x4::<0xdd>(x, x2);
+            out[8 + j] = _mm512_shuffle_i32x4::<0x88>(y, y2);
+            out[12 + j] = _mm512_shuffle_i32x4::<0xdd>(y, y2);
+        }
+        out
+    }
+}
+
+/// Sixteen rows' 32 bf16 values each (one vector per row, value pairs as 32-bit lanes) stored
+/// as one strip tile: 16 rows of value pairs, each holding the sixteen rows' pair side by side.
+///
+/// # Safety
+/// AVX-512F; `o` points at 512 writable `u16`.
+#[inline(always)]
+unsafe fn store_strip_tile(rows: [__m512i; 16], o: *mut u16) {
+    // SAFETY: register shuffles, then 16 stores of 64 bytes within the caller's 1 KB.
+    unsafe {
+        for (p, v) in transpose16(rows).iter().enumerate() {
+            _mm512_storeu_si512(o.add(32 * p) as *mut __m512i, *v);
+        }
+    }
+}
+
+/// One Q8_0 (`q4 == false`) or Q4_0 block at `p` decoded to 32 bf16 values, bit for bit as
+/// [`crate::kernels::qdot::dequantize_row_bf16`]: 16 + 16 values widened, scaled, and
+/// converted to bf16 in one instruction.
+///
+/// # Safety
+/// F16C, AVX-512F and AVX-512 BF16; `p` points at a whole block.
+#[inline(always)]
+unsafe fn decode_block(q4: bool, p: *const u8) -> __m512i {
+    // SAFETY: reads the block's scale and values; register arithmetic otherwise.
+    unsafe {
+        let d = _mm512_set1_ps(crate::kernels::x86_64::avx2::scale_at(p));
+        let (lo, hi) = if q4 {
+            let q = _mm_loadu_si128(p.add(2) as *const __m128i);
+            let m = _mm_set1_epi8(0x0f);
+            let eight = _mm512_set1_epi32(8);
+            let (lo, hi) = (_mm_and_si128(q, m), _mm_and_si128(_mm_srli_epi16::<4>(q), m));
+            (
+                _mm512_sub_epi32(_mm512_cvtepu8_epi32(lo), eight),
+                _mm512_sub_epi32(_mm512_cvtepu8_epi32(hi), eight),
+            )
+        } else {
+            (
+                _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(2) as *const __m128i)),
+                _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(18) as *const __m128i)),
+            )
+        };
+        let (lo, hi) = (_mm512_mul_ps(_mm512_cvtepi32_ps(lo), d), _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d));
+        core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
+    }
+}
+
+/// Up to 32 Q8_0 (`q4 == false`) or Q4_0 weight rows (`nr` rows of `k` values from the start
+/// of `data`) decoded to a bf16 strip, bit for bit as
+/// [`crate::kernels::qdot::dequantize_strip_bf16`]: per step of 32 values, sixteen rows' blocks
+/// decoded one per vector and transposed into the tile of value pairs.
+///
+/// # Safety
+/// The CPU supports F16C, AVX-512F and AVX-512 BF16; `k % 32 == 0`, `nr <= 32`, `data` holds
+/// `nr` rows of `k / 32` blocks, `out.len() >= 32 * k`.
+#[target_feature(enable = "avx2,f16c,avx512f,avx512bf16")]
+pub unsafe fn dequantize_strip_bf16(q4: bool, data: &[u8], nr: usize, k: usize, out: &mut [u16]) {
+    use crate::kernels::qdot::{Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
+    let bytes = if q4 { Q4_0_BLOCK_BYTES } else { Q8_0_BLOCK_BYTES };
+    let (nb, rb) = (k / 32, k / 32 * bytes);
+    debug_assert!(nr <= 32 && data.len() >= nr * rb && out.len() >= 32 * k);
+    for g in 0..2 {
+        for c in 0..nb {
+            // SAFETY: row 16g + n < nr's block c lies within `data`; the tile written is the
+            // 512 values `(g nb + c) 512..` of `out`.
+            unsafe {
+                let rows = core::array::from_fn(|n| {
+                    let r = 16 * g + n;
+                    if r < nr {
+                        decode_block(q4, data.as_ptr().add(r * rb + c * bytes))
+                    } else {
+                        _mm512_setzero_si512()
+                    }
+                });
+                store_strip_tile(rows, out.as_mut_ptr().add((g * nb + c) * 512));
+            }
+        }
+    }
+}
+
+/// [`crate::kernels::qdot::pack_bf16_strip`] with AVX-512 BF16's conversion, bit for bit: up to
+/// 32 f32 rows of `k` (`x.len() / k` of them) as a bf16 strip.
+///
+/// # Safety
+/// The CPU supports AVX-512F and AVX-512 BF16; `k % 32 == 0`, `out.len() >= 32 * k`.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub unsafe fn pack_bf16_strip(x: &[f32], k: usize, out: &mut [u16]) {
+    let (nb, nr) = (k / 32, (x.len() / k).min(32));
+    debug_assert!(k % 32 == 0 && out.len() >= 32 * k);
+    for g in 0..2 {
+        for c in 0..nb {
+            // SAFETY: reads values 32c..32c + 32 of rows 16g + n < nr (within `x`); writes the
+            // tile `(g nb + c) 512..` of `out`.
+            unsafe {
+                let rows = core::array::from_fn(|n| {
+                    let r = 16 * g + n;
+                    if r < nr {
+                        let p = x.as_ptr().add(r * k + 32 * c);
+                        let h = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(p.add(16)), _mm512_loadu_ps(p));
+                        core::mem::transmute::<__m512bh, __m512i>(h)
+                    } else {
+                        _mm512_setzero_si512()
+                    }
+                });
+                store_strip_tile(rows, out.as_mut_ptr().add((g * nb + c) * 512));
+            }
+        }
+    }
+}
+
+/// [`crate::kernels::qdot::pack_bf16_tile`] with AVX-512 BF16's conversion, bit for bit: up to
+/// sixteen tokens' rows converted, the missing ones zeros.
+///
+/// # Safety
+/// The CPU supports AVX2, AVX-512 BF16 and VL; `out.len() >= cols * 16`.
+#[target_feature(enable = "avx2,avx512bf16,avx512vl")]
+pub unsafe fn pack_bf16_tile(x: &[f32], cols: usize, out: &mut [u16]) {
+    use crate::kernels::qdot::BF16_TILE_TOKENS as T;
+    let tile = &mut out[..cols * T];
+    let n = x.len().min(tile.len()) / cols * cols;
+    // SAFETY: `n <= x.len()` and `n <= tile.len()`.
+    unsafe { convert_bf16(&x[..n], tile) };
+    tile[n..].fill(0);
+}
 
 /// Sixteen f32 (two vectors, `lo` first) rounded to bf16 as [`crate::kernels::qdot::bf16_bits`]
 /// does.
@@ -367,85 +538,6 @@ pub unsafe fn gemm_bf16_32xn(
 unsafe fn bf16x16(lo: __m256, hi: __m256) -> __m256i {
     // SAFETY: register conversion only; AVX-512 BF16 and VL are enabled by the callers.
     unsafe { core::mem::transmute::<__m256bh, __m256i>(_mm256_cvtne2ps_pbh(hi, lo)) }
-}
-
-/// One Q8_0 (`q4 == false`) or Q4_0 weight row decoded to bf16 into `out` (`out.len() / 32`
-/// blocks), bit for bit as [`crate::kernels::qdot::dequantize_row_bf16`]: a block per 512-bit
-/// vector (16 + 16 values widened, scaled, and converted to bf16 in one instruction).
-///
-/// # Safety
-/// The CPU supports F16C, AVX-512F and AVX-512 BF16; `row` holds `out.len() / 32` blocks.
-#[target_feature(enable = "avx2,f16c,avx512f,avx512bf16")]
-pub unsafe fn dequantize_row_bf16(q4: bool, row: &[u8], out: &mut [u16]) {
-    use crate::kernels::qdot::{Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
-    let bytes = if q4 { Q4_0_BLOCK_BYTES } else { Q8_0_BLOCK_BYTES };
-    debug_assert!(row.len() >= out.len() / 32 * bytes);
-    for (b, o) in out.chunks_exact_mut(32).enumerate() {
-        // SAFETY: block b lies within `row` by the caller's contract (scale at its start, then
-        // 32 or 16 bytes of values); the store writes the 32 values of `o`.
-        unsafe {
-            let p = row.as_ptr().add(b * bytes);
-            let d = _mm512_set1_ps(crate::kernels::x86_64::avx2::scale_at(p));
-            let (lo, hi) = if q4 {
-                let q = _mm_loadu_si128(p.add(2) as *const __m128i);
-                let m = _mm_set1_epi8(0x0f);
-                let eight = _mm512_set1_epi32(8);
-                let (lo, hi) = (_mm_and_si128(q, m), _mm_and_si128(_mm_srli_epi16::<4>(q), m));
-                (
-                    _mm512_sub_epi32(_mm512_cvtepu8_epi32(lo), eight),
-                    _mm512_sub_epi32(_mm512_cvtepu8_epi32(hi), eight),
-                )
-            } else {
-                (
-                    _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(2) as *const __m128i)),
-                    _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(18) as *const __m128i)),
-                )
-            };
-            let (lo, hi) = (
-                _mm512_mul_ps(_mm512_cvtepi32_ps(lo), d),
-                _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d),
-            );
-            let h = core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
-            _mm512_storeu_si512(o.as_mut_ptr() as *mut __m512i, h);
-        }
-    }
-}
-
-/// [`crate::kernels::qdot::pack_bf16_tile`] with AVX-512 BF16's conversion, bit for bit: per
-/// eight tokens and sixteen values, each token's eight value pairs (one vector) are transposed
-/// with the others' into eight rows of eight tokens.
-///
-/// # Safety
-/// The CPU supports AVX2, AVX-512 BF16 and VL; `cols` is a multiple of 16.
-#[target_feature(enable = "avx2,avx512bf16,avx512vl")]
-pub unsafe fn pack_bf16_tile(x: &[f32], cols: usize, out: &mut [u16]) {
-    use crate::kernels::qdot::BF16_TILE_TOKENS as T;
-    debug_assert!(cols % 16 == 0);
-    let tile = &mut out[..cols * T];
-    let n = (x.len() / cols).min(T);
-    // Every token group, so that missing tokens are written as zeros.
-    for t0 in (0..T).step_by(8) {
-        for c in 0..cols / 16 {
-            // SAFETY: reads 16 floats at column 16c of tokens t0 + u < n (zeros past them);
-            // writes 8 pairs (16 u16) at pair 8c + u, tokens t0..t0 + 8 of the tile (within
-            // its `cols * 16` values).
-            unsafe {
-                let rows: [__m256; 8] = core::array::from_fn(|u| {
-                    if t0 + u < n {
-                        let v = x.as_ptr().add((t0 + u) * cols + 16 * c);
-                        let h = bf16x16(_mm256_loadu_ps(v), _mm256_loadu_ps(v.add(8)));
-                        _mm256_castsi256_ps(h)
-                    } else {
-                        _mm256_setzero_ps()
-                    }
-                });
-                for (u, v) in transpose8(rows).iter().enumerate() {
-                    let o = tile.as_mut_ptr().add(((8 * c + u) * T + t0) * 2);
-                    _mm256_storeu_ps(o as *mut f32, *v);
-                }
-            }
-        }
-    }
 }
 
 /// f32 values rounded to bf16 as [`crate::kernels::qdot::bf16_bits`] does, bit for bit.

@@ -72,7 +72,7 @@ pub unsafe fn softmax(x: &mut [f32]) {
 /// Exact GELU `x Phi(x)` for sixteen lanes, as the AVX2 `gelu_ps` (Abramowitz and Stegun 7.1.26
 /// for `erfc`), with `1 / (1 + p z)` from `vrcp14ps` and one Newton step.
 #[inline(always)]
-unsafe fn gelu_ps(x: __m512) -> __m512 {
+pub(crate) unsafe fn gelu_ps(x: __m512) -> __m512 {
     // SAFETY: register-only arithmetic under AVX-512F.
     unsafe {
         let z = _mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(core::f32::consts::FRAC_1_SQRT_2));
