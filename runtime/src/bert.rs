@@ -172,7 +172,7 @@ impl Hidden {
 /// reuse the memory of the layer before instead of fresh zeroed allocations (their zeroing and
 /// first-touch page faults were a tenth of a 128-token pass).
 #[derive(Debug, Default)]
-struct Buffers(Vec<Vec<f32>>);
+struct Buffers(Vec<Vec<f32>>, kernels::qdot::Bf16Buf);
 
 impl Buffers {
     /// A buffer of `len` values whose contents are unspecified: the smallest free one that
@@ -190,6 +190,17 @@ impl Buffers {
             }
             None => vec![0f32; len],
         }
+    }
+
+    /// Activations of `n` tokens of `x` on the pool's bf16 storage; [`Buffers::keep`] takes it
+    /// back.
+    fn activations<'a>(&mut self, x: &'a [f32], n: usize) -> Activations<'a> {
+        Activations::reusing(x, n, core::mem::take(&mut self.1))
+    }
+
+    /// Takes back the bf16 storage of `act`.
+    fn keep(&mut self, act: Activations<'_>) {
+        self.1 = act.into_bf16();
     }
 
     /// Gives buffers back for reuse.
@@ -355,7 +366,7 @@ impl<B: AsRef<[u8]>> Encoder<B> {
         let starts = starts(lens);
         // One task per (sequence, head): softmax(q k^T / sqrt(dh)) v, as `[n, dh]`, in f32
         // matrix products over the head's columns (prefix rows first).
-        let tasks = kernels::par_map(lens.len() * heads, |task| {
+        let tasks = kernels::par_map_init(lens.len() * heads, kernels::AttentionScratch::default, |scratch, task| {
             use kernels::gemm::{gemm, Strides};
             let (s, head) = (task / heads, task % heads);
             let (start, n, col) = (starts[s], lens[s], head * dh);
@@ -363,7 +374,7 @@ impl<B: AsRef<[u8]>> Encoder<B> {
             let np = pk.len() / h;
             if np == 0 && quantized {
                 let (at, ld) = (start * h + col, h);
-                let attended = kernels::attention_bf16(&q[at..], &k[at..], &v[at..], ld, n, dh, scale);
+                let attended = kernels::attention_bf16(&q[at..], &k[at..], &v[at..], ld, n, dh, scale, scratch);
                 if let Some(out) = attended {
                     return out;
                 }
@@ -435,20 +446,23 @@ impl<B: AsRef<[u8]>> Encoder<B> {
                 y
             };
             // Self-attention, then residual and LayerNorm (post-LN). Q, K and V share their input.
-            let mut shared = Activations::new(&x, n);
+            let mut shared = pool.activations(&x, n);
             let q = proj(hooks, &mut pool, Block::AttnQ, &layer.q, &mut shared);
             let k = proj(hooks, &mut pool, Block::AttnK, &layer.k, &mut shared);
             let v = proj(hooks, &mut pool, Block::AttnV, &layer.v, &mut shared);
+            pool.keep(shared);
             let quantized = matches!(layer.q.weight.ty, TensorType::Q8_0 | TensorType::Q4_0);
             let prefix = hooks.attention_prefix(l);
             let ctx = self.attention(&q, &k, &v, input.lens, prefix, quantized, &mut pool);
             pool.give([q, k, v]);
-            let mut a = proj(hooks, &mut pool, Block::AttnOutput, &layer.o, &mut Activations::new(&ctx, n));
+            let mut ctx_in = pool.activations(&ctx, n);
+            let mut a = proj(hooks, &mut pool, Block::AttnOutput, &layer.o, &mut ctx_in);
+            pool.keep(ctx_in);
             pool.give([ctx]);
             a.iter_mut().zip(&x).for_each(|(a, x)| *a += x);
             self.hooked_norm(&layer.attn_norm, NormSite::Attention(l), &mut a, hooks);
             // Feed-forward with exact GELU, then residual and LayerNorm.
-            let mut up_in = Activations::new(&a, n);
+            let mut up_in = pool.activations(&a, n);
             let u = if hooks.sees_linear_layers() {
                 let mut u = proj(hooks, &mut pool, Block::FfnUp, &layer.up, &mut up_in);
                 kernels::gelu(&mut u);
@@ -456,7 +470,10 @@ impl<B: AsRef<[u8]>> Encoder<B> {
             } else {
                 self.linear_with(&layer.up, &mut up_in, &mut pool, true)
             };
-            let mut d = proj(hooks, &mut pool, Block::FfnDown, &layer.down, &mut Activations::new(&u, n));
+            pool.keep(up_in);
+            let mut down_in = pool.activations(&u, n);
+            let mut d = proj(hooks, &mut pool, Block::FfnDown, &layer.down, &mut down_in);
+            pool.keep(down_in);
             d.iter_mut().zip(&a).for_each(|(d, a)| *d += a);
             self.hooked_norm(&layer.out_norm, NormSite::Output(l), &mut d, hooks);
             pool.give([core::mem::replace(&mut x, d), a, u]);

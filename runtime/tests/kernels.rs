@@ -432,7 +432,9 @@ const BF16_ATTENTION_F64_TOL: f64 = 1e-2;
 fn bf16_attention_matches_the_reference() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(31);
     let sets: Vec<KernelSet> = variants().into_iter().filter(|k| k.bf16.is_some()).collect();
-    for (n, dh) in [(32, 32), (45, 32), (128, 32), (70, 64), (33, 64)] {
+    // Working memory kept across heads of other shapes, and of the same shape again.
+    let mut scratch: Vec<kernels::AttentionScratch> = (0..=sets.len()).map(|_| Default::default()).collect();
+    for (n, dh) in [(32, 32), (45, 32), (128, 32), (70, 64), (33, 64), (45, 32), (45, 32)] {
         let ld = dh * 3;
         let (q, k, v) = (random_vec(&mut rng, n * ld, 1.0), random_vec(&mut rng, n * ld, 1.0), random_vec(&mut rng, n * ld, 1.0));
         let scale = 1.0 / (dh as f32).sqrt();
@@ -449,13 +451,13 @@ fn bf16_attention_matches_the_reference() {
                 exact[i * dh + d] = (0..n).map(|j| e[j] / sum * at(&v, j, d)).sum();
             }
         }
-        let reference = kernels::attention_bf16_with(kernels::BF16_REFERENCE, &q[col..], &k[col..], &v[col..], ld, n, dh, scale);
+        let reference = kernels::attention_bf16_with(kernels::BF16_REFERENCE, &q[col..], &k[col..], &v[col..], ld, n, dh, scale, &mut scratch[0]);
         let big = exact.iter().fold(0f64, |m, v| m.max(v.abs()));
         for (r, e) in reference.iter().zip(&exact) {
             assert!((*r as f64 - e).abs() <= BF16_ATTENTION_F64_TOL * big, "reference n={n} dh={dh}: {r} vs {e}");
         }
-        for set in &sets {
-            let got = kernels::attention_bf16_with(set.bf16.unwrap(), &q[col..], &k[col..], &v[col..], ld, n, dh, scale);
+        for (set, scratch) in sets.iter().zip(&mut scratch[1..]) {
+            let got = kernels::attention_bf16_with(set.bf16.unwrap(), &q[col..], &k[col..], &v[col..], ld, n, dh, scale, scratch);
             for (i, (g, r)) in got.iter().zip(&reference).enumerate() {
                 assert!(
                     (g - r).abs() <= BF16_ATTENTION_REL_TOL * big as f32,

@@ -583,6 +583,21 @@ impl<'a> Activations<'a> {
         }
     }
 
+    /// The input of `n` tokens, packing into `buf`'s storage (from an earlier input's
+    /// [`Activations::into_bf16`]) instead of a new buffer.
+    pub fn reusing(x: &'a [f32], n: usize, buf: qdot::Bf16Buf) -> Self {
+        Activations {
+            bf16: buf,
+            ..Activations::new(x, n)
+        }
+    }
+
+    /// The bf16 buffer's storage, for the next input ([`Activations::reusing`]).
+    pub fn into_bf16(mut self) -> qdot::Bf16Buf {
+        self.bf16.clear();
+        self.bf16
+    }
+
     /// Tokens.
     pub fn tokens(&self) -> usize {
         self.n
@@ -616,7 +631,8 @@ impl<'a> Activations<'a> {
         if let Some(bk) = k.bf16.filter(|_| quantized && self.n >= bf16_min_tokens(ty)) {
             // Tiles packed in place, on the pool.
             let tile = BF16_TILE_TOKENS * cols;
-            self.bf16.resize(self.n.div_ceil(BF16_TILE_TOKENS) * tile);
+            // Every value is written by `pack`.
+            self.bf16.resize_any(self.n.div_ceil(BF16_TILE_TOKENS) * tile);
             par_chunks_mut(self.bf16.as_mut_slice(), tile, |g, out| (bk.pack)(chunk(g, BF16_TILE_TOKENS), cols, out));
             return;
         }
@@ -780,8 +796,10 @@ impl Out<'_> {
 const OUT_TILE: usize = 16;
 
 /// Fewest tokens for which Q8_0 linear layers take the bf16 kernels: each layer decodes all
-/// its weights to bf16, which fewer tokens do not pay back (the integer kernels take them).
-pub const BF16_MIN_TOKENS: usize = 32;
+/// its weights to bf16, which fewer tokens do not pay back (the integer kernels take them;
+/// at 8 tokens they took 3.6 ms a pass against 4.5 for bf16, at 16 bf16 was as fast on one
+/// thread and 4.1 against 5.0 ms on two, its row split decoding each weight once).
+pub const BF16_MIN_TOKENS: usize = 16;
 
 /// Fewest tokens for which linear layers with weights of type `ty` take the bf16 kernels:
 /// [`BF16_MIN_TOKENS`] for Q8_0; any number for Q4_0, whose integer path (16-bit
@@ -1198,14 +1216,38 @@ pub const BF16_ATTENTION_MIN_TOKENS: usize = 32;
 /// (`dh` of them), likewise `k` and `v`. Queries (times `scale`), keys, values and the
 /// probabilities are rounded to bf16 (as [`qdot::bf16_bits`]); scores, softmax and sums are
 /// f32. Keys are the strips' rows (padded to a multiple of 32 with zeros), queries the token
-/// tiles; then the values' columns are the rows against the probabilities as tokens.
+/// tiles; then the values' columns are the rows against the probabilities as tokens. `scratch`
+/// is working memory kept from head to head.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_bf16(q: &[f32], k: &[f32], v: &[f32], ld: usize, n: usize, dh: usize, scale: f32) -> Option<Vec<f32>> {
+pub fn attention_bf16(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    ld: usize,
+    n: usize,
+    dh: usize,
+    scale: f32,
+    scratch: &mut AttentionScratch,
+) -> Option<Vec<f32>> {
     let bk = active().bf16?;
     if n < BF16_ATTENTION_MIN_TOKENS || dh % BF16_ROWS != 0 {
         return None;
     }
-    Some(attention_bf16_with(bk, q, k, v, ld, n, dh, scale))
+    Some(attention_bf16_with(bk, q, k, v, ld, n, dh, scale, scratch))
+}
+
+/// Working memory of [`attention_bf16`], kept from head to head (a task's heads reuse it
+/// instead of zeroing fresh buffers for each).
+#[derive(Debug, Default)]
+pub struct AttentionScratch {
+    queries: Vec<f32>,
+    qt: qdot::Bf16Buf,
+    keys: Vec<f32>,
+    kr: qdot::Bf16Buf,
+    scores: Vec<f32>,
+    pt: qdot::Bf16Buf,
+    values: Vec<f32>,
+    vt: qdot::Bf16Buf,
 }
 
 /// [`attention_bf16`] on the given kernels (tests compare each set with the references).
@@ -1219,30 +1261,44 @@ pub fn attention_bf16_with(
     n: usize,
     dh: usize,
     scale: f32,
+    scratch: &mut AttentionScratch,
 ) -> Vec<f32> {
     let m = n.next_multiple_of(BF16_ROWS);
     fn head(x: &[f32], i: usize, ld: usize, dh: usize) -> &[f32] {
         &x[i * ld..i * ld + dh]
     }
+    let AttentionScratch {
+        queries,
+        qt,
+        keys,
+        kr,
+        scores,
+        pt,
+        values,
+        vt,
+    } = scratch;
     // Queries, times the scale (so the scores come out scaled), as token tiles.
-    let mut rows = Vec::with_capacity(n * dh);
-    (0..n).for_each(|i| rows.extend(head(q, i, ld, dh).iter().map(|v| v * scale)));
-    let mut qt = qdot::Bf16Buf::new();
-    qdot::pack_bf16_tiles_with(bk.pack, &rows, dh, &mut qt);
+    queries.clear();
+    (0..n).for_each(|i| queries.extend(head(q, i, ld, dh).iter().map(|v| v * scale)));
+    qt.clear();
+    qdot::pack_bf16_tiles_with(bk.pack, queries, dh, qt);
     let qt = qt.as_slice();
-    // Keys as strips of 32 rows, `[m, dh]`.
-    let mut kf = Vec::with_capacity(BF16_ROWS * dh);
-    let mut kr = qdot::Bf16Buf::zeros(m * dh);
-    let kr = kr.as_mut_slice();
-    for (j0, o) in (0..n).step_by(BF16_ROWS).zip(kr.chunks_exact_mut(BF16_ROWS * dh)) {
-        kf.clear();
-        (j0..(j0 + BF16_ROWS).min(n)).for_each(|j| kf.extend_from_slice(head(k, j, ld, dh)));
-        (bk.strip)(&kf, dh, o);
+    // Keys as strips of 32 rows, `[m, dh]` (the strips write every value).
+    kr.resize_any(m * dh);
+    for (j0, o) in (0..n).step_by(BF16_ROWS).zip(kr.as_mut_slice().chunks_exact_mut(BF16_ROWS * dh)) {
+        keys.clear();
+        (j0..(j0 + BF16_ROWS).min(n)).for_each(|j| keys.extend_from_slice(head(k, j, ld, dh)));
+        (bk.strip)(keys, dh, o);
     }
+    let kr = kr.as_slice();
     let nt = n.div_ceil(BF16_TILE_TOKENS);
     let zero = [0f32; BF16_ROWS];
-    // scores[i, j] = q_i . k_j, `[n, m]`; columns n.. are never written and stay zero.
-    let mut scores = alloc::vec![0f32; n * m];
+    // scores[i, j] = q_i . k_j, `[n, m]`; columns n.. are never written and stay zero (a
+    // buffer of another shape is zeroed first).
+    if scores.len() != n * m {
+        scores.clear();
+        scores.resize(n * m, 0.0);
+    }
     for j0 in (0..n).step_by(BF16_ROWS) {
         let nr = (n - j0).min(BF16_ROWS);
         (bk.gemm)(&kr[j0 * dh..], dh, qt, nt, &zero, &mut scores[j0..], m, nr, n, false, &[]);
@@ -1251,19 +1307,22 @@ pub fn attention_bf16_with(
         softmax(&mut row[..n]);
     }
     // Probabilities as token tiles of depth m.
-    let mut pt = qdot::Bf16Buf::new();
-    qdot::pack_bf16_tiles_with(bk.pack, &scores, m, &mut pt);
+    pt.clear();
+    qdot::pack_bf16_tiles_with(bk.pack, scores, m, pt);
     let pt = pt.as_slice();
-    // Values' columns as strips of 32 rows of depth m (zeros past n).
-    let mut cols = alloc::vec![0f32; BF16_ROWS * m];
-    let mut vt = qdot::Bf16Buf::zeros(dh * m);
-    let vt = vt.as_mut_slice();
-    for (d0, o) in (0..dh).step_by(BF16_ROWS).zip(vt.chunks_exact_mut(BF16_ROWS * m)) {
-        for (d, col) in cols.chunks_exact_mut(m).enumerate() {
+    // Values' columns as strips of 32 rows of depth m; columns n.. stay zero, as above.
+    if values.len() != BF16_ROWS * m {
+        values.clear();
+        values.resize(BF16_ROWS * m, 0.0);
+    }
+    vt.resize_any(dh * m);
+    for (d0, o) in (0..dh).step_by(BF16_ROWS).zip(vt.as_mut_slice().chunks_exact_mut(BF16_ROWS * m)) {
+        for (d, col) in values.chunks_exact_mut(m).enumerate() {
             (0..n).for_each(|j| col[j] = v[j * ld + d0 + d]);
         }
-        (bk.strip)(&cols, m, o);
+        (bk.strip)(values, m, o);
     }
+    let vt = vt.as_slice();
     let mut out = alloc::vec![0f32; n * dh];
     for d0 in (0..dh).step_by(BF16_ROWS) {
         (bk.gemm)(&vt[d0 * m..], m, pt, nt, &zero, &mut out[d0..], dh, BF16_ROWS, n, false, &[]);
@@ -1307,14 +1366,25 @@ pub fn par_chunks_mut<T: Send>(x: &mut [T], size: usize, f: impl Fn(usize, &mut 
 /// `f(0), f(1), ..., f(count - 1)`, computed on the pool (sequentially at one thread or without
 /// `std`).
 pub fn par_map<T: Send>(count: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
+    par_map_init(count, || (), |_, i| f(i))
+}
+
+/// [`par_map`] with working memory: `f(&mut state, i)`, one `state` from `init` per piece of
+/// work the pool splits off (one in all at one thread), reused for the indices it covers.
+pub fn par_map_init<S, T: Send>(
+    count: usize,
+    init: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, usize) -> T + Sync + Send,
+) -> Vec<T> {
     #[cfg(feature = "std")]
     {
         use rayon::prelude::*;
         if rayon::current_num_threads() > 1 {
-            return (0..count).into_par_iter().map(f).collect();
+            return (0..count).into_par_iter().map_init(init, f).collect();
         }
     }
-    (0..count).map(f).collect()
+    let mut state = init();
+    (0..count).map(|i| f(&mut state, i)).collect()
 }
 
 /// Dot product.

@@ -291,6 +291,16 @@ impl Bf16Buf {
         self.buf[at + old..at + len].fill(0);
     }
 
+    /// Resized to `len` values whose contents are unspecified (for callers that write every
+    /// value): within its storage, nothing is written.
+    pub fn resize_any(&mut self, len: usize) {
+        if self.at + len <= self.buf.len() {
+            self.len = len;
+        } else {
+            self.resize(len);
+        }
+    }
+
     /// Emptied (the storage kept).
     pub fn clear(&mut self) {
         self.len = 0;
@@ -411,7 +421,8 @@ pub fn pack_bf16_tile(x: &[f32], cols: usize, out: &mut [u16]) {
 /// [`pack_bf16_tile`]s), appended to `out`; the last tile's missing tokens are zeros.
 pub fn pack_bf16_tiles_with(pack: fn(&[f32], usize, &mut [u16]), x: &[f32], cols: usize, out: &mut Bf16Buf) {
     let (at, tile) = (out.as_slice().len(), BF16_TILE_TOKENS * cols);
-    out.resize(at + x.len().div_ceil(tile) * tile);
+    // `pack` writes every value of its tile.
+    out.resize_any(at + x.len().div_ceil(tile) * tile);
     for (x, o) in x.chunks(tile).zip(out.as_mut_slice()[at..].chunks_exact_mut(tile)) {
         pack(x, cols, o);
     }
