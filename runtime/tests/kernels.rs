@@ -373,6 +373,13 @@ fn bf16_kernels_match_the_reference() {
                 (bk.pack)(few, cols, &mut tile);
                 qdot::pack_bf16_tile(few, cols, &mut want_tile);
                 assert!(tile == want_tile, "{} a short tile over stale values", k.name);
+                // Rows of any length (vector tails).
+                let odd = 1 + cols % 37;
+                let few = &x[..odd * ntok.min(16)];
+                let (mut tile, mut want_tile) = (vec![0x7fc1u16; odd * 16], vec![0x7fc1u16; odd * 16]);
+                (bk.pack)(few, odd, &mut tile);
+                qdot::pack_bf16_tile(few, odd, &mut want_tile);
+                assert!(tile == want_tile, "{} a tile of rows of {odd}", k.name);
                 // f32 rows as a strip (attention's keys and values), from 1 to 32 rows.
                 let few = &x[..cols * ntok.min(32)];
                 let mut strip = vec![0x7fc1u16; 32 * cols];

@@ -313,14 +313,14 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
         };
         assert!(k % QK == 0 && nr <= qdot::BF16_STRIP_ROWS && out.len() >= qdot::BF16_STRIP_ROWS * k);
         assert!(data.len() >= nr * (k / QK) * bytes, "short {ty:?} rows");
-        // SAFETY: only handed out after `amx::available_bf16()` (AVX-512 BF16 and VL) and
+        // SAFETY: only handed out after `amx::available_bf16()` (AVX-512 BF16, VL and BW) and
         // detecting AVX2, F16C and AVX-512F; lengths asserted.
         unsafe { x86_64::amx::dequantize_strip_bf16(q4, data, nr, k, out) }
     }
     #[allow(unsafe_code)]
     fn strip_bf16(x: &[f32], k: usize, out: &mut [u16]) {
         assert!(k % QK == 0 && out.len() >= qdot::BF16_STRIP_ROWS * k);
-        // SAFETY: only handed out after `amx::available_bf16()` (AVX-512 BF16 and VL) and
+        // SAFETY: only handed out after `amx::available_bf16()` (AVX-512 BF16, VL and BW) and
         // detecting AVX-512F; lengths asserted.
         unsafe { x86_64::amx::pack_bf16_strip(x, k, out) }
     }

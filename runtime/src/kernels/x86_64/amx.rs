@@ -23,13 +23,14 @@ pub fn available() -> bool {
 }
 
 /// Whether this CPU has AMX-TILE and AMX-BF16 (granted as for [`available`]), and AVX-512 BF16
-/// for the conversions to bf16 that feed the tiles.
+/// (with VL and BW) for the conversions to bf16 that feed the tiles.
 pub fn available_bf16() -> bool {
     // CPUID leaf 7, EDX bit 22: AMX-BF16.
     tiles_granted()
         && __cpuid_count(7, 0).edx & (1 << 22) != 0
         && std::is_x86_feature_detected!("avx512bf16")
         && std::is_x86_feature_detected!("avx512vl")
+        && std::is_x86_feature_detected!("avx512bw")
 }
 
 /// Whether this CPU has AMX-TILE, the OS saves the tile state, and Linux granted this process
@@ -521,8 +522,8 @@ pub unsafe fn pack_bf16_strip(x: &[f32], k: usize, out: &mut [u16]) {
 /// sixteen tokens' rows converted, the missing ones zeros.
 ///
 /// # Safety
-/// The CPU supports AVX2, AVX-512 BF16 and VL; `out.len() >= cols * 16`.
-#[target_feature(enable = "avx2,avx512bf16,avx512vl")]
+/// The CPU supports AVX-512F, BW and BF16; `out.len() >= cols * 16`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 pub unsafe fn pack_bf16_tile(x: &[f32], cols: usize, out: &mut [u16]) {
     use crate::kernels::qdot::BF16_TILE_TOKENS as T;
     let tile = &mut out[..cols * T];
@@ -532,31 +533,26 @@ pub unsafe fn pack_bf16_tile(x: &[f32], cols: usize, out: &mut [u16]) {
     tile[n..].fill(0);
 }
 
-/// Sixteen f32 (two vectors, `lo` first) rounded to bf16 as [`crate::kernels::qdot::bf16_bits`]
-/// does.
-#[inline(always)]
-unsafe fn bf16x16(lo: __m256, hi: __m256) -> __m256i {
-    // SAFETY: register conversion only; AVX-512 BF16 and VL are enabled by the callers.
-    unsafe { core::mem::transmute::<__m256bh, __m256i>(_mm256_cvtne2ps_pbh(hi, lo)) }
-}
 
-/// f32 values rounded to bf16 as [`crate::kernels::qdot::bf16_bits`] does, bit for bit.
+/// f32 values rounded to bf16 as [`crate::kernels::qdot::bf16_bits`] does, bit for bit: 32
+/// values per conversion, the tail masked.
 ///
 /// # Safety
-/// The CPU supports AVX2, AVX-512 BF16 and VL; `out.len() >= x.len()`.
-#[target_feature(enable = "avx2,avx512bf16,avx512vl")]
+/// The CPU supports AVX-512F, BW and BF16; `out.len() >= x.len()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 pub unsafe fn convert_bf16(x: &[f32], out: &mut [u16]) {
     debug_assert!(out.len() >= x.len());
-    let whole = x.len() / 16 * 16;
-    for i in (0..whole).step_by(16) {
-        // SAFETY: reads x[i..i + 16], writes out[i..i + 16] (i + 16 <= x.len() <= out.len()).
+    let n = x.len();
+    for i in (0..n).step_by(32) {
+        let lanes = |m: usize| if m >= 16 { 0xffff } else { (1u16 << m) - 1 };
+        let (lo, hi) = (lanes(n - i), lanes((n - i).saturating_sub(16)));
+        // SAFETY: the masked loads read x[i..min(i + 32, n)]; the masked store writes as many
+        // values of `out` (at least as long as `x`).
         unsafe {
             let p = x.as_ptr().add(i);
-            let h = bf16x16(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
-            _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, h);
+            let v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, p.wrapping_add(16)), _mm512_maskz_loadu_ps(lo, p));
+            let v = core::mem::transmute::<__m512bh, __m512i>(v);
+            _mm512_mask_storeu_epi16(out.as_mut_ptr().add(i) as *mut i16, ((hi as u32) << 16 | lo as u32) as __mmask32, v);
         }
-    }
-    for (o, &v) in out[whole..].iter_mut().zip(&x[whole..]) {
-        *o = crate::kernels::qdot::bf16_bits(v);
     }
 }
