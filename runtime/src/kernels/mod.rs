@@ -358,6 +358,13 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
         unsafe { x86_64::avx512::softmax(x) }
     }
     #[allow(unsafe_code)]
+    fn layer_norm512(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+        assert_eq!(w.len(), b.len());
+        // SAFETY: only handed out after `amx::available_bf16()` and detecting AVX-512F;
+        // lengths asserted.
+        unsafe { x86_64::avx512::layer_norm(x, w, b, eps) }
+    }
+    #[allow(unsafe_code)]
     fn gelu512(x: &mut [f32]) {
         // SAFETY: only handed out after `amx::available_bf16()` and detecting AVX-512F.
         unsafe { x86_64::avx512::gelu(x) }
@@ -369,6 +376,7 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
                 name: "avx2+amx-bf16",
                 softmax: softmax512,
                 gelu: gelu512,
+                layer_norm: layer_norm512,
                 bf16: Some(Bf16Kernels {
                     dequantize: dequantize_bf16,
                     pack: pack_bf16,

@@ -112,3 +112,49 @@ pub unsafe fn gelu(x: &mut [f32]) {
         }
     }
 }
+
+/// LayerNorm of each row of `x` (rows of `w.len()`) in place, as the AVX2 `layer_norm` (the
+/// mean, then the variance about it with the mean's residual taken out) on sixteen lanes with
+/// masked tails.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `b.len() == w.len()`.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let h = w.len();
+    debug_assert_eq!(b.len(), h);
+    let hf = h as f32;
+    for row in x.chunks_exact_mut(h) {
+        let p = row.as_mut_ptr();
+        // SAFETY: every load and store is masked to the lanes below `h` of `row`, `w` and `b`
+        // (all of length `h`).
+        unsafe {
+            let mut s = _mm512_setzero_ps();
+            for i in (0..h).step_by(16) {
+                s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(lanes(h - i), p.add(i)));
+            }
+            let mean = _mm512_reduce_add_ps(s) / hf;
+            let m = _mm512_set1_ps(mean);
+            let (mut sd, mut sq) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            for i in (0..h).step_by(16) {
+                let k = lanes(h - i);
+                let d = _mm512_maskz_sub_ps(k, _mm512_maskz_loadu_ps(k, p.add(i)), m);
+                sd = _mm512_add_ps(sd, d);
+                sq = _mm512_fmadd_ps(d, d, sq);
+            }
+            let c = _mm512_reduce_add_ps(sd) / hf;
+            let var = (_mm512_reduce_add_ps(sq) / hf - c * c).max(0.0);
+            let inv = 1.0 / libm::sqrtf(var + eps);
+            // `(x - mean) - c`: the first difference is exact for x near the mean.
+            let (cv, vi) = (_mm512_set1_ps(c), _mm512_set1_ps(inv));
+            for i in (0..h).step_by(16) {
+                let k = lanes(h - i);
+                let d = _mm512_sub_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, p.add(i)), m), cv);
+                let d = _mm512_mul_ps(d, vi);
+                let wi = _mm512_maskz_loadu_ps(k, w.as_ptr().add(i));
+                let bi = _mm512_maskz_loadu_ps(k, b.as_ptr().add(i));
+                _mm512_mask_storeu_ps(p.add(i), k, _mm512_fmadd_ps(d, wi, bi));
+            }
+        }
+    }
+}
