@@ -1,7 +1,7 @@
 //! Every kernel variant this CPU runs against the scalar reference, on random shapes including
 //! ragged row counts and single tokens.
 
-use petal_runtime::kernels::{self, generic, qdot, KernelSet};
+use petal_runtime::kernels::{self, generic, qdot, KernelSet, RowsMut};
 use petal_runtime::quant::{self, TensorType, QK};
 use petal_runtime::weights::Matrix;
 use rand::{Rng, SeedableRng};
@@ -355,7 +355,7 @@ fn bf16_kernels_match_the_reference() {
             let ld = nr + rng.gen_range(0..3);
             const SENTINEL: f32 = -7.0e30;
             let mut reference = vec![SENTINEL; ntok * ld];
-            generic::gemm_bf16_32xn(&want, cols, &packed, nt, &bias, &mut reference, ld, nr, ntok, false, &[]);
+            generic::gemm_bf16_32xn(&want, cols, &packed, nt, &bias, &mut RowsMut::new(&mut reference, ld).window(0, 0, nr), nr, ntok, false, &[]);
             for k in &sets {
                 let bk = k.bf16.unwrap();
                 let mut got = vec![0x7fc1u16; 32 * cols];
@@ -388,12 +388,12 @@ fn bf16_kernels_match_the_reference() {
                 qdot::pack_bf16_strip(few, cols, &mut strip_ref);
                 assert!(strip == strip_ref, "{} f32 rows as a bf16 strip", k.name);
                 let mut out = vec![SENTINEL; ntok * ld];
-                (bk.gemm)(&want, cols, &packed, nt, &bias, &mut out, ld, nr, ntok, false, &data);
+                (bk.gemm)(&want, cols, &packed, nt, &bias, &mut RowsMut::new(&mut out, ld).window(0, 0, nr), nr, ntok, false, &data);
                 // With GELU as the outputs are stored.
                 let mut out_gelu = vec![SENTINEL; ntok * ld];
-                (bk.gemm)(&want, cols, &packed, nt, &bias, &mut out_gelu, ld, nr, ntok, true, &[]);
+                (bk.gemm)(&want, cols, &packed, nt, &bias, &mut RowsMut::new(&mut out_gelu, ld).window(0, 0, nr), nr, ntok, true, &[]);
                 let mut reference_gelu = vec![SENTINEL; ntok * ld];
-                generic::gemm_bf16_32xn(&want, cols, &packed, nt, &bias, &mut reference_gelu, ld, nr, ntok, true, &[]);
+                generic::gemm_bf16_32xn(&want, cols, &packed, nt, &bias, &mut RowsMut::new(&mut reference_gelu, ld).window(0, 0, nr), nr, ntok, true, &[]);
                 let untouched = |v: &Vec<f32>| (0..ntok * ld).filter(|i| i % ld >= nr).all(|i| v[i] == SENTINEL);
                 assert!(untouched(&out) && untouched(&reference), "{} wrote past row {nr}", k.name);
                 assert!(untouched(&out_gelu), "{} wrote past row {nr} with GELU", k.name);
@@ -989,4 +989,29 @@ fn bf16_buffers_are_aligned_and_keep_their_values() {
     }
     b.clear();
     assert!(b.as_slice().is_empty());
+}
+
+/// Rows written through windows: each value lands at its row and column, and values outside
+/// the holder's columns or the buffer are refused.
+#[test]
+fn rows_write_only_their_columns() {
+    let mut buf = vec![0f32; 5 * 7 - 2];
+    let mut rows = RowsMut::new(&mut buf, 7);
+    {
+        let mut w = rows.window(1, 2, 3);
+        assert_eq!((w.width(), w.ld()), (3, 7));
+        w.set(0, 0, 1.0);
+        w.set(3, 2, 2.0);
+        let outside = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.set(0, 3, 9.0)));
+        assert!(outside.is_err(), "a column past the window");
+        let past_end = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.set(4, 2, 9.0)));
+        assert!(past_end.is_err(), "a row past the buffer");
+    }
+    let wide = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rows.window(0, 5, 3);
+    }));
+    assert!(wide.is_err(), "a window wider than the rows");
+    assert_eq!(buf[7 + 2], 1.0);
+    assert_eq!(buf[4 * 7 + 4], 2.0);
+    assert_eq!(buf.iter().filter(|&&v| v != 0.0).count(), 2);
 }

@@ -164,8 +164,8 @@ pub fn dot_q4_0_2x8(w: [&[u8]; 2], p: &[Panel16]) -> [f32; 16] {
 
 /// Scalar reference of the bf16 strip product: thirty-two weight rows decoded to bf16 (`a`, a
 /// strip in [`qdot::strip_index`]'s layout, rows of `k` values) against `nt` tiles of sixteen
-/// tokens (`b`, rows of `k` bf16 values, as [`qdot::pack_bf16_tile`] packs them):
-/// `out[t * ld + r] = bias[r] + sum_i a[r][i] * x_t[i]` for the first `ntok` tokens and `nr`
+/// tokens (`b`, rows of `k` bf16 values, as [`qdot::pack_bf16_tile`] packs them): column `r` of
+/// `out`'s row `t` = `bias[r] + sum_i a[r][i] * x_t[i]` for the first `ntok` tokens and `nr`
 /// rows, products and sums in f32 over value pairs in order; with `gelu`, each output goes
 /// through [`gelu`]. `_next` is a cache hint for the SIMD kernels.
 #[allow(clippy::too_many_arguments)]
@@ -175,8 +175,7 @@ pub fn gemm_bf16_32xn(
     b: &[u16],
     nt: usize,
     bias: &[f32; 32],
-    out: &mut [f32],
-    ld: usize,
+    out: &mut crate::kernels::RowsMut<'_>,
     nr: usize,
     ntok: usize,
     gelu: bool,
@@ -191,10 +190,11 @@ pub fn gemm_bf16_32xn(
                 let (w0, w1) = (a[strip_index(r, 2 * p, k)], a[strip_index(r, 2 * p + 1, k)]);
                 s += bf16_value(w0) * bf16_value(x[2 * p]) + bf16_value(w1) * bf16_value(x[2 * p + 1]);
             }
-            out[t * ld + r] = s + bias[r];
+            let mut v = [s + bias[r]];
             if gelu {
-                self::gelu(&mut out[t * ld + r..t * ld + r + 1]);
+                self::gelu(&mut v);
             }
+            out.set(t, r, v[0]);
         }
     }
 }

@@ -87,8 +87,8 @@ pub struct Bf16Kernels {
     /// Up to 32 f32 rows rounded to a bf16 strip, as [`qdot::pack_bf16_strip`]: `(x, k, out)`.
     pub strip: fn(&[f32], usize, &mut [u16]),
     /// A strip of thirty-two bf16 weight rows against `nt` token tiles, as
-    /// [`generic::gemm_bf16_32xn`]: `(a, k, b, nt, bias, out, ld, nr, ntok, gelu, next)`,
-    /// `out[token * ld + row]`; `next` (the next strip's weights) is brought into the cache
+    /// [`generic::gemm_bf16_32xn`]: `(a, k, b, nt, bias, out, nr, ntok, gelu, next)`,
+    /// `out`'s column `row` of row `token`; `next` (the next strip's weights) is brought into the cache
     /// while the product runs.
     pub gemm: Bf16Gemm,
 }
@@ -101,8 +101,99 @@ pub const BF16_REFERENCE: Bf16Kernels = Bf16Kernels {
     gemm: generic::gemm_bf16_32xn,
 };
 
-/// The bf16 strip product's signature: `(a, k, b, nt, bias, out, ld, nr, ntok, gelu, next)`.
-pub type Bf16Gemm = fn(&[u16], usize, &[u16], usize, &[f32; 32], &mut [f32], usize, usize, usize, bool, &[u8]);
+/// Rows of `ld` f32 values (columns numbered from the first value) of which the holder writes
+/// only columns `c0..c1`: a whole buffer
+/// ([`RowsMut::new`]), a window of it, or one task's columns of an output that parallel tasks
+/// share. Kernels write through [`RowsMut::set`] or, in SIMD code, through [`RowsMut::raw`]
+/// within the same bounds.
+#[derive(Debug)]
+pub struct RowsMut<'a> {
+    ptr: *mut f32,
+    len: usize,
+    ld: usize,
+    c0: usize,
+    c1: usize,
+    _buf: core::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: a `RowsMut` writes only its own columns of the buffer it was made from, and each
+// holder's columns are disjoint from any other's (see `new`, `window`, `SharedRows::rows`).
+#[allow(unsafe_code)]
+unsafe impl Send for RowsMut<'_> {}
+
+impl<'a> RowsMut<'a> {
+    /// All of `y`, as rows of `ld` (the last one may be short).
+    pub fn new(y: &'a mut [f32], ld: usize) -> Self {
+        RowsMut {
+            ptr: y.as_mut_ptr(),
+            len: y.len(),
+            ld,
+            c0: 0,
+            c1: ld,
+            _buf: core::marker::PhantomData,
+        }
+    }
+
+    /// The rows from `t0` on, columns `c..c + width`, as columns `0..width` of the window.
+    ///
+    /// # Panics
+    /// If the columns are not within this holder's, or row `t0` starts past the end.
+    pub fn window(&mut self, t0: usize, c: usize, width: usize) -> RowsMut<'_> {
+        let at = t0 * self.ld + c;
+        assert!(self.c0 <= c && c + width <= self.c1 && at <= self.len, "window outside the rows' columns");
+        RowsMut {
+            ptr: self.ptr.wrapping_add(at),
+            len: self.len - at,
+            ld: self.ld,
+            c0: 0,
+            c1: width,
+            _buf: core::marker::PhantomData,
+        }
+    }
+
+    /// Columns this holder writes.
+    pub fn width(&self) -> usize {
+        self.c1 - self.c0
+    }
+
+    /// Row length of the buffer.
+    pub fn ld(&self) -> usize {
+        self.ld
+    }
+
+    /// Values from the start of the first row to the end of the buffer.
+    pub fn len(&self) -> usize {
+        self.len - self.c0
+    }
+
+    /// Whether no value can be written.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0 || self.width() == 0
+    }
+
+    /// Sets column `c0 + c` of row `t` (`c` counted from the holder's first column).
+    ///
+    /// # Panics
+    /// Outside the holder's columns or the buffer.
+    #[allow(unsafe_code)]
+    pub fn set(&mut self, t: usize, c: usize, v: f32) {
+        let at = t * self.ld + self.c0 + c;
+        assert!(self.c0 + c < self.c1 && at < self.len, "value outside the rows' columns");
+        // SAFETY: within the buffer and the holder's columns (checked), which no one else
+        // writes while it lives.
+        unsafe { *self.ptr.add(at) = v }
+    }
+
+    /// The first row's first column (of this holder's), the row length and the number of
+    /// values from there to the end of the buffer, for kernels that write
+    /// `ptr[t * ld + c]` for columns `c < width()` and `t * ld + c < len`.
+    pub fn raw(&mut self) -> (*mut f32, usize, usize) {
+        (self.ptr.wrapping_add(self.c0), self.ld, self.len())
+    }
+}
+
+/// The bf16 strip product's signature: `(a, k, b, nt, bias, out, nr, ntok, gelu, next)`.
+pub type Bf16Gemm = fn(&[u16], usize, &[u16], usize, &[f32; 32], &mut RowsMut<'_>, usize, usize, bool, &[u8]);
 
 /// The scalar references.
 pub const GENERIC: KernelSet = KernelSet {
@@ -338,8 +429,7 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
         b: &[u16],
         nt: usize,
         bias: &[f32; 32],
-        out: &mut [f32],
-        ld: usize,
+        out: &mut RowsMut<'_>,
         nr: usize,
         ntok: usize,
         gelu: bool,
@@ -347,10 +437,13 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
     ) {
         let t = qdot::BF16_TILE_TOKENS;
         assert!(k % 32 == 0 && a.len() >= 32 * k && b.len() >= nt * t * k);
-        assert!(nr <= 32 && nr <= ld && ntok <= nt * t && (ntok == 0 || out.len() >= (ntok - 1) * ld + nr));
+        assert!(nr <= 32 && nr <= out.width() && ntok <= nt * t);
+        assert!(ntok == 0 || out.len() >= (ntok - 1) * out.ld() + nr);
+        let (y, ld, _) = out.raw();
         // SAFETY: only handed out after `amx::available_bf16()` and detecting AVX-512F;
-        // lengths asserted.
-        unsafe { x86_64::amx::gemm_bf16_32xn(a, k, b, nt, bias, out, ld, nr, ntok, gelu, next) }
+        // lengths asserted; the kernel writes columns below `nr` (within the holder's) of rows
+        // below `ntok` (within the buffer).
+        unsafe { x86_64::amx::gemm_bf16_32xn(a, k, b, nt, bias, y, ld, nr, ntok, gelu, next) }
     }
     #[allow(unsafe_code)]
     fn softmax512(x: &mut [f32]) {
@@ -744,6 +837,24 @@ impl SharedRows {
         SharedRows { c0, c1, ..*self }
     }
 
+    /// This task's columns as rows to write.
+    #[cfg(feature = "std")]
+    fn rows(&mut self) -> RowsMut<'_> {
+        RowsMut {
+            ptr: self.ptr,
+            len: self.len,
+            ld: self.ld,
+            c0: self.c0,
+            c1: self.c1,
+            _buf: core::marker::PhantomData,
+        }
+    }
+
+    #[cfg(not(feature = "std"))]
+    fn rows(&mut self) -> RowsMut<'_> {
+        match *self {}
+    }
+
     /// `len` values at `at` of the buffer, within this task's columns of one row (panics
     /// otherwise, so that no two tasks' slices overlap).
     #[cfg(feature = "std")]
@@ -980,8 +1091,9 @@ impl LinearJob<'_> {
         let b = &self.act.bf16.as_slice()[j0 * tile..(j0 + nt) * tile];
         let mut strip = qdot::Bf16Buf::zeros(BF16_ROWS * cols);
         let strip = strip.as_mut_slice();
-        // Results go straight into rows of `y` the task owns, else through `[token][row]` here.
-        let direct = out.os == 1 && matches!(out.y, Dest::Own(_));
+        // Results go straight into the task's rows or columns of `y`, else (outputs by row)
+        // through `[token][row]` here.
+        let direct = out.os == 1;
         let mut r = alloc::vec![0f32; if direct { 0 } else { tokens.len() * BF16_ROWS }];
         for c0 in rows.clone().step_by(BF16_ROWS) {
             let c1 = (c0 + BF16_ROWS).min(rows.end);
@@ -991,11 +1103,16 @@ impl LinearJob<'_> {
             // The next strip's weights, fetched while this one's product runs.
             let next = &w.data[c1 * rb..((c1 + BF16_ROWS).min(rows.end) * rb).max(c1 * rb)];
             let bias: [f32; BF16_ROWS] = core::array::from_fn(|i| self.bias_of(c0 + i));
-            if let (true, Dest::Own(y)) = (direct, &mut out.y) {
-                let at = (tokens.start - out.t0) * out.ts + c0 - out.r0;
-                (bk.gemm)(strip, cols, b, nt, &bias, &mut y[at..], out.ts, c1 - c0, tokens.len(), self.gelu, next);
+            let (t0, r0, nr, n) = (tokens.start - out.t0, c0 - out.r0, c1 - c0, tokens.len());
+            if direct {
+                let mut y = match &mut out.y {
+                    Dest::Own(y) => RowsMut::new(y, out.ts),
+                    Dest::Shared(y) => y.rows(),
+                };
+                (bk.gemm)(strip, cols, b, nt, &bias, &mut y.window(t0, r0, nr), nr, n, self.gelu, next);
             } else {
-                (bk.gemm)(strip, cols, b, nt, &bias, &mut r, BF16_ROWS, c1 - c0, tokens.len(), self.gelu, next);
+                let mut y = RowsMut::new(&mut r, BF16_ROWS);
+                (bk.gemm)(strip, cols, b, nt, &bias, &mut y, nr, n, self.gelu, next);
                 for (t, r) in tokens.clone().zip(r.chunks_exact(BF16_ROWS)) {
                     out.put_rows(t, c0, &r[..c1 - c0]);
                 }
@@ -1309,7 +1426,8 @@ pub fn attention_bf16_with(
     }
     for j0 in (0..n).step_by(BF16_ROWS) {
         let nr = (n - j0).min(BF16_ROWS);
-        (bk.gemm)(&kr[j0 * dh..], dh, qt, nt, &zero, &mut scores[j0..], m, nr, n, false, &[]);
+        let mut s = RowsMut::new(scores, m);
+        (bk.gemm)(&kr[j0 * dh..], dh, qt, nt, &zero, &mut s.window(0, j0, nr), nr, n, false, &[]);
     }
     for row in scores.chunks_exact_mut(m) {
         softmax(&mut row[..n]);
@@ -1332,8 +1450,9 @@ pub fn attention_bf16_with(
     }
     let vt = vt.as_slice();
     let mut out = alloc::vec![0f32; n * dh];
+    let mut o = RowsMut::new(&mut out, dh);
     for d0 in (0..dh).step_by(BF16_ROWS) {
-        (bk.gemm)(&vt[d0 * m..], m, pt, nt, &zero, &mut out[d0..], dh, BF16_ROWS, n, false, &[]);
+        (bk.gemm)(&vt[d0 * m..], m, pt, nt, &zero, &mut o.window(0, d0, BF16_ROWS), BF16_ROWS, n, false, &[]);
     }
     out
 }

@@ -220,7 +220,7 @@ const CONFIG_BF16: TileConfig = {
 /// A strip of thirty-two weight rows in bf16 (`a`, laid out as
 /// [`crate::kernels::qdot::strip_index`] says, rows of `k` values, `k` a multiple of 32) against
 /// `nt` tiles of sixteen tokens (`b`, rows of `k` bf16 values):
-/// `out[t * ld + r] = bias[r] + sum a[r][i] * x_t[i]` for the first `ntok` tokens and `nr` rows,
+/// `*out.add(t * ld + r) = bias[r] + sum a[r][i] * x_t[i]` for the first `ntok` tokens and `nr` rows,
 /// accumulated in f32 by `tdpbf16ps` from the biases. The tiles of sums are tokens by rows, the
 /// layout of `out`: whole ones are stored straight into it; partial ones, and all with `gelu`
 /// (GELU on 512-bit vectors as they are copied), go through a local tile. Token tiles go in
@@ -229,8 +229,8 @@ const CONFIG_BF16: TileConfig = {
 ///
 /// # Safety
 /// [`available_bf16`] returned true; the CPU supports AVX-512F; `a.len() >= 32 * k`,
-/// `b.len() >= nt * 16 * k`, `k % 32 == 0`, `nr <= 32`, `nr <= ld`, `ntok <= 16 * nt`, and
-/// `out.len() >= (ntok - 1) * ld + nr` when `ntok > 0`.
+/// `b.len() >= nt * 16 * k`, `k % 32 == 0`, `nr <= 32`, `ntok <= 16 * nt`, and the values
+/// `out + t * ld + r` for `t < ntok`, `r < nr` are writable and written by no one else meanwhile.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
 pub unsafe fn gemm_bf16_32xn(
@@ -239,16 +239,15 @@ pub unsafe fn gemm_bf16_32xn(
     b: &[u16],
     nt: usize,
     bias: &[f32; 32],
-    out: &mut [f32],
+    out: *mut f32,
     ld: usize,
     nr: usize,
     ntok: usize,
     gelu: bool,
     next: &[u8],
 ) {
-    debug_assert!(k % 32 == 0 && nr <= 32 && nr <= ld && ntok <= 16 * nt);
+    debug_assert!(k % 32 == 0 && nr <= 32 && ntok <= 16 * nt);
     debug_assert!(a.len() >= 32 * k && b.len() >= nt * 16 * k);
-    debug_assert!(ntok == 0 || out.len() >= (ntok - 1) * ld + nr);
     let nb = k / 32;
     // `next`'s cache lines, spread over the product's steps (into L2).
     let (lines, steps) = (next.len().div_ceil(64), (nb * nt.div_ceil(2)).max(1));
@@ -327,15 +326,16 @@ pub unsafe fn gemm_bf16_32xn(
                 continue;
             }
             let (tn, rn) = ((ntok - t0).min(16), (nr - r0).min(16));
-            let o = out.as_mut_ptr().wrapping_add(t0 * ld + r0);
+            let o = out.wrapping_add(t0 * ld + r0);
             if tn == 16 && rn == 16 && !gelu {
-                // SAFETY: writes 16 rows of 64 bytes at `out[(t0 + t) ld + r0..]` for t < 16:
-                // tokens below `ntok` and rows below `nr`, within `out` by the contract.
+                // SAFETY: writes 16 rows of 64 bytes at `out + (t0 + t) ld + r0` for t < 16:
+                // tokens below `ntok` and rows below `nr`, writable by the contract.
                 unsafe { tile_store(q, o, 4 * ld) };
                 continue;
             }
             // SAFETY: the tile store writes the 1 KB of `part`; each row's masked store writes
-            // the `rn` floats of token t0 + t < ntok, rows r0..r0 + rn <= nr, within `out`.
+            // the `rn` floats of token t0 + t < ntok, rows r0..r0 + rn <= nr, writable by the
+            // contract.
             unsafe {
                 tile_store(q, part.as_mut_ptr().cast(), 64);
                 let m: __mmask16 = ((1u32 << rn) - 1) as u16;
@@ -370,42 +370,35 @@ unsafe fn tile_store(q: usize, o: *mut f32, stride: usize) {
     }
 }
 
-/// The 16 x 16 transpose of 32-bit lanes: lane `c` of `v[r]` becomes lane `r` of the result's
-/// `c`th vector (in-lane unpacks by 32 and 64 bits, then two rounds of 128-bit lane shuffles).
+/// The 16 x 16 transpose of 32-bit lanes in place: lane `c` of `v[r]` becomes lane `r` of
+/// `v[c]` (in-lane unpacks by 32 and 64 bits, then two rounds of 128-bit lane shuffles).
 #[inline(always)]
-unsafe fn transpose16(v: [__m512i; 16]) -> [__m512i; 16] {
+unsafe fn transpose16(v: &mut [__m512i; 16]) {
     // SAFETY: register shuffles under AVX-512F (enabled by the callers).
     unsafe {
-        let t: [__m512i; 16] = core::array::from_fn(|i| {
-            let (x, y) = (v[i & !1], v[i | 1]);
-            if i % 2 == 0 {
-                _mm512_unpacklo_epi32(x, y)
-            } else {
-                _mm512_unpackhi_epi32(x, y)
-            }
-        });
+        let mut t = [_mm512_setzero_si512(); 16];
+        for i in (0..16).step_by(2) {
+            t[i] = _mm512_unpacklo_epi32(v[i], v[i + 1]);
+            t[i + 1] = _mm512_unpackhi_epi32(v[i], v[i + 1]);
+        }
         // u[4i + j], in each 128-bit lane L: rows 4i..4i + 4 of column 4L + j.
-        let u: [__m512i; 16] = core::array::from_fn(|i| {
-            let (g, j) = (i / 4 * 4, i % 4);
-            let (x, y) = (t[g + j / 2], t[g + 2 + j / 2]);
-            if j % 2 == 0 {
-                _mm512_unpacklo_epi64(x, y)
-            } else {
-                _mm512_unpackhi_epi64(x, y)
-            }
-        });
-        let mut out = [_mm512_setzero_si512(); 16];
+        let mut u = [_mm512_setzero_si512(); 16];
+        for g in (0..16).step_by(4) {
+            u[g] = _mm512_unpacklo_epi64(t[g], t[g + 2]);
+            u[g + 1] = _mm512_unpackhi_epi64(t[g], t[g + 2]);
+            u[g + 2] = _mm512_unpacklo_epi64(t[g + 1], t[g + 3]);
+            u[g + 3] = _mm512_unpackhi_epi64(t[g + 1], t[g + 3]);
+        }
         for j in 0..4 {
             let x = _mm512_shuffle_i32x4::<0x44>(u[j], u[4 + j]);
             let y = _mm512_shuffle_i32x4::<0xee>(u[j], u[4 + j]);
             let x2 = _mm512_shuffle_i32x4::<0x44>(u[8 + j], u[12 + j]);
             let y2 = _mm512_shuffle_i32x4::<0xee>(u[8 + j], u[12 + j]);
-            out[j] = _mm512_shuffle_i32x4::<0x88>(x, x2);
-            out[4 + j] = _mm512_shuffle_i32x4::<0xdd>(x, x2);
-            out[8 + j] = _mm512_shuffle_i32x4::<0x88>(y, y2);
-            out[12 + j] = _mm512_shuffle_i32x4::<0xdd>(y, y2);
+            v[j] = _mm512_shuffle_i32x4::<0x88>(x, x2);
+            v[4 + j] = _mm512_shuffle_i32x4::<0xdd>(x, x2);
+            v[8 + j] = _mm512_shuffle_i32x4::<0x88>(y, y2);
+            v[12 + j] = _mm512_shuffle_i32x4::<0xdd>(y, y2);
         }
-        out
     }
 }
 
@@ -415,10 +408,11 @@ unsafe fn transpose16(v: [__m512i; 16]) -> [__m512i; 16] {
 /// # Safety
 /// AVX-512F; `o` points at 512 writable `u16`.
 #[inline(always)]
-unsafe fn store_strip_tile(rows: [__m512i; 16], o: *mut u16) {
+unsafe fn store_strip_tile(rows: &mut [__m512i; 16], o: *mut u16) {
     // SAFETY: register shuffles, then 16 stores of 64 bytes within the caller's 1 KB.
     unsafe {
-        for (p, v) in transpose16(rows).iter().enumerate() {
+        transpose16(rows);
+        for (p, v) in rows.iter().enumerate() {
             _mm512_storeu_si512(o.add(32 * p) as *mut __m512i, *v);
         }
     }
@@ -474,15 +468,11 @@ pub unsafe fn dequantize_strip_bf16(q4: bool, data: &[u8], nr: usize, k: usize, 
             // SAFETY: row 16g + n < nr's block c lies within `data`; the tile written is the
             // 512 values `(g nb + c) 512..` of `out`.
             unsafe {
-                let rows = core::array::from_fn(|n| {
-                    let r = 16 * g + n;
-                    if r < nr {
-                        decode_block(q4, data.as_ptr().add(r * rb + c * bytes))
-                    } else {
-                        _mm512_setzero_si512()
-                    }
-                });
-                store_strip_tile(rows, out.as_mut_ptr().add((g * nb + c) * 512));
+                let mut rows = [_mm512_setzero_si512(); 16];
+                for (n, v) in rows.iter_mut().enumerate().take(nr.saturating_sub(16 * g)) {
+                    *v = decode_block(q4, data.as_ptr().add((16 * g + n) * rb + c * bytes));
+                }
+                store_strip_tile(&mut rows, out.as_mut_ptr().add((g * nb + c) * 512));
             }
         }
     }
@@ -502,17 +492,13 @@ pub unsafe fn pack_bf16_strip(x: &[f32], k: usize, out: &mut [u16]) {
             // SAFETY: reads values 32c..32c + 32 of rows 16g + n < nr (within `x`); writes the
             // tile `(g nb + c) 512..` of `out`.
             unsafe {
-                let rows = core::array::from_fn(|n| {
-                    let r = 16 * g + n;
-                    if r < nr {
-                        let p = x.as_ptr().add(r * k + 32 * c);
-                        let h = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(p.add(16)), _mm512_loadu_ps(p));
-                        core::mem::transmute::<__m512bh, __m512i>(h)
-                    } else {
-                        _mm512_setzero_si512()
-                    }
-                });
-                store_strip_tile(rows, out.as_mut_ptr().add((g * nb + c) * 512));
+                let mut rows = [_mm512_setzero_si512(); 16];
+                for (n, v) in rows.iter_mut().enumerate().take(nr.saturating_sub(16 * g)) {
+                    let p = x.as_ptr().add((16 * g + n) * k + 32 * c);
+                    let h = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(p.add(16)), _mm512_loadu_ps(p));
+                    *v = core::mem::transmute::<__m512bh, __m512i>(h);
+                }
+                store_strip_tile(&mut rows, out.as_mut_ptr().add((g * nb + c) * 512));
             }
         }
     }
