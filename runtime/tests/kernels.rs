@@ -387,6 +387,13 @@ fn bf16_kernels_match_the_reference() {
                 (bk.strip)(few, cols, &mut strip);
                 qdot::pack_bf16_strip(few, cols, &mut strip_ref);
                 assert!(strip == strip_ref, "{} f32 rows as a bf16 strip", k.name);
+                // 32 columns of rows of `ld`, fewer rows than the depth at times.
+                let (row_len, depth) = (32 + cols % 7, ntok.next_multiple_of(32));
+                let rows_n = ntok.min(x.len().saturating_sub(32) / row_len + 1);
+                let (mut got_c, mut want_c) = (vec![0x7fc1u16; 32 * depth], vec![0x7fc1u16; 32 * depth]);
+                (bk.columns)(&x, row_len, rows_n, depth, &mut got_c);
+                qdot::pack_bf16_columns(&x, row_len, rows_n, depth, &mut want_c);
+                assert!(got_c == want_c, "{} {rows_n} rows' columns as a bf16 strip", k.name);
                 let mut out = vec![SENTINEL; ntok * ld];
                 (bk.gemm)(&want, cols, &packed, nt, &bias, &mut RowsMut::new(&mut out, ld).window(0, 0, nr), nr, ntok, false, &data);
                 // With GELU as the outputs are stored.

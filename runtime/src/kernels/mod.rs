@@ -86,6 +86,8 @@ pub struct Bf16Kernels {
     pub pack: fn(&[f32], usize, &mut [u16]),
     /// Up to 32 f32 rows rounded to a bf16 strip, as [`qdot::pack_bf16_strip`]: `(x, k, out)`.
     pub strip: fn(&[f32], usize, &mut [u16]),
+    /// 32 f32 columns as a bf16 strip, as [`qdot::pack_bf16_columns`]: `(x, ld, n, k, out)`.
+    pub columns: fn(&[f32], usize, usize, usize, &mut [u16]),
     /// A strip of thirty-two bf16 weight rows against `nt` token tiles, as
     /// [`generic::gemm_bf16_32xn`]: `(a, k, b, nt, bias, out, nr, ntok, gelu, next)`,
     /// `out`'s column `row` of row `token`; `next` (the next strip's weights) is brought into the cache
@@ -98,6 +100,7 @@ pub const BF16_REFERENCE: Bf16Kernels = Bf16Kernels {
     dequantize: qdot::dequantize_strip_bf16,
     pack: qdot::pack_bf16_tile,
     strip: qdot::pack_bf16_strip,
+    columns: qdot::pack_bf16_columns,
     gemm: generic::gemm_bf16_32xn,
 };
 
@@ -416,6 +419,14 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
         unsafe { x86_64::amx::pack_bf16_strip(x, k, out) }
     }
     #[allow(unsafe_code)]
+    fn columns_bf16(x: &[f32], ld: usize, n: usize, k: usize, out: &mut [u16]) {
+        assert!(k % QK == 0 && n <= k && out.len() >= qdot::BF16_STRIP_ROWS * k);
+        assert!(n == 0 || x.len() >= (n - 1) * ld + qdot::BF16_STRIP_ROWS, "short rows");
+        // SAFETY: only handed out after `amx::available_bf16()` (AVX-512 BF16, VL and BW) and
+        // detecting AVX-512F; lengths asserted.
+        unsafe { x86_64::amx::pack_bf16_columns(x, ld, n, k, out) }
+    }
+    #[allow(unsafe_code)]
     fn pack_bf16(x: &[f32], cols: usize, out: &mut [u16]) {
         assert!(out.len() >= cols * qdot::BF16_TILE_TOKENS);
         // SAFETY: as above; the tile's room asserted.
@@ -474,6 +485,7 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
                     dequantize: dequantize_bf16,
                     pack: pack_bf16,
                     strip: strip_bf16,
+                    columns: columns_bf16,
                     gemm: gemm_bf16,
                 }),
                 ..best
@@ -1371,7 +1383,6 @@ pub struct AttentionScratch {
     kr: qdot::Bf16Buf,
     scores: Vec<f32>,
     pt: qdot::Bf16Buf,
-    values: Vec<f32>,
     vt: qdot::Bf16Buf,
 }
 
@@ -1399,7 +1410,6 @@ pub fn attention_bf16_with(
         kr,
         scores,
         pt,
-        values,
         vt,
     } = scratch;
     // Queries, times the scale (so the scores come out scaled), as token tiles.
@@ -1436,17 +1446,10 @@ pub fn attention_bf16_with(
     pt.clear();
     qdot::pack_bf16_tiles_with(bk.pack, scores, m, pt);
     let pt = pt.as_slice();
-    // Values' columns as strips of 32 rows of depth m; columns n.. stay zero, as above.
-    if values.len() != BF16_ROWS * m {
-        values.clear();
-        values.resize(BF16_ROWS * m, 0.0);
-    }
+    // Values' columns as strips of 32 rows of depth m (zeros past n).
     vt.resize_any(dh * m);
     for (d0, o) in (0..dh).step_by(BF16_ROWS).zip(vt.as_mut_slice().chunks_exact_mut(BF16_ROWS * m)) {
-        for (d, col) in values.chunks_exact_mut(m).enumerate() {
-            (0..n).for_each(|j| col[j] = v[j * ld + d0 + d]);
-        }
-        (bk.strip)(values, m, o);
+        (bk.columns)(&v[d0..], ld, n, m, o);
     }
     let vt = vt.as_slice();
     let mut out = alloc::vec![0f32; n * dh];

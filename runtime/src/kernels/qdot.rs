@@ -407,6 +407,24 @@ pub fn dequantize_row_bf16(ty: crate::quant::TensorType, row: &[u8], out: &mut [
     convert_bf16(&f, out);
 }
 
+/// Columns `0..32` of rows `0..n` of `x` (rows of `ld`) as a bf16 strip of depth `k` (a
+/// multiple of 32, at least `n`): strip row `r`, value `j` is `x[j * ld + r]` (zeros from `j = n`
+/// on), rounded by [`bf16_bits`]. Attention's values enter the product this way, their columns
+/// as rows.
+///
+/// # Panics
+/// If `x` is shorter than `(n - 1) * ld + 32` for `n > 0`, or `k < n`.
+pub fn pack_bf16_columns(x: &[f32], ld: usize, n: usize, k: usize, out: &mut [u16]) {
+    assert!(n <= k, "a strip of depth {k} holds {n} rows' columns");
+    let mut cols = alloc::vec![0f32; BF16_STRIP_ROWS * k];
+    for (r, col) in cols.chunks_exact_mut(k).enumerate() {
+        for (j, v) in col.iter_mut().enumerate().take(n) {
+            *v = x[j * ld + r];
+        }
+    }
+    pack_bf16_strip(&cols, k, out);
+}
+
 /// Up to sixteen tokens (`x`, rows of `cols`) rounded to bf16 as one tile of `cols * 16`
 /// values in `out` (of that length, every value written): token `t`'s values at `t * cols..`,
 /// the row layout of AMX-BF16's A operand; missing tokens are zeros.

@@ -504,6 +504,44 @@ pub unsafe fn pack_bf16_strip(x: &[f32], k: usize, out: &mut [u16]) {
     }
 }
 
+/// [`crate::kernels::qdot::pack_bf16_columns`] with AVX-512 BF16's conversion, bit for bit:
+/// each tile row (a pair of rows of `x`, sixteen columns) is one conversion of the two rows'
+/// sixteen values and one permutation that interleaves them.
+///
+/// # Safety
+/// The CPU supports AVX-512F, BW and BF16; `k % 32 == 0`, `n <= k`, `x.len() >= (n - 1) * ld +
+/// 32` when `n > 0`, `out.len() >= 32 * k`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub unsafe fn pack_bf16_columns(x: &[f32], ld: usize, n: usize, k: usize, out: &mut [u16]) {
+    debug_assert!(k % 32 == 0 && n <= k && out.len() >= 32 * k);
+    let nb = k / 32;
+    // Lane 2i takes value i of the first row, lane 2i + 1 value i of the second.
+    let idx: [i16; 32] = core::array::from_fn(|l| (l / 2 + 16 * (l % 2)) as i16);
+    // SAFETY: a register load of the local index array.
+    let idx = unsafe { _mm512_loadu_si512(idx.as_ptr() as *const __m512i) };
+    for g in 0..2 {
+        for c in 0..nb {
+            for p in 0..16 {
+                let j = 32 * c + 2 * p;
+                // SAFETY: reads 16 values at column 16g of rows j, j + 1 below n (within `x`
+                // by the contract); writes row p of tile (g nb + c) of `out`.
+                unsafe {
+                    let row = |j: usize| {
+                        if j < n {
+                            _mm512_loadu_ps(x.as_ptr().add(j * ld + 16 * g))
+                        } else {
+                            _mm512_setzero_ps()
+                        }
+                    };
+                    let h = core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(row(j + 1), row(j)));
+                    let o = out.as_mut_ptr().add(((g * nb + c) * 16 + p) * 32);
+                    _mm512_storeu_si512(o as *mut __m512i, _mm512_permutexvar_epi16(idx, h));
+                }
+            }
+        }
+    }
+}
+
 /// [`crate::kernels::qdot::pack_bf16_tile`] with AVX-512 BF16's conversion, bit for bit: up to
 /// sixteen tokens' rows converted, the missing ones zeros.
 ///
