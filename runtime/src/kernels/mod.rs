@@ -927,10 +927,10 @@ impl Out<'_> {
 const OUT_TILE: usize = 16;
 
 /// Fewest tokens for which Q8_0 linear layers take the bf16 kernels: each layer decodes all
-/// its weights to bf16, which fewer tokens do not pay back (the integer kernels take them;
-/// at 8 tokens they took 3.6 ms a pass against 4.5 for bf16, at 16 bf16 was as fast on one
-/// thread and 4.1 against 5.0 ms on two, its row split decoding each weight once).
-pub const BF16_MIN_TOKENS: usize = 16;
+/// its weights to bf16, which fewer tokens do not pay back (the integer kernels take them: at
+/// 16 tokens on one thread, alternating, 5.6 ms a pass against 7.9 for bf16; at 8 tokens 3.6
+/// against 4.5).
+pub const BF16_MIN_TOKENS: usize = 32;
 
 /// Fewest tokens for which linear layers with weights of type `ty` take the bf16 kernels:
 /// [`BF16_MIN_TOKENS`] for Q8_0; any number for Q4_0, whose integer path (16-bit
