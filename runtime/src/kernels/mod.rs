@@ -817,7 +817,7 @@ enum Dest<'a> {
 }
 
 /// A `[tokens, ld]` buffer whose columns are split among parallel tasks: each task writes
-/// only within its own columns, through [`SharedRows::slice`].
+/// only within its own columns, through [`SharedRows::slice`] or [`SharedRows::rows`].
 #[cfg(feature = "std")]
 #[derive(Clone, Copy)]
 struct SharedRows {
@@ -838,6 +838,8 @@ enum SharedRows {}
 #[cfg(feature = "std")]
 #[allow(unsafe_code)]
 unsafe impl Send for SharedRows {}
+// SAFETY: as for `Send`: shared references only copy the handle ([`SharedRows::columns`]); the
+// writes go through each task's own copy, within its own columns.
 #[cfg(feature = "std")]
 #[allow(unsafe_code)]
 unsafe impl Sync for SharedRows {}
