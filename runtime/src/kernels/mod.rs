@@ -105,10 +105,9 @@ pub const BF16_REFERENCE: Bf16Kernels = Bf16Kernels {
 };
 
 /// Rows of `ld` f32 values (columns numbered from the first value) of which the holder writes
-/// only columns `c0..c1`: a whole buffer
-/// ([`RowsMut::new`]), a window of it, or one task's columns of an output that parallel tasks
-/// share. Kernels write through [`RowsMut::set`] or, in SIMD code, through [`RowsMut::raw`]
-/// within the same bounds.
+/// only columns `c0..c1`: a whole buffer ([`RowsMut::new`]), a window of it, or one task's
+/// columns of an output that parallel tasks share. Writes go through [`RowsMut::slice_at`]
+/// (checked) or, in SIMD code, through [`RowsMut::raw`] within the same bounds.
 #[derive(Debug)]
 pub struct RowsMut<'a> {
     ptr: *mut f32,
@@ -154,6 +153,14 @@ impl<'a> RowsMut<'a> {
         }
     }
 
+    /// The same rows and columns, for a shorter while.
+    pub fn reborrow(&mut self) -> RowsMut<'_> {
+        RowsMut {
+            _buf: core::marker::PhantomData,
+            ..*self
+        }
+    }
+
     /// Columns this holder writes.
     pub fn width(&self) -> usize {
         self.c1 - self.c0
@@ -174,17 +181,28 @@ impl<'a> RowsMut<'a> {
         self.len() == 0 || self.width() == 0
     }
 
-    /// Sets column `c0 + c` of row `t` (`c` counted from the holder's first column).
+    /// `len` values from value `at` of the buffer, within the holder's columns of one row.
+    ///
+    /// # Panics
+    /// Outside the holder's columns or the buffer (so that no two holders' slices overlap).
+    #[allow(unsafe_code)]
+    pub fn slice_at(&mut self, at: usize, len: usize) -> &mut [f32] {
+        let col = at.checked_rem(self.ld).unwrap_or(0);
+        assert!(
+            at + len <= self.len && col >= self.c0 && col + len <= self.c1,
+            "values outside the rows' columns"
+        );
+        // SAFETY: within the buffer and the holder's columns of one row (checked), which no one
+        // else writes while it lives.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.add(at), len) }
+    }
+
+    /// Sets column `c` of row `t`.
     ///
     /// # Panics
     /// Outside the holder's columns or the buffer.
-    #[allow(unsafe_code)]
     pub fn set(&mut self, t: usize, c: usize, v: f32) {
-        let at = t * self.ld + self.c0 + c;
-        assert!(self.c0 + c < self.c1 && at < self.len, "value outside the rows' columns");
-        // SAFETY: within the buffer and the holder's columns (checked), which no one else
-        // writes while it lives.
-        unsafe { *self.ptr.add(at) = v }
+        self.slice_at(t * self.ld + c, 1)[0] = v;
     }
 
     /// The first row's first column (of this holder's), the row length and the number of
@@ -813,11 +831,11 @@ enum Dest<'a> {
     Own(&'a mut [f32]),
     /// Its own columns of rows that other tasks fill in other columns.
     #[cfg_attr(not(feature = "std"), allow(dead_code))]
-    Shared(SharedRows),
+    Shared(RowsMut<'a>),
 }
 
 /// A `[tokens, ld]` buffer whose columns are split among parallel tasks: each task writes
-/// only within its own columns, through [`SharedRows::slice`] or [`SharedRows::rows`].
+/// only within its own columns, through its [`SharedRows::rows`].
 #[cfg(feature = "std")]
 #[derive(Clone, Copy)]
 struct SharedRows {
@@ -829,12 +847,9 @@ struct SharedRows {
     c1: usize,
 }
 
-/// A stand-in without threads: never constructed.
-#[cfg(not(feature = "std"))]
-enum SharedRows {}
-
-// SAFETY: the tasks holding copies write disjoint columns (each `slice` stays within the
-// task's `cols`), and the buffer outlives them (the owner waits for the tasks).
+// SAFETY: the tasks holding copies write disjoint columns (each task's `rows` stay within its
+// columns, checked by `RowsMut::slice_at` and `window`), and the buffer outlives them (the
+// owner waits for the tasks).
 #[cfg(feature = "std")]
 #[allow(unsafe_code)]
 unsafe impl Send for SharedRows {}
@@ -844,16 +859,15 @@ unsafe impl Send for SharedRows {}
 #[allow(unsafe_code)]
 unsafe impl Sync for SharedRows {}
 
+#[cfg(feature = "std")]
 impl SharedRows {
     /// The same buffer, for the task owning columns `c0..c1`.
-    #[cfg(feature = "std")]
     fn columns(&self, c0: usize, c1: usize) -> Self {
         SharedRows { c0, c1, ..*self }
     }
 
     /// This task's columns as rows to write.
-    #[cfg(feature = "std")]
-    fn rows(&mut self) -> RowsMut<'_> {
+    fn rows(&self) -> RowsMut<'_> {
         RowsMut {
             ptr: self.ptr,
             len: self.len,
@@ -863,31 +877,6 @@ impl SharedRows {
             _buf: core::marker::PhantomData,
         }
     }
-
-    #[cfg(not(feature = "std"))]
-    fn rows(&mut self) -> RowsMut<'_> {
-        match *self {}
-    }
-
-    /// `len` values at `at` of the buffer, within this task's columns of one row (panics
-    /// otherwise, so that no two tasks' slices overlap).
-    #[cfg(feature = "std")]
-    #[allow(unsafe_code)]
-    fn slice(&mut self, at: usize, len: usize) -> &mut [f32] {
-        let col = at % self.ld;
-        assert!(
-            at + len <= self.len && col >= self.c0 && col + len <= self.c1,
-            "output slice outside the task's columns"
-        );
-        // SAFETY: within the buffer (checked), and within this task's columns of one row
-        // (checked), which no other task writes while the tasks run.
-        unsafe { core::slice::from_raw_parts_mut(self.ptr.add(at), len) }
-    }
-
-    #[cfg(not(feature = "std"))]
-    fn slice(&mut self, _: usize, _: usize) -> &mut [f32] {
-        match *self {}
-    }
 }
 
 impl Out<'_> {
@@ -896,7 +885,7 @@ impl Out<'_> {
         let at = (t - self.t0) * self.ts + (o - self.r0) * self.os;
         match &mut self.y {
             Dest::Own(y) => y[at] = v,
-            Dest::Shared(y) => y.slice(at, 1)[0] = v,
+            Dest::Shared(y) => y.slice_at(at, 1)[0] = v,
         }
     }
 
@@ -907,7 +896,7 @@ impl Out<'_> {
             let at = (t - self.t0) * self.ts + o0 - self.r0;
             let y = match &mut self.y {
                 Dest::Own(y) => &mut y[at..at + v.len()],
-                Dest::Shared(y) => y.slice(at, v.len()),
+                Dest::Shared(y) => y.slice_at(at, v.len()),
             };
             // Whole tiles as fixed-size copies (vector moves): a call to memcpy per tile was
             // 8 % of a 128-token pass.
@@ -1121,7 +1110,7 @@ impl LinearJob<'_> {
             if direct {
                 let mut y = match &mut out.y {
                     Dest::Own(y) => RowsMut::new(y, out.ts),
-                    Dest::Shared(y) => y.rows(),
+                    Dest::Shared(y) => y.reborrow(),
                 };
                 (bk.gemm)(strip, cols, b, nt, &bias, &mut y.window(t0, r0, nr), nr, n, self.gelu, next);
             } else {
@@ -1194,7 +1183,7 @@ fn linear_job(act: &mut Activations<'_>, w: &Matrix<'_>, bias: &[f32], y: &mut [
                         r0..r1,
                         0..n,
                         &mut Out {
-                            y: Dest::Shared(y),
+                            y: Dest::Shared(y.rows()),
                             t0: 0,
                             r0: 0,
                             ts: rows,

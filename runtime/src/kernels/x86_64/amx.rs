@@ -418,6 +418,31 @@ unsafe fn store_strip_tile(rows: &mut [__m512i; 16], o: *mut u16) {
     }
 }
 
+/// A strip of 32 rows of depth `k` in `out`: `row(r, c)` gives the 32 bf16 values of step `c`
+/// of row `r < nr` (rows from `nr` on are zeros); each step's sixteen rows per group go into
+/// their tile of value pairs ([`store_strip_tile`]).
+///
+/// # Safety
+/// AVX-512F; `out.len() >= 32 * k`, `k % 32 == 0`; `row` is safe to call for `r < nr`,
+/// `c < k / 32`.
+#[inline(always)]
+unsafe fn fill_strip(nr: usize, k: usize, out: &mut [u16], row: impl Fn(usize, usize) -> __m512i) {
+    let nb = k / 32;
+    for g in 0..2 {
+        for c in 0..nb {
+            // SAFETY: AVX-512F is enabled by the callers; `row` is called for r < nr, c < nb;
+            // the tile `(g nb + c) 512..` lies within `out` (32 k values).
+            unsafe {
+                let mut rows = [_mm512_setzero_si512(); 16];
+                for (n, v) in rows.iter_mut().enumerate().take(nr.saturating_sub(16 * g)) {
+                    *v = row(16 * g + n, c);
+                }
+                store_strip_tile(&mut rows, out.as_mut_ptr().add((g * nb + c) * 512));
+            }
+        }
+    }
+}
+
 /// One Q8_0 (`q4 == false`) or Q4_0 block at `p` decoded to 32 bf16 values, bit for bit as
 /// [`crate::kernels::qdot::dequantize_row_bf16`]: 16 + 16 values widened, scaled, and
 /// converted to bf16 in one instruction.
@@ -461,21 +486,10 @@ unsafe fn decode_block(q4: bool, p: *const u8) -> __m512i {
 pub unsafe fn dequantize_strip_bf16(q4: bool, data: &[u8], nr: usize, k: usize, out: &mut [u16]) {
     use crate::kernels::qdot::{Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
     let bytes = if q4 { Q4_0_BLOCK_BYTES } else { Q8_0_BLOCK_BYTES };
-    let (nb, rb) = (k / 32, k / 32 * bytes);
+    let rb = k / 32 * bytes;
     debug_assert!(nr <= 32 && data.len() >= nr * rb && out.len() >= 32 * k);
-    for g in 0..2 {
-        for c in 0..nb {
-            // SAFETY: row 16g + n < nr's block c lies within `data`; the tile written is the
-            // 512 values `(g nb + c) 512..` of `out`.
-            unsafe {
-                let mut rows = [_mm512_setzero_si512(); 16];
-                for (n, v) in rows.iter_mut().enumerate().take(nr.saturating_sub(16 * g)) {
-                    *v = decode_block(q4, data.as_ptr().add((16 * g + n) * rb + c * bytes));
-                }
-                store_strip_tile(&mut rows, out.as_mut_ptr().add((g * nb + c) * 512));
-            }
-        }
-    }
+    // SAFETY: row r < nr's block c lies within `data`; `out` holds the strip's 32 k values.
+    unsafe { fill_strip(nr, k, out, |r, c| decode_block(q4, data.as_ptr().add(r * rb + c * bytes))) }
 }
 
 /// [`crate::kernels::qdot::pack_bf16_strip`] with AVX-512 BF16's conversion, bit for bit: up to
@@ -485,22 +499,15 @@ pub unsafe fn dequantize_strip_bf16(q4: bool, data: &[u8], nr: usize, k: usize, 
 /// The CPU supports AVX-512F and AVX-512 BF16; `k % 32 == 0`, `out.len() >= 32 * k`.
 #[target_feature(enable = "avx512f,avx512bf16")]
 pub unsafe fn pack_bf16_strip(x: &[f32], k: usize, out: &mut [u16]) {
-    let (nb, nr) = (k / 32, (x.len() / k).min(32));
+    let nr = (x.len() / k).min(32);
     debug_assert!(k % 32 == 0 && out.len() >= 32 * k);
-    for g in 0..2 {
-        for c in 0..nb {
-            // SAFETY: reads values 32c..32c + 32 of rows 16g + n < nr (within `x`); writes the
-            // tile `(g nb + c) 512..` of `out`.
-            unsafe {
-                let mut rows = [_mm512_setzero_si512(); 16];
-                for (n, v) in rows.iter_mut().enumerate().take(nr.saturating_sub(16 * g)) {
-                    let p = x.as_ptr().add((16 * g + n) * k + 32 * c);
-                    let h = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(p.add(16)), _mm512_loadu_ps(p));
-                    *v = core::mem::transmute::<__m512bh, __m512i>(h);
-                }
-                store_strip_tile(&mut rows, out.as_mut_ptr().add((g * nb + c) * 512));
-            }
-        }
+    // SAFETY: values 32c..32c + 32 of row r < nr lie within `x`; `out` holds the strip's 32 k
+    // values.
+    unsafe {
+        fill_strip(nr, k, out, |r, c| {
+            let p = x.as_ptr().add(r * k + 32 * c);
+            core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(p.add(16)), _mm512_loadu_ps(p)))
+        })
     }
 }
 
