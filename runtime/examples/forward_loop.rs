@@ -11,7 +11,9 @@ use petal_runtime::pipeline::Model;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let path = args.get(1).expect("usage: forward_loop MODEL [SEQ] [BATCH] [RUNS]");
+    let path = args
+        .get(1)
+        .expect("usage: forward_loop MODEL [SEQ] [BATCH] [RUNS]");
     let arg = |i: usize, d: usize| args.get(i).map_or(d, |v| v.parse().expect("a number"));
     let (seq, batch, runs) = (arg(2, 128), arg(3, 1), arg(4, 200));
     let threads = std::env::var("THREADS").map_or(1, |t| t.parse().expect("THREADS is a number"));
@@ -20,7 +22,12 @@ fn main() {
     model.set_max_length(seq);
     let text = "the quick brown fox jumps over the lazy dog ".repeat(seq);
     let (ids, _) = model.tokenize(&text).expect("tokenizes");
-    let ids: Vec<u32> = ids[..seq].iter().copied().cycle().take(seq * batch).collect();
+    let ids: Vec<u32> = ids[..seq]
+        .iter()
+        .copied()
+        .cycle()
+        .take(seq * batch)
+        .collect();
     let lens = vec![seq; batch];
     let input = Input {
         ids: &ids,
@@ -30,7 +37,12 @@ fn main() {
     let mut t = Vec::with_capacity(runs);
     for _ in 0..runs {
         let s = Instant::now();
-        std::hint::black_box(model.encoder().forward(&input, &mut NoHooks).expect("forward"));
+        std::hint::black_box(
+            model
+                .encoder()
+                .forward(&input, &mut NoHooks)
+                .expect("forward"),
+        );
         t.push(s.elapsed().as_secs_f64() * 1e3);
     }
     t.sort_by(f64::total_cmp);

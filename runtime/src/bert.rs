@@ -255,12 +255,23 @@ impl<B: AsRef<[u8]>> Encoder<B> {
     }
 
     fn linear(&self, lin: &Linear, x: &[f32], n: usize) -> Vec<f32> {
-        self.linear_with(lin, &mut Activations::new(x, n), &mut Buffers::default(), false)
+        self.linear_with(
+            lin,
+            &mut Activations::new(x, n),
+            &mut Buffers::default(),
+            false,
+        )
     }
 
     /// The layer's output in a buffer from `pool` (the kernels write every value), through
     /// GELU if `gelu`.
-    fn linear_with(&self, lin: &Linear, x: &mut Activations<'_>, pool: &mut Buffers, gelu: bool) -> Vec<f32> {
+    fn linear_with(
+        &self,
+        lin: &Linear,
+        x: &mut Activations<'_>,
+        pool: &mut Buffers,
+        gelu: bool,
+    ) -> Vec<f32> {
         let bytes = self.bytes();
         let w = lin.weight.view(bytes);
         let mut y = pool.take(x.tokens() * w.rows);
@@ -366,44 +377,101 @@ impl<B: AsRef<[u8]>> Encoder<B> {
         let starts = starts(lens);
         // One task per (sequence, head): softmax(q k^T / sqrt(dh)) v, as `[n, dh]`, in f32
         // matrix products over the head's columns (prefix rows first).
-        let tasks = kernels::par_map_init(lens.len() * heads, kernels::AttentionScratch::default, |scratch, task| {
-            use kernels::gemm::{gemm, Strides};
-            let (s, head) = (task / heads, task % heads);
-            let (start, n, col) = (starts[s], lens[s], head * dh);
-            let (pk, pv) = prefix.unwrap_or((&[], &[]));
-            let np = pk.len() / h;
-            if np == 0 && quantized {
-                let (at, ld) = (start * h + col, h);
-                let attended = kernels::attention_bf16(&q[at..], &k[at..], &v[at..], ld, n, dh, scale, scratch);
-                if let Some(out) = attended {
-                    return out;
+        let tasks = kernels::par_map_init(
+            lens.len() * heads,
+            kernels::AttentionScratch::default,
+            |scratch, task| {
+                use kernels::gemm::{gemm, Strides};
+                let (s, head) = (task / heads, task % heads);
+                let (start, n, col) = (starts[s], lens[s], head * dh);
+                let (pk, pv) = prefix.unwrap_or((&[], &[]));
+                let np = pk.len() / h;
+                if np == 0 && quantized {
+                    let (at, ld) = (start * h + col, h);
+                    let attended = kernels::attention_bf16(
+                        &q[at..],
+                        &k[at..],
+                        &v[at..],
+                        ld,
+                        n,
+                        dh,
+                        scale,
+                        scratch,
+                    );
+                    if let Some(out) = attended {
+                        return out;
+                    }
                 }
-            }
-            let m = np + n;
-            let rows = Strides::rows(h);
-            let qh = &q[start * h + col..];
-            // scores[i, j] = q_i . key_j, as `[n, np + n]`.
-            let mut scores = vec![0f32; n * m];
-            if np > 0 {
-                let kt = Strides::transposed(h);
-                gemm(n, dh, np, qh, rows, &pk[col..], kt, 0.0, &mut scores, Strides::rows(m));
-            }
-            let kh = &k[start * h + col..];
-            let own = Strides::rows(m);
-            gemm(n, dh, n, qh, rows, kh, Strides::transposed(h), 0.0, &mut scores[np..], own);
-            for row in scores.chunks_exact_mut(m) {
-                row.iter_mut().for_each(|v| *v *= scale);
-                kernels::softmax(row);
-            }
-            let mut out = vec![0f32; n * dh];
-            if np > 0 {
-                gemm(n, np, dh, &scores, own, &pv[col..], rows, 0.0, &mut out, Strides::rows(dh));
-            }
-            let vh = &v[start * h + col..];
-            let beta = if np > 0 { 1.0 } else { 0.0 };
-            gemm(n, n, dh, &scores[np..], own, vh, rows, beta, &mut out, Strides::rows(dh));
-            out
-        });
+                let m = np + n;
+                let rows = Strides::rows(h);
+                let qh = &q[start * h + col..];
+                // scores[i, j] = q_i . key_j, as `[n, np + n]`.
+                let mut scores = vec![0f32; n * m];
+                if np > 0 {
+                    let kt = Strides::transposed(h);
+                    gemm(
+                        n,
+                        dh,
+                        np,
+                        qh,
+                        rows,
+                        &pk[col..],
+                        kt,
+                        0.0,
+                        &mut scores,
+                        Strides::rows(m),
+                    );
+                }
+                let kh = &k[start * h + col..];
+                let own = Strides::rows(m);
+                gemm(
+                    n,
+                    dh,
+                    n,
+                    qh,
+                    rows,
+                    kh,
+                    Strides::transposed(h),
+                    0.0,
+                    &mut scores[np..],
+                    own,
+                );
+                for row in scores.chunks_exact_mut(m) {
+                    row.iter_mut().for_each(|v| *v *= scale);
+                    kernels::softmax(row);
+                }
+                let mut out = vec![0f32; n * dh];
+                if np > 0 {
+                    gemm(
+                        n,
+                        np,
+                        dh,
+                        &scores,
+                        own,
+                        &pv[col..],
+                        rows,
+                        0.0,
+                        &mut out,
+                        Strides::rows(dh),
+                    );
+                }
+                let vh = &v[start * h + col..];
+                let beta = if np > 0 { 1.0 } else { 0.0 };
+                gemm(
+                    n,
+                    n,
+                    dh,
+                    &scores[np..],
+                    own,
+                    vh,
+                    rows,
+                    beta,
+                    &mut out,
+                    Strides::rows(dh),
+                );
+                out
+            },
+        );
         // Every value is written: the sequences cover the tokens, the heads the columns.
         let mut ctx = pool.take(q.len());
         for (task, out) in tasks.iter().enumerate() {

@@ -345,8 +345,8 @@ pub fn tokenizer_from_json(json: &str) -> Result<Tokenizer, String> {
         return generic(json);
     };
     let model = top.model.get();
-    let is_wordpiece = serde_json::from_str::<Kind>(model)
-        .is_ok_and(|k| k.kind.as_deref() == Some("WordPiece"));
+    let is_wordpiece =
+        serde_json::from_str::<Kind>(model).is_ok_and(|k| k.kind.as_deref() == Some("WordPiece"));
     if !is_wordpiece {
         return generic(json);
     }
@@ -365,9 +365,13 @@ pub fn tokenizer_from_json(json: &str) -> Result<Tokenizer, String> {
     });
     // `model` is a slice of `json`: splice the stand-in in its place.
     let at = model.as_ptr() as usize - json.as_ptr() as usize;
-    let rest = [&json[..at], &stand_in.to_string(), &json[at + model.len()..]].concat();
+    let rest = [
+        &json[..at],
+        &stand_in.to_string(),
+        &json[at + model.len()..],
+    ]
+    .concat();
     let mut t = generic(&rest)?;
     t.with_model(wp);
     Ok(t)
 }
-

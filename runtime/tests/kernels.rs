@@ -103,7 +103,11 @@ fn q8_0_tiles_match_the_reference() {
                     .chunks_exact(qdot::Q8_0_BLOCK_BYTES)
                     .zip(x[i % 4])
                     .map(|(wb, xb)| {
-                        let s: i32 = wb[2..].iter().zip(&xb.qs).map(|(&a, &b)| (a as i8 as i32 * b as i32).abs()).sum();
+                        let s: i32 = wb[2..]
+                            .iter()
+                            .zip(&xb.qs)
+                            .map(|(&a, &b)| (a as i8 as i32 * b as i32).abs())
+                            .sum();
                         qdot::block_scale(wb).abs() * xb.d * s as f32
                     })
                     .sum::<f32>()
@@ -155,9 +159,14 @@ fn q8_0_panels_match_the_reference() {
                 let got = want[r * qdot::PANEL_TOKENS + t];
                 // The panel reference against the row reference, token by token; padding
                 // tokens are zero.
-                let exact = if t < ntok { generic::dot_q8_0(w[r], refs[t]) } else { 0.0 };
+                let exact = if t < ntok {
+                    generic::dot_q8_0(w[r], refs[t])
+                } else {
+                    0.0
+                };
                 assert!(
-                    (got - exact).abs() <= QDOT_REL_TOL * (exact.abs() + got.abs() + 1e-3) * blocks as f32,
+                    (got - exact).abs()
+                        <= QDOT_REL_TOL * (exact.abs() + got.abs() + 1e-3) * blocks as f32,
                     "panel reference [{r}, {t}]: {got} vs {exact}"
                 );
             }
@@ -167,8 +176,11 @@ fn q8_0_panels_match_the_reference() {
             let got = f(w, &panel);
             for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                 let panels = panel.iter().map(|pb| (&pb.qs, &pb.d));
-                let scale =
-                    panel_abs_products(&rows[i / qdot::PANEL_TOKENS], panels, i % qdot::PANEL_TOKENS);
+                let scale = panel_abs_products(
+                    &rows[i / qdot::PANEL_TOKENS],
+                    panels,
+                    i % qdot::PANEL_TOKENS,
+                );
                 assert!(
                     (g - e).abs() <= QDOT_REL_TOL * scale,
                     "{} 2x8 [{i}]: {g} vs {e}",
@@ -223,7 +235,8 @@ fn q8_0_offset_panels_match_the_reference() {
                     0.0
                 };
                 assert!(
-                    (got - exact).abs() <= QDOT_REL_TOL * (exact.abs() + got.abs() + 1e-3) * blocks as f32,
+                    (got - exact).abs()
+                        <= QDOT_REL_TOL * (exact.abs() + got.abs() + 1e-3) * blocks as f32,
                     "offset panel reference [{r}, {t}]: {got} vs {exact}"
                 );
             }
@@ -232,7 +245,9 @@ fn q8_0_offset_panels_match_the_reference() {
             let mut packed = Vec::new();
             (k.pack_offset)(&x, cols, &mut packed);
             assert_eq!(packed, panel, "{} offset panels", k.name);
-            let Some(f) = k.dot_q8_0_2x8_offset else { continue };
+            let Some(f) = k.dot_q8_0_2x8_offset else {
+                continue;
+            };
             let got = f(w, &panel);
             for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                 let t = i % qdot::PANEL_TOKENS;
@@ -249,52 +264,78 @@ fn q8_0_offset_panels_match_the_reference() {
 }
 
 /// The sixteen-row tile kernels (AMX) against the two-row offset-panel reference, row pair by
-/// row pair, on random block counts and partly filled panels.
+/// row pair, on random block counts, row groups per call, biases and partly filled token tiles.
 #[test]
 fn q8_0_sixteen_row_tiles_match_the_reference() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(23);
-    let sets: Vec<KernelSet> = variants().into_iter().filter(|k| k.dot_q8_0_16x8.is_some()).collect();
+    let sets: Vec<KernelSet> = variants()
+        .into_iter()
+        .filter(|k| k.dot_q8_0_16x16.is_some())
+        .collect();
+    eprintln!(
+        "sixteen-row tile kernels: {:?}",
+        sets.iter().map(|k| k.name).collect::<Vec<_>>()
+    );
     for _ in 0..40 {
         let blocks = rng.gen_range(1..50);
-        let ntok = rng.gen_range(1..=qdot::PANEL_TOKENS);
+        let ntok = rng.gen_range(1..=qdot::TILE_PANEL_TOKENS);
+        let groups = rng.gen_range(1..=kernels::AMX_ROW_GROUPS);
         let cols = blocks * QK;
         // Rows padded by up to three blocks: the kernel reads `row_bytes` apart.
         let pad = rng.gen_range(0..4) * qdot::Q8_0_BLOCK_BYTES;
-        let rows = random_rows(&mut rng, 16, blocks, TensorType::Q8_0);
+        let rows = random_rows(&mut rng, 16 * groups, blocks, TensorType::Q8_0);
         let row_bytes = blocks * qdot::Q8_0_BLOCK_BYTES + pad;
         let mut w = Vec::new();
         for r in &rows {
             w.extend_from_slice(r);
             w.extend(std::iter::repeat(0x55u8).take(pad));
         }
-        // One or two groups of eight tokens, the last partly filled.
-        let groups = rng.gen_range(1..=2);
+        let bias = if rng.gen_bool(0.5) {
+            random_vec(&mut rng, 16 * groups, 2.0)
+        } else {
+            Vec::new()
+        };
+        // Sixteen tokens as two offset panels of eight (the second partly filled or empty).
         let mut panels = Vec::new();
-        for g in 0..groups {
-            let mut x = Vec::new();
-            for _ in 0..if g + 1 < groups { qdot::PANEL_TOKENS } else { ntok } {
+        let x: Vec<f32> = (0..ntok)
+            .flat_map(|_| {
                 let xs = rng.gen_range(0.01..8.0);
-                x.extend(random_vec(&mut rng, cols, xs));
-            }
-            qdot::pack_offset_panel(&x, cols, &mut panels);
+                random_vec(&mut rng, cols, xs)
+            })
+            .collect();
+        for chunk in x.chunks(qdot::PANEL_TOKENS * cols) {
+            qdot::pack_offset_panel(chunk, cols, &mut panels);
         }
+        let mut tiles = Vec::new();
+        qdot::pack_tile_panels(&panels, blocks, &mut tiles);
+        assert_eq!(tiles.len(), blocks);
         for k in &sets {
-            let got = (k.dot_q8_0_16x8.unwrap())(&w, row_bytes, blocks, &panels);
+            let mut got = vec![[[f32::NAN; 16]; 16]; groups];
+            (k.dot_q8_0_16x16.unwrap())(&w, row_bytes, blocks, &tiles, &bias, &mut got);
             for (g, panel) in panels.chunks(blocks).enumerate() {
-            for r in (0..16).step_by(2) {
-                let want = generic::dot_q8_0_2x8_offset([&rows[r][..], &rows[r + 1][..]], panel);
-                for (i, e) in want.iter().enumerate() {
-                    let (row, t) = (r + i / qdot::PANEL_TOKENS, i % qdot::PANEL_TOKENS);
-                    let panels = panel.iter().map(|pb| (&pb.qs, &pb.d));
-                    let scale = panel_abs_products(&rows[row], panels, t);
-                    let v = got[g * qdot::PANEL_TOKENS + t][row];
-                    assert!(
-                        (v - e).abs() <= QDOT_REL_TOL * scale,
-                        "{} 16x8 group {g} [{row}, {t}]: {v} vs {e}",
-                        k.name
-                    );
+                for r in (0..16 * groups).step_by(2) {
+                    let want =
+                        generic::dot_q8_0_2x8_offset([&rows[r][..], &rows[r + 1][..]], panel);
+                    for (i, e) in want.iter().enumerate() {
+                        let (row, t) = (r + i / qdot::PANEL_TOKENS, i % qdot::PANEL_TOKENS);
+                        if g * qdot::PANEL_TOKENS + t >= ntok {
+                            continue;
+                        }
+                        let e = e + bias.get(row).copied().unwrap_or(0.0);
+                        let pairs = panel.iter().map(|pb| (&pb.qs, &pb.d));
+                        let scale = panel_abs_products(&rows[row], pairs, t)
+                            + bias.get(row).map_or(0.0, |b| b.abs());
+                        let v = got[row / 16][g * qdot::PANEL_TOKENS + t][row % 16];
+                        assert!(
+                            (v - e).abs() <= QDOT_REL_TOL * scale,
+                            "{} 16x16 row group {} token {} row {}: {v} vs {e}",
+                            k.name,
+                            row / 16,
+                            g * qdot::PANEL_TOKENS + t,
+                            row % 16
+                        );
+                    }
                 }
-            }
             }
         }
     }
@@ -310,13 +351,20 @@ const BF16_GEMM_REL_TOL: f32 = 1e-5;
 #[test]
 fn bf16_kernels_match_the_reference() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(29);
-    let sets: Vec<KernelSet> = variants().into_iter().filter(|k| k.bf16.is_some()).collect();
+    let sets: Vec<KernelSet> = variants()
+        .into_iter()
+        .filter(|k| k.bf16.is_some())
+        .collect();
     for _ in 0..30 {
         let blocks = rng.gen_range(1..50);
         let cols = blocks * QK;
         for ty in [TensorType::Q8_0, TensorType::Q4_0] {
             // A full strip or a partial one (the rows past `nr` are zeros).
-            let nr = if rng.gen_bool(0.5) { 32 } else { rng.gen_range(1..=32) };
+            let nr = if rng.gen_bool(0.5) {
+                32
+            } else {
+                rng.gen_range(1..=32)
+            };
             let rows = random_rows(&mut rng, nr, blocks, ty);
             let data: Vec<u8> = rows.concat();
             let mut by_row = vec![0u16; nr * cols];
@@ -328,7 +376,11 @@ fn bf16_kernels_match_the_reference() {
             for r in 0..32 {
                 for i in 0..cols {
                     let v = if r < nr { by_row[r * cols + i] } else { 0 };
-                    assert_eq!(want[qdot::strip_index(r, i, cols)], v, "reference strip [{r}, {i}]");
+                    assert_eq!(
+                        want[qdot::strip_index(r, i, cols)],
+                        v,
+                        "reference strip [{r}, {i}]"
+                    );
                 }
             }
             let ntok = rng.gen_range(1..=5 * qdot::BF16_TILE_TOKENS);
@@ -338,9 +390,15 @@ fn bf16_kernels_match_the_reference() {
                 x.extend(random_vec(&mut rng, cols, xs));
             }
             // Ties, subnormals and extremes among the values.
-            for (i, v) in [1.0 + 1.0 / 256.0, -3.0 * f32::MIN_POSITIVE / 4.0, 3.0e38, -1.0e-38, 0.0]
-                .into_iter()
-                .enumerate()
+            for (i, v) in [
+                1.0 + 1.0 / 256.0,
+                -3.0 * f32::MIN_POSITIVE / 4.0,
+                3.0e38,
+                -1.0e-38,
+                0.0,
+            ]
+            .into_iter()
+            .enumerate()
             {
                 let at = rng.gen_range(0..x.len());
                 x[at] = if i == 2 { v / 16.0 } else { v };
@@ -355,7 +413,18 @@ fn bf16_kernels_match_the_reference() {
             let ld = nr + rng.gen_range(0..3);
             const SENTINEL: f32 = -7.0e30;
             let mut reference = vec![SENTINEL; ntok * ld];
-            generic::gemm_bf16_32xn(&want, cols, &packed, nt, &bias, &mut RowsMut::new(&mut reference, ld).window(0, 0, nr), nr, ntok, false, &[]);
+            generic::gemm_bf16_32xn(
+                &want,
+                cols,
+                &packed,
+                nt,
+                &bias,
+                &mut RowsMut::new(&mut reference, ld).window(0, 0, nr),
+                nr,
+                ntok,
+                false,
+                &[],
+            );
             for k in &sets {
                 let bk = k.bf16.unwrap();
                 let mut got = vec![0x7fc1u16; 32 * cols];
@@ -365,18 +434,31 @@ fn bf16_kernels_match_the_reference() {
                 let mut got = qdot::Bf16Buf::zeros(5);
                 got.as_mut_slice().fill(0x7fc1);
                 qdot::pack_bf16_tiles_with(bk.pack, &x, cols, &mut got);
-                assert!(got.as_slice()[5..] == packed[..], "{} activations in bf16", k.name);
-                assert!(got.as_slice()[..5].iter().all(|&v| v == 0x7fc1), "{} kept the values before", k.name);
+                assert!(
+                    got.as_slice()[5..] == packed[..],
+                    "{} activations in bf16",
+                    k.name
+                );
+                assert!(
+                    got.as_slice()[..5].iter().all(|&v| v == 0x7fc1),
+                    "{} kept the values before",
+                    k.name
+                );
                 let few = &x[..cols * ntok.min(3)];
                 let mut tile = vec![0x7fc1u16; cols * qdot::BF16_TILE_TOKENS];
                 let mut want_tile = vec![0x7fc1u16; tile.len()];
                 (bk.pack)(few, cols, &mut tile);
                 qdot::pack_bf16_tile(few, cols, &mut want_tile);
-                assert!(tile == want_tile, "{} a short tile over stale values", k.name);
+                assert!(
+                    tile == want_tile,
+                    "{} a short tile over stale values",
+                    k.name
+                );
                 // Rows of any length (vector tails).
                 let odd = 1 + cols % 37;
                 let few = &x[..odd * ntok.min(16)];
-                let (mut tile, mut want_tile) = (vec![0x7fc1u16; odd * 16], vec![0x7fc1u16; odd * 16]);
+                let (mut tile, mut want_tile) =
+                    (vec![0x7fc1u16; odd * 16], vec![0x7fc1u16; odd * 16]);
                 (bk.pack)(few, odd, &mut tile);
                 qdot::pack_bf16_tile(few, odd, &mut want_tile);
                 assert!(tile == want_tile, "{} a tile of rows of {odd}", k.name);
@@ -390,25 +472,76 @@ fn bf16_kernels_match_the_reference() {
                 // 32 columns of rows of `ld`, fewer rows than the depth at times.
                 let (row_len, depth) = (32 + cols % 7, ntok.next_multiple_of(32));
                 let rows_n = ntok.min(x.len().saturating_sub(32) / row_len + 1);
-                let (mut got_c, mut want_c) = (vec![0x7fc1u16; 32 * depth], vec![0x7fc1u16; 32 * depth]);
+                let (mut got_c, mut want_c) =
+                    (vec![0x7fc1u16; 32 * depth], vec![0x7fc1u16; 32 * depth]);
                 (bk.columns)(&x, row_len, rows_n, depth, &mut got_c);
                 qdot::pack_bf16_columns(&x, row_len, rows_n, depth, &mut want_c);
-                assert!(got_c == want_c, "{} {rows_n} rows' columns as a bf16 strip", k.name);
+                assert!(
+                    got_c == want_c,
+                    "{} {rows_n} rows' columns as a bf16 strip",
+                    k.name
+                );
                 let mut out = vec![SENTINEL; ntok * ld];
-                (bk.gemm)(&want, cols, &packed, nt, &bias, &mut RowsMut::new(&mut out, ld).window(0, 0, nr), nr, ntok, false, &data);
+                (bk.gemm)(
+                    &want,
+                    cols,
+                    &packed,
+                    nt,
+                    &bias,
+                    &mut RowsMut::new(&mut out, ld).window(0, 0, nr),
+                    nr,
+                    ntok,
+                    false,
+                    &data,
+                );
                 // With GELU as the outputs are stored.
                 let mut out_gelu = vec![SENTINEL; ntok * ld];
-                (bk.gemm)(&want, cols, &packed, nt, &bias, &mut RowsMut::new(&mut out_gelu, ld).window(0, 0, nr), nr, ntok, true, &[]);
+                (bk.gemm)(
+                    &want,
+                    cols,
+                    &packed,
+                    nt,
+                    &bias,
+                    &mut RowsMut::new(&mut out_gelu, ld).window(0, 0, nr),
+                    nr,
+                    ntok,
+                    true,
+                    &[],
+                );
                 let mut reference_gelu = vec![SENTINEL; ntok * ld];
-                generic::gemm_bf16_32xn(&want, cols, &packed, nt, &bias, &mut RowsMut::new(&mut reference_gelu, ld).window(0, 0, nr), nr, ntok, true, &[]);
-                let untouched = |v: &Vec<f32>| (0..ntok * ld).filter(|i| i % ld >= nr).all(|i| v[i] == SENTINEL);
-                assert!(untouched(&out) && untouched(&reference), "{} wrote past row {nr}", k.name);
-                assert!(untouched(&out_gelu), "{} wrote past row {nr} with GELU", k.name);
+                generic::gemm_bf16_32xn(
+                    &want,
+                    cols,
+                    &packed,
+                    nt,
+                    &bias,
+                    &mut RowsMut::new(&mut reference_gelu, ld).window(0, 0, nr),
+                    nr,
+                    ntok,
+                    true,
+                    &[],
+                );
+                let untouched = |v: &Vec<f32>| {
+                    (0..ntok * ld)
+                        .filter(|i| i % ld >= nr)
+                        .all(|i| v[i] == SENTINEL)
+                };
+                assert!(
+                    untouched(&out) && untouched(&reference),
+                    "{} wrote past row {nr}",
+                    k.name
+                );
+                assert!(
+                    untouched(&out_gelu),
+                    "{} wrote past row {nr} with GELU",
+                    k.name
+                );
                 for t in 0..ntok {
                     for r in 0..nr {
                         let scale: f32 = (0..cols)
                             .map(|i| {
-                                let (wv, xv) = (want[qdot::strip_index(r, i, cols)], packed[t * cols + i]);
+                                let (wv, xv) =
+                                    (want[qdot::strip_index(r, i, cols)], packed[t * cols + i]);
                                 (qdot::bf16_value(wv) * qdot::bf16_value(xv)).abs()
                             })
                             .sum::<f32>()
@@ -422,7 +555,9 @@ fn bf16_kernels_match_the_reference() {
                         // GELU's slope is at most 1.13: the sums' difference, plus GELU's own.
                         let (v, e) = (out_gelu[t * ld + r], reference_gelu[t * ld + r]);
                         assert!(
-                            (v - e).abs() <= 1.13 * BF16_GEMM_REL_TOL * scale + GELU_ABS_TOL * e.abs().max(1.0),
+                            (v - e).abs()
+                                <= 1.13 * BF16_GEMM_REL_TOL * scale
+                                    + GELU_ABS_TOL * e.abs().max(1.0),
                             "{} {ty} k={cols} [{t}, {r}] with GELU: {v} vs {e}",
                             k.name
                         );
@@ -445,19 +580,37 @@ const BF16_ATTENTION_F64_TOL: f64 = 1e-2;
 #[test]
 fn bf16_attention_matches_the_reference() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(31);
-    let sets: Vec<KernelSet> = variants().into_iter().filter(|k| k.bf16.is_some()).collect();
+    let sets: Vec<KernelSet> = variants()
+        .into_iter()
+        .filter(|k| k.bf16.is_some())
+        .collect();
     // Working memory kept across heads of other shapes, and of the same shape again.
-    let mut scratch: Vec<kernels::AttentionScratch> = (0..=sets.len()).map(|_| Default::default()).collect();
-    for (n, dh) in [(32, 32), (45, 32), (128, 32), (70, 64), (33, 64), (45, 32), (45, 32)] {
+    let mut scratch: Vec<kernels::AttentionScratch> =
+        (0..=sets.len()).map(|_| Default::default()).collect();
+    for (n, dh) in [
+        (32, 32),
+        (45, 32),
+        (128, 32),
+        (70, 64),
+        (33, 64),
+        (45, 32),
+        (45, 32),
+    ] {
         let ld = dh * 3;
-        let (q, k, v) = (random_vec(&mut rng, n * ld, 1.0), random_vec(&mut rng, n * ld, 1.0), random_vec(&mut rng, n * ld, 1.0));
+        let (q, k, v) = (
+            random_vec(&mut rng, n * ld, 1.0),
+            random_vec(&mut rng, n * ld, 1.0),
+            random_vec(&mut rng, n * ld, 1.0),
+        );
         let scale = 1.0 / (dh as f32).sqrt();
         let col = dh;
         let at = |x: &[f32], i: usize, d: usize| x[i * ld + col + d] as f64;
         // f64 reference on the unrounded values.
         let mut exact = vec![0f64; n * dh];
         for i in 0..n {
-            let s: Vec<f64> = (0..n).map(|j| (0..dh).map(|d| at(&q, i, d) * at(&k, j, d)).sum::<f64>() * scale as f64).collect();
+            let s: Vec<f64> = (0..n)
+                .map(|j| (0..dh).map(|d| at(&q, i, d) * at(&k, j, d)).sum::<f64>() * scale as f64)
+                .collect();
             let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = s.iter().map(|s| (s - max).exp()).collect();
             let sum: f64 = e.iter().sum();
@@ -465,13 +618,36 @@ fn bf16_attention_matches_the_reference() {
                 exact[i * dh + d] = (0..n).map(|j| e[j] / sum * at(&v, j, d)).sum();
             }
         }
-        let reference = kernels::attention_bf16_with(kernels::BF16_REFERENCE, &q[col..], &k[col..], &v[col..], ld, n, dh, scale, &mut scratch[0]);
+        let reference = kernels::attention_bf16_with(
+            kernels::BF16_REFERENCE,
+            &q[col..],
+            &k[col..],
+            &v[col..],
+            ld,
+            n,
+            dh,
+            scale,
+            &mut scratch[0],
+        );
         let big = exact.iter().fold(0f64, |m, v| m.max(v.abs()));
         for (r, e) in reference.iter().zip(&exact) {
-            assert!((*r as f64 - e).abs() <= BF16_ATTENTION_F64_TOL * big, "reference n={n} dh={dh}: {r} vs {e}");
+            assert!(
+                (*r as f64 - e).abs() <= BF16_ATTENTION_F64_TOL * big,
+                "reference n={n} dh={dh}: {r} vs {e}"
+            );
         }
         for (set, scratch) in sets.iter().zip(&mut scratch[1..]) {
-            let got = kernels::attention_bf16_with(set.bf16.unwrap(), &q[col..], &k[col..], &v[col..], ld, n, dh, scale, scratch);
+            let got = kernels::attention_bf16_with(
+                set.bf16.unwrap(),
+                &q[col..],
+                &k[col..],
+                &v[col..],
+                ld,
+                n,
+                dh,
+                scale,
+                scratch,
+            );
             for (i, (g, r)) in got.iter().zip(&reference).enumerate() {
                 assert!(
                     (g - r).abs() <= BF16_ATTENTION_REL_TOL * big as f32,
@@ -503,7 +679,6 @@ fn bf16_rounding_is_to_nearest_even() {
     }
     assert!(qdot::bf16_value(qdot::bf16_bits(f32::NAN)).is_nan());
 }
-
 
 /// Softmax with a polynomial `exp`, relative to each probability (plus a floor for the tiny
 /// ones).
@@ -603,7 +778,15 @@ fn softmax_gelu_and_quantization_match_the_reference() {
 #[test]
 fn quantized_linear_matches_block_dots_at_every_position() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(19);
-    for (rows, cols, n) in [(3, 32, 5), (37, 384, 41), (130, 1536, 2), (64, 96, 128), (7, 64, 1), (100, 64, 45), (60, 1536, 8)] {
+    for (rows, cols, n) in [
+        (3, 32, 5),
+        (37, 384, 41),
+        (130, 1536, 2),
+        (64, 96, 128),
+        (7, 64, 1),
+        (100, 64, 45),
+        (60, 1536, 8),
+    ] {
         let w = random_vec(&mut rng, rows * cols, 0.5);
         let x = random_vec(&mut rng, n * cols, 2.0);
         let bias = random_vec(&mut rng, rows, 0.1);
@@ -690,7 +873,15 @@ fn quantized_linear_matches_block_dots_at_every_position() {
 #[test]
 fn f32_linear_matches_the_reference_at_every_position() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(22);
-    for (rows, cols, n) in [(3, 32, 5), (37, 384, 41), (130, 1536, 2), (64, 96, 128), (7, 64, 1), (100, 64, 45), (60, 1536, 8)] {
+    for (rows, cols, n) in [
+        (3, 32, 5),
+        (37, 384, 41),
+        (130, 1536, 2),
+        (64, 96, 128),
+        (7, 64, 1),
+        (100, 64, 45),
+        (60, 1536, 8),
+    ] {
         let w = random_vec(&mut rng, rows * cols, 0.5);
         let x = random_vec(&mut rng, n * cols, 2.0);
         let bias = random_vec(&mut rng, rows, 0.1);
@@ -988,7 +1179,11 @@ fn bf16_buffers_are_aligned_and_keep_their_values() {
         b.resize(len);
         want.resize(len, 0);
         assert_eq!(b.as_slice(), &want[..], "resize {i} to {len}");
-        assert_eq!(b.as_slice().as_ptr() as usize % 64, 0, "resize {i} to {len}");
+        assert_eq!(
+            b.as_slice().as_ptr() as usize % 64,
+            0,
+            "resize {i} to {len}"
+        );
         for (j, (v, w)) in b.as_mut_slice().iter_mut().zip(want.iter_mut()).enumerate() {
             *v = (i * 7 + j) as u16;
             *w = *v;

@@ -115,7 +115,11 @@ pub fn recipe(
             (m, cfg, "setfit".to_string())
         }
         other => {
-            let name = other.to_possible_value().expect("named").get_name().to_string();
+            let name = other
+                .to_possible_value()
+                .expect("named")
+                .get_name()
+                .to_string();
             let m = Method::from_name(&name).expect("every CLI method has a name");
             let cfg = TrainConfig::for_method(&m);
             (m, cfg, name)

@@ -3,7 +3,8 @@
 use alloc::vec;
 
 use crate::kernels::qdot::{
-    block_scale, ActBlock, Panel16, OffsetPanel, Panel8, PANEL_TOKENS, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES,
+    block_scale, ActBlock, OffsetPanel, Panel16, Panel8, PANEL_TOKENS, Q4_0_BLOCK_BYTES,
+    Q8_0_BLOCK_BYTES,
 };
 use crate::quant::QK;
 use crate::weights::Matrix;
@@ -154,7 +155,9 @@ pub fn dot_q4_0_2x8(w: [&[u8]; 2], p: &[Panel16]) -> [f32; 16] {
                 (if k < QK / 2 { byte & 0x0f } else { byte >> 4 }) as i32 - 8
             });
             for t in 0..PANEL_TOKENS {
-                let isum: i32 = (0..QK).map(|k| wq[k] * pb.qs[k / 2][2 * t + k % 2] as i32).sum();
+                let isum: i32 = (0..QK)
+                    .map(|k| wq[k] * pb.qs[k / 2][2 * t + k % 2] as i32)
+                    .sum();
                 out[r * PANEL_TOKENS + t] += block_scale(wb) * pb.d[t] * isum as f32;
             }
         }
@@ -188,7 +191,8 @@ pub fn gemm_bf16_32xn(
             let mut s = 0f32;
             for p in 0..k / 2 {
                 let (w0, w1) = (a[strip_index(r, 2 * p, k)], a[strip_index(r, 2 * p + 1, k)]);
-                s += bf16_value(w0) * bf16_value(x[2 * p]) + bf16_value(w1) * bf16_value(x[2 * p + 1]);
+                s += bf16_value(w0) * bf16_value(x[2 * p])
+                    + bf16_value(w1) * bf16_value(x[2 * p + 1]);
             }
             let mut v = [s + bias[r]];
             if gelu {

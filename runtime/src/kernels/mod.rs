@@ -24,7 +24,7 @@ use alloc::vec::Vec;
 
 use crate::quant::{TensorType, QK};
 use crate::weights::Matrix;
-use qdot::{ActBlock, Panel16, OffsetPanel, Panel8, BF16_TILE_TOKENS, PANEL_TOKENS};
+use qdot::{ActBlock, OffsetPanel, Panel16, Panel8, BF16_TILE_TOKENS, PANEL_TOKENS};
 
 /// One implementation of every kernel.
 #[derive(Clone, Copy, Debug)]
@@ -42,11 +42,12 @@ pub struct KernelSet {
     /// weights to unsigned bytes), `[row 0 x 8, row 1 x 8]`; when present, linear layers pack
     /// their activations so and use it before the other Q8_0 kernels.
     pub dot_q8_0_2x8_offset: Option<fn([&[u8]; 2], &[OffsetPanel]) -> [f32; 16]>,
-    /// Sixteen Q8_0 weight rows (from the start of `w`, `row_bytes` apart) · one or two
-    /// groups of eight tokens (`nb` [`OffsetPanel`]s each), `out[token][row]` (AMX); when
-    /// present, linear layers use it for whole chunks of sixteen rows:
-    /// `(w, row_bytes, nb, panels)`.
-    pub dot_q8_0_16x8: Option<fn(&[u8], usize, usize, &[OffsetPanel]) -> [[f32; 16]; 16]>,
+    /// `out.len()` (at most [`AMX_ROW_GROUPS`]) groups of sixteen Q8_0 weight rows (from the
+    /// start of `w`, `row_bytes` apart) · sixteen tokens (`nb` [`qdot::TilePanel`]s),
+    /// `out[group][token][row]` (AMX); when present, linear layers use it for whole chunks of
+    /// sixteen rows, the outputs from the rows' biases (`bias`, empty for none):
+    /// `(w, row_bytes, nb, panels, bias, out)`.
+    pub dot_q8_0_16x16: Option<Q8Tiles>,
     /// Two Q4_0 weight rows · 16-bit panels of eight tokens, `[row 0 x 8, row 1 x 8]`; when
     /// present, Q4_0 layers quantize their activations to 16 bits and use it.
     pub dot_q4_0_2x8: Option<fn([&[u8]; 2], &[Panel16]) -> [f32; 16]>,
@@ -142,7 +143,10 @@ impl<'a> RowsMut<'a> {
     /// If the columns are not within this holder's, or row `t0` starts past the end.
     pub fn window(&mut self, t0: usize, c: usize, width: usize) -> RowsMut<'_> {
         let at = t0 * self.ld + c;
-        assert!(self.c0 <= c && c + width <= self.c1 && at <= self.len, "window outside the rows' columns");
+        assert!(
+            self.c0 <= c && c + width <= self.c1 && at <= self.len,
+            "window outside the rows' columns"
+        );
         RowsMut {
             ptr: self.ptr.wrapping_add(at),
             len: self.len - at,
@@ -213,8 +217,16 @@ impl<'a> RowsMut<'a> {
     }
 }
 
+/// Groups of sixteen rows one call of [`KernelSet::dot_q8_0_16x16`] takes at most.
+pub const AMX_ROW_GROUPS: usize = 8;
+
+/// The sixteen-row Q8_0 tile product: `(w, row_bytes, nb, panels, bias, out)`, see
+/// [`KernelSet::dot_q8_0_16x16`].
+pub type Q8Tiles = fn(&[u8], usize, usize, &[qdot::TilePanel], &[f32], &mut [[[f32; 16]; 16]]);
+
 /// The bf16 strip product's signature: `(a, k, b, nt, bias, out, nr, ntok, gelu, next)`.
-pub type Bf16Gemm = fn(&[u16], usize, &[u16], usize, &[f32; 32], &mut RowsMut<'_>, usize, usize, bool, &[u8]);
+pub type Bf16Gemm =
+    fn(&[u16], usize, &[u16], usize, &[f32; 32], &mut RowsMut<'_>, usize, usize, bool, &[u8]);
 
 /// The scalar references.
 pub const GENERIC: KernelSet = KernelSet {
@@ -223,7 +235,7 @@ pub const GENERIC: KernelSet = KernelSet {
     dot_q8_0_2x4: generic::dot_q8_0_2x4,
     dot_q8_0_2x8: None,
     dot_q8_0_2x8_offset: None,
-    dot_q8_0_16x8: None,
+    dot_q8_0_16x16: None,
     dot_q4_0_2x8: None,
     dot_q4_0: generic::dot_q4_0,
     dot_f32: generic::dot,
@@ -333,7 +345,9 @@ pub fn avx2() -> Option<KernelSet> {
     }
     #[allow(unsafe_code)]
     fn pack_offset(x: &[f32], cols: usize, out: &mut Vec<OffsetPanel>) {
-        assert!(cols % QK == 0 && x.len() % cols.max(1) == 0 && x.len() / cols.max(1) <= PANEL_TOKENS);
+        assert!(
+            cols % QK == 0 && x.len() % cols.max(1) == 0 && x.len() / cols.max(1) <= PANEL_TOKENS
+        );
         // SAFETY: this set is only handed out after detecting AVX2; shape asserted.
         unsafe { x86_64::avx2::pack_offset_panel(x, cols, out) }
     }
@@ -349,7 +363,7 @@ pub fn avx2() -> Option<KernelSet> {
         dot_q8_0_2x4: q8_2x4,
         dot_q8_0_2x8: Some(q8_2x8),
         dot_q8_0_2x8_offset: None,
-        dot_q8_0_16x8: None,
+        dot_q8_0_16x16: None,
         dot_q4_0_2x8: Some(q4_2x8),
         dot_q4_0: q4,
         dot_f32: f,
@@ -398,20 +412,35 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
         v.push(set("avx2+avxvnni", q8_2x8_avxvnni));
     }
     #[allow(unsafe_code)]
-    fn q8_16x8_amx(w: &[u8], row_bytes: usize, nb: usize, p: &[OffsetPanel]) -> [[f32; 16]; 16] {
+    fn q8_16x16_amx(
+        w: &[u8],
+        row_bytes: usize,
+        nb: usize,
+        p: &[qdot::TilePanel],
+        bias: &[f32],
+        out: &mut [[[f32; 16]; 16]],
+    ) {
+        use x86_64::amx::AMX_ROWS;
         let blocks = nb * qdot::Q8_0_BLOCK_BYTES;
-        assert!(row_bytes >= blocks && w.len() >= (x86_64::amx::AMX_ROWS - 1) * row_bytes + blocks);
-        assert!(nb > 0 && p.len() % nb == 0 && p.len() / nb <= x86_64::amx::AMX_GROUPS);
-        // SAFETY: only handed out after `amx::available()` and detecting AVX2, FMA and F16C;
+        assert!(out.len() <= AMX_ROW_GROUPS && nb > 0 && p.len() == nb);
+        assert!(bias.is_empty() || bias.len() >= AMX_ROWS * out.len());
+        assert!(
+            row_bytes >= blocks
+                && (out.is_empty() || w.len() >= (AMX_ROWS * out.len() - 1) * row_bytes + blocks)
+        );
+        // SAFETY: only handed out after `amx::available()` and detecting AVX-512F and F16C;
         // lengths asserted.
-        unsafe { x86_64::amx::dot_q8_0_16x8(w, row_bytes, nb, p) }
+        unsafe { x86_64::amx::dot_q8_0_16x16(w, row_bytes, nb, p, bias, out) }
     }
     // AMX for chunks of sixteen rows, the best VNNI kernel for the rest.
     if let Some(&best) = v.last() {
-        if x86_64::amx::available() {
+        if x86_64::amx::available()
+            && std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("f16c")
+        {
             v.push(KernelSet {
                 name: "avx2+amx",
-                dot_q8_0_16x8: Some(q8_16x8_amx),
+                dot_q8_0_16x16: Some(q8_16x16_amx),
                 ..best
             });
         }
@@ -423,7 +452,9 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
             TensorType::Q4_0 => (true, qdot::Q4_0_BLOCK_BYTES),
             _ => return qdot::dequantize_strip_bf16(ty, data, nr, k, out),
         };
-        assert!(k % QK == 0 && nr <= qdot::BF16_STRIP_ROWS && out.len() >= qdot::BF16_STRIP_ROWS * k);
+        assert!(
+            k % QK == 0 && nr <= qdot::BF16_STRIP_ROWS && out.len() >= qdot::BF16_STRIP_ROWS * k
+        );
         assert!(data.len() >= nr * (k / QK) * bytes, "short {ty:?} rows");
         // SAFETY: only handed out after `amx::available_bf16()` (AVX-512 BF16, VL and BW) and
         // detecting AVX2, F16C and AVX-512F; lengths asserted.
@@ -439,7 +470,10 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
     #[allow(unsafe_code)]
     fn columns_bf16(x: &[f32], ld: usize, n: usize, k: usize, out: &mut [u16]) {
         assert!(k % QK == 0 && n <= k && out.len() >= qdot::BF16_STRIP_ROWS * k);
-        assert!(n == 0 || x.len() >= (n - 1) * ld + qdot::BF16_STRIP_ROWS, "short rows");
+        assert!(
+            n == 0 || x.len() >= (n - 1) * ld + qdot::BF16_STRIP_ROWS,
+            "short rows"
+        );
         // SAFETY: only handed out after `amx::available_bf16()` (AVX-512 BF16, VL and BW) and
         // detecting AVX-512F; lengths asserted.
         unsafe { x86_64::amx::pack_bf16_columns(x, ld, n, k, out) }
@@ -653,12 +687,16 @@ pub fn active() -> KernelSet {
             let mut sets = available();
             let best = sets.pop().unwrap_or(GENERIC);
             match std::env::var("PETAL_KERNELS") {
-                Ok(name) if name != best.name => {
-                    sets.into_iter().find(|k| k.name == name).unwrap_or_else(|| {
-                        log::warn!("PETAL_KERNELS={name}: no such kernel set on this CPU; using {}", best.name);
+                Ok(name) if name != best.name => sets
+                    .into_iter()
+                    .find(|k| k.name == name)
+                    .unwrap_or_else(|| {
+                        log::warn!(
+                            "PETAL_KERNELS={name}: no such kernel set on this CPU; using {}",
+                            best.name
+                        );
                         best
-                    })
-                }
+                    }),
                 _ => best,
             }
         })
@@ -671,8 +709,7 @@ pub fn active() -> KernelSet {
 const TOKEN_TILE: usize = 16;
 
 // The sixteen-row tile kernel takes a whole token tile per call.
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-const _: () = assert!(TOKEN_TILE <= PANEL_TOKENS * x86_64::amx::AMX_GROUPS);
+const _: () = assert!(TOKEN_TILE == qdot::TILE_PANEL_TOKENS);
 
 /// Below this many multiply-adds a linear layer runs on one thread.
 #[cfg(feature = "std")]
@@ -694,6 +731,9 @@ pub struct Activations<'a> {
     panels16: Vec<Panel16>,
     /// Activations packed by eight tokens for Q8_0's offset kernels, likewise.
     offset_panels: Vec<OffsetPanel>,
+    /// The offset panels joined by pairs (sixteen tokens), when the kernel set multiplies
+    /// sixteen-row tiles.
+    tile_panels: Vec<qdot::TilePanel>,
     /// Activations in bf16 packed by sixteen tokens, for the bf16 kernels.
     bf16: qdot::Bf16Buf,
 }
@@ -710,6 +750,7 @@ impl<'a> Activations<'a> {
             panels: Vec::new(),
             panels16: Vec::new(),
             offset_panels: Vec::new(),
+            tile_panels: Vec::new(),
             bf16: qdot::Bf16Buf::new(),
         }
     }
@@ -751,20 +792,28 @@ impl<'a> Activations<'a> {
         self.panels.clear();
         self.panels16.clear();
         self.offset_panels.clear();
+        self.tile_panels.clear();
         self.bf16.clear();
         let (x, bpr) = (self.x, cols / QK);
         // Chunk `g` of `tokens` tokens (the last one short).
-        let chunk = |g: usize, tokens: usize| &x[g * tokens * cols..((g + 1) * tokens * cols).min(x.len())];
+        let chunk =
+            |g: usize, tokens: usize| &x[g * tokens * cols..((g + 1) * tokens * cols).min(x.len())];
         // The tokens of panel `g`.
         let group = |g: usize| chunk(g, PANEL_TOKENS);
         let groups = self.n.div_ceil(PANEL_TOKENS);
         let quantized = matches!(ty, TensorType::Q8_0 | TensorType::Q4_0);
-        if let Some(bk) = k.bf16.filter(|_| quantized && self.n >= bf16_min_tokens(ty)) {
+        if let Some(bk) = k
+            .bf16
+            .filter(|_| quantized && self.n >= bf16_min_tokens(ty))
+        {
             // Tiles packed in place, on the pool.
             let tile = BF16_TILE_TOKENS * cols;
             // Every value is written by `pack`.
-            self.bf16.resize_any(self.n.div_ceil(BF16_TILE_TOKENS) * tile);
-            par_chunks_mut(self.bf16.as_mut_slice(), tile, |g, out| (bk.pack)(chunk(g, BF16_TILE_TOKENS), cols, out));
+            self.bf16
+                .resize_any(self.n.div_ceil(BF16_TILE_TOKENS) * tile);
+            par_chunks_mut(self.bf16.as_mut_slice(), tile, |g, out| {
+                (bk.pack)(chunk(g, BF16_TILE_TOKENS), cols, out)
+            });
             return;
         }
         match ty {
@@ -775,6 +824,9 @@ impl<'a> Activations<'a> {
                     out
                 });
                 self.offset_panels = panels.concat();
+                if k.dot_q8_0_16x16.is_some() {
+                    qdot::pack_tile_panels(&self.offset_panels, bpr, &mut self.tile_panels);
+                }
             }
             TensorType::Q8_0 if k.dot_q8_0_2x8.is_some() => {
                 // Quantized and packed by panels, on the pool.
@@ -901,7 +953,10 @@ impl Out<'_> {
             // Whole tiles as fixed-size copies (vector moves): a call to memcpy per tile was
             // 8 % of a 128-token pass.
             for (y, v) in y.chunks_mut(OUT_TILE).zip(v.chunks(OUT_TILE)) {
-                match (<&mut [f32; OUT_TILE]>::try_from(&mut *y), <&[f32; OUT_TILE]>::try_from(v)) {
+                match (
+                    <&mut [f32; OUT_TILE]>::try_from(&mut *y),
+                    <&[f32; OUT_TILE]>::try_from(v),
+                ) {
                     (Ok(y), Ok(v)) => *y = *v,
                     _ => y.copy_from_slice(v),
                 }
@@ -965,28 +1020,39 @@ impl LinearJob<'_> {
             let t1 = (t0 + TOKEN_TILE).min(tokens.end);
             match w.ty {
                 TensorType::Q8_0 | TensorType::Q4_0
-                    if !(a.panels.is_empty() && a.panels16.is_empty() && a.offset_panels.is_empty()) =>
+                    if !(a.panels.is_empty()
+                        && a.panels16.is_empty()
+                        && a.offset_panels.is_empty()) =>
                 {
                     debug_assert!(t0 % PANEL_TOKENS == 0);
                     // Results gather in `tile[token][row]` and leave as contiguous rows.
                     let mut tile = [[0f32; OUT_TILE]; TOKEN_TILE];
+                    // The tile kernel's results for up to AMX_ROW_GROUPS whole groups of
+                    // sixteen rows at once, those of rows `amx_rows`.
+                    let mut amx = [[[0f32; OUT_TILE]; TOKEN_TILE]; AMX_ROW_GROUPS];
+                    let mut amx_rows = 0..0;
                     for c0 in rows.clone().step_by(OUT_TILE) {
                         let c1 = (c0 + OUT_TILE).min(rows.end);
-                        let whole = match k.dot_q8_0_16x8 {
-                            Some(f) if c1 - c0 == OUT_TILE && !a.offset_panels.is_empty() => {
+                        let whole = c1 - c0 == OUT_TILE
+                            && !a.tile_panels.is_empty()
+                            && t0 % TOKEN_TILE == 0;
+                        if let Some(f) = k.dot_q8_0_16x16.filter(|_| whole) {
+                            if !amx_rows.contains(&c0) {
+                                let n = ((rows.end - c0) / OUT_TILE).min(AMX_ROW_GROUPS);
                                 let rb = w.row_bytes();
-                                let (g0, g1) = (t0 / PANEL_TOKENS, t1.div_ceil(PANEL_TOKENS));
-                                let r = f(&w.data[c0 * rb..], rb, bpr, &a.offset_panels[g0 * bpr..g1 * bpr]);
-                                for (row, r) in tile.iter_mut().zip(&r).take(t1 - t0) {
-                                    for (i, (v, r)) in row.iter_mut().zip(r).enumerate() {
-                                        *v = r + bias(c0 + i);
-                                    }
-                                }
-                                true
+                                let j = t0 / TOKEN_TILE;
+                                let p = &a.tile_panels[j * bpr..(j + 1) * bpr];
+                                let bias = self.bias.get(c0..c0 + n * OUT_TILE).unwrap_or(&[]);
+                                f(&w.data[c0 * rb..], rb, bpr, p, bias, &mut amx[..n]);
+                                amx_rows = c0..c0 + n * OUT_TILE;
                             }
-                            _ => false,
-                        };
-                        for o in (c0..c1).step_by(2).filter(|_| !whole) {
+                            let r = &amx[(c0 - amx_rows.start) / OUT_TILE];
+                            for (t, r) in (t0..t1).zip(r) {
+                                out.put_rows(t, c0, r);
+                            }
+                            continue;
+                        }
+                        for o in (c0..c1).step_by(2) {
                             let pair = o + 1 < c1;
                             let o2 = if pair { o + 1 } else { o };
                             let (ba, bb) = (bias(o), bias(o2));
@@ -1090,7 +1156,10 @@ impl LinearJob<'_> {
         let (w, cols) = (self.w, self.w.cols);
         let tile = BF16_TILE_TOKENS * cols;
         debug_assert!(tokens.start % BF16_TILE_TOKENS == 0);
-        let (j0, nt) = (tokens.start / BF16_TILE_TOKENS, tokens.len().div_ceil(BF16_TILE_TOKENS));
+        let (j0, nt) = (
+            tokens.start / BF16_TILE_TOKENS,
+            tokens.len().div_ceil(BF16_TILE_TOKENS),
+        );
         let b = &self.act.bf16.as_slice()[j0 * tile..(j0 + nt) * tile];
         let mut strip = qdot::Bf16Buf::zeros(BF16_ROWS * cols);
         let strip = strip.as_mut_slice();
@@ -1112,7 +1181,18 @@ impl LinearJob<'_> {
                     Dest::Own(y) => RowsMut::new(y, out.ts),
                     Dest::Shared(y) => y.reborrow(),
                 };
-                (bk.gemm)(strip, cols, b, nt, &bias, &mut y.window(t0, r0, nr), nr, n, self.gelu, next);
+                (bk.gemm)(
+                    strip,
+                    cols,
+                    b,
+                    nt,
+                    &bias,
+                    &mut y.window(t0, r0, nr),
+                    nr,
+                    n,
+                    self.gelu,
+                    next,
+                );
             } else {
                 let mut y = RowsMut::new(&mut r, BF16_ROWS);
                 (bk.gemm)(strip, cols, b, nt, &bias, &mut y, nr, n, self.gelu, next);
@@ -1151,23 +1231,36 @@ pub fn linear_gelu_with(act: &mut Activations<'_>, w: &Matrix<'_>, bias: &[f32],
 
 /// The linear layer's frame; with `gelu`, the bf16 kernels apply GELU to the outputs. Returns
 /// whether they did.
-fn linear_job(act: &mut Activations<'_>, w: &Matrix<'_>, bias: &[f32], y: &mut [f32], gelu: bool) -> bool {
+fn linear_job(
+    act: &mut Activations<'_>,
+    w: &Matrix<'_>,
+    bias: &[f32],
+    y: &mut [f32],
+    gelu: bool,
+) -> bool {
     let k = active();
     let (n, rows, cols) = (act.n, w.rows, w.cols);
     debug_assert_eq!(act.x.len(), n * cols);
     debug_assert_eq!(y.len(), n * rows);
     act.prepare(k, w.ty, cols);
     let gelu = gelu && k.bf16.is_some() && !act.bf16.as_slice().is_empty();
-    let job = LinearJob { k, w, bias, act, gelu };
+    let job = LinearJob {
+        k,
+        w,
+        bias,
+        act,
+        gelu,
+    };
     #[cfg(feature = "std")]
     {
         use rayon::prelude::*;
         let threads = rayon::current_num_threads();
         if threads > 1 && rows * n * cols >= PARALLEL_MIN_MACS {
-            if !act.bf16.as_slice().is_empty() && n < BF16_ROW_SPLIT_MAX_TOKENS && rows >= 2 * BF16_ROWS {
-                // Chunks of rows per thread, so that each weight is decoded once: each task
-                // writes its own columns of `y` (a copy of each task's block into `y` was a
-                // tenth of a 128-token pass at two threads).
+            let tiles = !(act.bf16.as_slice().is_empty() && act.tile_panels.is_empty());
+            if tiles && n < BF16_ROW_SPLIT_MAX_TOKENS && rows >= 2 * BF16_ROWS {
+                // Chunks of rows per thread, so that each weight is decoded (or read) once:
+                // each task writes its own columns of `y` (a copy of each task's block into
+                // `y` was a tenth of a 128-token pass at two threads).
                 let chunk_rows = rows.div_ceil(threads).next_multiple_of(BF16_ROWS);
                 let shared = SharedRows {
                     ptr: y.as_mut_ptr(),
@@ -1411,7 +1504,10 @@ pub fn attention_bf16_with(
     let qt = qt.as_slice();
     // Keys as strips of 32 rows, `[m, dh]` (the strips write every value).
     kr.resize_any(m * dh);
-    for (j0, o) in (0..n).step_by(BF16_ROWS).zip(kr.as_mut_slice().chunks_exact_mut(BF16_ROWS * dh)) {
+    for (j0, o) in (0..n)
+        .step_by(BF16_ROWS)
+        .zip(kr.as_mut_slice().chunks_exact_mut(BF16_ROWS * dh))
+    {
         keys.clear();
         (j0..(j0 + BF16_ROWS).min(n)).for_each(|j| keys.extend_from_slice(head(k, j, ld, dh)));
         (bk.strip)(keys, dh, o);
@@ -1428,7 +1524,18 @@ pub fn attention_bf16_with(
     for j0 in (0..n).step_by(BF16_ROWS) {
         let nr = (n - j0).min(BF16_ROWS);
         let mut s = RowsMut::new(scores, m);
-        (bk.gemm)(&kr[j0 * dh..], dh, qt, nt, &zero, &mut s.window(0, j0, nr), nr, n, false, &[]);
+        (bk.gemm)(
+            &kr[j0 * dh..],
+            dh,
+            qt,
+            nt,
+            &zero,
+            &mut s.window(0, j0, nr),
+            nr,
+            n,
+            false,
+            &[],
+        );
     }
     for row in scores.chunks_exact_mut(m) {
         softmax(&mut row[..n]);
@@ -1439,14 +1546,28 @@ pub fn attention_bf16_with(
     let pt = pt.as_slice();
     // Values' columns as strips of 32 rows of depth m (zeros past n).
     vt.resize_any(dh * m);
-    for (d0, o) in (0..dh).step_by(BF16_ROWS).zip(vt.as_mut_slice().chunks_exact_mut(BF16_ROWS * m)) {
+    for (d0, o) in (0..dh)
+        .step_by(BF16_ROWS)
+        .zip(vt.as_mut_slice().chunks_exact_mut(BF16_ROWS * m))
+    {
         (bk.columns)(&v[d0..], ld, n, m, o);
     }
     let vt = vt.as_slice();
     let mut out = alloc::vec![0f32; n * dh];
     let mut o = RowsMut::new(&mut out, dh);
     for d0 in (0..dh).step_by(BF16_ROWS) {
-        (bk.gemm)(&vt[d0 * m..], m, pt, nt, &zero, &mut o.window(0, d0, BF16_ROWS), BF16_ROWS, n, false, &[]);
+        (bk.gemm)(
+            &vt[d0 * m..],
+            m,
+            pt,
+            nt,
+            &zero,
+            &mut o.window(0, d0, BF16_ROWS),
+            BF16_ROWS,
+            n,
+            false,
+            &[],
+        );
     }
     out
 }
@@ -1472,12 +1593,18 @@ pub fn gelu(x: &mut [f32]) {
 
 /// `f(i, chunk)` for chunk `i` of `size` values of `x`, on the pool (sequentially at one
 /// thread or without `std`).
-pub fn par_chunks_mut<T: Send>(x: &mut [T], size: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+pub fn par_chunks_mut<T: Send>(
+    x: &mut [T],
+    size: usize,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
+) {
     #[cfg(feature = "std")]
     {
         use rayon::prelude::*;
         if rayon::current_num_threads() > 1 {
-            x.par_chunks_mut(size).enumerate().for_each(|(i, c)| f(i, c));
+            x.par_chunks_mut(size)
+                .enumerate()
+                .for_each(|(i, c)| f(i, c));
             return;
         }
     }

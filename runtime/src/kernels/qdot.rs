@@ -179,6 +179,55 @@ pub fn pack_offset_panel_with(
     }
 }
 
+/// Tokens per [`TilePanel`].
+pub const TILE_PANEL_TOKENS: usize = 2 * PANEL_TOKENS;
+
+/// One activation block of sixteen tokens for AMX's signed int8 tile products (one tile of
+/// activations): `qs[g]` holds values `4g..4g + 4` of each token in turn (token `t` at bytes
+/// `4t..4t + 4`), `d` the tokens' scales. Made of two [`OffsetPanel`]s (tokens 0-7, 8-15).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C, align(64))]
+pub struct TilePanel {
+    /// Scales of the sixteen tokens.
+    pub d: [f32; TILE_PANEL_TOKENS],
+    /// Values, by groups of four.
+    pub qs: [[i8; 4 * TILE_PANEL_TOKENS]; QK / 4],
+}
+
+/// Joins [`OffsetPanel`]s by pairs of groups of eight tokens (`panels`: groups of `bpr`
+/// blocks) into [`TilePanel`]s of sixteen, appended to `out` (`bpr` per pair); an odd last
+/// group's partner is zeros.
+pub fn pack_tile_panels(panels: &[OffsetPanel], bpr: usize, out: &mut Vec<TilePanel>) {
+    let zero = OffsetPanel {
+        d: [0.0; PANEL_TOKENS],
+        corr: [0; PANEL_TOKENS],
+        qs: [[0; 32]; QK / 4],
+    };
+    let groups = panels.len() / bpr.max(1);
+    debug_assert_eq!(panels.len(), groups * bpr);
+    for g in (0..groups).step_by(2) {
+        for b in 0..bpr {
+            let lo = &panels[g * bpr + b];
+            let hi = if g + 1 < groups {
+                &panels[(g + 1) * bpr + b]
+            } else {
+                &zero
+            };
+            let mut t = TilePanel {
+                d: [0.0; TILE_PANEL_TOKENS],
+                qs: [[0; 4 * TILE_PANEL_TOKENS]; QK / 4],
+            };
+            t.d[..PANEL_TOKENS].copy_from_slice(&lo.d);
+            t.d[PANEL_TOKENS..].copy_from_slice(&hi.d);
+            for ((q, l), h) in t.qs.iter_mut().zip(&lo.qs).zip(&hi.qs) {
+                q[..32].copy_from_slice(l);
+                q[32..].copy_from_slice(h);
+            }
+            out.push(t);
+        }
+    }
+}
+
 /// One activation block of eight tokens quantized to 16 bits, for Q4_0's panel kernels (whose
 /// 4-bit weights meet 16-bit values in one `i16 x i16 -> i32` product): `qs[p]` holds values
 /// `2p, 2p + 1` of each token in turn (token `t` at `2t, 2t + 1`), `d` the tokens' scales
@@ -346,8 +395,17 @@ pub fn interleave_strip(rows: &[u16], k: usize, out: &mut [u16]) {
 ///
 /// # Panics
 /// If `ty` is neither Q8_0 nor Q4_0, `data` is short, or `nr` is above 32.
-pub fn dequantize_strip_bf16(ty: crate::quant::TensorType, data: &[u8], nr: usize, k: usize, out: &mut [u16]) {
-    assert!(nr <= BF16_STRIP_ROWS, "a strip holds {BF16_STRIP_ROWS} rows, not {nr}");
+pub fn dequantize_strip_bf16(
+    ty: crate::quant::TensorType,
+    data: &[u8],
+    nr: usize,
+    k: usize,
+    out: &mut [u16],
+) {
+    assert!(
+        nr <= BF16_STRIP_ROWS,
+        "a strip holds {BF16_STRIP_ROWS} rows, not {nr}"
+    );
     let rb = k / QK * ty.block_bytes();
     let mut rows = alloc::vec![0u16; nr * k];
     for (r, o) in rows.chunks_exact_mut(k).enumerate() {
@@ -437,11 +495,19 @@ pub fn pack_bf16_tile(x: &[f32], cols: usize, out: &mut [u16]) {
 
 /// `x` (rows of `cols`) packed as bf16 tiles of sixteen tokens by `pack` (one of the sets'
 /// [`pack_bf16_tile`]s), appended to `out`; the last tile's missing tokens are zeros.
-pub fn pack_bf16_tiles_with(pack: fn(&[f32], usize, &mut [u16]), x: &[f32], cols: usize, out: &mut Bf16Buf) {
+pub fn pack_bf16_tiles_with(
+    pack: fn(&[f32], usize, &mut [u16]),
+    x: &[f32],
+    cols: usize,
+    out: &mut Bf16Buf,
+) {
     let (at, tile) = (out.as_slice().len(), BF16_TILE_TOKENS * cols);
     // `pack` writes every value of its tile.
     out.resize_any(at + x.len().div_ceil(tile) * tile);
-    for (x, o) in x.chunks(tile).zip(out.as_mut_slice()[at..].chunks_exact_mut(tile)) {
+    for (x, o) in x
+        .chunks(tile)
+        .zip(out.as_mut_slice()[at..].chunks_exact_mut(tile))
+    {
         pack(x, cols, o);
     }
 }

@@ -143,8 +143,14 @@ pub unsafe fn dot_q8_0_2x4_dotprod(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 
                 w[0].as_ptr().add(b * Q8_0_BLOCK_BYTES),
                 w[1].as_ptr().add(b * Q8_0_BLOCK_BYTES),
             );
-            let (a0, a1) = (vld1q_s8(wa.add(2) as *const i8), vld1q_s8(wa.add(18) as *const i8));
-            let (b0, b1) = (vld1q_s8(wb.add(2) as *const i8), vld1q_s8(wb.add(18) as *const i8));
+            let (a0, a1) = (
+                vld1q_s8(wa.add(2) as *const i8),
+                vld1q_s8(wa.add(18) as *const i8),
+            );
+            let (b0, b1) = (
+                vld1q_s8(wb.add(2) as *const i8),
+                vld1q_s8(wb.add(18) as *const i8),
+            );
             let da = block_scale(core::slice::from_raw_parts(wa, 2));
             let db = block_scale(core::slice::from_raw_parts(wb, 2));
             for t in 0..4 {
@@ -275,4 +281,3 @@ pub unsafe fn dot_q8_0_2x8_i8mm(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
         out
     }
 }
-

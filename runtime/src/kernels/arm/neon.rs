@@ -36,7 +36,9 @@ unsafe fn block_sums_2x4(w: [*const u8; 2], x: [*const i8; 4]) -> [i32; 8] {
     macro_rules! token {
         ($x:literal, $o:literal) => {
             concat!(
-                "vld1.8 {{d8, d9, d10, d11}}, [{", $x, "}]\n",
+                "vld1.8 {{d8, d9, d10, d11}}, [{",
+                $x,
+                "}]\n",
                 "vmull.s8 q6, d0, d8\n",
                 "vmlal.s8 q6, d1, d9\n",
                 "vmull.s8 q7, d2, d10\n",
@@ -156,9 +158,8 @@ pub unsafe fn dot_q8_0_2x4(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 8] {
         let xb = x.map(|t| &t[b]);
         // SAFETY: each weight block's `[2..]` and each activation block's `qs` are 32 bytes;
         // NEON is the caller's contract.
-        let sums = unsafe {
-            block_sums_2x4(wb.map(|r| r[2..].as_ptr()), xb.map(|t| t.qs.as_ptr()))
-        };
+        let sums =
+            unsafe { block_sums_2x4(wb.map(|r| r[2..].as_ptr()), xb.map(|t| t.qs.as_ptr())) };
         // The f16 scales decode once per block (in software on armv7), not once per token.
         let dw = wb.map(block_scale);
         for (i, (a, s)) in acc.iter_mut().zip(sums).enumerate() {

@@ -9,8 +9,7 @@
 use core::arch::asm;
 use core::arch::x86_64::*;
 
-use crate::kernels::qdot::{OffsetPanel, Q8_0_BLOCK_BYTES};
-use crate::kernels::x86_64::avx2::transpose8;
+use crate::kernels::qdot::{TilePanel, Q8_0_BLOCK_BYTES, TILE_PANEL_TOKENS};
 
 /// Weight rows per tile product.
 pub const AMX_ROWS: usize = 16;
@@ -91,116 +90,167 @@ fn request_tile_data() -> bool {
     false
 }
 
-/// The 64-byte tile configuration (palette 1): tile 0 holds sums (16 rows x 8 i32), 2 a weight
-/// block (16 rows x 32 bytes), 4 an activation block (8 groups of four values x 8 tokens, 32
-/// bytes a row); the others stay unconfigured.
+/// The 64-byte tile configuration (palette 1): tiles 0 and 1 hold sums (16 rows x 16 i32),
+/// 2 and 3 weight blocks (16 rows x 32 bytes), 4 and 5 activation blocks (8 groups of four
+/// values x 16 tokens, 64 bytes a row); a block uses one of each, the next block the others.
 #[repr(C, align(64))]
 struct TileConfig([u8; 64]);
 
 const CONFIG: TileConfig = {
     let mut c = [0u8; 64];
     c[0] = 1;
-    // colsb (u16 at 16 + 2t), rows (u8 at 48 + t) of tiles 0, 2 and 4.
-    c[16] = 32;
-    c[48] = 16;
-    c[20] = 32;
-    c[50] = 16;
-    c[24] = 32;
-    c[52] = 8;
+    // colsb (u16 at 16 + 2t), rows (u8 at 48 + t) of tiles 0-5.
+    let tiles = [(64, 16), (64, 16), (32, 16), (32, 16), (64, 8), (64, 8)];
+    let mut t = 0;
+    while t < tiles.len() {
+        c[16 + 2 * t] = tiles[t].0;
+        c[48 + t] = tiles[t].1;
+        t += 1;
+    }
     TileConfig(c)
 };
 
-/// Token groups (of eight) one call takes at most.
-pub const AMX_GROUPS: usize = 2;
+/// One block's tile product, left in the tiles: weights into `$w`, the sixteen tokens into
+/// `$x`, their sums in `$s`.
+macro_rules! q8_block {
+    ($w:literal, $x:literal, $s:literal, $wb:expr, $rb:expr, $xp:expr) => {
+        asm!(
+            concat!("tileloadd tmm", $w, ", [{a} + {s}*1]"),
+            concat!("tileloadd tmm", $x, ", [{x} + {xs}*1]"),
+            concat!("tilezero tmm", $s),
+            concat!("tdpbssd tmm", $s, ", tmm", $w, ", tmm", $x),
+            a = in(reg) $wb,
+            s = in(reg) $rb,
+            x = in(reg) $xp,
+            xs = in(reg) 64usize,
+            options(nostack, readonly, preserves_flags),
+        )
+    };
+}
 
-/// Sixteen Q8_0 weight rows (row `r` at `w[r * row_bytes..]`) against up to [`AMX_GROUPS`]
-/// groups of eight tokens (`p`: `p.len() / nb` groups of `nb` [`OffsetPanel`]s; their values
-/// and scales, AMX multiplies signed by signed, so the offset's correction is not needed):
-/// `out[g * 8 + t][r]`, each block's exact i32 sum scaled in f32, blocks summed in order. Per
-/// block, the weight tile and the sixteen row scales serve every group.
+/// Sums tile `$s` stored to `$o` (16 rows of 64 bytes).
+macro_rules! q8_store {
+    ($s:literal, $o:expr) => {
+        asm!(
+            concat!("tilestored [{o} + {xs}*1], tmm", $s),
+            o = in(reg) $o,
+            xs = in(reg) 64usize,
+            options(nostack, preserves_flags),
+        )
+    };
+}
+
+/// `out.len()` groups of sixteen Q8_0 weight rows (group `i`'s row `r` at
+/// `w[(16 * i + r) * row_bytes..]`) against sixteen tokens (`p`: `nb` [`TilePanel`]s; AMX
+/// multiplies signed by signed, so no offset is involved): `out[i][t][r]`, from the bias
+/// `bias[16 * i + r]` (zero when `bias` is empty) each block's exact i32 sum scaled in f32,
+/// blocks summed in order. Per block, one weight tile meets all sixteen
+/// tokens in one product. One tile configuration serves the call. The blocks run as a
+/// three-stage pipeline, so that no stage waits on the one before: block `b`'s product is
+/// issued, then block `b - 1`'s sums are stored (two sets of tiles alternate), then block
+/// `b - 2`'s are scaled and added up in f32. While a row group is multiplied, the next one's
+/// bytes (within `w`) are prefetched.
 ///
 /// # Safety
-/// [`available`] returned true; the CPU supports AVX2, FMA and F16C; `p.len()` is a multiple
-/// of `nb` of at most `AMX_GROUPS * nb`; `w` holds `15 * row_bytes + nb * 34` bytes.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q8_0_16x8(
+/// [`available`] returned true; the CPU supports AVX-512F and F16C; `p.len() == nb > 0`;
+/// `bias` is empty or holds `16 * out.len()` values; `w` holds `(16 * out.len() - 1) * row_bytes + nb * 34` bytes (or `out` is empty).
+#[target_feature(enable = "avx512f,f16c")]
+pub unsafe fn dot_q8_0_16x16(
     w: &[u8],
     row_bytes: usize,
     nb: usize,
-    p: &[OffsetPanel],
-) -> [[f32; AMX_ROWS]; 8 * AMX_GROUPS] {
-    let groups = p.len() / nb.max(1);
-    debug_assert!(groups <= AMX_GROUPS && p.len() == groups * nb);
-    debug_assert!(w.len() >= (AMX_ROWS - 1) * row_bytes + nb * Q8_0_BLOCK_BYTES);
-    // acc[g][r]: row r against group g's eight tokens.
-    let mut acc = [[_mm256_setzero_ps(); AMX_ROWS]; AMX_GROUPS];
-    let mut sums = [[[0i32; 8]; AMX_ROWS]; AMX_GROUPS];
-    // SAFETY: the tile loads read 16 rows of 32 bytes at `w + r * row_bytes + 34b + 2` (within
-    // `w` by the caller's contract) and 8 x 32 bytes of a panel's `qs`; the stores write the
-    // local `sums` (16 x 32 bytes each); the scales read 2 bytes at `w + r * row_bytes + 34b`.
+    p: &[TilePanel],
+    bias: &[f32],
+    out: &mut [[[f32; AMX_ROWS]; TILE_PANEL_TOKENS]],
+) {
+    debug_assert!(nb > 0 && p.len() == nb);
+    debug_assert!(bias.is_empty() || bias.len() >= AMX_ROWS * out.len());
+    debug_assert!(
+        out.is_empty() || w.len() >= (AMX_ROWS * out.len() - 1) * row_bytes + nb * Q8_0_BLOCK_BYTES
+    );
+    let group_bytes = AMX_ROWS * row_bytes;
+    // Cache lines of the next row group to prefetch per block.
+    let lines = group_bytes.div_ceil(64).div_ceil(nb);
+    // sums[b % 3][r][t]: block b's exact sums, from its store until it is scaled.
+    let mut sums = Sums([[[0i32; TILE_PANEL_TOKENS]; AMX_ROWS]; 3]);
+    // SAFETY: the tile loads read 16 rows of 32 bytes at `w + (16i + r) * row_bytes + 34b + 2`
+    // (within `w` by the caller's contract) and 8 x 64 bytes of a panel's `qs`; the stores
+    // write the local `sums` (16 x 64 bytes each); the scales read 2 bytes at
+    // `w + (16i + r) * row_bytes + 34b`; prefetches name addresses within `w` (checked).
     unsafe {
         asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly, preserves_flags));
-        let base = w.as_ptr();
-        for b in 0..nb {
-            let wb = base.add(b * Q8_0_BLOCK_BYTES);
-            asm!(
-                "tileloadd tmm2, [{a} + {s}*1]",
-                a = in(reg) wb.add(2),
-                s = in(reg) row_bytes,
-                options(nostack, readonly, preserves_flags),
-            );
-            for (g, s) in sums.iter_mut().enumerate().take(groups) {
-                asm!(
-                    "tilezero tmm0",
-                    "tileloadd tmm4, [{x} + {xs}*1]",
-                    "tdpbssd tmm0, tmm2, tmm4",
-                    "tilestored [{o} + {xs}*1], tmm0",
-                    x = in(reg) p[g * nb + b].qs.as_ptr(),
-                    xs = in(reg) 32usize,
-                    o = in(reg) s.as_mut_ptr(),
-                    options(nostack, preserves_flags),
-                );
-            }
-            // The sixteen rows' f16 scales, gathered as integers and converted at once.
-            let mut bits = [0u16; AMX_ROWS];
-            for (r, h) in bits.iter_mut().enumerate() {
-                *h = (wb.add(r * row_bytes) as *const u16).read_unaligned();
-            }
-            let mut scales = [0f32; AMX_ROWS];
-            for h in 0..2 {
-                let v = _mm256_cvtph_ps(_mm_loadu_si128(bits.as_ptr().add(8 * h) as *const __m128i));
-                _mm256_storeu_ps(scales.as_mut_ptr().add(8 * h), v);
-            }
-            // Each group's token scales, loaded once for the sixteen rows.
-            let mut dx = [_mm256_setzero_ps(); AMX_GROUPS];
-            for (g, dx) in dx.iter_mut().enumerate().take(groups) {
-                *dx = _mm256_load_ps(p[g * nb + b].d.as_ptr());
-            }
-            for r in 0..AMX_ROWS {
-                let dw = _mm256_set1_ps(scales[r]);
-                for g in 0..groups {
-                    let s = _mm256_cvtepi32_ps(_mm256_loadu_si256(sums[g][r].as_ptr() as *const __m256i));
-                    acc[g][r] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx[g]), s, acc[g][r]);
+        for (i, out) in out.iter_mut().enumerate() {
+            let base = w.as_ptr().add(i * group_bytes);
+            let next = (i + 1) * group_bytes;
+            // acc[r]: row r against the sixteen tokens, from the row's bias.
+            let mut acc = [_mm512_setzero_ps(); AMX_ROWS];
+            if let Some(bias) = bias.get(AMX_ROWS * i..AMX_ROWS * (i + 1)) {
+                for (a, &b) in acc.iter_mut().zip(bias) {
+                    *a = _mm512_set1_ps(b);
                 }
+            }
+            for b in 0..nb + 2 {
+                if b < nb {
+                    let (wb, x) = (base.add(b * Q8_0_BLOCK_BYTES + 2), p[b].qs.as_ptr());
+                    if b & 1 == 0 {
+                        q8_block!("2", "4", "0", wb, row_bytes, x);
+                    } else {
+                        q8_block!("3", "5", "1", wb, row_bytes, x);
+                    }
+                    for l in 0..lines {
+                        let at = next + (b * lines + l) * 64;
+                        if at < w.len() {
+                            _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().add(at) as *const i8);
+                        }
+                    }
+                }
+                if (1..=nb).contains(&b) {
+                    let o = sums.0[(b - 1) % 3].as_mut_ptr();
+                    if (b - 1) & 1 == 0 {
+                        q8_store!("0", o);
+                    } else {
+                        q8_store!("1", o);
+                    }
+                }
+                if b < 2 {
+                    continue;
+                }
+                let b = b - 2;
+                let wb = base.add(b * Q8_0_BLOCK_BYTES);
+                // The sixteen rows' f16 scales, gathered as integers and converted at once.
+                let mut bits = [0u16; AMX_ROWS];
+                for (r, h) in bits.iter_mut().enumerate() {
+                    *h = (wb.add(r * row_bytes) as *const u16).read_unaligned();
+                }
+                let mut scales = [0f32; AMX_ROWS];
+                let v = _mm512_cvtph_ps(_mm256_loadu_si256(bits.as_ptr() as *const __m256i));
+                _mm512_storeu_ps(scales.as_mut_ptr(), v);
+                let dx = _mm512_load_ps(p[b].d.as_ptr());
+                let sums = &sums.0[b % 3];
+                for r in 0..AMX_ROWS {
+                    let s =
+                        _mm512_cvtepi32_ps(_mm512_load_si512(sums[r].as_ptr() as *const __m512i));
+                    let d = _mm512_mul_ps(_mm512_set1_ps(scales[r]), dx);
+                    acc[r] = _mm512_fmadd_ps(d, s, acc[r]);
+                }
+            }
+            // Rows by token to tokens by row.
+            let mut v = [_mm512_setzero_si512(); AMX_ROWS];
+            for (v, a) in v.iter_mut().zip(acc) {
+                *v = _mm512_castps_si512(a);
+            }
+            transpose16(&mut v);
+            for (o, v) in out.iter_mut().zip(v) {
+                _mm512_storeu_si512(o.as_mut_ptr() as *mut __m512i, v);
             }
         }
         asm!("tilerelease", options(nostack, nomem, preserves_flags));
     }
-    // Tokens by row: each group's two 8 x 8 blocks (rows 0-7, 8-15) transposed.
-    let mut out = [[0f32; AMX_ROWS]; 8 * AMX_GROUPS];
-    for (g, a) in acc.iter().enumerate() {
-        for h in 0..2 {
-            // SAFETY: register shuffles; each store writes 8 floats of a 16-float row of `out`.
-            unsafe {
-                let v = transpose8(core::array::from_fn(|u| a[8 * h + u]));
-                for (u, v) in v.iter().enumerate() {
-                    _mm256_storeu_ps(out[8 * g + u].as_mut_ptr().add(8 * h), *v);
-                }
-            }
-        }
-    }
-    out
 }
+
+/// Three blocks' sums, 64-byte aligned for the tile stores and the vector loads.
+#[repr(C, align(64))]
+struct Sums([[[i32; TILE_PANEL_TOKENS]; AMX_ROWS]; 3]);
 
 /// The tile configuration of the bf16 strip product: all eight tiles 16 rows of 64 bytes;
 /// 0-3 sums (16 tokens x 16 rows, f32), 4-5 activations (16 tokens x 32 bf16), 6-7 weights
@@ -257,7 +307,9 @@ pub unsafe fn gemm_bf16_32xn(
     // A partial tile of sums, or one on its way through GELU.
     let mut part = [[0f32; 16]; 16];
     // SAFETY: the configuration is a local constant; tiles are released before return.
-    unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG_BF16, options(nostack, readonly, preserves_flags)) };
+    unsafe {
+        asm!("ldtilecfg [{}]", in(reg) &CONFIG_BF16, options(nostack, readonly, preserves_flags))
+    };
     for j0 in (0..nt).step_by(2) {
         let pair = j0 + 1 < nt;
         // SAFETY: the bias loads read 16 rows of 64 bytes of `init` (rows of 128 bytes); per
@@ -362,10 +414,18 @@ unsafe fn tile_store(q: usize, o: *mut f32, stride: usize) {
     // SAFETY: by the caller's contract.
     unsafe {
         match q {
-            0 => asm!("tilestored [{o} + {s}*1], tmm0", o = in(reg) o, s = in(reg) stride, options(nostack, preserves_flags)),
-            1 => asm!("tilestored [{o} + {s}*1], tmm1", o = in(reg) o, s = in(reg) stride, options(nostack, preserves_flags)),
-            2 => asm!("tilestored [{o} + {s}*1], tmm2", o = in(reg) o, s = in(reg) stride, options(nostack, preserves_flags)),
-            _ => asm!("tilestored [{o} + {s}*1], tmm3", o = in(reg) o, s = in(reg) stride, options(nostack, preserves_flags)),
+            0 => {
+                asm!("tilestored [{o} + {s}*1], tmm0", o = in(reg) o, s = in(reg) stride, options(nostack, preserves_flags))
+            }
+            1 => {
+                asm!("tilestored [{o} + {s}*1], tmm1", o = in(reg) o, s = in(reg) stride, options(nostack, preserves_flags))
+            }
+            2 => {
+                asm!("tilestored [{o} + {s}*1], tmm2", o = in(reg) o, s = in(reg) stride, options(nostack, preserves_flags))
+            }
+            _ => {
+                asm!("tilestored [{o} + {s}*1], tmm3", o = in(reg) o, s = in(reg) stride, options(nostack, preserves_flags))
+            }
         }
     }
 }
@@ -458,7 +518,10 @@ unsafe fn decode_block(q4: bool, p: *const u8) -> __m512i {
             let q = _mm_loadu_si128(p.add(2) as *const __m128i);
             let m = _mm_set1_epi8(0x0f);
             let eight = _mm512_set1_epi32(8);
-            let (lo, hi) = (_mm_and_si128(q, m), _mm_and_si128(_mm_srli_epi16::<4>(q), m));
+            let (lo, hi) = (
+                _mm_and_si128(q, m),
+                _mm_and_si128(_mm_srli_epi16::<4>(q), m),
+            );
             (
                 _mm512_sub_epi32(_mm512_cvtepu8_epi32(lo), eight),
                 _mm512_sub_epi32(_mm512_cvtepu8_epi32(hi), eight),
@@ -469,7 +532,10 @@ unsafe fn decode_block(q4: bool, p: *const u8) -> __m512i {
                 _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(18) as *const __m128i)),
             )
         };
-        let (lo, hi) = (_mm512_mul_ps(_mm512_cvtepi32_ps(lo), d), _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d));
+        let (lo, hi) = (
+            _mm512_mul_ps(_mm512_cvtepi32_ps(lo), d),
+            _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d),
+        );
         core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
     }
 }
@@ -485,11 +551,19 @@ unsafe fn decode_block(q4: bool, p: *const u8) -> __m512i {
 #[target_feature(enable = "avx2,f16c,avx512f,avx512bf16")]
 pub unsafe fn dequantize_strip_bf16(q4: bool, data: &[u8], nr: usize, k: usize, out: &mut [u16]) {
     use crate::kernels::qdot::{Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
-    let bytes = if q4 { Q4_0_BLOCK_BYTES } else { Q8_0_BLOCK_BYTES };
+    let bytes = if q4 {
+        Q4_0_BLOCK_BYTES
+    } else {
+        Q8_0_BLOCK_BYTES
+    };
     let rb = k / 32 * bytes;
     debug_assert!(nr <= 32 && data.len() >= nr * rb && out.len() >= 32 * k);
     // SAFETY: row r < nr's block c lies within `data`; `out` holds the strip's 32 k values.
-    unsafe { fill_strip(nr, k, out, |r, c| decode_block(q4, data.as_ptr().add(r * rb + c * bytes))) }
+    unsafe {
+        fill_strip(nr, k, out, |r, c| {
+            decode_block(q4, data.as_ptr().add(r * rb + c * bytes))
+        })
+    }
 }
 
 /// [`crate::kernels::qdot::pack_bf16_strip`] with AVX-512 BF16's conversion, bit for bit: up to
@@ -506,7 +580,10 @@ pub unsafe fn pack_bf16_strip(x: &[f32], k: usize, out: &mut [u16]) {
     unsafe {
         fill_strip(nr, k, out, |r, c| {
             let p = x.as_ptr().add(r * k + 32 * c);
-            core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(p.add(16)), _mm512_loadu_ps(p)))
+            core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(
+                _mm512_loadu_ps(p.add(16)),
+                _mm512_loadu_ps(p),
+            ))
         })
     }
 }
@@ -540,7 +617,10 @@ pub unsafe fn pack_bf16_columns(x: &[f32], ld: usize, n: usize, k: usize, out: &
                             _mm512_setzero_ps()
                         }
                     };
-                    let h = core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(row(j + 1), row(j)));
+                    let h = core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(
+                        row(j + 1),
+                        row(j),
+                    ));
                     let o = out.as_mut_ptr().add(((g * nb + c) * 16 + p) * 32);
                     _mm512_storeu_si512(o as *mut __m512i, _mm512_permutexvar_epi16(idx, h));
                 }
@@ -564,7 +644,6 @@ pub unsafe fn pack_bf16_tile(x: &[f32], cols: usize, out: &mut [u16]) {
     tile[n..].fill(0);
 }
 
-
 /// f32 values rounded to bf16 as [`crate::kernels::qdot::bf16_bits`] does, bit for bit: 32
 /// values per conversion, the tail masked.
 ///
@@ -581,9 +660,16 @@ pub unsafe fn convert_bf16(x: &[f32], out: &mut [u16]) {
         // values of `out` (at least as long as `x`).
         unsafe {
             let p = x.as_ptr().add(i);
-            let v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, p.wrapping_add(16)), _mm512_maskz_loadu_ps(lo, p));
+            let v = _mm512_cvtne2ps_pbh(
+                _mm512_maskz_loadu_ps(hi, p.wrapping_add(16)),
+                _mm512_maskz_loadu_ps(lo, p),
+            );
             let v = core::mem::transmute::<__m512bh, __m512i>(v);
-            _mm512_mask_storeu_epi16(out.as_mut_ptr().add(i) as *mut i16, ((hi as u32) << 16 | lo as u32) as __mmask32, v);
+            _mm512_mask_storeu_epi16(
+                out.as_mut_ptr().add(i) as *mut i16,
+                ((hi as u32) << 16 | lo as u32) as __mmask32,
+                v,
+            );
         }
     }
 }

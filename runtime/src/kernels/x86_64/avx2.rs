@@ -4,7 +4,9 @@
 use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
-use crate::kernels::qdot::{ActBlock, Panel16, OffsetPanel, Panel8, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
+use crate::kernels::qdot::{
+    ActBlock, OffsetPanel, Panel16, Panel8, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES,
+};
 use crate::quant::QK;
 
 /// The f16 scale at `p` as f32, with F16C (no call out of the vector loop).
@@ -112,11 +114,16 @@ pub unsafe fn dot_q8_0_2x4(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 8] {
             for t in 0..4 {
                 let xb = x[t].get_unchecked(b);
                 let qx = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(qx, q0)), ones);
+                let p0 =
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(qx, q0)), ones);
                 acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * xb.d), _mm256_cvtepi32_ps(p0), acc[t]);
-                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(qx, q1)), ones);
-                acc[4 + t] =
-                    _mm256_fmadd_ps(_mm256_set1_ps(d1 * xb.d), _mm256_cvtepi32_ps(p1), acc[4 + t]);
+                let p1 =
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(qx, q1)), ones);
+                acc[4 + t] = _mm256_fmadd_ps(
+                    _mm256_set1_ps(d1 * xb.d),
+                    _mm256_cvtepi32_ps(p1),
+                    acc[4 + t],
+                );
             }
         }
         let mut out = [0f32; 8];
@@ -198,11 +205,24 @@ pub(crate) const LN2_HI: f32 = 0.693_359_4;
 pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
 /// Cephes' polynomial for `e^r` on the reduced range, highest degree first (times `r^2`,
 /// plus `r + 1`).
-pub(crate) const EXP_POLY: [f32; 6] = [1.987_569_1e-4, 1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
+pub(crate) const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_2e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
 /// Abramowitz and Stegun 7.1.26: `erfc(z) = t P(t) e^{-z^2}` with `t = 1 / (1 + ERFC_P z)`,
 /// `P`'s coefficients highest degree first.
 pub(crate) const ERFC_P: f32 = 0.327_591_1;
-pub(crate) const ERFC_POLY: [f32; 5] = [1.061_405_4, -1.453_152_1, 1.421_413_7, -0.284_496_74, 0.254_829_6];
+pub(crate) const ERFC_POLY: [f32; 5] = [
+    1.061_405_4,
+    -1.453_152_1,
+    1.421_413_7,
+    -0.284_496_74,
+    0.254_829_6,
+];
 
 /// `e^x` for eight lanes: Cephes' range reduction `x = n ln 2 + r` and its degree-6 polynomial
 /// for `e^r`, scaled by `2^n` through the exponent bits. Inputs are clamped to
@@ -211,7 +231,10 @@ pub(crate) const ERFC_POLY: [f32; 5] = [1.061_405_4, -1.453_152_1, 1.421_413_7, 
 unsafe fn exp_ps(x: __m256) -> __m256 {
     // SAFETY: register-only arithmetic under AVX2 + FMA.
     unsafe {
-        let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3)), _mm256_set1_ps(88.3));
+        let x = _mm256_min_ps(
+            _mm256_max_ps(x, _mm256_set1_ps(-87.3)),
+            _mm256_set1_ps(88.3),
+        );
         let n = _mm256_round_ps(
             _mm256_mul_ps(x, _mm256_set1_ps(core::f32::consts::LOG2_E)),
             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
@@ -314,7 +337,10 @@ pub(crate) unsafe fn gelu_ps(x: __m256) -> __m256 {
     // SAFETY: register-only arithmetic under AVX2 + FMA.
     unsafe {
         let sign = _mm256_set1_ps(-0.0);
-        let z = _mm256_mul_ps(_mm256_andnot_ps(sign, x), _mm256_set1_ps(core::f32::consts::FRAC_1_SQRT_2));
+        let z = _mm256_mul_ps(
+            _mm256_andnot_ps(sign, x),
+            _mm256_set1_ps(core::f32::consts::FRAC_1_SQRT_2),
+        );
         let t = _mm256_div_ps(
             _mm256_set1_ps(1.0),
             _mm256_fmadd_ps(_mm256_set1_ps(ERFC_P), z, _mm256_set1_ps(1.0)),
@@ -326,7 +352,10 @@ pub(crate) unsafe fn gelu_ps(x: __m256) -> __m256 {
         p = _mm256_mul_ps(p, t);
         // erfc(z) = p e^{-z^2}; Phi(x) = 1 - erfc/2 for x >= 0, erfc/2 below.
         let half_erfc = _mm256_mul_ps(
-            _mm256_mul_ps(p, exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(z, z)))),
+            _mm256_mul_ps(
+                p,
+                exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(z, z))),
+            ),
             _mm256_set1_ps(0.5),
         );
         let negative = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ);
@@ -410,7 +439,10 @@ unsafe fn bytes_in_order(q: [__m256i; 4]) -> __m256i {
     // SAFETY: register-only arithmetic under AVX2.
     unsafe {
         // i32 -> i16 -> i8 packs work per 128-bit lane; the permute restores the order.
-        let b = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        let b = _mm256_packs_epi16(
+            _mm256_packs_epi32(q[0], q[1]),
+            _mm256_packs_epi32(q[2], q[3]),
+        );
         _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
     }
 }
@@ -436,7 +468,10 @@ unsafe fn quantize_lanes(c: *const f32, max: f32) -> (f32, [__m256i; 4]) {
             _mm256_loadu_ps(c.add(24)),
         ];
         let a = v.map(|v| _mm256_andnot_ps(sign, v));
-        let amax = hmax_ps(_mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3])));
+        let amax = hmax_ps(_mm256_max_ps(
+            _mm256_max_ps(a[0], a[1]),
+            _mm256_max_ps(a[2], a[3]),
+        ));
         let d = amax / max;
         let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
         let q = v.map(|v| {
@@ -600,9 +635,15 @@ vnni_2x8!(
 macro_rules! q4_pair {
     ($x:literal, $w:literal) => {
         concat!(
-            "vmovdqa {x}, ymmword ptr [{px} + ", $x, "]\n",
-            "vpbroadcastd {t0}, dword ptr [{u0} + ", $w, "]\n",
-            "vpbroadcastd {t1}, dword ptr [{u1} + ", $w, "]\n",
+            "vmovdqa {x}, ymmword ptr [{px} + ",
+            $x,
+            "]\n",
+            "vpbroadcastd {t0}, dword ptr [{u0} + ",
+            $w,
+            "]\n",
+            "vpbroadcastd {t1}, dword ptr [{u1} + ",
+            $w,
+            "]\n",
             "vpmaddwd {t0}, {t0}, {x}\n",
             "vpmaddwd {t1}, {t1}, {x}\n",
             "vpaddd {s0}, {s0}, {t0}\n",
@@ -810,7 +851,8 @@ pub unsafe fn pack_offset_panel(x: &[f32], cols: usize, out: &mut Vec<OffsetPane
             unsafe {
                 let (d, q) = quantize_lanes(x.as_ptr().add(t * cols + b * QK), 127.0);
                 p.d[t] = d;
-                let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+                let s =
+                    _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
                 p.corr[t] = 128 * hsum_epi32(s);
                 *row = _mm256_castsi256_ps(bytes_in_order(q));
             }

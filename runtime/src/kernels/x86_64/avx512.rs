@@ -22,11 +22,13 @@ fn lanes(n: usize) -> __mmask16 {
 unsafe fn exp_ps(x: __m512) -> __m512 {
     // SAFETY: register-only arithmetic under AVX-512F.
     unsafe {
-        let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3)), _mm512_set1_ps(88.3));
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
-            x,
-            _mm512_set1_ps(core::f32::consts::LOG2_E),
-        ));
+        let x = _mm512_min_ps(
+            _mm512_max_ps(x, _mm512_set1_ps(-87.3)),
+            _mm512_set1_ps(88.3),
+        );
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(core::f32::consts::LOG2_E)),
+        );
         let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
         let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
         let mut p = _mm512_set1_ps(EXP_POLY[0]);
@@ -64,7 +66,11 @@ pub unsafe fn softmax(x: &mut [f32]) {
         let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
         for i in (0..n).step_by(16) {
             let k = lanes(n - i);
-            _mm512_mask_storeu_ps(p.add(i), k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p.add(i)), inv));
+            _mm512_mask_storeu_ps(
+                p.add(i),
+                k,
+                _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p.add(i)), inv),
+            );
         }
     }
 }
@@ -75,7 +81,10 @@ pub unsafe fn softmax(x: &mut [f32]) {
 pub(crate) unsafe fn gelu_ps(x: __m512) -> __m512 {
     // SAFETY: register-only arithmetic under AVX-512F.
     unsafe {
-        let z = _mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(core::f32::consts::FRAC_1_SQRT_2));
+        let z = _mm512_mul_ps(
+            _mm512_abs_ps(x),
+            _mm512_set1_ps(core::f32::consts::FRAC_1_SQRT_2),
+        );
         let d = _mm512_fmadd_ps(_mm512_set1_ps(ERFC_P), z, _mm512_set1_ps(1.0));
         let t0 = _mm512_rcp14_ps(d);
         // t = t0 (2 - d t0): relative error about 2^-28.
@@ -87,11 +96,18 @@ pub(crate) unsafe fn gelu_ps(x: __m512) -> __m512 {
         p = _mm512_mul_ps(p, t);
         // erfc(z) = p e^{-z^2}; Phi(x) = 1 - erfc/2 for x >= 0, erfc/2 below.
         let half_erfc = _mm512_mul_ps(
-            _mm512_mul_ps(p, exp_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), z), z))),
+            _mm512_mul_ps(
+                p,
+                exp_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), z), z)),
+            ),
             _mm512_set1_ps(0.5),
         );
         let negative = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_setzero_ps());
-        let phi = _mm512_mask_blend_ps(negative, _mm512_sub_ps(_mm512_set1_ps(1.0), half_erfc), half_erfc);
+        let phi = _mm512_mask_blend_ps(
+            negative,
+            _mm512_sub_ps(_mm512_set1_ps(1.0), half_erfc),
+            half_erfc,
+        );
         _mm512_mul_ps(x, phi)
     }
 }
