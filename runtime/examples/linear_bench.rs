@@ -1,7 +1,7 @@
 //! Times `kernels::linear` on MiniLM's shapes (Q8_0 weights, 128 tokens, one thread by
 //! default): `cargo run --release -p petal-runtime --example linear_bench [ROWSxCOLS]`, with
 //! `TYPE=q4_0` for Q4_0 weights, `THREADS=N` threads and `N=T` tokens; `linear_bench panels`
-//! times the panel kernels alone. For kernel work; the product's figures come from
+//! times the panel kernels alone, `linear_bench tiles` the sixteen-row tile kernel alone. For kernel work; the product's figures come from
 //! `petal bench` and bench/peers.sh.
 
 use std::time::Instant;
@@ -15,6 +15,9 @@ fn main() {
     kernels::set_threads(threads).expect("first pool use");
     if std::env::args().nth(1).as_deref() == Some("panels") {
         return panels();
+    }
+    if std::env::args().nth(1).as_deref() == Some("tiles") {
+        return tiles();
     }
     let n = std::env::var("N").map_or(128, |v| v.parse().expect("N is a number"));
     let mut seed = 1u64;
@@ -137,4 +140,57 @@ fn panels() {
         println!("{name}: {:.1} GMAC/s ({})", macs / best / 1e9, k.name);
     }
     std::hint::black_box(sink);
+}
+
+/// `linear_bench tiles`: the active set's sixteen-row tile kernel alone (AMX), eight groups of
+/// sixteen Q8_0 rows of 384 (K=1536 with `COLS=1536`) against sixteen tokens, all in cache,
+/// best of many calls.
+fn tiles() {
+    use petal_runtime::kernels::qdot;
+    let k = kernels::active();
+    let Some(f) = k.dot_q8_0_16x16 else {
+        return println!("{} has no tile kernel", k.name);
+    };
+    let cols: usize = std::env::var("COLS").map_or(384, |v| v.parse().expect("COLS is a number"));
+    let (bpr, rows, ntok) = (
+        cols / 32,
+        16 * kernels::AMX_ROW_GROUPS,
+        qdot::TILE_PANEL_TOKENS,
+    );
+    let val = |i: usize| ((i * 104729 % 251) as f32 - 125.0) / 100.0;
+    let w: Vec<f32> = (0..rows * cols).map(val).collect();
+    let x: Vec<f32> = (0..ntok * cols).map(|i| val(i + 7)).collect();
+    let mut bytes = Vec::new();
+    quant::quantize(&w, TensorType::Q8_0, &mut bytes).unwrap();
+    let mut po = Vec::new();
+    for chunk in x.chunks(qdot::PANEL_TOKENS * cols) {
+        qdot::pack_offset_panel(chunk, cols, &mut po);
+    }
+    let mut tp = Vec::new();
+    qdot::pack_tile_panels(&po, bpr, &mut tp);
+    let mut out = vec![[[0f32; 16]; 16]; kernels::AMX_ROW_GROUPS];
+    let reps = 2_000;
+    let mut best = f64::MAX;
+    for _ in 0..20 {
+        let t = Instant::now();
+        for _ in 0..reps {
+            f(
+                &bytes,
+                bytes.len() / rows,
+                bpr,
+                std::hint::black_box(&tp),
+                &[],
+                &mut out,
+            );
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let calls = reps as f64;
+    println!(
+        "Q8_0 tiles {rows} x {cols} x {ntok}: {:.1} GMAC/s, {:.1} ns per block of 16 rows x 16 tokens ({})",
+        (rows * cols * ntok) as f64 * calls / best / 1e9,
+        best / calls / (kernels::AMX_ROW_GROUPS * bpr) as f64 * 1e9,
+        k.name
+    );
+    std::hint::black_box(&out);
 }

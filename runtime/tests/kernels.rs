@@ -263,6 +263,53 @@ fn q8_0_offset_panels_match_the_reference() {
     }
 }
 
+/// Tile panels (sixteen tokens) hold the offset panels' quantized values and scales, token by
+/// token; every set's packer matches the reference bit for bit, on random widths and partly
+/// filled (or empty) tiles.
+#[test]
+fn tile_panels_pack_as_the_reference() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(29);
+    for _ in 0..30 {
+        let blocks = rng.gen_range(1..20);
+        let cols = blocks * QK;
+        let ntok = rng.gen_range(0..=qdot::TILE_PANEL_TOKENS);
+        let scale = rng.gen_range(0.01..8.0);
+        let x = random_vec(&mut rng, ntok * cols, scale);
+        let mut want = Vec::new();
+        qdot::pack_tile_panel(&x, cols, &mut want);
+        assert_eq!(want.len(), blocks);
+        let mut offset = Vec::new();
+        for chunk in x.chunks(qdot::PANEL_TOKENS * cols) {
+            qdot::pack_offset_panel(chunk, cols, &mut offset);
+        }
+        for (b, tile) in want.iter().enumerate() {
+            for t in 0..qdot::TILE_PANEL_TOKENS {
+                let (g, i) = (t / qdot::PANEL_TOKENS, t % qdot::PANEL_TOKENS);
+                let (d, qs) = match offset.get(g * blocks + b) {
+                    Some(p) if t < ntok => (
+                        p.d[i],
+                        p.qs.map(|q| [q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]]),
+                    ),
+                    _ => (0.0, [[0; 4]; QK / 4]),
+                };
+                assert_eq!(tile.d[t], d, "block {b} token {t} scale");
+                for (four, q) in qs.iter().enumerate() {
+                    assert_eq!(
+                        &tile.qs[four][4 * t..4 * t + 4],
+                        q,
+                        "block {b} token {t} values"
+                    );
+                }
+            }
+        }
+        for k in variants() {
+            let mut got = Vec::new();
+            (k.pack_tile)(&x, cols, &mut got);
+            assert_eq!(got, want, "{} tile panels, {ntok} tokens", k.name);
+        }
+    }
+}
+
 /// The sixteen-row tile kernels (AMX) against the two-row offset-panel reference, row pair by
 /// row pair, on random block counts, row groups per call, biases and partly filled token tiles.
 #[test]
@@ -1011,6 +1058,10 @@ fn quantized_linear_matches_f32_reference() {
         (37, 96, 17),
         (384, 384, 9),
         (130, 1536, 2),
+        // Few rows: split by rows (whole tiles) for few tokens, by tokens (whole token
+        // tiles) for more.
+        (48, 512, 3),
+        (48, 256, 20),
     ] {
         let w = random_vec(&mut rng, rows * cols, 0.5);
         let x = random_vec(&mut rng, n * cols, 2.0);

@@ -69,6 +69,9 @@ pub struct KernelSet {
     /// Up to eight tokens' activations quantized per 32 values and packed into
     /// [`OffsetPanel`]s, appended: `(x, cols, out)`.
     pub pack_offset: fn(&[f32], usize, &mut Vec<OffsetPanel>),
+    /// Up to sixteen tokens' activations quantized as for `pack_offset` and packed into
+    /// [`qdot::TilePanel`]s for `dot_q8_0_16x16`, appended: `(x, cols, out)`.
+    pub pack_tile: fn(&[f32], usize, &mut Vec<qdot::TilePanel>),
     /// Products in bf16 for Q8_0 and Q4_0 weights; when present, linear layers with those
     /// weights and at least [`bf16_min_tokens`] tokens use them instead of the integer kernels
     /// above.
@@ -245,6 +248,7 @@ pub const GENERIC: KernelSet = KernelSet {
     quantize: qdot::quantize_activations,
     pack_panel16: qdot::pack_panel16,
     pack_offset: qdot::pack_offset_panel,
+    pack_tile: qdot::pack_tile_panel,
     bf16: None,
 };
 
@@ -352,6 +356,16 @@ pub fn avx2() -> Option<KernelSet> {
         unsafe { x86_64::avx2::pack_offset_panel(x, cols, out) }
     }
     #[allow(unsafe_code)]
+    fn pack_tile(x: &[f32], cols: usize, out: &mut Vec<qdot::TilePanel>) {
+        assert!(
+            cols % QK == 0
+                && x.len() % cols.max(1) == 0
+                && x.len() / cols.max(1) <= qdot::TILE_PANEL_TOKENS
+        );
+        // SAFETY: this set is only handed out after detecting AVX2; shape asserted.
+        unsafe { x86_64::avx2::pack_tile_panel(x, cols, out) }
+    }
+    #[allow(unsafe_code)]
     fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
         assert_eq!(w.len(), b.len());
         // SAFETY: this set is only handed out after detecting AVX2 and FMA; lengths asserted.
@@ -373,6 +387,7 @@ pub fn avx2() -> Option<KernelSet> {
         quantize,
         pack_panel16,
         pack_offset,
+        pack_tile,
         bf16: None,
     })
 }
@@ -781,9 +796,32 @@ impl<'a> Activations<'a> {
     }
 
     /// Quantizes for weights of type `ty` with `k`'s kernels, unless already done for that
-    /// type (float weights need nothing).
-    fn prepare(&mut self, k: KernelSet, ty: TensorType, cols: usize) {
+    /// type (float weights need nothing). Q8_0 weights on the tile kernel take the activations
+    /// in [`qdot::TilePanel`]s, and also in offset panels when `rows` is not a whole number of
+    /// tiles (the rest rows' kernel takes those).
+    fn prepare(&mut self, k: KernelSet, ty: TensorType, cols: usize, rows: usize) {
+        let x = self.x;
+        // Offset panels of eight tokens, on the pool.
+        let offset_panels = |n: usize| {
+            let groups = n.div_ceil(PANEL_TOKENS);
+            let panels = par_map(groups, |g| {
+                let mut out = Vec::with_capacity(cols / QK);
+                let t = &x[g * PANEL_TOKENS * cols..((g + 1) * PANEL_TOKENS * cols).min(x.len())];
+                (k.pack_offset)(t, cols, &mut out);
+                out
+            });
+            panels.concat()
+        };
+        let tiles =
+            ty == TensorType::Q8_0 && k.dot_q8_0_16x16.is_some() && k.dot_q8_0_2x8_offset.is_some();
         if self.ty == Some(ty) {
+            if tiles
+                && !self.tile_panels.is_empty()
+                && rows % OUT_TILE != 0
+                && self.offset_panels.is_empty()
+            {
+                self.offset_panels = offset_panels(self.n);
+            }
             return;
         }
         self.ty = Some(ty);
@@ -794,7 +832,7 @@ impl<'a> Activations<'a> {
         self.offset_panels.clear();
         self.tile_panels.clear();
         self.bf16.clear();
-        let (x, bpr) = (self.x, cols / QK);
+        let bpr = cols / QK;
         // Chunk `g` of `tokens` tokens (the last one short).
         let chunk =
             |g: usize, tokens: usize| &x[g * tokens * cols..((g + 1) * tokens * cols).min(x.len())];
@@ -817,16 +855,26 @@ impl<'a> Activations<'a> {
             return;
         }
         match ty {
-            TensorType::Q8_0 if k.dot_q8_0_2x8_offset.is_some() => {
-                let panels = par_map(groups, |g| {
-                    let mut out = Vec::with_capacity(bpr);
-                    (k.pack_offset)(group(g), cols, &mut out);
-                    out
-                });
-                self.offset_panels = panels.concat();
-                if k.dot_q8_0_16x16.is_some() {
-                    qdot::pack_tile_panels(&self.offset_panels, bpr, &mut self.tile_panels);
+            TensorType::Q8_0 if tiles => {
+                // Tile panels of sixteen tokens, on the pool (one in place).
+                let tile = |g: usize| chunk(g, qdot::TILE_PANEL_TOKENS);
+                match self.n.div_ceil(qdot::TILE_PANEL_TOKENS) {
+                    1 => (k.pack_tile)(x, cols, &mut self.tile_panels),
+                    n => {
+                        let panels = par_map(n, |g| {
+                            let mut out = Vec::with_capacity(bpr);
+                            (k.pack_tile)(tile(g), cols, &mut out);
+                            out
+                        });
+                        self.tile_panels = panels.concat();
+                    }
                 }
+                if rows % OUT_TILE != 0 {
+                    self.offset_panels = offset_panels(self.n);
+                }
+            }
+            TensorType::Q8_0 if k.dot_q8_0_2x8_offset.is_some() => {
+                self.offset_panels = offset_panels(self.n);
             }
             TensorType::Q8_0 if k.dot_q8_0_2x8.is_some() => {
                 // Quantized and packed by panels, on the pool.
@@ -1010,6 +1058,16 @@ impl LinearJob<'_> {
         if let (Some(bk), false) = (k.bf16, self.act.bf16.as_slice().is_empty()) {
             return self.run_bf16(bk, rows, tokens, out);
         }
+        let mut rows = rows;
+        if let (Some(f), false) = (k.dot_q8_0_16x16, self.act.tile_panels.is_empty()) {
+            // Whole groups of sixteen rows on the tile kernel, the rest (only in layers whose
+            // rows are not a whole number of tiles, which have offset panels) below.
+            debug_assert!(w.ty == TensorType::Q8_0 && tokens.start % TOKEN_TILE == 0);
+            let whole = rows.start + rows.len() / OUT_TILE * OUT_TILE;
+            self.run_tiles(f, rows.start..whole, tokens.clone(), out);
+            rows = whole..rows.end;
+            debug_assert!(rows.is_empty() || !self.act.offset_panels.is_empty());
+        }
         let cols = w.cols;
         let bpr = cols / QK;
         let bias = |o: usize| self.bias_of(o);
@@ -1027,31 +1085,8 @@ impl LinearJob<'_> {
                     debug_assert!(t0 % PANEL_TOKENS == 0);
                     // Results gather in `tile[token][row]` and leave as contiguous rows.
                     let mut tile = [[0f32; OUT_TILE]; TOKEN_TILE];
-                    // The tile kernel's results for up to AMX_ROW_GROUPS whole groups of
-                    // sixteen rows at once, those of rows `amx_rows`.
-                    let mut amx = [[[0f32; OUT_TILE]; TOKEN_TILE]; AMX_ROW_GROUPS];
-                    let mut amx_rows = 0..0;
                     for c0 in rows.clone().step_by(OUT_TILE) {
                         let c1 = (c0 + OUT_TILE).min(rows.end);
-                        let whole = c1 - c0 == OUT_TILE
-                            && !a.tile_panels.is_empty()
-                            && t0 % TOKEN_TILE == 0;
-                        if let Some(f) = k.dot_q8_0_16x16.filter(|_| whole) {
-                            if !amx_rows.contains(&c0) {
-                                let n = ((rows.end - c0) / OUT_TILE).min(AMX_ROW_GROUPS);
-                                let rb = w.row_bytes();
-                                let j = t0 / TOKEN_TILE;
-                                let p = &a.tile_panels[j * bpr..(j + 1) * bpr];
-                                let bias = self.bias.get(c0..c0 + n * OUT_TILE).unwrap_or(&[]);
-                                f(&w.data[c0 * rb..], rb, bpr, p, bias, &mut amx[..n]);
-                                amx_rows = c0..c0 + n * OUT_TILE;
-                            }
-                            let r = &amx[(c0 - amx_rows.start) / OUT_TILE];
-                            for (t, r) in (t0..t1).zip(r) {
-                                out.put_rows(t, c0, r);
-                            }
-                            continue;
-                        }
                         for o in (c0..c1).step_by(2) {
                             let pair = o + 1 < c1;
                             let o2 = if pair { o + 1 } else { o };
@@ -1142,6 +1177,36 @@ impl LinearJob<'_> {
     /// Output row `o`'s bias (zero without biases).
     fn bias_of(&self, o: usize) -> f32 {
         self.bias.get(o).copied().unwrap_or(0.0)
+    }
+
+    /// [`LinearJob::run`] for whole groups of sixteen Q8_0 rows (`rows`) on the tile kernel
+    /// `f`, tokens from a multiple of sixteen: the rows go in chunks of [`AMX_ROW_GROUPS`]
+    /// groups, each meeting every token tile while its weights are in cache.
+    fn run_tiles(
+        &self,
+        f: Q8Tiles,
+        rows: core::ops::Range<usize>,
+        tokens: core::ops::Range<usize>,
+        out: &mut Out<'_>,
+    ) {
+        let w = self.w;
+        let (rb, bpr) = (w.row_bytes(), w.cols / QK);
+        let mut r = [[[0f32; OUT_TILE]; TOKEN_TILE]; AMX_ROW_GROUPS];
+        for c0 in rows.clone().step_by(OUT_TILE * AMX_ROW_GROUPS) {
+            let n = ((rows.end - c0) / OUT_TILE).min(AMX_ROW_GROUPS);
+            let bias = self.bias.get(c0..c0 + n * OUT_TILE).unwrap_or(&[]);
+            for t0 in tokens.clone().step_by(TOKEN_TILE) {
+                let t1 = (t0 + TOKEN_TILE).min(tokens.end);
+                let j = t0 / TOKEN_TILE;
+                let p = &self.act.tile_panels[j * bpr..(j + 1) * bpr];
+                f(&w.data[c0 * rb..], rb, bpr, p, bias, &mut r[..n]);
+                for (g, r) in r[..n].iter().enumerate() {
+                    for (t, r) in (t0..t1).zip(r) {
+                        out.put_rows(t, c0 + g * OUT_TILE, r);
+                    }
+                }
+            }
+        }
     }
 
     /// [`LinearJob::run`] with the bf16 kernels: strips of [`BF16_ROWS`] weight rows are
@@ -1242,7 +1307,7 @@ fn linear_job(
     let (n, rows, cols) = (act.n, w.rows, w.cols);
     debug_assert_eq!(act.x.len(), n * cols);
     debug_assert_eq!(y.len(), n * rows);
-    act.prepare(k, w.ty, cols);
+    act.prepare(k, w.ty, cols, rows);
     let gelu = gelu && k.bf16.is_some() && !act.bf16.as_slice().is_empty();
     let job = LinearJob {
         k,
@@ -1289,7 +1354,9 @@ fn linear_job(
             if n >= 8 * threads {
                 // Whole tokens per task: each writes its own rows of `y`. The bf16 kernels
                 // decode the weights once per task: one task per thread.
-                let (tasks, align) = if act.bf16.as_slice().is_empty() {
+                let (tasks, align) = if !act.tile_panels.is_empty() {
+                    (threads * 2, TOKEN_TILE)
+                } else if act.bf16.as_slice().is_empty() {
                     (threads * 2, PANEL_TOKENS)
                 } else {
                     (threads, BF16_TILE_TOKENS)
@@ -1314,7 +1381,13 @@ fn linear_job(
                     });
             } else {
                 // Few tokens: chunks of output rows, laid out `[row][token]`, then transposed.
-                let chunk_rows = rows.div_ceil(threads * 4).next_multiple_of(2);
+                // Whole tiles of rows for the tile kernel, else pairs.
+                let pair = if act.tile_panels.is_empty() {
+                    2
+                } else {
+                    OUT_TILE
+                };
+                let chunk_rows = rows.div_ceil(threads * 4).next_multiple_of(pair);
                 let mut by_row = alloc::vec![0f32; rows * n];
                 by_row
                     .par_chunks_mut(chunk_rows * n)

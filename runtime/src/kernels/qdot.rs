@@ -194,6 +194,20 @@ pub struct TilePanel {
     pub qs: [[i8; 4 * TILE_PANEL_TOKENS]; QK / 4],
 }
 
+/// Quantizes up to sixteen tokens (`x`, rows of `cols`, a multiple of 32) per 32 values as
+/// [`pack_offset_panel`] does and packs them into `cols / 32` [`TilePanel`]s, appended to `out`;
+/// missing tokens are zeros. The reference: offset panels of eight tokens, joined.
+pub fn pack_tile_panel(x: &[f32], cols: usize, out: &mut Vec<TilePanel>) {
+    let mut panels = Vec::new();
+    for chunk in x.chunks(PANEL_TOKENS * cols) {
+        pack_offset_panel(chunk, cols, &mut panels);
+    }
+    if panels.is_empty() {
+        pack_offset_panel(&[], cols, &mut panels);
+    }
+    pack_tile_panels(&panels, cols / QK, out);
+}
+
 /// Joins [`OffsetPanel`]s by pairs of groups of eight tokens (`panels`: groups of `bpr`
 /// blocks) into [`TilePanel`]s of sixteen, appended to `out` (`bpr` per pair); an odd last
 /// group's partner is zeros.

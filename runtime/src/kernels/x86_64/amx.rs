@@ -172,7 +172,12 @@ pub unsafe fn dot_q8_0_16x16(
     // Cache lines of the next row group to prefetch per block.
     let lines = group_bytes.div_ceil(64).div_ceil(nb);
     // sums[b % 3][r][t]: block b's exact sums, from its store until it is scaled.
-    let mut sums = Sums([[[0i32; TILE_PANEL_TOKENS]; AMX_ROWS]; 3]);
+    let mut sums = Sums([[[0i32; TILE_PANEL_TOKENS]; AMX_ROWS]; RING]);
+    // Byte offsets of the sixteen rows' scales from a block's start.
+    let offsets = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(row_bytes as i32),
+    );
     // SAFETY: the tile loads read 16 rows of 32 bytes at `w + (16i + r) * row_bytes + 34b + 2`
     // (within `w` by the caller's contract) and 8 x 64 bytes of a panel's `qs`; the stores
     // write the local `sums` (16 x 64 bytes each); the scales read 2 bytes at
@@ -189,7 +194,7 @@ pub unsafe fn dot_q8_0_16x16(
                     *a = _mm512_set1_ps(b);
                 }
             }
-            for b in 0..nb + 2 {
+            for b in 0..nb + LAG {
                 if b < nb {
                     let (wb, x) = (base.add(b * Q8_0_BLOCK_BYTES + 2), p[b].qs.as_ptr());
                     if b & 1 == 0 {
@@ -205,28 +210,30 @@ pub unsafe fn dot_q8_0_16x16(
                     }
                 }
                 if (1..=nb).contains(&b) {
-                    let o = sums.0[(b - 1) % 3].as_mut_ptr();
+                    let o = sums.0[(b - 1) % RING].as_mut_ptr();
                     if (b - 1) & 1 == 0 {
                         q8_store!("0", o);
                     } else {
                         q8_store!("1", o);
                     }
                 }
-                if b < 2 {
+                if b < LAG {
                     continue;
                 }
-                let b = b - 2;
+                let b = b - LAG;
                 let wb = base.add(b * Q8_0_BLOCK_BYTES);
-                // The sixteen rows' f16 scales, gathered as integers and converted at once.
-                let mut bits = [0u16; AMX_ROWS];
-                for (r, h) in bits.iter_mut().enumerate() {
-                    *h = (wb.add(r * row_bytes) as *const u16).read_unaligned();
-                }
+                // The sixteen rows' f16 scales (each the low half of a gathered 32-bit word),
+                // converted at once and left in memory, so that each row's is broadcast
+                // straight from there (a load, no shuffle).
+                let bits = _mm512_i32gather_epi32::<1>(offsets, wb as *const _);
                 let mut scales = [0f32; AMX_ROWS];
-                let v = _mm512_cvtph_ps(_mm256_loadu_si256(bits.as_ptr() as *const __m256i));
-                _mm512_storeu_ps(scales.as_mut_ptr(), v);
+                _mm512_storeu_ps(
+                    scales.as_mut_ptr(),
+                    _mm512_cvtph_ps(_mm512_cvtepi32_epi16(bits)),
+                );
+                let scales = core::hint::black_box(&scales);
                 let dx = _mm512_load_ps(p[b].d.as_ptr());
-                let sums = &sums.0[b % 3];
+                let sums = &sums.0[b % RING];
                 for r in 0..AMX_ROWS {
                     let s =
                         _mm512_cvtepi32_ps(_mm512_load_si512(sums[r].as_ptr() as *const __m512i));
@@ -250,7 +257,13 @@ pub unsafe fn dot_q8_0_16x16(
 
 /// Three blocks' sums, 64-byte aligned for the tile stores and the vector loads.
 #[repr(C, align(64))]
-struct Sums([[[i32; TILE_PANEL_TOKENS]; AMX_ROWS]; 3]);
+struct Sums([[[i32; TILE_PANEL_TOKENS]; AMX_ROWS]; RING]);
+
+/// Blocks between a block's product and its scaling.
+const LAG: usize = 2;
+
+/// Blocks' sums held at once: those being scaled, stored and multiplied.
+const RING: usize = LAG + 1;
 
 /// The tile configuration of the bf16 strip product: all eight tiles 16 rows of 64 bytes;
 /// 0-3 sums (16 tokens x 16 rows, f32), 4-5 activations (16 tokens x 32 bf16), 6-7 weights

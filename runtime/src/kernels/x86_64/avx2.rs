@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
 use crate::kernels::qdot::{
-    ActBlock, OffsetPanel, Panel16, Panel8, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES,
+    ActBlock, OffsetPanel, Panel16, Panel8, TilePanel, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES,
 };
 use crate::quant::QK;
 
@@ -861,6 +861,47 @@ pub unsafe fn pack_offset_panel(x: &[f32], cols: usize, out: &mut Vec<OffsetPane
         unsafe {
             for (g, v) in transpose8(rows).iter().enumerate() {
                 _mm256_storeu_ps(p.qs[g].as_mut_ptr() as *mut f32, *v);
+            }
+        }
+        out.push(p);
+    }
+}
+
+/// [`crate::kernels::qdot::pack_tile_panel`]: up to sixteen tokens' blocks quantized as
+/// [`pack_offset_panel`] does, each half of eight transposed into its half of the tile rows.
+///
+/// # Safety
+/// The CPU must support AVX2; `x` holds at most sixteen tokens of `cols` values, a multiple of
+/// 32.
+#[target_feature(enable = "avx2")]
+pub unsafe fn pack_tile_panel(x: &[f32], cols: usize, out: &mut Vec<TilePanel>) {
+    use crate::kernels::qdot::{PANEL_TOKENS, TILE_PANEL_TOKENS};
+    let ntok = x.len() / cols;
+    debug_assert!(ntok <= TILE_PANEL_TOKENS && cols % QK == 0 && x.len() == ntok * cols);
+    out.reserve(cols / QK);
+    for b in 0..cols / QK {
+        let mut p = TilePanel {
+            d: [0.0; TILE_PANEL_TOKENS],
+            qs: [[0; 4 * TILE_PANEL_TOKENS]; QK / 4],
+        };
+        for h in 0..ntok.div_ceil(PANEL_TOKENS) {
+            let mut rows = [_mm256_setzero_ps(); PANEL_TOKENS];
+            let half = (ntok - h * PANEL_TOKENS).min(PANEL_TOKENS);
+            for (i, row) in rows.iter_mut().enumerate().take(half) {
+                let t = h * PANEL_TOKENS + i;
+                // SAFETY: token t's block b is 32 floats within `x` (t < ntok, b < cols / 32).
+                unsafe {
+                    let (d, q) = quantize_lanes(x.as_ptr().add(t * cols + b * QK), 127.0);
+                    p.d[t] = d;
+                    *row = _mm256_castsi256_ps(bytes_in_order(q));
+                }
+            }
+            // SAFETY: register shuffles; each store writes one half (32 bytes) of a row of
+            // `p.qs`.
+            unsafe {
+                for (g, v) in transpose8(rows).iter().enumerate() {
+                    _mm256_storeu_ps(p.qs[g].as_mut_ptr().add(32 * h) as *mut f32, *v);
+                }
             }
         }
         out.push(p);
