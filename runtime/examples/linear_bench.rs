@@ -162,13 +162,9 @@ fn tiles() {
     let x: Vec<f32> = (0..ntok * cols).map(|i| val(i + 7)).collect();
     let mut bytes = Vec::new();
     quant::quantize(&w, TensorType::Q8_0, &mut bytes).unwrap();
-    let mut po = Vec::new();
-    for chunk in x.chunks(qdot::PANEL_TOKENS * cols) {
-        qdot::pack_offset_panel(chunk, cols, &mut po);
-    }
     let mut tp = Vec::new();
-    qdot::pack_tile_panels(&po, bpr, &mut tp);
-    let mut out = vec![[[0f32; 16]; 16]; kernels::AMX_ROW_GROUPS];
+    (k.pack_tile)(&x, cols, &mut tp);
+    let mut out = vec![0f32; ntok * rows];
     let reps = 2_000;
     let mut best = f64::MAX;
     for _ in 0..20 {
@@ -180,7 +176,9 @@ fn tiles() {
                 bpr,
                 std::hint::black_box(&tp),
                 &[],
-                &mut out,
+                &mut kernels::RowsMut::new(&mut out, rows),
+                kernels::AMX_ROW_GROUPS,
+                ntok,
             );
         }
         best = best.min(t.elapsed().as_secs_f64());

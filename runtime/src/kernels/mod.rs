@@ -42,11 +42,11 @@ pub struct KernelSet {
     /// weights to unsigned bytes), `[row 0 x 8, row 1 x 8]`; when present, linear layers pack
     /// their activations so and use it before the other Q8_0 kernels.
     pub dot_q8_0_2x8_offset: Option<fn([&[u8]; 2], &[OffsetPanel]) -> [f32; 16]>,
-    /// `out.len()` (at most [`AMX_ROW_GROUPS`]) groups of sixteen Q8_0 weight rows (from the
-    /// start of `w`, `row_bytes` apart) · sixteen tokens (`nb` [`qdot::TilePanel`]s),
-    /// `out[group][token][row]` (AMX); when present, linear layers use it for whole chunks of
-    /// sixteen rows, the outputs from the rows' biases (`bias`, empty for none):
-    /// `(w, row_bytes, nb, panels, bias, out)`.
+    /// `groups` (at most [`AMX_ROW_GROUPS`]) groups of sixteen Q8_0 weight rows (from the
+    /// start of `w`, `row_bytes` apart) · the first `ntok` of sixteen tokens (`nb`
+    /// [`qdot::TilePanel`]s) into `y[token][16 * group + row]`, from the rows' biases (`bias`,
+    /// empty for none) (AMX); when present, linear layers use it for whole chunks of sixteen
+    /// rows: `(w, row_bytes, nb, panels, bias, y, groups, ntok)`.
     pub dot_q8_0_16x16: Option<Q8Tiles>,
     /// Two Q4_0 weight rows · 16-bit panels of eight tokens, `[row 0 x 8, row 1 x 8]`; when
     /// present, Q4_0 layers quantize their activations to 16 bits and use it.
@@ -223,9 +223,10 @@ impl<'a> RowsMut<'a> {
 /// Groups of sixteen rows one call of [`KernelSet::dot_q8_0_16x16`] takes at most.
 pub const AMX_ROW_GROUPS: usize = 8;
 
-/// The sixteen-row Q8_0 tile product: `(w, row_bytes, nb, panels, bias, out)`, see
-/// [`KernelSet::dot_q8_0_16x16`].
-pub type Q8Tiles = fn(&[u8], usize, usize, &[qdot::TilePanel], &[f32], &mut [[[f32; 16]; 16]]);
+/// The sixteen-row Q8_0 tile product: `(w, row_bytes, nb, panels, bias, y, groups, ntok)`,
+/// see [`KernelSet::dot_q8_0_16x16`].
+pub type Q8Tiles =
+    fn(&[u8], usize, usize, &[qdot::TilePanel], &[f32], &mut RowsMut<'_>, usize, usize);
 
 /// The bf16 strip product's signature: `(a, k, b, nt, bias, out, nr, ntok, gelu, next)`.
 pub type Bf16Gemm =
@@ -427,25 +428,32 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
         v.push(set("avx2+avxvnni", q8_2x8_avxvnni));
     }
     #[allow(unsafe_code)]
+    #[allow(clippy::too_many_arguments)]
     fn q8_16x16_amx(
         w: &[u8],
         row_bytes: usize,
         nb: usize,
         p: &[qdot::TilePanel],
         bias: &[f32],
-        out: &mut [[[f32; 16]; 16]],
+        y: &mut RowsMut<'_>,
+        groups: usize,
+        ntok: usize,
     ) {
         use x86_64::amx::AMX_ROWS;
         let blocks = nb * qdot::Q8_0_BLOCK_BYTES;
-        assert!(out.len() <= AMX_ROW_GROUPS && nb > 0 && p.len() == nb);
-        assert!(bias.is_empty() || bias.len() >= AMX_ROWS * out.len());
+        assert!(groups <= AMX_ROW_GROUPS && nb > 0 && p.len() == nb);
+        assert!(ntok <= qdot::TILE_PANEL_TOKENS && y.width() >= AMX_ROWS * groups);
+        assert!(ntok == 0 || groups == 0 || (ntok - 1) * y.ld() + AMX_ROWS * groups <= y.len());
+        assert!(bias.is_empty() || bias.len() >= AMX_ROWS * groups);
         assert!(
             row_bytes >= blocks
-                && (out.is_empty() || w.len() >= (AMX_ROWS * out.len() - 1) * row_bytes + blocks)
+                && (groups == 0 || w.len() >= (AMX_ROWS * groups - 1) * row_bytes + blocks)
         );
+        let (ptr, ld, _) = y.raw();
         // SAFETY: only handed out after `amx::available()` and detecting AVX-512F and F16C;
-        // lengths asserted.
-        unsafe { x86_64::amx::dot_q8_0_16x16(w, row_bytes, nb, p, bias, out) }
+        // lengths asserted; the kernel writes `ptr[t * ld + c]` for `t < ntok`,
+        // `c < 16 * groups`, within the holder's columns and buffer (asserted).
+        unsafe { x86_64::amx::dot_q8_0_16x16(w, row_bytes, nb, p, bias, ptr, ld, groups, ntok) }
     }
     // AMX for chunks of sixteen rows, the best VNNI kernel for the rest.
     if let Some(&best) = v.last() {
@@ -1191,18 +1199,30 @@ impl LinearJob<'_> {
     ) {
         let w = self.w;
         let (rb, bpr) = (w.row_bytes(), w.cols / QK);
-        let mut r = [[[0f32; OUT_TILE]; TOKEN_TILE]; AMX_ROW_GROUPS];
-        for c0 in rows.clone().step_by(OUT_TILE * AMX_ROW_GROUPS) {
+        // Results go straight into the task's rows or columns of `y`, else (outputs by row)
+        // through `[token][row]` here.
+        let direct = out.os == 1;
+        let width = OUT_TILE * AMX_ROW_GROUPS;
+        let mut r = alloc::vec![0f32; if direct { 0 } else { TOKEN_TILE * width }];
+        for c0 in rows.clone().step_by(width) {
             let n = ((rows.end - c0) / OUT_TILE).min(AMX_ROW_GROUPS);
             let bias = self.bias.get(c0..c0 + n * OUT_TILE).unwrap_or(&[]);
             for t0 in tokens.clone().step_by(TOKEN_TILE) {
                 let t1 = (t0 + TOKEN_TILE).min(tokens.end);
                 let j = t0 / TOKEN_TILE;
                 let p = &self.act.tile_panels[j * bpr..(j + 1) * bpr];
-                f(&w.data[c0 * rb..], rb, bpr, p, bias, &mut r[..n]);
-                for (g, r) in r[..n].iter().enumerate() {
-                    for (t, r) in (t0..t1).zip(r) {
-                        out.put_rows(t, c0 + g * OUT_TILE, r);
+                let w = &w.data[c0 * rb..];
+                if direct {
+                    let mut y = match &mut out.y {
+                        Dest::Own(y) => RowsMut::new(y, out.ts),
+                        Dest::Shared(y) => y.reborrow(),
+                    };
+                    let mut y = y.window(t0 - out.t0, c0 - out.r0, n * OUT_TILE);
+                    f(w, rb, bpr, p, bias, &mut y, n, t1 - t0);
+                } else {
+                    f(w, rb, bpr, p, bias, &mut RowsMut::new(&mut r, width), n, t1 - t0);
+                    for (t, r) in (t0..t1).zip(r.chunks_exact(width)) {
+                        out.put_rows(t, c0, &r[..n * OUT_TILE]);
                     }
                 }
             }

@@ -140,12 +140,12 @@ macro_rules! q8_store {
     };
 }
 
-/// `out.len()` groups of sixteen Q8_0 weight rows (group `i`'s row `r` at
+/// `groups` groups of sixteen Q8_0 weight rows (group `i`'s row `r` at
 /// `w[(16 * i + r) * row_bytes..]`) against sixteen tokens (`p`: `nb` [`TilePanel`]s; AMX
-/// multiplies signed by signed, so no offset is involved): `out[i][t][r]`, from the bias
-/// `bias[16 * i + r]` (zero when `bias` is empty) each block's exact i32 sum scaled in f32,
-/// blocks summed in order. Per block, one weight tile meets all sixteen
-/// tokens in one product. One tile configuration serves the call. The blocks run as a
+/// multiplies signed by signed, so no offset is involved), for the first `ntok` tokens:
+/// `*y.add(t * ld + 16 * i + r)` = the bias `bias[16 * i + r]` (zero when `bias` is empty)
+/// plus each block's exact i32 sum scaled in f32, blocks summed in order. Per block, one
+/// weight tile meets all sixteen tokens in one product. One tile configuration serves the call. The blocks run as a
 /// three-stage pipeline, so that no stage waits on the one before: block `b`'s product is
 /// issued, then block `b - 1`'s sums are stored (two sets of tiles alternate), then block
 /// `b - 2`'s are scaled and added up in f32. While a row group is multiplied, the next one's
@@ -153,7 +153,10 @@ macro_rules! q8_store {
 ///
 /// # Safety
 /// [`available`] returned true; the CPU supports AVX-512F and F16C; `p.len() == nb > 0`;
-/// `bias` is empty or holds `16 * out.len()` values; `w` holds `(16 * out.len() - 1) * row_bytes + nb * 34` bytes (or `out` is empty).
+/// `bias` is empty or holds `16 * groups` values; `w` holds
+/// `(16 * groups - 1) * row_bytes + nb * 34` bytes (or `groups` is 0); `ntok <= 16`; the
+/// values `y + t * ld + c` for `t < ntok`, `c < 16 * groups` are writable and written by no
+/// one else meanwhile.
 #[target_feature(enable = "avx512f,f16c")]
 pub unsafe fn dot_q8_0_16x16(
     w: &[u8],
@@ -161,12 +164,15 @@ pub unsafe fn dot_q8_0_16x16(
     nb: usize,
     p: &[TilePanel],
     bias: &[f32],
-    out: &mut [[[f32; AMX_ROWS]; TILE_PANEL_TOKENS]],
+    y: *mut f32,
+    ld: usize,
+    groups: usize,
+    ntok: usize,
 ) {
-    debug_assert!(nb > 0 && p.len() == nb);
-    debug_assert!(bias.is_empty() || bias.len() >= AMX_ROWS * out.len());
+    debug_assert!(nb > 0 && p.len() == nb && ntok <= TILE_PANEL_TOKENS);
+    debug_assert!(bias.is_empty() || bias.len() >= AMX_ROWS * groups);
     debug_assert!(
-        out.is_empty() || w.len() >= (AMX_ROWS * out.len() - 1) * row_bytes + nb * Q8_0_BLOCK_BYTES
+        groups == 0 || w.len() >= (AMX_ROWS * groups - 1) * row_bytes + nb * Q8_0_BLOCK_BYTES
     );
     let group_bytes = AMX_ROWS * row_bytes;
     // Cache lines of the next row group to prefetch per block.
@@ -181,10 +187,11 @@ pub unsafe fn dot_q8_0_16x16(
     // SAFETY: the tile loads read 16 rows of 32 bytes at `w + (16i + r) * row_bytes + 34b + 2`
     // (within `w` by the caller's contract) and 8 x 64 bytes of a panel's `qs`; the stores
     // write the local `sums` (16 x 64 bytes each); the scales read 2 bytes at
-    // `w + (16i + r) * row_bytes + 34b`; prefetches name addresses within `w` (checked).
+    // `w + (16i + r) * row_bytes + 34b`; prefetches name addresses within `w` (checked); the
+    // results go to `y` within the caller's bounds.
     unsafe {
         asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly, preserves_flags));
-        for (i, out) in out.iter_mut().enumerate() {
+        for i in 0..groups {
             let base = w.as_ptr().add(i * group_bytes);
             let next = (i + 1) * group_bytes;
             // acc[r]: row r against the sixteen tokens, from the row's bias.
@@ -247,8 +254,8 @@ pub unsafe fn dot_q8_0_16x16(
                 *v = _mm512_castps_si512(a);
             }
             transpose16(&mut v);
-            for (o, v) in out.iter_mut().zip(v) {
-                _mm512_storeu_si512(o.as_mut_ptr() as *mut __m512i, v);
+            for (t, v) in v.iter().enumerate().take(ntok) {
+                _mm512_storeu_si512(y.add(t * ld + AMX_ROWS * i) as *mut __m512i, *v);
             }
         }
         asm!("tilerelease", options(nostack, nomem, preserves_flags));
