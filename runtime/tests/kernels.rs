@@ -362,10 +362,24 @@ fn q8_0_sixteen_row_tiles_match_the_reference() {
             let ld = 16 * groups + rng.gen_range(0..5);
             let mut y = vec![f32::NAN; (ntok + 2) * ld];
             let f = k.dot_q8_0_16x16.unwrap();
-            f(&w, row_bytes, blocks, &tiles, &bias, &mut kernels::RowsMut::new(&mut y, ld), groups, ntok);
+            f(
+                &w,
+                row_bytes,
+                blocks,
+                &tiles,
+                &bias,
+                &mut kernels::RowsMut::new(&mut y, ld),
+                groups,
+                ntok,
+            );
             for (i, v) in y.iter().enumerate() {
                 let written = i / ld < ntok && i % ld < 16 * groups;
-                assert_eq!(v.is_nan(), !written, "{} 16x16 value {i} of rows of {ld}", k.name);
+                assert_eq!(
+                    v.is_nan(),
+                    !written,
+                    "{} 16x16 value {i} of rows of {ld}",
+                    k.name
+                );
             }
             let got = |group: usize, t: usize, r: usize| y[t * ld + 16 * group + r];
             for (g, panel) in panels.chunks(blocks).enumerate() {
@@ -842,6 +856,9 @@ fn quantized_linear_matches_block_dots_at_every_position() {
         (7, 64, 1),
         (100, 64, 45),
         (60, 1536, 8),
+        // Enough tokens for Q8_0's bf16 kernels, split by tokens and by rows.
+        (40, 64, 300),
+        (96, 64, 260),
     ] {
         let w = random_vec(&mut rng, rows * cols, 0.5);
         let x = random_vec(&mut rng, n * cols, 2.0);
@@ -937,6 +954,9 @@ fn f32_linear_matches_the_reference_at_every_position() {
         (7, 64, 1),
         (100, 64, 45),
         (60, 1536, 8),
+        // Enough tokens for Q8_0's bf16 kernels, split by tokens and by rows.
+        (40, 64, 300),
+        (96, 64, 260),
     ] {
         let w = random_vec(&mut rng, rows * cols, 0.5);
         let x = random_vec(&mut rng, n * cols, 2.0);
