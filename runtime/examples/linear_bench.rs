@@ -162,7 +162,7 @@ fn tiles() {
     let x: Vec<f32> = (0..ntok * cols).map(|i| val(i + 7)).collect();
     let mut bytes = Vec::new();
     quant::quantize(&w, TensorType::Q8_0, &mut bytes).unwrap();
-    let mut tp = Vec::new();
+    let mut tp = vec![qdot::ZERO_TILE_PANEL; bpr];
     (k.pack_tile)(&x, cols, &mut tp);
     let mut out = vec![0f32; ntok * rows];
     let reps = 2_000;
@@ -179,6 +179,7 @@ fn tiles() {
                 &mut kernels::RowsMut::new(&mut out, rows),
                 kernels::AMX_ROW_GROUPS,
                 ntok,
+                false,
             );
         }
         best = best.min(t.elapsed().as_secs_f64());

@@ -45,8 +45,8 @@ pub struct KernelSet {
     /// `groups` (at most [`AMX_ROW_GROUPS`]) groups of sixteen Q8_0 weight rows (from the
     /// start of `w`, `row_bytes` apart) · the first `ntok` of sixteen tokens (`nb`
     /// [`qdot::TilePanel`]s) into `y[token][16 * group + row]`, from the rows' biases (`bias`,
-    /// empty for none) (AMX); when present, linear layers use it for whole chunks of sixteen
-    /// rows: `(w, row_bytes, nb, panels, bias, y, groups, ntok)`.
+    /// empty for none), with `gelu` GELU of them (AMX); when present, linear layers use it for
+    /// whole chunks of sixteen rows: `(w, row_bytes, nb, panels, bias, y, groups, ntok, gelu)`.
     pub dot_q8_0_16x16: Option<Q8Tiles>,
     /// Two Q4_0 weight rows · 16-bit panels of eight tokens, `[row 0 x 8, row 1 x 8]`; when
     /// present, Q4_0 layers quantize their activations to 16 bits and use it.
@@ -69,9 +69,9 @@ pub struct KernelSet {
     /// Up to eight tokens' activations quantized per 32 values and packed into
     /// [`OffsetPanel`]s, appended: `(x, cols, out)`.
     pub pack_offset: fn(&[f32], usize, &mut Vec<OffsetPanel>),
-    /// Up to sixteen tokens' activations quantized as for `pack_offset` and packed into
-    /// [`qdot::TilePanel`]s for `dot_q8_0_16x16`, appended: `(x, cols, out)`.
-    pub pack_tile: fn(&[f32], usize, &mut Vec<qdot::TilePanel>),
+    /// Up to sixteen tokens' activations quantized as for `pack_offset` and packed into the
+    /// `cols / 32` [`qdot::TilePanel`]s of `out` for `dot_q8_0_16x16`: `(x, cols, out)`.
+    pub pack_tile: fn(&[f32], usize, &mut [qdot::TilePanel]),
     /// Products in bf16 for Q8_0 and Q4_0 weights; when present, linear layers with those
     /// weights and at least [`bf16_min_tokens`] tokens use them instead of the integer kernels
     /// above.
@@ -223,10 +223,10 @@ impl<'a> RowsMut<'a> {
 /// Groups of sixteen rows one call of [`KernelSet::dot_q8_0_16x16`] takes at most.
 pub const AMX_ROW_GROUPS: usize = 8;
 
-/// The sixteen-row Q8_0 tile product: `(w, row_bytes, nb, panels, bias, y, groups, ntok)`,
-/// see [`KernelSet::dot_q8_0_16x16`].
+/// The sixteen-row Q8_0 tile product: `(w, row_bytes, nb, panels, bias, y, groups, ntok,
+/// gelu)`, see [`KernelSet::dot_q8_0_16x16`].
 pub type Q8Tiles =
-    fn(&[u8], usize, usize, &[qdot::TilePanel], &[f32], &mut RowsMut<'_>, usize, usize);
+    fn(&[u8], usize, usize, &[qdot::TilePanel], &[f32], &mut RowsMut<'_>, usize, usize, bool);
 
 /// The bf16 strip product's signature: `(a, k, b, nt, bias, out, nr, ntok, gelu, next)`.
 pub type Bf16Gemm =
@@ -357,11 +357,12 @@ pub fn avx2() -> Option<KernelSet> {
         unsafe { x86_64::avx2::pack_offset_panel(x, cols, out) }
     }
     #[allow(unsafe_code)]
-    fn pack_tile(x: &[f32], cols: usize, out: &mut Vec<qdot::TilePanel>) {
+    fn pack_tile(x: &[f32], cols: usize, out: &mut [qdot::TilePanel]) {
         assert!(
             cols % QK == 0
                 && x.len() % cols.max(1) == 0
                 && x.len() / cols.max(1) <= qdot::TILE_PANEL_TOKENS
+                && out.len() == cols / QK
         );
         // SAFETY: this set is only handed out after detecting AVX2; shape asserted.
         unsafe { x86_64::avx2::pack_tile_panel(x, cols, out) }
@@ -438,6 +439,7 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
         y: &mut RowsMut<'_>,
         groups: usize,
         ntok: usize,
+        gelu: bool,
     ) {
         use x86_64::amx::AMX_ROWS;
         let blocks = nb * qdot::Q8_0_BLOCK_BYTES;
@@ -453,7 +455,9 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
         // SAFETY: only handed out after `amx::available()` and detecting AVX-512F and F16C;
         // lengths asserted; the kernel writes `ptr[t * ld + c]` for `t < ntok`,
         // `c < 16 * groups`, within the holder's columns and buffer (asserted).
-        unsafe { x86_64::amx::dot_q8_0_16x16(w, row_bytes, nb, p, bias, ptr, ld, groups, ntok) }
+        unsafe {
+            x86_64::amx::dot_q8_0_16x16(w, row_bytes, nb, p, bias, ptr, ld, groups, ntok, gelu)
+        }
     }
     // AMX for chunks of sixteen rows, the best VNNI kernel for the rest.
     if let Some(&best) = v.last() {
@@ -864,19 +868,12 @@ impl<'a> Activations<'a> {
         }
         match ty {
             TensorType::Q8_0 if tiles => {
-                // Tile panels of sixteen tokens, on the pool (one in place).
-                let tile = |g: usize| chunk(g, qdot::TILE_PANEL_TOKENS);
-                match self.n.div_ceil(qdot::TILE_PANEL_TOKENS) {
-                    1 => (k.pack_tile)(x, cols, &mut self.tile_panels),
-                    n => {
-                        let panels = par_map(n, |g| {
-                            let mut out = Vec::with_capacity(bpr);
-                            (k.pack_tile)(tile(g), cols, &mut out);
-                            out
-                        });
-                        self.tile_panels = panels.concat();
-                    }
-                }
+                // Tile panels of sixteen tokens, packed in place on the pool.
+                let n = self.n.div_ceil(qdot::TILE_PANEL_TOKENS);
+                self.tile_panels.resize(n * bpr, qdot::ZERO_TILE_PANEL);
+                par_chunks_mut(&mut self.tile_panels, bpr.max(1), |g, out| {
+                    (k.pack_tile)(chunk(g, qdot::TILE_PANEL_TOKENS), cols, out)
+                });
                 if rows % OUT_TILE != 0 {
                     self.offset_panels = offset_panels(self.n);
                 }
@@ -1219,18 +1216,10 @@ impl LinearJob<'_> {
                         Dest::Shared(y) => y.reborrow(),
                     };
                     let mut y = y.window(t0 - out.t0, c0 - out.r0, n * OUT_TILE);
-                    f(w, rb, bpr, p, bias, &mut y, n, t1 - t0);
+                    f(w, rb, bpr, p, bias, &mut y, n, t1 - t0, self.gelu);
                 } else {
-                    f(
-                        w,
-                        rb,
-                        bpr,
-                        p,
-                        bias,
-                        &mut RowsMut::new(&mut r, width),
-                        n,
-                        t1 - t0,
-                    );
+                    let mut y = RowsMut::new(&mut r, width);
+                    f(w, rb, bpr, p, bias, &mut y, n, t1 - t0, self.gelu);
                     for (t, r) in (t0..t1).zip(r.chunks_exact(width)) {
                         out.put_rows(t, c0, &r[..n * OUT_TILE]);
                     }
@@ -1316,16 +1305,16 @@ pub fn linear_with(act: &mut Activations<'_>, w: &Matrix<'_>, bias: &[f32], y: &
     linear_job(act, w, bias, y, false);
 }
 
-/// [`linear_with`] followed by the exact GELU ([`gelu`]): the bf16 kernels apply it as they
-/// store each output (no second pass over `y`), the others after the product.
+/// [`linear_with`] followed by the exact GELU ([`gelu`]): the bf16 kernels and the tile kernel
+/// apply it as they store each output (no second pass over `y`), the others after the product.
 pub fn linear_gelu_with(act: &mut Activations<'_>, w: &Matrix<'_>, bias: &[f32], y: &mut [f32]) {
     if !linear_job(act, w, bias, y, true) {
         gelu(y);
     }
 }
 
-/// The linear layer's frame; with `gelu`, the bf16 kernels apply GELU to the outputs. Returns
-/// whether they did.
+/// The linear layer's frame; with `gelu`, the bf16 kernels or the tile kernel apply GELU to
+/// the outputs. Returns whether they did.
 fn linear_job(
     act: &mut Activations<'_>,
     w: &Matrix<'_>,
@@ -1338,7 +1327,9 @@ fn linear_job(
     debug_assert_eq!(act.x.len(), n * cols);
     debug_assert_eq!(y.len(), n * rows);
     act.prepare(k, w.ty, cols, rows);
-    let gelu = gelu && k.bf16.is_some() && !act.bf16.as_slice().is_empty();
+    // The bf16 kernels, and the tile kernel when it takes every row, apply GELU as they store.
+    let tiles = k.dot_q8_0_16x16.is_some() && !act.tile_panels.is_empty() && rows % OUT_TILE == 0;
+    let gelu = gelu && (tiles || k.bf16.is_some() && !act.bf16.as_slice().is_empty());
     let job = LinearJob {
         k,
         w,

@@ -195,9 +195,9 @@ pub struct TilePanel {
 }
 
 /// Quantizes up to sixteen tokens (`x`, rows of `cols`, a multiple of 32) per 32 values as
-/// [`pack_offset_panel`] does and packs them into `cols / 32` [`TilePanel`]s, appended to `out`;
+/// [`pack_offset_panel`] does and packs them into the `cols / 32` [`TilePanel`]s of `out`;
 /// missing tokens are zeros. The reference: offset panels of eight tokens, joined.
-pub fn pack_tile_panel(x: &[f32], cols: usize, out: &mut Vec<TilePanel>) {
+pub fn pack_tile_panel(x: &[f32], cols: usize, out: &mut [TilePanel]) {
     let mut panels = Vec::new();
     for chunk in x.chunks(PANEL_TOKENS * cols) {
         pack_offset_panel(chunk, cols, &mut panels);
@@ -205,8 +205,16 @@ pub fn pack_tile_panel(x: &[f32], cols: usize, out: &mut Vec<TilePanel>) {
     if panels.is_empty() {
         pack_offset_panel(&[], cols, &mut panels);
     }
-    pack_tile_panels(&panels, cols / QK, out);
+    let mut tiles = Vec::new();
+    pack_tile_panels(&panels, cols / QK, &mut tiles);
+    out.copy_from_slice(&tiles);
 }
+
+/// A tile panel of zeros.
+pub const ZERO_TILE_PANEL: TilePanel = TilePanel {
+    d: [0.0; TILE_PANEL_TOKENS],
+    qs: [[0; 4 * TILE_PANEL_TOKENS]; QK / 4],
+};
 
 /// Joins [`OffsetPanel`]s by pairs of groups of eight tokens (`panels`: groups of `bpr`
 /// blocks) into [`TilePanel`]s of sixteen, appended to `out` (`bpr` per pair); an odd last

@@ -144,8 +144,9 @@ macro_rules! q8_store {
 /// `w[(16 * i + r) * row_bytes..]`) against sixteen tokens (`p`: `nb` [`TilePanel`]s; AMX
 /// multiplies signed by signed, so no offset is involved), for the first `ntok` tokens:
 /// `*y.add(t * ld + 16 * i + r)` = the bias `bias[16 * i + r]` (zero when `bias` is empty)
-/// plus each block's exact i32 sum scaled in f32, blocks summed in order. Per block, one
-/// weight tile meets all sixteen tokens in one product. One tile configuration serves the call. The blocks run as a
+/// plus each block's exact i32 sum scaled in f32, blocks summed in order (with `gelu`, GELU of
+/// that, on 512-bit vectors as they are stored). Per block, one weight tile meets all sixteen
+/// tokens in one product. One tile configuration serves the call. The blocks run as a
 /// three-stage pipeline, so that no stage waits on the one before: block `b`'s product is
 /// issued, then block `b - 1`'s sums are stored (two sets of tiles alternate), then block
 /// `b - 2`'s are scaled and added up in f32. While a row group is multiplied, the next one's
@@ -168,6 +169,7 @@ pub unsafe fn dot_q8_0_16x16(
     ld: usize,
     groups: usize,
     ntok: usize,
+    gelu: bool,
 ) {
     debug_assert!(nb > 0 && p.len() == nb && ntok <= TILE_PANEL_TOKENS);
     debug_assert!(bias.is_empty() || bias.len() >= AMX_ROWS * groups);
@@ -177,8 +179,10 @@ pub unsafe fn dot_q8_0_16x16(
     let group_bytes = AMX_ROWS * row_bytes;
     // Cache lines of the next row group to prefetch per block.
     let lines = group_bytes.div_ceil(64).div_ceil(nb);
-    // sums[b % 3][r][t]: block b's exact sums, from its store until it is scaled.
-    let mut sums = Sums([[[0i32; TILE_PANEL_TOKENS]; AMX_ROWS]; RING]);
+    // sums[b % RING][r][t]: block b's exact sums, from its store until it is scaled (left
+    // unset before: every block's are stored before they are read).
+    let mut sums = core::mem::MaybeUninit::<Sums>::uninit();
+    let sums = sums.as_mut_ptr() as *mut [[i32; TILE_PANEL_TOKENS]; AMX_ROWS];
     // Byte offsets of the sixteen rows' scales from a block's start.
     let offsets = _mm512_mullo_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
@@ -186,7 +190,8 @@ pub unsafe fn dot_q8_0_16x16(
     );
     // SAFETY: the tile loads read 16 rows of 32 bytes at `w + (16i + r) * row_bytes + 34b + 2`
     // (within `w` by the caller's contract) and 8 x 64 bytes of a panel's `qs`; the stores
-    // write the local `sums` (16 x 64 bytes each); the scales read 2 bytes at
+    // write the local `sums` ring (16 x 64 bytes a block; a block's sums are read only after
+    // its store); the scales read 2 bytes at
     // `w + (16i + r) * row_bytes + 34b`; prefetches name addresses within `w` (checked); the
     // results go to `y` within the caller's bounds.
     unsafe {
@@ -217,7 +222,7 @@ pub unsafe fn dot_q8_0_16x16(
                     }
                 }
                 if (1..=nb).contains(&b) {
-                    let o = sums.0[(b - 1) % RING].as_mut_ptr();
+                    let o = sums.add((b - 1) % RING);
                     if (b - 1) & 1 == 0 {
                         q8_store!("0", o);
                     } else {
@@ -240,10 +245,9 @@ pub unsafe fn dot_q8_0_16x16(
                 );
                 let scales = core::hint::black_box(&scales);
                 let dx = _mm512_load_ps(p[b].d.as_ptr());
-                let sums = &sums.0[b % RING];
+                let sums = sums.add(b % RING) as *const [i32; TILE_PANEL_TOKENS];
                 for r in 0..AMX_ROWS {
-                    let s =
-                        _mm512_cvtepi32_ps(_mm512_load_si512(sums[r].as_ptr() as *const __m512i));
+                    let s = _mm512_cvtepi32_ps(_mm512_load_si512(sums.add(r) as *const __m512i));
                     let d = _mm512_mul_ps(_mm512_set1_ps(scales[r]), dx);
                     acc[r] = _mm512_fmadd_ps(d, s, acc[r]);
                 }
@@ -254,8 +258,12 @@ pub unsafe fn dot_q8_0_16x16(
                 *v = _mm512_castps_si512(a);
             }
             transpose16(&mut v);
-            for (t, v) in v.iter().enumerate().take(ntok) {
-                _mm512_storeu_si512(y.add(t * ld + AMX_ROWS * i) as *mut __m512i, *v);
+            for (t, &v) in v.iter().enumerate().take(ntok) {
+                let mut v = _mm512_castsi512_ps(v);
+                if gelu {
+                    v = crate::kernels::x86_64::avx512::gelu_ps(v);
+                }
+                _mm512_storeu_ps(y.add(t * ld + AMX_ROWS * i), v);
             }
         }
         asm!("tilerelease", options(nostack, nomem, preserves_flags));

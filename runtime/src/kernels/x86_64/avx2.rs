@@ -874,16 +874,13 @@ pub unsafe fn pack_offset_panel(x: &[f32], cols: usize, out: &mut Vec<OffsetPane
 /// The CPU must support AVX2; `x` holds at most sixteen tokens of `cols` values, a multiple of
 /// 32.
 #[target_feature(enable = "avx2")]
-pub unsafe fn pack_tile_panel(x: &[f32], cols: usize, out: &mut Vec<TilePanel>) {
+pub unsafe fn pack_tile_panel(x: &[f32], cols: usize, out: &mut [TilePanel]) {
     use crate::kernels::qdot::{PANEL_TOKENS, TILE_PANEL_TOKENS};
     let ntok = x.len() / cols;
     debug_assert!(ntok <= TILE_PANEL_TOKENS && cols % QK == 0 && x.len() == ntok * cols);
-    out.reserve(cols / QK);
-    for b in 0..cols / QK {
-        let mut p = TilePanel {
-            d: [0.0; TILE_PANEL_TOKENS],
-            qs: [[0; 4 * TILE_PANEL_TOKENS]; QK / 4],
-        };
+    for (b, p) in out.iter_mut().enumerate().take(cols / QK) {
+        p.d = [0.0; TILE_PANEL_TOKENS];
+        p.qs = [[0; 4 * TILE_PANEL_TOKENS]; QK / 4];
         for h in 0..ntok.div_ceil(PANEL_TOKENS) {
             let mut rows = [_mm256_setzero_ps(); PANEL_TOKENS];
             let half = (ntok - h * PANEL_TOKENS).min(PANEL_TOKENS);
@@ -904,7 +901,6 @@ pub unsafe fn pack_tile_panel(x: &[f32], cols: usize, out: &mut Vec<TilePanel>) 
                 }
             }
         }
-        out.push(p);
     }
 }
 
