@@ -857,6 +857,22 @@ fn softmax_gelu_and_quantization_match_the_reference() {
     }
 }
 
+/// Linear layers' `(rows, cols, tokens)` that take each of the frame's paths: one thread,
+/// tokens split across threads, rows split across threads; odd rows, ragged token tiles,
+/// panels, tiles and strips; enough tokens for Q8_0's bf16 kernels, split by tokens and by
+/// rows (the last two).
+const LINEAR_SHAPES: [(usize, usize, usize); 9] = [
+    (3, 32, 5),
+    (37, 384, 41),
+    (130, 1536, 2),
+    (64, 96, 128),
+    (7, 64, 1),
+    (100, 64, 45),
+    (60, 1536, 8),
+    (40, 64, 300),
+    (96, 64, 260),
+];
+
 /// Every position of a Q8_0 or Q4_0 linear layer equals the block dot products of its weight row
 /// and the token's quantized activations (16-bit panels or both 8-bit levels for Q4_0; bf16
 /// weights and activations where the set has bf16 kernels), on shapes that take each of the
@@ -865,18 +881,7 @@ fn softmax_gelu_and_quantization_match_the_reference() {
 #[test]
 fn quantized_linear_matches_block_dots_at_every_position() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(19);
-    for (rows, cols, n) in [
-        (3, 32, 5),
-        (37, 384, 41),
-        (130, 1536, 2),
-        (64, 96, 128),
-        (7, 64, 1),
-        (100, 64, 45),
-        (60, 1536, 8),
-        // Enough tokens for Q8_0's bf16 kernels, split by tokens and by rows.
-        (40, 64, 300),
-        (96, 64, 260),
-    ] {
+    for (rows, cols, n) in LINEAR_SHAPES {
         let w = random_vec(&mut rng, rows * cols, 0.5);
         let x = random_vec(&mut rng, n * cols, 2.0);
         let bias = random_vec(&mut rng, rows, 0.1);
@@ -963,18 +968,7 @@ fn quantized_linear_matches_block_dots_at_every_position() {
 #[test]
 fn f32_linear_matches_the_reference_at_every_position() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(22);
-    for (rows, cols, n) in [
-        (3, 32, 5),
-        (37, 384, 41),
-        (130, 1536, 2),
-        (64, 96, 128),
-        (7, 64, 1),
-        (100, 64, 45),
-        (60, 1536, 8),
-        // Enough tokens for Q8_0's bf16 kernels, split by tokens and by rows.
-        (40, 64, 300),
-        (96, 64, 260),
-    ] {
+    for (rows, cols, n) in LINEAR_SHAPES {
         let w = random_vec(&mut rng, rows * cols, 0.5);
         let x = random_vec(&mut rng, n * cols, 2.0);
         let bias = random_vec(&mut rng, rows, 0.1);

@@ -758,8 +758,8 @@ pub struct Activations<'a> {
     panels16: Vec<Panel16>,
     /// Activations packed by eight tokens for Q8_0's offset kernels, likewise.
     offset_panels: Vec<OffsetPanel>,
-    /// The offset panels joined by pairs (sixteen tokens), when the kernel set multiplies
-    /// sixteen-row tiles.
+    /// Activations packed by sixteen tokens for Q8_0's tile kernel, when the kernel set has
+    /// one.
     tile_panels: Vec<qdot::TilePanel>,
     /// Activations in bf16 packed by sixteen tokens, for the bf16 kernels.
     bf16: qdot::Bf16Buf,
@@ -812,27 +812,27 @@ impl<'a> Activations<'a> {
     /// in [`qdot::TilePanel`]s, and also in offset panels when `rows` is not a whole number of
     /// tiles (the rest rows' kernel takes those).
     fn prepare(&mut self, k: KernelSet, ty: TensorType, cols: usize, rows: usize) {
-        let x = self.x;
+        let (x, bpr) = (self.x, cols / QK);
+        // Chunk `g` of `tokens` tokens (the last one short).
+        let chunk =
+            |g: usize, tokens: usize| &x[g * tokens * cols..((g + 1) * tokens * cols).min(x.len())];
+        // The tokens of panel `g`.
+        let group = |g: usize| chunk(g, PANEL_TOKENS);
+        let groups = self.n.div_ceil(PANEL_TOKENS);
         // Offset panels of eight tokens, on the pool.
-        let offset_panels = |n: usize| {
-            let groups = n.div_ceil(PANEL_TOKENS);
+        let offset_panels = || {
             let panels = par_map(groups, |g| {
-                let mut out = Vec::with_capacity(cols / QK);
-                let t = &x[g * PANEL_TOKENS * cols..((g + 1) * PANEL_TOKENS * cols).min(x.len())];
-                (k.pack_offset)(t, cols, &mut out);
+                let mut out = Vec::with_capacity(bpr);
+                (k.pack_offset)(group(g), cols, &mut out);
                 out
             });
             panels.concat()
         };
-        let tiles =
-            ty == TensorType::Q8_0 && k.dot_q8_0_16x16.is_some() && k.dot_q8_0_2x8_offset.is_some();
         if self.ty == Some(ty) {
-            if tiles
-                && !self.tile_panels.is_empty()
-                && rows % OUT_TILE != 0
-                && self.offset_panels.is_empty()
+            // Tile panels serve whole tiles of rows; the rest rows' kernel takes offset panels.
+            if !self.tile_panels.is_empty() && rows % OUT_TILE != 0 && self.offset_panels.is_empty()
             {
-                self.offset_panels = offset_panels(self.n);
+                self.offset_panels = offset_panels();
             }
             return;
         }
@@ -844,13 +844,6 @@ impl<'a> Activations<'a> {
         self.offset_panels.clear();
         self.tile_panels.clear();
         self.bf16.clear();
-        let bpr = cols / QK;
-        // Chunk `g` of `tokens` tokens (the last one short).
-        let chunk =
-            |g: usize, tokens: usize| &x[g * tokens * cols..((g + 1) * tokens * cols).min(x.len())];
-        // The tokens of panel `g`.
-        let group = |g: usize| chunk(g, PANEL_TOKENS);
-        let groups = self.n.div_ceil(PANEL_TOKENS);
         let quantized = matches!(ty, TensorType::Q8_0 | TensorType::Q4_0);
         if let Some(bk) = k
             .bf16
@@ -867,7 +860,7 @@ impl<'a> Activations<'a> {
             return;
         }
         match ty {
-            TensorType::Q8_0 if tiles => {
+            TensorType::Q8_0 if k.dot_q8_0_16x16.is_some() && k.dot_q8_0_2x8_offset.is_some() => {
                 // Tile panels of sixteen tokens, packed in place on the pool.
                 let n = self.n.div_ceil(qdot::TILE_PANEL_TOKENS);
                 self.tile_panels.resize(n * bpr, qdot::ZERO_TILE_PANEL);
@@ -875,11 +868,11 @@ impl<'a> Activations<'a> {
                     (k.pack_tile)(chunk(g, qdot::TILE_PANEL_TOKENS), cols, out)
                 });
                 if rows % OUT_TILE != 0 {
-                    self.offset_panels = offset_panels(self.n);
+                    self.offset_panels = offset_panels();
                 }
             }
             TensorType::Q8_0 if k.dot_q8_0_2x8_offset.is_some() => {
-                self.offset_panels = offset_panels(self.n);
+                self.offset_panels = offset_panels();
             }
             TensorType::Q8_0 if k.dot_q8_0_2x8.is_some() => {
                 // Quantized and packed by panels, on the pool.
@@ -985,6 +978,16 @@ impl SharedRows {
 }
 
 impl Out<'_> {
+    /// The output as rows of `ts` (for outputs by token, `os == 1`), to window for a kernel
+    /// that stores whole tiles.
+    fn rows(&mut self) -> RowsMut<'_> {
+        debug_assert_eq!(self.os, 1);
+        match &mut self.y {
+            Dest::Own(y) => RowsMut::new(y, self.ts),
+            Dest::Shared(y) => y.reborrow(),
+        }
+    }
+
     #[inline]
     fn put(&mut self, t: usize, o: usize, v: f32) {
         let at = (t - self.t0) * self.ts + (o - self.r0) * self.os;
@@ -1217,11 +1220,9 @@ impl LinearJob<'_> {
                 let p = &self.act.tile_panels[j * bpr..(j + 1) * bpr];
                 let w = &w.data[c0 * rb..];
                 if direct {
-                    let mut y = match &mut out.y {
-                        Dest::Own(y) => RowsMut::new(y, out.ts),
-                        Dest::Shared(y) => y.reborrow(),
-                    };
-                    let mut y = y.window(t0 - out.t0, c0 - out.r0, n * OUT_TILE);
+                    let (t, r) = (t0 - out.t0, c0 - out.r0);
+                    let mut y = out.rows();
+                    let mut y = y.window(t, r, n * OUT_TILE);
                     f(w, rb, bpr, p, bias, &mut y, n, t1 - t0, self.gelu);
                 } else {
                     let mut y = RowsMut::new(&mut r, width);
@@ -1267,10 +1268,7 @@ impl LinearJob<'_> {
             let bias: [f32; BF16_ROWS] = core::array::from_fn(|i| self.bias_of(c0 + i));
             let (t0, r0, nr, n) = (tokens.start - out.t0, c0 - out.r0, c1 - c0, tokens.len());
             if direct {
-                let mut y = match &mut out.y {
-                    Dest::Own(y) => RowsMut::new(y, out.ts),
-                    Dest::Shared(y) => y.reborrow(),
-                };
+                let mut y = out.rows();
                 (bk.gemm)(
                     strip,
                     cols,
@@ -1334,7 +1332,7 @@ fn linear_job(
     debug_assert_eq!(y.len(), n * rows);
     act.prepare(k, w.ty, cols, rows);
     // The bf16 kernels, and the tile kernel when it takes every row, apply GELU as they store.
-    let tiles = k.dot_q8_0_16x16.is_some() && !act.tile_panels.is_empty() && rows % OUT_TILE == 0;
+    let tiles = !act.tile_panels.is_empty() && rows % OUT_TILE == 0;
     let gelu = gelu && (tiles || k.bf16.is_some() && !act.bf16.as_slice().is_empty());
     let job = LinearJob {
         k,
