@@ -14,6 +14,8 @@ const TEXTS: &[&str] = &[
     "",
     "   spaces\tand\nnewlines   ",
     "ÀÉÎÕÜ ß œ Ǆ ﬁ",
+    // One word longer than WordPiece's max_input_chars_per_word (100): a single [UNK].
+    "pneumonoultramicroscopicsilicovolcanoconiosispneumonoultramicroscopicsilicovolcanoconiosispneumonoultramicroscopicsilicovolcanoconiosis ok",
 ];
 
 fn workspace() -> PathBuf {
