@@ -781,7 +781,7 @@ const LAYER_NORM_REL_TOL: f32 = 1e-5;
 fn layer_norm_matches_the_reference() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(21);
     for k in variants() {
-        for h in [1, 5, 8, 13, 32, 384, 391] {
+        for h in [1, 5, 8, 13, 32, 64, 100, 384, 391] {
             for (rows, spread, offset) in [(1, 1.0f32, 0.0f32), (3, 0.01, 5.0), (7, 30.0, -100.0)] {
                 let mut x = random_vec(&mut rng, rows * h, spread);
                 x.iter_mut().for_each(|v| *v += offset);
@@ -807,7 +807,7 @@ fn layer_norm_matches_the_reference() {
 fn softmax_gelu_and_quantization_match_the_reference() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(18);
     for k in variants() {
-        for n in [1, 3, 7, 8, 9, 16, 31, 128, 135] {
+        for n in [1, 3, 7, 8, 9, 16, 31, 32, 33, 48, 64, 128, 135, 300] {
             for spread in [0.1f32, 5.0, 40.0, 200.0] {
                 let x = random_vec(&mut rng, n, spread);
                 let (mut got, mut want) = (x.clone(), x.clone());

@@ -41,7 +41,9 @@ unsafe fn exp_ps(x: __m512) -> __m512 {
     }
 }
 
-/// Softmax of `x` in place, with [`exp_ps`].
+/// Softmax of `x` in place, with [`exp_ps`]. The maximum and the sum each run on two
+/// accumulators (even and odd vectors), so that a row of 128 is not one chain of eight
+/// dependent operations per pass.
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
@@ -49,21 +51,39 @@ unsafe fn exp_ps(x: __m512) -> __m512 {
 pub unsafe fn softmax(x: &mut [f32]) {
     let n = x.len();
     let p = x.as_mut_ptr();
-    // SAFETY: every load and store is masked to the lanes below `n`.
+    // Values in whole pairs of vectors; the rest (fewer than 32) by masked vectors.
+    let pairs = n / 32 * 32;
+    // SAFETY: the unmasked loads and stores cover 32 values at i < `pairs` <= n; every other
+    // load and store is masked to the lanes below `n`.
     unsafe {
-        let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
-        for i in (0..n).step_by(16) {
-            m = _mm512_max_ps(m, _mm512_mask_loadu_ps(m, lanes(n - i), p.add(i)));
+        let (mut m0, mut m1) = (
+            _mm512_set1_ps(f32::NEG_INFINITY),
+            _mm512_set1_ps(f32::NEG_INFINITY),
+        );
+        for i in (0..pairs).step_by(32) {
+            m0 = _mm512_max_ps(m0, _mm512_loadu_ps(p.add(i)));
+            m1 = _mm512_max_ps(m1, _mm512_loadu_ps(p.add(i + 16)));
         }
-        let max = _mm512_set1_ps(_mm512_reduce_max_ps(m));
-        let mut sum = _mm512_setzero_ps();
-        for i in (0..n).step_by(16) {
+        for i in (pairs..n).step_by(16) {
+            m0 = _mm512_max_ps(m0, _mm512_mask_loadu_ps(m0, lanes(n - i), p.add(i)));
+        }
+        let max = _mm512_set1_ps(_mm512_reduce_max_ps(_mm512_max_ps(m0, m1)));
+        let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        for i in (0..pairs).step_by(32) {
+            let e0 = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), max));
+            let e1 = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(p.add(i + 16)), max));
+            s0 = _mm512_add_ps(s0, e0);
+            s1 = _mm512_add_ps(s1, e1);
+            _mm512_storeu_ps(p.add(i), e0);
+            _mm512_storeu_ps(p.add(i + 16), e1);
+        }
+        for i in (pairs..n).step_by(16) {
             let k = lanes(n - i);
             let e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, p.add(i)), max));
-            sum = _mm512_mask_add_ps(sum, k, sum, e);
+            s0 = _mm512_mask_add_ps(s0, k, s0, e);
             _mm512_mask_storeu_ps(p.add(i), k, e);
         }
-        let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+        let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(_mm512_add_ps(s0, s1)));
         for i in (0..n).step_by(16) {
             let k = lanes(n - i);
             _mm512_mask_storeu_ps(
@@ -131,7 +151,8 @@ pub unsafe fn gelu(x: &mut [f32]) {
 
 /// LayerNorm of each row of `x` (rows of `w.len()`) in place, as the AVX2 `layer_norm` (the
 /// mean, then the variance about it with the mean's residual taken out) on sixteen lanes with
-/// masked tails.
+/// masked tails. Each sum runs on four accumulators (vectors `i mod 4`), so that a row of 384
+/// is not a chain of 24 dependent additions per pass.
 ///
 /// # Safety
 /// The CPU must support AVX-512F; `b.len() == w.len()`.
@@ -140,26 +161,48 @@ pub unsafe fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     let h = w.len();
     debug_assert_eq!(b.len(), h);
     let hf = h as f32;
+    // Values in whole groups of four vectors; the rest (fewer than 64) by masked vectors.
+    let quads = h / 64 * 64;
     for row in x.chunks_exact_mut(h) {
         let p = row.as_mut_ptr();
-        // SAFETY: every load and store is masked to the lanes below `h` of `row`, `w` and `b`
-        // (all of length `h`).
+        // SAFETY: the unmasked loads read 64 values at i < `quads` <= h of `row`; every other
+        // load and store is masked to the lanes below `h` of `row`, `w` and `b` (all of
+        // length `h`).
         unsafe {
-            let mut s = _mm512_setzero_ps();
-            for i in (0..h).step_by(16) {
-                s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(lanes(h - i), p.add(i)));
+            let mut s = [_mm512_setzero_ps(); 4];
+            for i in (0..quads).step_by(64) {
+                for (j, s) in s.iter_mut().enumerate() {
+                    *s = _mm512_add_ps(*s, _mm512_loadu_ps(p.add(i + 16 * j)));
+                }
             }
-            let mean = _mm512_reduce_add_ps(s) / hf;
+            for i in (quads..h).step_by(16) {
+                s[0] = _mm512_add_ps(s[0], _mm512_maskz_loadu_ps(lanes(h - i), p.add(i)));
+            }
+            let sum = _mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3]));
+            let mean = _mm512_reduce_add_ps(sum) / hf;
             let m = _mm512_set1_ps(mean);
-            let (mut sd, mut sq) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-            for i in (0..h).step_by(16) {
+            let (mut sd, mut sq) = ([_mm512_setzero_ps(); 4], [_mm512_setzero_ps(); 4]);
+            for i in (0..quads).step_by(64) {
+                for j in 0..4 {
+                    let d = _mm512_sub_ps(_mm512_loadu_ps(p.add(i + 16 * j)), m);
+                    sd[j] = _mm512_add_ps(sd[j], d);
+                    sq[j] = _mm512_fmadd_ps(d, d, sq[j]);
+                }
+            }
+            for i in (quads..h).step_by(16) {
                 let k = lanes(h - i);
                 let d = _mm512_maskz_sub_ps(k, _mm512_maskz_loadu_ps(k, p.add(i)), m);
-                sd = _mm512_add_ps(sd, d);
-                sq = _mm512_fmadd_ps(d, d, sq);
+                sd[0] = _mm512_add_ps(sd[0], d);
+                sq[0] = _mm512_fmadd_ps(d, d, sq[0]);
             }
-            let c = _mm512_reduce_add_ps(sd) / hf;
-            let var = (_mm512_reduce_add_ps(sq) / hf - c * c).max(0.0);
+            let four = |v: [__m512; 4]| {
+                _mm512_reduce_add_ps(_mm512_add_ps(
+                    _mm512_add_ps(v[0], v[1]),
+                    _mm512_add_ps(v[2], v[3]),
+                ))
+            };
+            let c = four(sd) / hf;
+            let var = (four(sq) / hf - c * c).max(0.0);
             let inv = 1.0 / libm::sqrtf(var + eps);
             // `(x - mean) - c`: the first difference is exact for x near the mean.
             let (cv, vi) = (_mm512_set1_ps(c), _mm512_set1_ps(inv));
