@@ -459,6 +459,17 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
             x86_64::amx::dot_q8_0_16x16(w, row_bytes, nb, p, bias, ptr, ld, groups, ntok, gelu)
         }
     }
+    #[allow(unsafe_code)]
+    fn pack_tile512(x: &[f32], cols: usize, out: &mut [qdot::TilePanel]) {
+        assert!(
+            cols % QK == 0
+                && x.len() % cols.max(1) == 0
+                && x.len() / cols.max(1) <= qdot::TILE_PANEL_TOKENS
+                && out.len() == cols / QK
+        );
+        // SAFETY: only handed out after detecting AVX2 and AVX-512F; shape asserted.
+        unsafe { x86_64::avx512::pack_tile_panel(x, cols, out) }
+    }
     // AMX for chunks of sixteen rows, the best VNNI kernel for the rest.
     if let Some(&best) = v.last() {
         if x86_64::amx::available()
@@ -468,6 +479,8 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
             v.push(KernelSet {
                 name: "avx2+amx",
                 dot_q8_0_16x16: Some(q8_16x16_amx),
+                // Its activations packed on 512-bit vectors too.
+                pack_tile: pack_tile512,
                 ..best
             });
         }

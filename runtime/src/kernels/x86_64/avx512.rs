@@ -217,3 +217,61 @@ pub unsafe fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
         }
     }
 }
+
+/// [`crate::kernels::qdot::pack_tile_panel`] with each token's block quantized on two 512-bit
+/// vectors (the AVX2 `quantize_lanes`' arithmetic, so bit for bit the reference's values) and
+/// narrowed to bytes with saturation; the sixteen tokens' 32-byte rows are then transposed by
+/// four-byte groups as the AVX2 packer does, eight tokens at a time.
+///
+/// # Safety
+/// The CPU must support AVX2 and AVX-512F; `x` holds at most sixteen tokens of `cols` values,
+/// a multiple of 32.
+#[target_feature(enable = "avx2,avx512f")]
+pub unsafe fn pack_tile_panel(x: &[f32], cols: usize, out: &mut [crate::kernels::qdot::TilePanel]) {
+    use crate::kernels::qdot::{PANEL_TOKENS, TILE_PANEL_TOKENS};
+    use crate::quant::QK;
+    let ntok = x.len() / cols;
+    debug_assert!(ntok <= TILE_PANEL_TOKENS && cols % QK == 0 && x.len() == ntok * cols);
+    for (b, p) in out.iter_mut().enumerate().take(cols / QK) {
+        p.d = [0.0; TILE_PANEL_TOKENS];
+        // Token t's 32 bytes; missing tokens zeros.
+        let mut rows = [_mm256_setzero_ps(); TILE_PANEL_TOKENS];
+        for (t, row) in rows.iter_mut().enumerate().take(ntok) {
+            // SAFETY: token t's block b is 32 floats within `x` (t < ntok, b < cols / 32);
+            // the rest is register arithmetic.
+            unsafe {
+                let c = x.as_ptr().add(t * cols + b * QK);
+                let sign = _mm512_set1_epi32(i32::MIN);
+                let v = [_mm512_loadu_ps(c), _mm512_loadu_ps(c.add(16))];
+                let abs = v.map(|v| {
+                    _mm512_castsi512_ps(_mm512_andnot_si512(sign, _mm512_castps_si512(v)))
+                });
+                let amax = _mm512_reduce_max_ps(_mm512_max_ps(abs[0], abs[1]));
+                let d = amax / 127.0;
+                let id = _mm512_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+                // Rounded half away from zero: add +-0.5 (the sign of the product), truncate.
+                let q = v.map(|v| {
+                    let r = _mm512_mul_ps(v, id);
+                    let half = _mm512_or_si512(
+                        _mm512_and_si512(_mm512_castps_si512(r), sign),
+                        _mm512_castps_si512(_mm512_set1_ps(0.5)),
+                    );
+                    let r = _mm512_add_ps(r, _mm512_castsi512_ps(half));
+                    _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(r))
+                });
+                p.d[t] = d;
+                *row = _mm256_castsi256_ps(_mm256_set_m128i(q[1], q[0]));
+            }
+        }
+        for h in 0..TILE_PANEL_TOKENS / PANEL_TOKENS {
+            let half: [__m256; PANEL_TOKENS] = core::array::from_fn(|i| rows[h * PANEL_TOKENS + i]);
+            // SAFETY: register shuffles; each store writes one half (32 bytes) of a row of
+            // `p.qs`.
+            unsafe {
+                for (g, v) in super::avx2::transpose8(half).iter().enumerate() {
+                    _mm256_storeu_ps(p.qs[g].as_mut_ptr().add(32 * h) as *mut f32, *v);
+                }
+            }
+        }
+    }
+}
