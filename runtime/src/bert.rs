@@ -221,17 +221,30 @@ pub struct Encoder<B> {
 impl<B: AsRef<[u8]>> Encoder<B> {
     /// Validates the file in `bytes` and resolves the encoder's tensors in it.
     pub fn new(bytes: B) -> Result<Self, LoadError> {
-        let (config, weights) = {
+        Self::new_with(bytes, |_| Ok(())).map(|(e, ())| e)
+    }
+
+    /// [`Encoder::new`], also returning what `read` takes from the same parse of the file (the
+    /// parse checks every metadata string: a model's vocabulary is read once, not twice).
+    pub fn new_with<T>(
+        bytes: B,
+        read: impl FnOnce(&Gguf<'_>) -> Result<T, LoadError>,
+    ) -> Result<(Self, T), LoadError> {
+        let (config, weights, extra) = {
             let g = Gguf::parse(bytes.as_ref())?;
             let config = ModelConfig::from_gguf(&g)?;
             let weights = Weights::resolve(&g, &config)?;
-            (config, weights)
+            let extra = read(&g)?;
+            (config, weights, extra)
         };
-        Ok(Encoder {
-            bytes,
-            config,
-            weights,
-        })
+        Ok((
+            Encoder {
+                bytes,
+                config,
+                weights,
+            },
+            extra,
+        ))
     }
 
     /// The configuration read from the file.

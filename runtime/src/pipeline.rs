@@ -11,7 +11,7 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::bert::{probabilities, Encoder, ForwardError, Hooks, Input, NoHooks};
 use crate::config::LoadError;
-use crate::gguf::{names, Gguf};
+use crate::gguf::names;
 use crate::head::{HeadInput, LinearHead};
 use crate::mmap::Mapping;
 
@@ -149,16 +149,17 @@ impl Model {
             path: path.into(),
             source,
         };
-        let encoder = Encoder::new(storage).map_err(load)?;
-        let tokenizer_json = {
-            let g = Gguf::parse(encoder.bytes()).map_err(|e| load(e.into()))?;
+        // Where the tokenizer's JSON lies in the file, as an offset range (the bytes move
+        // with the storage into the encoder).
+        let (encoder, tokenizer_json) = Encoder::new_with(storage, |g| {
             let json = g
                 .get(names::TOKENIZER_HF_JSON)
                 .and_then(|v| v.as_str())
-                .ok_or_else(|| load(LoadError::MissingKey(names::TOKENIZER_HF_JSON.into())))?;
-            let start = json.as_ptr() as usize - encoder.bytes().as_ptr() as usize;
-            start..start + json.len()
-        };
+                .ok_or_else(|| LoadError::MissingKey(names::TOKENIZER_HF_JSON.into()))?;
+            let start = json.as_ptr() as usize - g.bytes().as_ptr() as usize;
+            Ok(start..start + json.len())
+        })
+        .map_err(load)?;
         let max_length = encoder.max_tokens();
         Ok(Model {
             encoder,

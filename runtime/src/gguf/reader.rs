@@ -505,6 +505,11 @@ impl<'a> Gguf<'a> {
             .unwrap_or(&[])
     }
 
+    /// The whole file, as parsed (for offsets of the slices this parse hands out).
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
     /// Total bytes of tensor data.
     pub fn tensor_bytes_total(&self) -> u64 {
         self.tensors.iter().map(|t| t.size).sum()
