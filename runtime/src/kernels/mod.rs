@@ -277,6 +277,18 @@ fn check_panel_rows(w: [&[u8]; 2], blocks: usize, block_bytes: usize) {
     assert!(w.iter().all(|w| w.len() >= blocks * block_bytes));
 }
 
+/// The shape a tile-panel packer takes: at most sixteen tokens of `cols` values (a multiple of
+/// 32), one panel per block.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+fn check_tile_pack(x: &[f32], cols: usize, out: &[qdot::TilePanel]) {
+    assert!(
+        cols % QK == 0
+            && x.len() % cols.max(1) == 0
+            && x.len() / cols.max(1) <= qdot::TILE_PANEL_TOKENS
+            && out.len() == cols / QK
+    );
+}
+
 /// The AVX2 + FMA + F16C set, when this CPU has them.
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 pub fn avx2() -> Option<KernelSet> {
@@ -358,12 +370,7 @@ pub fn avx2() -> Option<KernelSet> {
     }
     #[allow(unsafe_code)]
     fn pack_tile(x: &[f32], cols: usize, out: &mut [qdot::TilePanel]) {
-        assert!(
-            cols % QK == 0
-                && x.len() % cols.max(1) == 0
-                && x.len() / cols.max(1) <= qdot::TILE_PANEL_TOKENS
-                && out.len() == cols / QK
-        );
+        check_tile_pack(x, cols, out);
         // SAFETY: this set is only handed out after detecting AVX2; shape asserted.
         unsafe { x86_64::avx2::pack_tile_panel(x, cols, out) }
     }
@@ -461,12 +468,7 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
     }
     #[allow(unsafe_code)]
     fn pack_tile512(x: &[f32], cols: usize, out: &mut [qdot::TilePanel]) {
-        assert!(
-            cols % QK == 0
-                && x.len() % cols.max(1) == 0
-                && x.len() / cols.max(1) <= qdot::TILE_PANEL_TOKENS
-                && out.len() == cols / QK
-        );
+        check_tile_pack(x, cols, out);
         // SAFETY: only handed out after detecting AVX2 and AVX-512F; shape asserted.
         unsafe { x86_64::avx512::pack_tile_panel(x, cols, out) }
     }
