@@ -336,22 +336,17 @@ pub fn tokenizer_from_json(json: &str) -> Result<Tokenizer, String> {
         id: u32,
         content: String,
     }
-    #[derive(serde::Deserialize)]
-    struct Kind {
-        #[serde(rename = "type")]
-        kind: Option<String>,
-    }
     let generic = |json: &str| json.parse::<Tokenizer>().map_err(|e| e.to_string());
     let Ok(top) = serde_json::from_str::<Top<'_>>(json) else {
         return generic(json);
     };
     let model = top.model.get();
-    let is_wordpiece =
-        serde_json::from_str::<Kind>(model).is_ok_and(|k| k.kind.as_deref() == Some("WordPiece"));
-    if !is_wordpiece {
+    // Any other model fails at once on its "type" (the first key of the files the tokenizers
+    // crate writes), and a WordPiece section it cannot read fails alike: both take the generic
+    // path, which reads every model and reports what is wrong.
+    let Ok(wp) = serde_json::from_str::<WordPiece>(model) else {
         return generic(json);
-    }
-    let wp: WordPiece = serde_json::from_str(model).map_err(|e| e.to_string())?;
+    };
     let vocab: serde_json::Map<String, serde_json::Value> = top
         .added_tokens
         .iter()
