@@ -1,8 +1,9 @@
 //! Times `kernels::linear` on MiniLM's shapes (Q8_0 weights, 128 tokens, one thread by
 //! default): `cargo run --release -p petal-runtime --example linear_bench [ROWSxCOLS]`, with
 //! `TYPE=q4_0` for Q4_0 weights, `THREADS=N` threads and `N=T` tokens; `linear_bench panels`
-//! times the panel kernels alone, `linear_bench tiles` the sixteen-row tile kernel alone. For kernel work; the product's figures come from
-//! `petal bench` and bench/peers.sh.
+//! times the panel kernels alone, `linear_bench tiles` the sixteen-row tile kernel alone,
+//! `linear_bench bf16` the bf16 strip product alone (`COLS`, `N`). For kernel work; the
+//! product's figures come from `petal bench` and bench/peers.sh.
 
 use std::time::Instant;
 
@@ -19,7 +20,6 @@ fn main() {
     if std::env::args().nth(1).as_deref() == Some("tiles") {
         return tiles();
     }
-    #[cfg(target_arch = "x86_64")]
     if std::env::args().nth(1).as_deref() == Some("bf16") {
         return bf16();
     }
@@ -198,18 +198,19 @@ fn tiles() {
     std::hint::black_box(&out);
 }
 
-/// The AMX bf16 strip product alone (32 rows, `COLS` deep, `N` tokens), its data in cache.
-#[cfg(target_arch = "x86_64")]
+/// The bf16 strip product alone (32 rows, `COLS` deep, `N` tokens), its data in cache.
 fn bf16() {
-    use petal_runtime::kernels::x86_64::amx;
-    if !amx::available_bf16() {
-        return println!("no AMX-BF16 here");
-    }
-    let k: usize = std::env::var("COLS").map_or(384, |v| v.parse().expect("COLS is a number"));
+    let k = kernels::active();
+    let Some(bk) = k.bf16 else {
+        return println!("{} has no bf16 kernels", k.name);
+    };
+    let cols: usize = std::env::var("COLS").map_or(384, |v| v.parse().expect("COLS is a number"));
     let n: usize = std::env::var("N").map_or(128, |v| v.parse().expect("N is a number"));
     let nt = n.div_ceil(16);
-    let a: Vec<u16> = (0..32 * k).map(|i| 0x3f80 + (i % 7) as u16).collect();
-    let b: Vec<u16> = (0..nt * 16 * k).map(|i| 0x3f80 + (i % 5) as u16).collect();
+    let a: Vec<u16> = (0..32 * cols).map(|i| 0x3f80 + (i % 7) as u16).collect();
+    let b: Vec<u16> = (0..nt * 16 * cols)
+        .map(|i| 0x3f80 + (i % 5) as u16)
+        .collect();
     let mut out = vec![0f32; n * 32];
     let bias = [0f32; 32];
     let reps = 2_000;
@@ -217,31 +218,27 @@ fn bf16() {
     for _ in 0..20 {
         let t = Instant::now();
         for _ in 0..reps {
-            // SAFETY: AMX-BF16 is available (checked); `a` holds 32 k values, `b` nt 16 k,
-            // `out` n x 32 floats.
-            unsafe {
-                amx::gemm_bf16_32xn(
-                    std::hint::black_box(&a),
-                    k,
-                    &b,
-                    nt,
-                    &bias,
-                    out.as_mut_ptr(),
-                    32,
-                    32,
-                    n,
-                    false,
-                    &[],
-                )
-            };
+            (bk.gemm)(
+                std::hint::black_box(&a),
+                cols,
+                &b,
+                nt,
+                &bias,
+                &mut kernels::RowsMut::new(&mut out, 32),
+                32,
+                n,
+                false,
+                &[],
+            );
         }
         best = best.min(t.elapsed().as_secs_f64());
     }
-    let tdps = (2 * nt * k / 32) as f64;
+    let products = (2 * nt * cols / 32) as f64;
     println!(
-        "bf16 strip 32 x {k} x {n}: {:.1} GMAC/s, {:.1} ns per 16 x 16 x 32 product",
-        (32 * k * n) as f64 * reps as f64 / best / 1e9,
-        best / reps as f64 / tdps * 1e9
+        "bf16 strip 32 x {cols} x {n}: {:.1} GMAC/s, {:.1} ns per 16 x 16 x 32 product ({})",
+        (32 * cols * n) as f64 * reps as f64 / best / 1e9,
+        best / reps as f64 / products * 1e9,
+        k.name
     );
     std::hint::black_box(&out);
 }

@@ -178,8 +178,14 @@ pub unsafe fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
             for i in (quads..h).step_by(16) {
                 s[0] = _mm512_add_ps(s[0], _mm512_maskz_loadu_ps(lanes(h - i), p.add(i)));
             }
-            let sum = _mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3]));
-            let mean = _mm512_reduce_add_ps(sum) / hf;
+            // The sum of four accumulators.
+            let four = |v: [__m512; 4]| {
+                _mm512_reduce_add_ps(_mm512_add_ps(
+                    _mm512_add_ps(v[0], v[1]),
+                    _mm512_add_ps(v[2], v[3]),
+                ))
+            };
+            let mean = four(s) / hf;
             let m = _mm512_set1_ps(mean);
             let (mut sd, mut sq) = ([_mm512_setzero_ps(); 4], [_mm512_setzero_ps(); 4]);
             for i in (0..quads).step_by(64) {
@@ -195,12 +201,6 @@ pub unsafe fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
                 sd[0] = _mm512_add_ps(sd[0], d);
                 sq[0] = _mm512_fmadd_ps(d, d, sq[0]);
             }
-            let four = |v: [__m512; 4]| {
-                _mm512_reduce_add_ps(_mm512_add_ps(
-                    _mm512_add_ps(v[0], v[1]),
-                    _mm512_add_ps(v[2], v[3]),
-                ))
-            };
             let c = four(sd) / hf;
             let var = (four(sq) / hf - c * c).max(0.0);
             let inv = 1.0 / libm::sqrtf(var + eps);
