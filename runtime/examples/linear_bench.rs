@@ -1,7 +1,7 @@
 //! Times `kernels::linear` on MiniLM's shapes (Q8_0 weights, 128 tokens, one thread by
 //! default): `cargo run --release -p petal-runtime --example linear_bench [ROWSxCOLS]`, with
 //! `TYPE=q4_0` for Q4_0 weights, `THREADS=N` threads and `N=T` tokens; `linear_bench panels`
-//! times the panel kernels alone, `linear_bench tiles` the sixteen-row tile kernel alone,
+//! times the panel kernels alone, `linear_bench tiles` the sixteen-row tile kernel alone (`COLS`, `N`),
 //! `linear_bench bf16` the bf16 strip product alone (`COLS`, `N`). For kernel work; the
 //! product's figures come from `petal bench` and bench/peers.sh.
 
@@ -159,15 +159,23 @@ fn tiles() {
     let (bpr, rows, ntok) = (
         cols / 32,
         16 * kernels::AMX_ROW_GROUPS,
-        qdot::TILE_PANEL_TOKENS,
+        std::env::var("N").map_or(qdot::TILE_PANEL_TOKENS, |v| {
+            v.parse().expect("N is a number")
+        }),
     );
+    let tiles = ntok.div_ceil(qdot::TILE_PANEL_TOKENS);
     let val = |i: usize| ((i * 104729 % 251) as f32 - 125.0) / 100.0;
     let w: Vec<f32> = (0..rows * cols).map(val).collect();
     let x: Vec<f32> = (0..ntok * cols).map(|i| val(i + 7)).collect();
     let mut bytes = Vec::new();
     quant::quantize(&w, TensorType::Q8_0, &mut bytes).unwrap();
-    let mut tp = vec![qdot::ZERO_TILE_PANEL; bpr];
-    (k.pack_tile)(&x, cols, &mut tp);
+    let mut tp = vec![qdot::ZERO_TILE_PANEL; bpr * tiles];
+    for (x, tp) in x
+        .chunks(qdot::TILE_PANEL_TOKENS * cols)
+        .zip(tp.chunks_mut(bpr))
+    {
+        (k.pack_tile)(x, cols, tp);
+    }
     let mut out = vec![0f32; ntok * rows];
     let reps = 2_000;
     let mut best = f64::MAX;
@@ -192,7 +200,7 @@ fn tiles() {
     println!(
         "Q8_0 tiles {rows} x {cols} x {ntok}: {:.1} GMAC/s, {:.1} ns per block of 16 rows x 16 tokens ({})",
         (rows * cols * ntok) as f64 * calls / best / 1e9,
-        best / calls / (kernels::AMX_ROW_GROUPS * bpr) as f64 * 1e9,
+        best / calls / (kernels::AMX_ROW_GROUPS * bpr * tiles) as f64 * 1e9,
         k.name
     );
     std::hint::black_box(&out);

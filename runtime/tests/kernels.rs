@@ -313,7 +313,8 @@ fn tile_panels_pack_as_the_reference() {
 }
 
 /// The sixteen-row tile kernels (AMX) against the two-row offset-panel reference, row pair by
-/// row pair, on random block counts, row groups per call, biases and partly filled token tiles.
+/// row pair, on random block counts, row groups per call, biases, and one to three token
+/// tiles per call (the last partly filled).
 #[test]
 fn q8_0_sixteen_row_tiles_match_the_reference() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(23);
@@ -326,8 +327,14 @@ fn q8_0_sixteen_row_tiles_match_the_reference() {
         sets.iter().map(|k| k.name).collect::<Vec<_>>()
     );
     for _ in 0..40 {
-        let blocks = rng.gen_range(1..50);
-        let ntok = rng.gen_range(1..=qdot::TILE_PANEL_TOKENS);
+        // Now and then the deepest rows the kernel takes.
+        let blocks = if rng.gen_bool(0.1) {
+            qdot::TILE_MAX_BLOCKS
+        } else {
+            rng.gen_range(1..50)
+        };
+        // Up to three tiles of sixteen tokens, the last partly filled.
+        let ntok = rng.gen_range(1..=3 * qdot::TILE_PANEL_TOKENS);
         let groups = rng.gen_range(1..=kernels::AMX_ROW_GROUPS);
         let cols = blocks * QK;
         // Rows padded by up to three blocks: the kernel reads `row_bytes` apart.
@@ -344,7 +351,8 @@ fn q8_0_sixteen_row_tiles_match_the_reference() {
         } else {
             Vec::new()
         };
-        // Sixteen tokens as two offset panels of eight (the second partly filled or empty).
+        // The tokens as offset panels of eight (the last partly filled), paired into tiles
+        // (the last tile's second panel possibly empty).
         let mut panels = Vec::new();
         let x: Vec<f32> = (0..ntok)
             .flat_map(|_| {
@@ -357,7 +365,7 @@ fn q8_0_sixteen_row_tiles_match_the_reference() {
         }
         let mut tiles = Vec::new();
         qdot::pack_tile_panels(&panels, blocks, &mut tiles);
-        assert_eq!(tiles.len(), blocks);
+        assert_eq!(tiles.len(), blocks * ntok.div_ceil(qdot::TILE_PANEL_TOKENS));
         // With GELU applied as the results are stored, a third of the time.
         let gelu = rng.gen_bool(0.3);
         for k in &sets {

@@ -43,10 +43,11 @@ pub struct KernelSet {
     /// their activations so and use it before the other Q8_0 kernels.
     pub dot_q8_0_2x8_offset: Option<fn([&[u8]; 2], &[OffsetPanel]) -> [f32; 16]>,
     /// `groups` (at most [`AMX_ROW_GROUPS`]) groups of sixteen Q8_0 weight rows (from the
-    /// start of `w`, `row_bytes` apart) · the first `ntok` of sixteen tokens (`nb`
-    /// [`qdot::TilePanel`]s) into `y[token][16 * group + row]`, from the rows' biases (`bias`,
-    /// empty for none), with `gelu` GELU of them (AMX); when present, linear layers use it for
-    /// whole chunks of sixteen rows: `(w, row_bytes, nb, panels, bias, y, groups, ntok, gelu)`.
+    /// start of `w`, `row_bytes` apart, `nb` blocks of which at most [`qdot::TILE_MAX_BLOCKS`])
+    /// · `ntok` tokens in tiles of sixteen (each `nb` [`qdot::TilePanel`]s, one after another)
+    /// into `y[token][16 * group + row]`, from the rows' biases (`bias`, empty for none), with
+    /// `gelu` GELU of them (AMX); when present, linear layers use it for whole chunks of
+    /// sixteen rows: `(w, row_bytes, nb, panels, bias, y, groups, ntok, gelu)`.
     pub dot_q8_0_16x16: Option<Q8Tiles>,
     /// Two Q4_0 weight rows · 16-bit panels of eight tokens, `[row 0 x 8, row 1 x 8]`; when
     /// present, Q4_0 layers quantize their activations to 16 bits and use it.
@@ -450,8 +451,9 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
     ) {
         use x86_64::amx::AMX_ROWS;
         let blocks = nb * qdot::Q8_0_BLOCK_BYTES;
-        assert!(groups <= AMX_ROW_GROUPS && nb > 0 && p.len() == nb);
-        assert!(ntok <= qdot::TILE_PANEL_TOKENS && y.width() >= AMX_ROWS * groups);
+        assert!(groups <= AMX_ROW_GROUPS && nb > 0 && nb <= qdot::TILE_MAX_BLOCKS);
+        assert!(p.len() == nb * ntok.div_ceil(qdot::TILE_PANEL_TOKENS));
+        assert!(y.width() >= AMX_ROWS * groups);
         assert!(ntok == 0 || groups == 0 || (ntok - 1) * y.ld() + AMX_ROWS * groups <= y.len());
         assert!(bias.is_empty() || bias.len() >= AMX_ROWS * groups);
         assert!(
@@ -875,7 +877,11 @@ impl<'a> Activations<'a> {
             return;
         }
         match ty {
-            TensorType::Q8_0 if k.dot_q8_0_16x16.is_some() && k.dot_q8_0_2x8_offset.is_some() => {
+            TensorType::Q8_0
+                if k.dot_q8_0_16x16.is_some()
+                    && k.dot_q8_0_2x8_offset.is_some()
+                    && bpr <= qdot::TILE_MAX_BLOCKS =>
+            {
                 // Tile panels of sixteen tokens, packed in place on the pool.
                 let n = self.n.div_ceil(qdot::TILE_PANEL_TOKENS);
                 self.tile_panels.resize(n * bpr, qdot::ZERO_TILE_PANEL);
@@ -1225,26 +1231,26 @@ impl LinearJob<'_> {
         // through `[token][row]` here.
         let direct = out.os == 1;
         let width = OUT_TILE * AMX_ROW_GROUPS;
-        let mut r = alloc::vec![0f32; if direct { 0 } else { TOKEN_TILE * width }];
+        let mut r = alloc::vec![0f32; if direct { 0 } else { tokens.len() * width }];
+        // Every token tile in one call per chunk of rows: each row group meets them all in
+        // turn while its bytes stay in L1.
+        let (j0, j1) = (tokens.start / TOKEN_TILE, tokens.end.div_ceil(TOKEN_TILE));
+        let p = &self.act.tile_panels[j0 * bpr..j1 * bpr];
+        let ntok = tokens.len();
         for c0 in rows.clone().step_by(width) {
             let n = ((rows.end - c0) / OUT_TILE).min(AMX_ROW_GROUPS);
             let bias = self.bias.get(c0..c0 + n * OUT_TILE).unwrap_or(&[]);
-            for t0 in tokens.clone().step_by(TOKEN_TILE) {
-                let t1 = (t0 + TOKEN_TILE).min(tokens.end);
-                let j = t0 / TOKEN_TILE;
-                let p = &self.act.tile_panels[j * bpr..(j + 1) * bpr];
-                let w = &w.data[c0 * rb..];
-                if direct {
-                    let (t, r) = (t0 - out.t0, c0 - out.r0);
-                    let mut y = out.rows();
-                    let mut y = y.window(t, r, n * OUT_TILE);
-                    f(w, rb, bpr, p, bias, &mut y, n, t1 - t0, self.gelu);
-                } else {
-                    let mut y = RowsMut::new(&mut r, width);
-                    f(w, rb, bpr, p, bias, &mut y, n, t1 - t0, self.gelu);
-                    for (t, r) in (t0..t1).zip(r.chunks_exact(width)) {
-                        out.put_rows(t, c0, &r[..n * OUT_TILE]);
-                    }
+            let w = &w.data[c0 * rb..];
+            if direct {
+                let (t, r) = (tokens.start - out.t0, c0 - out.r0);
+                let mut y = out.rows();
+                let mut y = y.window(t, r, n * OUT_TILE);
+                f(w, rb, bpr, p, bias, &mut y, n, ntok, self.gelu);
+            } else {
+                let mut y = RowsMut::new(&mut r, width);
+                f(w, rb, bpr, p, bias, &mut y, n, ntok, self.gelu);
+                for (t, r) in tokens.clone().zip(r.chunks_exact(width)) {
+                    out.put_rows(t, c0, &r[..n * OUT_TILE]);
                 }
             }
         }

@@ -182,6 +182,10 @@ pub fn pack_offset_panel_with(
 /// Tokens per [`TilePanel`].
 pub const TILE_PANEL_TOKENS: usize = 2 * PANEL_TOKENS;
 
+/// Blocks (of 32 values) of a weight row the sixteen-row tile kernel takes at most (rows of up
+/// to 4096 values): it keeps a row group's scales in a local table of this many blocks.
+pub const TILE_MAX_BLOCKS: usize = 128;
+
 /// One activation block of sixteen tokens for AMX's signed int8 tile products (one tile of
 /// activations): `qs[g]` holds values `4g..4g + 4` of each token in turn (token `t` at bytes
 /// `4t..4t + 4`), `d` the tokens' scales. Made of two [`OffsetPanel`]s (tokens 0-7, 8-15).

@@ -9,7 +9,7 @@
 use core::arch::asm;
 use core::arch::x86_64::*;
 
-use crate::kernels::qdot::{TilePanel, Q8_0_BLOCK_BYTES, TILE_PANEL_TOKENS};
+use crate::kernels::qdot::{TilePanel, Q8_0_BLOCK_BYTES, TILE_MAX_BLOCKS, TILE_PANEL_TOKENS};
 
 /// Weight rows per tile product.
 pub const AMX_ROWS: usize = 16;
@@ -141,23 +141,25 @@ macro_rules! q8_store {
 }
 
 /// `groups` groups of sixteen Q8_0 weight rows (group `i`'s row `r` at
-/// `w[(16 * i + r) * row_bytes..]`) against sixteen tokens (`p`: `nb` [`TilePanel`]s; AMX
-/// multiplies signed by signed, so no offset is involved), for the first `ntok` tokens:
-/// `*y.add(t * ld + 16 * i + r)` = the bias `bias[16 * i + r]` (zero when `bias` is empty)
-/// plus each block's exact i32 sum scaled in f32, blocks summed in order (with `gelu`, GELU of
-/// that, on 512-bit vectors as they are stored). Per block, one weight tile meets all sixteen
-/// tokens in one product. One tile configuration serves the call. The blocks run as a
-/// three-stage pipeline, so that no stage waits on the one before: block `b`'s product is
-/// issued, then block `b - 1`'s sums are stored (two sets of tiles alternate), then block
-/// `b - 2`'s are scaled and added up in f32. While a row group is multiplied, the next one's
-/// bytes (within `w`) are prefetched.
+/// `w[(16 * i + r) * row_bytes..]`) against `ntok` tokens in tiles of sixteen (`p`: tile `j`'s
+/// `nb` [`TilePanel`]s at `p[j * nb..]`; AMX multiplies signed by signed, so no offset is
+/// involved): `*y.add(t * ld + 16 * i + r)` = the bias `bias[16 * i + r]` (zero when `bias` is
+/// empty) plus each block's exact i32 sum scaled in f32, blocks summed in order (with `gelu`,
+/// GELU of that, on 512-bit vectors as they are stored). Per block, one weight tile meets
+/// sixteen tokens in one product. One tile configuration serves the call. A row group meets
+/// every token tile before the next group starts, so that its bytes (a few KB) are read from
+/// L1 after the first tile, and its scales are converted once, at the first, into a local
+/// table. The blocks run as a three-stage pipeline, so that no stage waits on the one before:
+/// block `b`'s product is issued, then block `b - 1`'s sums are stored (two sets of tiles
+/// alternate), then block `b - 2`'s are scaled and added up in f32. While a row group meets its last token tile, the
+/// next group's bytes (within `w`) are prefetched.
 ///
 /// # Safety
-/// [`available`] returned true; the CPU supports AVX-512F and F16C; `p.len() == nb > 0`;
-/// `bias` is empty or holds `16 * groups` values; `w` holds
-/// `(16 * groups - 1) * row_bytes + nb * 34` bytes (or `groups` is 0); `ntok <= 16`; the
-/// values `y + t * ld + c` for `t < ntok`, `c < 16 * groups` are writable and written by no
-/// one else meanwhile.
+/// [`available`] returned true; the CPU supports AVX-512F and F16C; `0 < nb <=`
+/// [`TILE_MAX_BLOCKS`]; `p.len() == nb * ntok.div_ceil(16)`; `bias` is empty or holds
+/// `16 * groups` values; `w` holds `(16 * groups - 1) * row_bytes + nb * 34` bytes (or `groups`
+/// is 0); the values `y + t * ld + c` for `t < ntok`, `c < 16 * groups` are writable and
+/// written by no one else meanwhile.
 #[target_feature(enable = "avx512f,f16c")]
 pub unsafe fn dot_q8_0_16x16(
     w: &[u8],
@@ -171,7 +173,8 @@ pub unsafe fn dot_q8_0_16x16(
     ntok: usize,
     gelu: bool,
 ) {
-    debug_assert!(nb > 0 && p.len() == nb && ntok <= TILE_PANEL_TOKENS);
+    let tiles = ntok.div_ceil(TILE_PANEL_TOKENS);
+    debug_assert!(nb > 0 && nb <= TILE_MAX_BLOCKS && p.len() == nb * tiles);
     debug_assert!(bias.is_empty() || bias.len() >= AMX_ROWS * groups);
     debug_assert!(
         groups == 0 || w.len() >= (AMX_ROWS * groups - 1) * row_bytes + nb * Q8_0_BLOCK_BYTES
@@ -183,6 +186,10 @@ pub unsafe fn dot_q8_0_16x16(
     // unset before: every block's are stored before they are read).
     let mut sums = core::mem::MaybeUninit::<Sums>::uninit();
     let sums = sums.as_mut_ptr() as *mut [[i32; TILE_PANEL_TOKENS]; AMX_ROWS];
+    // scales[b][r]: the group's row r's block b scale (set while the group meets its first
+    // token tile, before it is read).
+    let mut scales = core::mem::MaybeUninit::<Scales>::uninit();
+    let scales = scales.as_mut_ptr() as *mut [f32; AMX_ROWS];
     // Byte offsets of the sixteen rows' scales from a block's start.
     let offsets = _mm512_mullo_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
@@ -191,84 +198,100 @@ pub unsafe fn dot_q8_0_16x16(
     // SAFETY: the tile loads read 16 rows of 32 bytes at `w + (16i + r) * row_bytes + 34b + 2`
     // (within `w` by the caller's contract) and 8 x 64 bytes of a panel's `qs`; the stores
     // write the local `sums` ring (16 x 64 bytes a block; a block's sums are read only after
-    // its store); the scales read 2 bytes at
-    // `w + (16i + r) * row_bytes + 34b`; prefetches name addresses within `w` (checked); the
-    // results go to `y` within the caller's bounds.
+    // its store) and the local `scales` table (b < nb <= TILE_MAX_BLOCKS); the gathers read
+    // 4 bytes at `w + (16i + r) * row_bytes + 34b` (a scale and the block's first two values);
+    // prefetches name addresses within `w` (checked); the results go to `y` within the
+    // caller's bounds.
     unsafe {
         asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly, preserves_flags));
         for i in 0..groups {
             let base = w.as_ptr().add(i * group_bytes);
             let next = (i + 1) * group_bytes;
-            // acc[r]: row r against the sixteen tokens, from the row's bias.
-            let mut acc = [_mm512_setzero_ps(); AMX_ROWS];
-            if let Some(bias) = bias.get(AMX_ROWS * i..AMX_ROWS * (i + 1)) {
-                for (a, &b) in acc.iter_mut().zip(bias) {
-                    *a = _mm512_set1_ps(b);
-                }
-            }
-            for b in 0..nb + LAG {
-                if b < nb {
-                    let (wb, x) = (base.add(b * Q8_0_BLOCK_BYTES + 2), p[b].qs.as_ptr());
-                    if b & 1 == 0 {
-                        q8_block!("2", "4", "0", wb, row_bytes, x);
-                    } else {
-                        q8_block!("3", "5", "1", wb, row_bytes, x);
+            for j in 0..tiles {
+                let p = &p[j * nb..(j + 1) * nb];
+                let last = j + 1 == tiles;
+                // acc[r]: row r against the sixteen tokens, from the row's bias.
+                let mut acc = [_mm512_setzero_ps(); AMX_ROWS];
+                if let Some(bias) = bias.get(AMX_ROWS * i..AMX_ROWS * (i + 1)) {
+                    for (a, &b) in acc.iter_mut().zip(bias) {
+                        *a = _mm512_set1_ps(b);
                     }
-                    for l in 0..lines {
-                        let at = next + (b * lines + l) * 64;
-                        if at < w.len() {
-                            _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().add(at) as *const i8);
+                }
+                for b in 0..nb + LAG {
+                    if b < nb {
+                        let (wb, x) = (base.add(b * Q8_0_BLOCK_BYTES + 2), p[b].qs.as_ptr());
+                        if b & 1 == 0 {
+                            q8_block!("2", "4", "0", wb, row_bytes, x);
+                        } else {
+                            q8_block!("3", "5", "1", wb, row_bytes, x);
+                        }
+                        for l in (0..lines).filter(|_| last) {
+                            let at = next + (b * lines + l) * 64;
+                            if at < w.len() {
+                                _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().add(at) as *const i8);
+                            }
                         }
                     }
-                }
-                if (1..=nb).contains(&b) {
-                    let o = sums.add((b - 1) % RING);
-                    if (b - 1) & 1 == 0 {
-                        q8_store!("0", o);
-                    } else {
-                        q8_store!("1", o);
+                    if (1..=nb).contains(&b) {
+                        let o = sums.add((b - 1) % RING);
+                        if (b - 1) & 1 == 0 {
+                            q8_store!("0", o);
+                        } else {
+                            q8_store!("1", o);
+                        }
+                    }
+                    if b < LAG {
+                        continue;
+                    }
+                    let b = b - LAG;
+                    // With one token tile, no table: one slot serves every block.
+                    let slot = if tiles == 1 { 0 } else { b };
+                    if j == 0 {
+                        // The sixteen rows' f16 scales (each the low half of a gathered 32-bit
+                        // word), converted at once into the table, from where each row's is
+                        // broadcast (a load, no shuffle).
+                        let bits = _mm512_i32gather_epi32::<1>(
+                            offsets,
+                            base.add(b * Q8_0_BLOCK_BYTES) as *const _,
+                        );
+                        _mm512_store_ps(
+                            scales.add(slot) as *mut f32,
+                            _mm512_cvtph_ps(_mm512_cvtepi32_epi16(bits)),
+                        );
+                    }
+                    let scales = &*scales.add(slot);
+                    let dx = _mm512_load_ps(p[b].d.as_ptr());
+                    let sums = sums.add(b % RING) as *const [i32; TILE_PANEL_TOKENS];
+                    for (r, &scale) in scales.iter().enumerate() {
+                        let s =
+                            _mm512_cvtepi32_ps(_mm512_load_si512(sums.add(r) as *const __m512i));
+                        let d = _mm512_mul_ps(_mm512_set1_ps(scale), dx);
+                        acc[r] = _mm512_fmadd_ps(d, s, acc[r]);
                     }
                 }
-                if b < LAG {
-                    continue;
+                // Rows by token to tokens by row.
+                let mut v = [_mm512_setzero_si512(); AMX_ROWS];
+                for (v, a) in v.iter_mut().zip(acc) {
+                    *v = _mm512_castps_si512(a);
                 }
-                let b = b - LAG;
-                let wb = base.add(b * Q8_0_BLOCK_BYTES);
-                // The sixteen rows' f16 scales (each the low half of a gathered 32-bit word),
-                // converted at once and left in memory, so that each row's is broadcast
-                // straight from there (a load, no shuffle).
-                let bits = _mm512_i32gather_epi32::<1>(offsets, wb as *const _);
-                let mut scales = [0f32; AMX_ROWS];
-                _mm512_storeu_ps(
-                    scales.as_mut_ptr(),
-                    _mm512_cvtph_ps(_mm512_cvtepi32_epi16(bits)),
-                );
-                let scales = core::hint::black_box(&scales);
-                let dx = _mm512_load_ps(p[b].d.as_ptr());
-                let sums = sums.add(b % RING) as *const [i32; TILE_PANEL_TOKENS];
-                for r in 0..AMX_ROWS {
-                    let s = _mm512_cvtepi32_ps(_mm512_load_si512(sums.add(r) as *const __m512i));
-                    let d = _mm512_mul_ps(_mm512_set1_ps(scales[r]), dx);
-                    acc[r] = _mm512_fmadd_ps(d, s, acc[r]);
+                transpose16(&mut v);
+                let t0 = j * TILE_PANEL_TOKENS;
+                for (t, &v) in v.iter().enumerate().take(ntok - t0) {
+                    let mut v = _mm512_castsi512_ps(v);
+                    if gelu {
+                        v = crate::kernels::x86_64::avx512::gelu_ps(v);
+                    }
+                    _mm512_storeu_ps(y.add((t0 + t) * ld + AMX_ROWS * i), v);
                 }
-            }
-            // Rows by token to tokens by row.
-            let mut v = [_mm512_setzero_si512(); AMX_ROWS];
-            for (v, a) in v.iter_mut().zip(acc) {
-                *v = _mm512_castps_si512(a);
-            }
-            transpose16(&mut v);
-            for (t, &v) in v.iter().enumerate().take(ntok) {
-                let mut v = _mm512_castsi512_ps(v);
-                if gelu {
-                    v = crate::kernels::x86_64::avx512::gelu_ps(v);
-                }
-                _mm512_storeu_ps(y.add(t * ld + AMX_ROWS * i), v);
             }
         }
         asm!("tilerelease", options(nostack, nomem, preserves_flags));
     }
 }
+
+/// A row group's scales by block, 64-byte aligned for the vector stores.
+#[repr(C, align(64))]
+struct Scales([[f32; AMX_ROWS]; TILE_MAX_BLOCKS]);
 
 /// Three blocks' sums, 64-byte aligned for the tile stores and the vector loads.
 #[repr(C, align(64))]
