@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use petal_runtime::bert::{Input, NoHooks};
+use petal_runtime::bert::Input;
 use petal_runtime::kernels;
 use petal_runtime::pipeline::Model;
 
@@ -37,12 +37,7 @@ fn main() {
     let mut t = Vec::with_capacity(runs);
     for _ in 0..runs {
         let s = Instant::now();
-        std::hint::black_box(
-            model
-                .encoder()
-                .forward(&input, &mut NoHooks)
-                .expect("forward"),
-        );
+        std::hint::black_box(model.encoder().infer(&input).expect("forward"));
         t.push(s.elapsed().as_secs_f64() * 1e3);
     }
     t.sort_by(f64::total_cmp);

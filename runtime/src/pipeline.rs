@@ -9,7 +9,7 @@ use std::vec::Vec;
 
 use tokenizers::{Tokenizer, TruncationParams};
 
-use crate::bert::{probabilities, Encoder, ForwardError, Hooks, Input, NoHooks};
+use crate::bert::{probabilities, Encoder, ForwardError, Hooks, Input};
 use crate::config::LoadError;
 use crate::gguf::names;
 use crate::head::{HeadInput, LinearHead};
@@ -219,11 +219,12 @@ impl Model {
         Ok((enc.get_ids().to_vec(), enc.get_type_ids().to_vec()))
     }
 
-    /// Runs `texts` through the encoder in batches, calling `each` with every batch's output.
+    /// Runs `texts` through the encoder in batches, calling `each` with every batch's output;
+    /// without hooks, by [`Encoder::infer`] (a batch in parts on the thread pool).
     fn run<T>(
         &self,
         texts: &[&str],
-        hooks: &mut dyn Hooks,
+        mut hooks: Option<&mut dyn Hooks>,
         mut each: impl FnMut(&crate::bert::Hidden) -> Vec<T>,
     ) -> Result<Vec<T>, Error> {
         let mut out = Vec::with_capacity(texts.len());
@@ -240,10 +241,11 @@ impl Model {
                 type_ids: Some(&types),
                 lens: &lens,
             };
-            let hidden = self
-                .encoder
-                .forward(&input, hooks)
-                .map_err(Error::Forward)?;
+            let hidden = match hooks.as_deref_mut() {
+                Some(hooks) => self.encoder.forward(&input, hooks),
+                None => self.encoder.infer(&input),
+            }
+            .map_err(Error::Forward)?;
             out.extend(each(&hidden));
         }
         Ok(out)
@@ -251,7 +253,7 @@ impl Model {
 
     /// Sentence embeddings of `texts`, pooled and normalized as the file says.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, Error> {
-        self.embed_with(texts, &mut NoHooks)
+        self.run(texts, None, |h| self.encoder.pool(h))
     }
 
     /// [`Model::embed`] with hooks in the forward pass (adapters).
@@ -260,15 +262,13 @@ impl Model {
         texts: &[&str],
         hooks: &mut dyn Hooks,
     ) -> Result<Vec<Vec<f32>>, Error> {
-        self.run(texts, hooks, |h| self.encoder.pool(h))
+        self.run(texts, Some(hooks), |h| self.encoder.pool(h))
     }
 
     /// Predictions for `texts` by the file's head; an error if the model has none.
     pub fn classify(&self, texts: &[&str]) -> Result<Vec<Prediction>, Error> {
         let labels = self.encoder.config().labels.as_ref().ok_or(Error::NoHead)?;
-        let logits = self.run(texts, &mut NoHooks, |h| {
-            self.encoder.logits(h).unwrap_or_default()
-        })?;
+        let logits = self.run(texts, None, |h| self.encoder.logits(h).unwrap_or_default())?;
         Ok(predictions(&logits, labels))
     }
 

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use petal_runtime::bert::{Input, NoHooks};
+use petal_runtime::bert::Input;
 use petal_runtime::pipeline::Model;
 use serde::Serialize;
 
@@ -80,12 +80,12 @@ fn time_forward(model: &Model, ids: &[u32], lens: &[usize], runs: usize) -> Resu
         lens,
     };
     for _ in 0..3 {
-        model.encoder().forward(&input, &mut NoHooks)?;
+        model.encoder().infer(&input)?;
     }
     let mut t = Vec::with_capacity(runs);
     for _ in 0..runs {
         let s = Instant::now();
-        let h = model.encoder().forward(&input, &mut NoHooks)?;
+        let h = model.encoder().infer(&input)?;
         std::hint::black_box(model.encoder().pool(&h));
         t.push(s.elapsed().as_secs_f64() * 1e3);
     }

@@ -155,7 +155,7 @@ pub fn inspect(path: &Path, as_json: bool, full_arrays: bool) -> Result<String> 
     for (ty, (n, b)) in &by_type {
         let _ = writeln!(o, "  {ty:<5} {n:>4} tensors {b:>12} bytes");
     }
-    let _ = writeln!(o, 
+    let _ = writeln!(o,
         "total: {} tensors, {} bytes of tensor data; every tensor aligned to {}, inside the file, no overlap",
         g.tensors().len(),
         g.tensor_bytes_total(),
