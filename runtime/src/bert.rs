@@ -620,7 +620,8 @@ impl<B: AsRef<[u8]> + Sync> Encoder<B> {
     /// [`PART_TOKENS`] tokens in parts of whole sequences of at most that many tokens (or one
     /// longer sequence), on the thread pool (one part per thread at a time); the states are
     /// those of one pass over the whole batch. MiniLM q8_0, 8 x 128 tokens on Sapphire Rapids
-    /// (alternating passes): see `PART_TOKENS`' figures in the README.
+    /// (alternating passes, medians): 110 ms against 169 in one pass on 1 thread, 67 against
+    /// 114 on 2.
     pub fn infer(&self, input: &Input<'_>) -> Result<Hidden, ForwardError> {
         self.check(input, 0)?;
         if input.lens.len() < 2 || input.ids.len() <= PART_TOKENS {
