@@ -274,7 +274,17 @@ fn tile_panels_pack_as_the_reference() {
         let cols = blocks * QK;
         let ntok = rng.gen_range(0..=qdot::TILE_PANEL_TOKENS);
         let scale = rng.gen_range(0.01..8.0);
-        let x = random_vec(&mut rng, ntok * cols, scale);
+        let mut x = random_vec(&mut rng, ntok * cols, scale);
+        // Each token at its own magnitude (packers reduce the tokens' maxima together), now
+        // and then one all zeros (scale 0).
+        for row in x.chunks_exact_mut(cols) {
+            let f = if rng.gen_bool(0.1) {
+                0.0
+            } else {
+                rng.gen_range(0.05..20.0)
+            };
+            row.iter_mut().for_each(|v| *v *= f);
+        }
         let mut want = vec![qdot::ZERO_TILE_PANEL; blocks];
         qdot::pack_tile_panel(&x, cols, &mut want);
         assert_eq!(want.len(), blocks);
