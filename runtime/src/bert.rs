@@ -178,7 +178,7 @@ impl Hidden {
 /// reuse the memory of the layer before instead of fresh zeroed allocations (their zeroing and
 /// first-touch page faults were a tenth of a 128-token pass).
 #[derive(Debug, Default)]
-struct Buffers(Vec<Vec<f32>>, kernels::qdot::Bf16Buf);
+struct Buffers(Vec<Vec<f32>>, kernels::ActStorage);
 
 impl Buffers {
     /// A buffer of `len` values whose contents are unspecified: the smallest free one that
@@ -198,15 +198,15 @@ impl Buffers {
         }
     }
 
-    /// Activations of `n` tokens of `x` on the pool's bf16 storage; [`Buffers::keep`] takes it
-    /// back.
+    /// Activations of `n` tokens of `x` on the pool's storage for packed activations;
+    /// [`Buffers::keep`] takes it back.
     fn activations<'a>(&mut self, x: &'a [f32], n: usize) -> Activations<'a> {
         Activations::reusing(x, n, core::mem::take(&mut self.1))
     }
 
-    /// Takes back the bf16 storage of `act`.
+    /// Takes back the packed activations' storage of `act`.
     fn keep(&mut self, act: Activations<'_>) {
-        self.1 = act.into_bf16();
+        self.1 = act.into_storage();
     }
 
     /// Gives buffers back for reuse.

@@ -778,8 +778,20 @@ pub struct Activations<'a> {
     /// Activations packed by sixteen tokens for Q8_0's tile kernel, when the kernel set has
     /// one.
     tile_panels: Vec<qdot::TilePanel>,
+    /// How many of `tile_panels` hold this input's (the rest is storage kept for reuse).
+    tile_count: usize,
     /// Activations in bf16 packed by sixteen tokens, for the bf16 kernels.
     bf16: qdot::Bf16Buf,
+}
+
+/// Storage an input's [`Activations`] hand on to the next one's ([`Activations::reusing`]):
+/// the bf16 tiles and the tile panels, written in full by their packers, so that each input
+/// neither allocates nor zeroes them again (the tile panels' zeroing and first-touch page
+/// faults were 2-3 % of a 128-token pass, on one thread while the other waited).
+#[derive(Debug, Default)]
+pub struct ActStorage {
+    bf16: qdot::Bf16Buf,
+    tiles: Vec<qdot::TilePanel>,
 }
 
 impl<'a> Activations<'a> {
@@ -795,23 +807,33 @@ impl<'a> Activations<'a> {
             panels16: Vec::new(),
             offset_panels: Vec::new(),
             tile_panels: Vec::new(),
+            tile_count: 0,
             bf16: qdot::Bf16Buf::new(),
         }
     }
 
-    /// The input of `n` tokens, packing into `buf`'s storage (from an earlier input's
-    /// [`Activations::into_bf16`]) instead of a new buffer.
-    pub fn reusing(x: &'a [f32], n: usize, buf: qdot::Bf16Buf) -> Self {
+    /// The input of `n` tokens, packing into `storage` (from an earlier input's
+    /// [`Activations::into_storage`]) instead of new buffers.
+    pub fn reusing(x: &'a [f32], n: usize, storage: ActStorage) -> Self {
         Activations {
-            bf16: buf,
+            bf16: storage.bf16,
+            tile_panels: storage.tiles,
             ..Activations::new(x, n)
         }
     }
 
-    /// The bf16 buffer's storage, for the next input ([`Activations::reusing`]).
-    pub fn into_bf16(mut self) -> qdot::Bf16Buf {
+    /// The packed forms' storage, for the next input ([`Activations::reusing`]).
+    pub fn into_storage(mut self) -> ActStorage {
         self.bf16.clear();
-        self.bf16
+        ActStorage {
+            bf16: self.bf16,
+            tiles: self.tile_panels,
+        }
+    }
+
+    /// This input's tile panels (empty unless prepared for the tile kernel).
+    fn tiles(&self) -> &[qdot::TilePanel] {
+        &self.tile_panels[..self.tile_count]
     }
 
     /// Tokens.
@@ -847,7 +869,7 @@ impl<'a> Activations<'a> {
         };
         if self.ty == Some(ty) {
             // Tile panels serve whole tiles of rows; the rest rows' kernel takes offset panels.
-            if !self.tile_panels.is_empty() && rows % OUT_TILE != 0 && self.offset_panels.is_empty()
+            if self.tile_count > 0 && rows % OUT_TILE != 0 && self.offset_panels.is_empty()
             {
                 self.offset_panels = offset_panels();
             }
@@ -859,7 +881,7 @@ impl<'a> Activations<'a> {
         self.panels.clear();
         self.panels16.clear();
         self.offset_panels.clear();
-        self.tile_panels.clear();
+        self.tile_count = 0;
         self.bf16.clear();
         let quantized = matches!(ty, TensorType::Q8_0 | TensorType::Q4_0);
         if let Some(bk) = k
@@ -884,8 +906,13 @@ impl<'a> Activations<'a> {
             {
                 // Tile panels of sixteen tokens, packed in place on the pool.
                 let n = self.n.div_ceil(qdot::TILE_PANEL_TOKENS);
-                self.tile_panels.resize(n * bpr, qdot::ZERO_TILE_PANEL);
-                par_chunks_mut(&mut self.tile_panels, bpr.max(1), |g, out| {
+                // On earlier inputs' storage (grown, never shrunk), each panel rewritten in
+                // full below.
+                self.tile_count = n * bpr;
+                if self.tile_panels.len() < n * bpr {
+                    self.tile_panels.resize(n * bpr, qdot::ZERO_TILE_PANEL);
+                }
+                par_chunks_mut(&mut self.tile_panels[..n * bpr], bpr.max(1), |g, out| {
                     (k.pack_tile)(chunk(g, qdot::TILE_PANEL_TOKENS), cols, out)
                 });
                 if rows % OUT_TILE != 0 {
@@ -1097,7 +1124,7 @@ impl LinearJob<'_> {
             return self.run_bf16(bk, rows, tokens, out);
         }
         let mut rows = rows;
-        if let (Some(f), false) = (k.dot_q8_0_16x16, self.act.tile_panels.is_empty()) {
+        if let (Some(f), false) = (k.dot_q8_0_16x16, self.act.tiles().is_empty()) {
             // Whole groups of sixteen rows on the tile kernel, the rest (only in layers whose
             // rows are not a whole number of tiles, which have offset panels) below.
             debug_assert!(w.ty == TensorType::Q8_0 && tokens.start % TOKEN_TILE == 0);
@@ -1237,7 +1264,7 @@ impl LinearJob<'_> {
         // Every token tile in one call per chunk of rows: each row group meets them all in
         // turn while its bytes stay in L1.
         let (j0, j1) = (tokens.start / TOKEN_TILE, tokens.end.div_ceil(TOKEN_TILE));
-        let p = &self.act.tile_panels[j0 * bpr..j1 * bpr];
+        let p = &self.act.tiles()[j0 * bpr..j1 * bpr];
         let ntok = tokens.len();
         for c0 in rows.clone().step_by(width) {
             let n = ((rows.end - c0) / OUT_TILE).min(AMX_ROW_GROUPS);
@@ -1355,7 +1382,7 @@ fn linear_job(
     debug_assert_eq!(y.len(), n * rows);
     act.prepare(k, w.ty, cols, rows);
     // The bf16 kernels, and the tile kernel when it takes every row, apply GELU as they store.
-    let tiles = !act.tile_panels.is_empty() && rows % OUT_TILE == 0;
+    let tiles = !act.tiles().is_empty() && rows % OUT_TILE == 0;
     let gelu = gelu && (tiles || k.bf16.is_some() && !act.bf16.as_slice().is_empty());
     let job = LinearJob {
         k,
@@ -1372,7 +1399,7 @@ fn linear_job(
             let row_split = if !act.bf16.as_slice().is_empty() {
                 n < BF16_ROW_SPLIT_MAX_TOKENS
             } else {
-                !act.tile_panels.is_empty() && n < TILE_ROW_SPLIT_MAX_TOKENS
+                !act.tiles().is_empty() && n < TILE_ROW_SPLIT_MAX_TOKENS
             };
             if row_split && rows >= 2 * BF16_ROWS {
                 // Chunks of rows per thread, so that each weight is decoded (or read) once:
@@ -1406,7 +1433,7 @@ fn linear_job(
             if n >= 8 * threads {
                 // Whole tokens per task: each writes its own rows of `y`. The bf16 kernels
                 // decode the weights once per task: one task per thread.
-                let (tasks, align) = if !act.tile_panels.is_empty() {
+                let (tasks, align) = if !act.tiles().is_empty() {
                     (threads * 2, TOKEN_TILE)
                 } else if act.bf16.as_slice().is_empty() {
                     (threads * 2, PANEL_TOKENS)
@@ -1434,7 +1461,7 @@ fn linear_job(
             } else {
                 // Few tokens: chunks of output rows, laid out `[row][token]`, then transposed.
                 // Whole tiles of rows for the tile kernel, else pairs.
-                let pair = if act.tile_panels.is_empty() {
+                let pair = if act.tiles().is_empty() {
                     2
                 } else {
                     OUT_TILE
