@@ -1101,8 +1101,9 @@ const BF16_ROW_SPLIT_MAX_TOKENS: usize = 512;
 /// Below this many tokens, linear layers on the tile kernel split their rows across threads;
 /// from here, their tokens (each task reads every weight, for its own token tiles). Since the
 /// kernel takes every token tile in one call, the split by rows is as fast at 128 tokens on two
-/// threads (alternating, minima 10.0-11.3 ms a pass either way) and faster at 64 (5.0 against
-/// 5.9 ms), where it was slower when each call took one tile.
+/// threads (alternating, minima 10.0-11.3 ms a pass either way) and faster at 64 (medians of
+/// two alternating runs 5.7 and 5.1 against 6.4 and 5.6 ms), where it was slower when each call
+/// took one tile.
 #[cfg(feature = "std")]
 const TILE_ROW_SPLIT_MAX_TOKENS: usize = 256;
 
