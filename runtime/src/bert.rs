@@ -511,7 +511,6 @@ impl<B: AsRef<[u8]>> Encoder<B> {
     ) -> Result<Hidden, ForwardError> {
         self.check(input, hooks.position_shift())?;
         let n = input.ids.len();
-
         let mut x = self.embeddings(input, hooks);
         hooks.hidden_state(0, &x);
         let mut pool = Buffers::default();

@@ -869,8 +869,7 @@ impl<'a> Activations<'a> {
         };
         if self.ty == Some(ty) {
             // Tile panels serve whole tiles of rows; the rest rows' kernel takes offset panels.
-            if self.tile_count > 0 && rows % OUT_TILE != 0 && self.offset_panels.is_empty()
-            {
+            if self.tile_count > 0 && rows % OUT_TILE != 0 && self.offset_panels.is_empty() {
                 self.offset_panels = offset_panels();
             }
             return;
@@ -1462,11 +1461,7 @@ fn linear_job(
             } else {
                 // Few tokens: chunks of output rows, laid out `[row][token]`, then transposed.
                 // Whole tiles of rows for the tile kernel, else pairs.
-                let pair = if act.tiles().is_empty() {
-                    2
-                } else {
-                    OUT_TILE
-                };
+                let pair = if act.tiles().is_empty() { 2 } else { OUT_TILE };
                 let chunk_rows = rows.div_ceil(threads * 4).next_multiple_of(pair);
                 let mut by_row = alloc::vec![0f32; rows * n];
                 by_row
