@@ -1,9 +1,9 @@
 //! Times `kernels::linear` on MiniLM's shapes (Q8_0 weights, 128 tokens, one thread by
 //! default): `cargo run --release -p petal-runtime --example linear_bench [ROWSxCOLS]`, with
 //! `TYPE=q4_0` for Q4_0 weights, `THREADS=N` threads and `N=T` tokens; `linear_bench panels`
-//! times the panel kernels alone, `linear_bench tiles` the sixteen-row tile kernel alone (`COLS`, `N`),
-//! `linear_bench bf16` the bf16 strip product alone (`COLS`, `N`). For kernel work; the
-//! product's figures come from `petal bench` and bench/peers.sh.
+//! times the panel kernels alone, `linear_bench tiles` the sixteen-row tile kernel alone
+//! (`COLS`, `N`), `linear_bench bf16` the bf16 strip product alone (`COLS`, `N`). For kernel
+//! work; the product's figures come from `petal bench` and bench/peers.sh.
 
 use std::time::Instant;
 

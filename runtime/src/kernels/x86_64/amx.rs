@@ -151,8 +151,8 @@ macro_rules! q8_store {
 /// L1 after the first tile, and its scales are converted once, at the first, into a local
 /// table. The blocks run as a three-stage pipeline, so that no stage waits on the one before:
 /// block `b`'s product is issued, then block `b - 1`'s sums are stored (two sets of tiles
-/// alternate), then block `b - 2`'s are scaled and added up in f32. While a row group meets its last token tile, the
-/// next group's bytes (within `w`) are prefetched.
+/// alternate), then block `b - 2`'s are scaled and added up in f32. While a row group meets its
+/// last token tile, the next group's bytes (within `w`) are prefetched.
 ///
 /// # Safety
 /// [`available`] returned true; the CPU supports AVX-512F and F16C; `0 < nb <=`
