@@ -322,20 +322,91 @@ fn tile_panels_pack_as_the_reference() {
     }
 }
 
-/// The sixteen-row tile kernels (AMX) against the two-row offset-panel reference, row pair by
-/// row pair, on random block counts, row groups per call, biases, and one to three token
-/// tiles per call (the last partly filled).
+/// The 16-bit tile panels (Q4_0's tile kernel) hold the 16-bit panels' values split into high
+/// and low bytes, and every set's packer packs them bit for bit as the reference.
 #[test]
-fn q8_0_sixteen_row_tiles_match_the_reference() {
+fn tile_panels16_pack_as_the_reference() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(31);
+    for _ in 0..30 {
+        let blocks = rng.gen_range(1..20);
+        let cols = blocks * QK;
+        let ntok = rng.gen_range(0..=qdot::TILE_PANEL_TOKENS);
+        let scale = rng.gen_range(0.01..8.0);
+        let mut x = random_vec(&mut rng, ntok * cols, scale);
+        // Each token at its own magnitude, now and then one all zeros (scale 0).
+        for row in x.chunks_exact_mut(cols) {
+            let f = if rng.gen_bool(0.1) {
+                0.0
+            } else {
+                rng.gen_range(0.05..20.0)
+            };
+            row.iter_mut().for_each(|v| *v *= f);
+        }
+        let mut want = vec![qdot::ZERO_TILE_PANEL; 2 * blocks];
+        qdot::pack_tile_panel16(&x, cols, &mut want);
+        let mut sixteen = Vec::new();
+        for chunk in x.chunks(qdot::PANEL_TOKENS * cols) {
+            qdot::pack_panel16(chunk, cols, &mut sixteen);
+        }
+        for b in 0..blocks {
+            let (high, low) = (&want[2 * b], &want[2 * b + 1]);
+            for t in 0..qdot::TILE_PANEL_TOKENS {
+                let (g, i) = (t / qdot::PANEL_TOKENS, t % qdot::PANEL_TOKENS);
+                let p = sixteen.get(g * blocks + b).filter(|_| t < ntok);
+                let d = p.map_or(0.0, |p| p.d[i]);
+                assert_eq!((high.d[t], low.d[t]), (d, d), "block {b} token {t} scale");
+                for v in 0..QK {
+                    let q = p.map_or(0, |p| p.qs[v / 2][2 * i + v % 2] as i32);
+                    let at = 4 * t + v % 4;
+                    let (h, l) = (high.qs[v / 4][at] as i32, low.qs[v / 4][at] as u8 as i32);
+                    assert_eq!(256 * h + l, q, "block {b} token {t} value {v}");
+                }
+            }
+        }
+        for k in variants() {
+            // Over panels holding other values: every byte is rewritten.
+            let mut got = vec![want[0]; 2 * blocks];
+            got.iter_mut().for_each(|p| p.qs[0][0] = 99);
+            (k.pack_tile16)(&x, cols, &mut got);
+            assert_eq!(got, want, "{} 16-bit tile panels, {ntok} tokens", k.name);
+        }
+    }
+}
+
+/// The sixteen-row tile kernels (AMX) against the two-row panel references (Q8_0: offset
+/// panels; Q4_0: 16-bit panels), row pair by row pair, on random block counts, row groups per
+/// call, biases, and one to three token tiles per call (the last partly filled).
+#[test]
+fn sixteen_row_tiles_match_the_reference() {
+    for ty in [TensorType::Q8_0, TensorType::Q4_0] {
+        check_tile_product(ty);
+    }
+}
+
+/// [`sixteen_row_tiles_match_the_reference`] for weights of type `ty`.
+fn check_tile_product(ty: TensorType) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    let q4 = ty == TensorType::Q4_0;
+    let product = |k: &KernelSet| {
+        if q4 {
+            k.dot_q4_0_16x16
+        } else {
+            k.dot_q8_0_16x16
+        }
+    };
     let sets: Vec<KernelSet> = variants()
         .into_iter()
-        .filter(|k| k.dot_q8_0_16x16.is_some())
+        .filter(|k| product(k).is_some())
         .collect();
     eprintln!(
-        "sixteen-row tile kernels: {:?}",
+        "{ty} sixteen-row tile kernels: {:?}",
         sets.iter().map(|k| k.name).collect::<Vec<_>>()
     );
+    let block_bytes = if q4 {
+        qdot::Q4_0_BLOCK_BYTES
+    } else {
+        qdot::Q8_0_BLOCK_BYTES
+    };
     for _ in 0..40 {
         // Now and then the deepest rows the kernel takes.
         let blocks = if rng.gen_bool(0.1) {
@@ -348,9 +419,9 @@ fn q8_0_sixteen_row_tiles_match_the_reference() {
         let groups = rng.gen_range(1..=kernels::AMX_ROW_GROUPS);
         let cols = blocks * QK;
         // Rows padded by up to three blocks: the kernel reads `row_bytes` apart.
-        let pad = rng.gen_range(0..4) * qdot::Q8_0_BLOCK_BYTES;
-        let rows = random_rows(&mut rng, 16 * groups, blocks, TensorType::Q8_0);
-        let row_bytes = blocks * qdot::Q8_0_BLOCK_BYTES + pad;
+        let pad = rng.gen_range(0..4) * block_bytes;
+        let rows = random_rows(&mut rng, 16 * groups, blocks, ty);
+        let row_bytes = blocks * block_bytes + pad;
         let mut w = Vec::new();
         for r in &rows {
             w.extend_from_slice(r);
@@ -361,21 +432,58 @@ fn q8_0_sixteen_row_tiles_match_the_reference() {
         } else {
             Vec::new()
         };
-        // The tokens as offset panels of eight (the last partly filled), paired into tiles
-        // (the last tile's second panel possibly empty).
-        let mut panels = Vec::new();
         let x: Vec<f32> = (0..ntok)
             .flat_map(|_| {
                 let xs = rng.gen_range(0.01..8.0);
                 random_vec(&mut rng, cols, xs)
             })
             .collect();
+        // The tokens as panels of eight (the last partly filled), paired into tiles (the last
+        // tile's second panel possibly empty).
+        let (mut offset, mut sixteen, mut tiles) = (Vec::new(), Vec::new(), Vec::new());
         for chunk in x.chunks(qdot::PANEL_TOKENS * cols) {
-            qdot::pack_offset_panel(chunk, cols, &mut panels);
+            if q4 {
+                qdot::pack_panel16(chunk, cols, &mut sixteen);
+            } else {
+                qdot::pack_offset_panel(chunk, cols, &mut offset);
+            }
         }
-        let mut tiles = Vec::new();
-        qdot::pack_tile_panels(&panels, blocks, &mut tiles);
-        assert_eq!(tiles.len(), blocks * ntok.div_ceil(qdot::TILE_PANEL_TOKENS));
+        if q4 {
+            qdot::pack_tile_panels16(&sixteen, blocks, &mut tiles);
+        } else {
+            qdot::pack_tile_panels(&offset, blocks, &mut tiles);
+        }
+        let per = if q4 { 2 } else { 1 };
+        assert_eq!(
+            tiles.len(),
+            per * blocks * ntok.div_ceil(qdot::TILE_PANEL_TOKENS)
+        );
+        // Panel group g's rows r, r + 1 against the reference, and the tolerance's scale (the
+        // sum of absolute scaled products) for row r + i and token t.
+        let reference = |g: usize, r: usize| -> [f32; 16] {
+            let pair = [&rows[r][..], &rows[r + 1][..]];
+            if q4 {
+                generic::dot_q4_0_2x8(pair, &sixteen[g * blocks..(g + 1) * blocks])
+            } else {
+                generic::dot_q8_0_2x8_offset(pair, &offset[g * blocks..(g + 1) * blocks])
+            }
+        };
+        let abs_products = |g: usize, row: usize, t: usize| -> f32 {
+            if !q4 {
+                let panels = offset[g * blocks..(g + 1) * blocks].iter();
+                return panel_abs_products(&rows[row], panels.map(|pb| (&pb.qs, &pb.d)), t);
+            }
+            let mut wf = Vec::new();
+            quant::dequantize(&rows[row], ty, cols, &mut wf).unwrap();
+            let panels = &sixteen[g * blocks..(g + 1) * blocks];
+            (0..cols)
+                .map(|k| {
+                    let p = &panels[k / QK];
+                    (wf[k] * p.d[t] * p.qs[k % QK / 2][2 * t + k % 2] as f32).abs()
+                })
+                .sum::<f32>()
+                + 1e-6
+        };
         // With GELU applied as the results are stored, a third of the time.
         let gelu = rng.gen_bool(0.3);
         for k in &sets {
@@ -383,7 +491,7 @@ fn q8_0_sixteen_row_tiles_match_the_reference() {
             // kernel writes only the first `ntok` rows' first `16 * groups` columns.
             let ld = 16 * groups + rng.gen_range(0..5);
             let mut y = vec![f32::NAN; (ntok + 2) * ld];
-            let f = k.dot_q8_0_16x16.unwrap();
+            let f = product(k).unwrap();
             let mut rows_mut = kernels::RowsMut::new(&mut y, ld);
             f(
                 &w,
@@ -401,24 +509,21 @@ fn q8_0_sixteen_row_tiles_match_the_reference() {
                 assert_eq!(
                     v.is_nan(),
                     !written,
-                    "{} 16x16 value {i} of rows of {ld}",
+                    "{} {ty} 16x16 value {i} of rows of {ld}",
                     k.name
                 );
             }
             let got = |group: usize, t: usize, r: usize| y[t * ld + 16 * group + r];
-            for (g, panel) in panels.chunks(blocks).enumerate() {
+            for g in 0..ntok.div_ceil(qdot::PANEL_TOKENS) {
                 for r in (0..16 * groups).step_by(2) {
-                    let want =
-                        generic::dot_q8_0_2x8_offset([&rows[r][..], &rows[r + 1][..]], panel);
-                    for (i, e) in want.iter().enumerate() {
+                    for (i, e) in reference(g, r).iter().enumerate() {
                         let (row, t) = (r + i / qdot::PANEL_TOKENS, i % qdot::PANEL_TOKENS);
                         if g * qdot::PANEL_TOKENS + t >= ntok {
                             continue;
                         }
                         let e = e + bias.get(row).copied().unwrap_or(0.0);
-                        let pairs = panel.iter().map(|pb| (&pb.qs, &pb.d));
-                        let scale = panel_abs_products(&rows[row], pairs, t)
-                            + bias.get(row).map_or(0.0, |b| b.abs());
+                        let scale =
+                            abs_products(g, row, t) + bias.get(row).map_or(0.0, |b| b.abs());
                         let v = got(row / 16, g * qdot::PANEL_TOKENS + t, row % 16);
                         // GELU's slope is at most 1.13: the products' error carries over.
                         let (e, tol) = if gelu {
@@ -433,7 +538,7 @@ fn q8_0_sixteen_row_tiles_match_the_reference() {
                         };
                         assert!(
                             (v - e).abs() <= tol,
-                            "{} 16x16 row group {} token {} row {}: {v} vs {e}",
+                            "{} {ty} 16x16 row group {} token {} row {}: {v} vs {e}",
                             k.name,
                             row / 16,
                             g * qdot::PANEL_TOKENS + t,
@@ -928,7 +1033,8 @@ fn quantized_linear_matches_block_dots_at_every_position() {
             }
             // Sets with bf16 kernels take the weights and activations in bf16 (from
             // `bf16_min_tokens` tokens).
-            let bf16 = kernels::active().bf16.is_some() && n >= kernels::bf16_min_tokens(ty);
+            let bf16 = kernels::active().bf16.is_some()
+                && n >= kernels::bf16_min_tokens(&kernels::active(), ty);
             let bf16_dot = |o: usize, t: usize| {
                 let mut wr = vec![0u16; cols];
                 qdot::dequantize_row_bf16(ty, m.row(o), &mut wr);

@@ -48,7 +48,11 @@ pub struct KernelSet {
     /// into `y[token][16 * group + row]`, from the rows' biases (`bias`, empty for none), with
     /// `gelu` GELU of them (AMX); when present, linear layers use it for whole chunks of
     /// sixteen rows: `(w, row_bytes, nb, panels, bias, y, groups, ntok, gelu)`.
-    pub dot_q8_0_16x16: Option<Q8Tiles>,
+    pub dot_q8_0_16x16: Option<TileProduct>,
+    /// [`KernelSet::dot_q8_0_16x16`] for Q4_0 weight rows against activations in 16 bits, each
+    /// token tile `2 * nb` panels as [`KernelSet::pack_tile16`] packs them (AMX); when present,
+    /// Q4_0 layers use it as Q8_0 layers use theirs.
+    pub dot_q4_0_16x16: Option<TileProduct>,
     /// Two Q4_0 weight rows · 16-bit panels of eight tokens, `[row 0 x 8, row 1 x 8]`; when
     /// present, Q4_0 layers quantize their activations to 16 bits and use it.
     pub dot_q4_0_2x8: Option<fn([&[u8]; 2], &[Panel16]) -> [f32; 16]>,
@@ -73,6 +77,10 @@ pub struct KernelSet {
     /// Up to sixteen tokens' activations quantized as for `pack_offset` and packed into the
     /// `cols / 32` [`qdot::TilePanel`]s of `out` for `dot_q8_0_16x16`: `(x, cols, out)`.
     pub pack_tile: fn(&[f32], usize, &mut [qdot::TilePanel]),
+    /// Up to sixteen tokens' activations quantized to 16 bits per 32 values and packed into the
+    /// `2 * cols / 32` [`qdot::TilePanel`]s of `out` for `dot_q4_0_16x16`, as
+    /// [`qdot::pack_tile_panel16`]: `(x, cols, out)`.
+    pub pack_tile16: fn(&[f32], usize, &mut [qdot::TilePanel]),
     /// Products in bf16 for Q8_0 and Q4_0 weights; when present, linear layers with those
     /// weights and at least [`bf16_min_tokens`] tokens use them instead of the integer kernels
     /// above.
@@ -221,12 +229,13 @@ impl<'a> RowsMut<'a> {
     }
 }
 
-/// Groups of sixteen rows one call of [`KernelSet::dot_q8_0_16x16`] takes at most.
+/// Groups of sixteen rows one call of a tile product ([`KernelSet::dot_q8_0_16x16`],
+/// [`KernelSet::dot_q4_0_16x16`]) takes at most.
 pub const AMX_ROW_GROUPS: usize = 8;
 
-/// The sixteen-row Q8_0 tile product: `(w, row_bytes, nb, panels, bias, y, groups, ntok,
+/// The sixteen-row tile products' signature: `(w, row_bytes, nb, panels, bias, y, groups, ntok,
 /// gelu)`, see [`KernelSet::dot_q8_0_16x16`].
-pub type Q8Tiles =
+pub type TileProduct =
     fn(&[u8], usize, usize, &[qdot::TilePanel], &[f32], &mut RowsMut<'_>, usize, usize, bool);
 
 /// The bf16 strip product's signature: `(a, k, b, nt, bias, out, nr, ntok, gelu, next)`.
@@ -241,6 +250,7 @@ pub const GENERIC: KernelSet = KernelSet {
     dot_q8_0_2x8: None,
     dot_q8_0_2x8_offset: None,
     dot_q8_0_16x16: None,
+    dot_q4_0_16x16: None,
     dot_q4_0_2x8: None,
     dot_q4_0: generic::dot_q4_0,
     dot_f32: generic::dot,
@@ -251,6 +261,7 @@ pub const GENERIC: KernelSet = KernelSet {
     pack_panel16: qdot::pack_panel16,
     pack_offset: qdot::pack_offset_panel,
     pack_tile: qdot::pack_tile_panel,
+    pack_tile16: qdot::pack_tile_panel16,
     bf16: None,
 };
 
@@ -281,12 +292,12 @@ fn check_panel_rows(w: [&[u8]; 2], blocks: usize, block_bytes: usize) {
 /// The shape a tile-panel packer takes: at most sixteen tokens of `cols` values (a multiple of
 /// 32), one panel per block.
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
-fn check_tile_pack(x: &[f32], cols: usize, out: &[qdot::TilePanel]) {
+fn check_tile_pack(x: &[f32], cols: usize, out: &[qdot::TilePanel], per: usize) {
     assert!(
         cols % QK == 0
             && x.len() % cols.max(1) == 0
             && x.len() / cols.max(1) <= qdot::TILE_PANEL_TOKENS
-            && out.len() == cols / QK
+            && out.len() == per * (cols / QK)
     );
 }
 
@@ -371,7 +382,7 @@ pub fn avx2() -> Option<KernelSet> {
     }
     #[allow(unsafe_code)]
     fn pack_tile(x: &[f32], cols: usize, out: &mut [qdot::TilePanel]) {
-        check_tile_pack(x, cols, out);
+        check_tile_pack(x, cols, out, 1);
         // SAFETY: this set is only handed out after detecting AVX2; shape asserted.
         unsafe { x86_64::avx2::pack_tile_panel(x, cols, out) }
     }
@@ -388,6 +399,7 @@ pub fn avx2() -> Option<KernelSet> {
         dot_q8_0_2x8: Some(q8_2x8),
         dot_q8_0_2x8_offset: None,
         dot_q8_0_16x16: None,
+        dot_q4_0_16x16: None,
         dot_q4_0_2x8: Some(q4_2x8),
         dot_q4_0: q4,
         dot_f32: f,
@@ -398,6 +410,7 @@ pub fn avx2() -> Option<KernelSet> {
         pack_panel16,
         pack_offset,
         pack_tile,
+        pack_tile16: qdot::pack_tile_panel16,
         bf16: None,
     })
 }
@@ -436,6 +449,33 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
     if std::is_x86_feature_detected!("avxvnni") {
         v.push(set("avx2+avxvnni", q8_2x8_avxvnni));
     }
+    /// The bounds the tile products rely on (`per` panels and `block_bytes` bytes a block):
+    /// the shapes of [`KernelSet::dot_q8_0_16x16`], the rows within `w` and `y`.
+    #[allow(clippy::too_many_arguments)]
+    fn check_tiles(
+        w: &[u8],
+        row_bytes: usize,
+        nb: usize,
+        p: &[qdot::TilePanel],
+        bias: &[f32],
+        y: &RowsMut<'_>,
+        groups: usize,
+        ntok: usize,
+        per: usize,
+        block_bytes: usize,
+    ) {
+        use x86_64::amx::AMX_ROWS;
+        let blocks = nb * block_bytes;
+        assert!(groups <= AMX_ROW_GROUPS && nb > 0 && nb <= qdot::TILE_MAX_BLOCKS);
+        assert!(p.len() == per * nb * ntok.div_ceil(qdot::TILE_PANEL_TOKENS));
+        assert!(y.width() >= AMX_ROWS * groups);
+        assert!(ntok == 0 || groups == 0 || (ntok - 1) * y.ld() + AMX_ROWS * groups <= y.len());
+        assert!(bias.is_empty() || bias.len() >= AMX_ROWS * groups);
+        assert!(
+            row_bytes >= blocks
+                && (groups == 0 || w.len() >= (AMX_ROWS * groups - 1) * row_bytes + blocks)
+        );
+    }
     #[allow(unsafe_code)]
     #[allow(clippy::too_many_arguments)]
     fn q8_16x16_amx(
@@ -449,17 +489,8 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
         ntok: usize,
         gelu: bool,
     ) {
-        use x86_64::amx::AMX_ROWS;
-        let blocks = nb * qdot::Q8_0_BLOCK_BYTES;
-        assert!(groups <= AMX_ROW_GROUPS && nb > 0 && nb <= qdot::TILE_MAX_BLOCKS);
-        assert!(p.len() == nb * ntok.div_ceil(qdot::TILE_PANEL_TOKENS));
-        assert!(y.width() >= AMX_ROWS * groups);
-        assert!(ntok == 0 || groups == 0 || (ntok - 1) * y.ld() + AMX_ROWS * groups <= y.len());
-        assert!(bias.is_empty() || bias.len() >= AMX_ROWS * groups);
-        assert!(
-            row_bytes >= blocks
-                && (groups == 0 || w.len() >= (AMX_ROWS * groups - 1) * row_bytes + blocks)
-        );
+        let q8 = qdot::Q8_0_BLOCK_BYTES;
+        check_tiles(w, row_bytes, nb, p, bias, y, groups, ntok, 1, q8);
         let (ptr, ld, _) = y.raw();
         // SAFETY: only handed out after `amx::available()` and detecting AVX-512F and F16C;
         // lengths asserted; the kernel writes `ptr[t * ld + c]` for `t < ntok`,
@@ -469,10 +500,39 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
         }
     }
     #[allow(unsafe_code)]
+    #[allow(clippy::too_many_arguments)]
+    fn q4_16x16_amx(
+        w: &[u8],
+        row_bytes: usize,
+        nb: usize,
+        p: &[qdot::TilePanel],
+        bias: &[f32],
+        y: &mut RowsMut<'_>,
+        groups: usize,
+        ntok: usize,
+        gelu: bool,
+    ) {
+        let q4 = qdot::Q4_0_BLOCK_BYTES;
+        check_tiles(w, row_bytes, nb, p, bias, y, groups, ntok, 2, q4);
+        let (ptr, ld, _) = y.raw();
+        // SAFETY: only handed out after `amx::available()` and detecting AVX2, AVX-512F and
+        // F16C; lengths asserted; the kernel writes `ptr[t * ld + c]` for `t < ntok`,
+        // `c < 16 * groups`, within the holder's columns and buffer (asserted).
+        unsafe {
+            x86_64::amx::dot_q4_0_16x16(w, row_bytes, nb, p, bias, ptr, ld, groups, ntok, gelu)
+        }
+    }
+    #[allow(unsafe_code)]
     fn pack_tile512(x: &[f32], cols: usize, out: &mut [qdot::TilePanel]) {
-        check_tile_pack(x, cols, out);
+        check_tile_pack(x, cols, out, 1);
         // SAFETY: only handed out after detecting AVX2 and AVX-512F; shape asserted.
         unsafe { x86_64::avx512::pack_tile_panel(x, cols, out) }
+    }
+    #[allow(unsafe_code)]
+    fn pack_tile16_512(x: &[f32], cols: usize, out: &mut [qdot::TilePanel]) {
+        check_tile_pack(x, cols, out, 2);
+        // SAFETY: only handed out after detecting AVX2 and AVX-512F; shape asserted.
+        unsafe { x86_64::avx512::pack_tile_panel16(x, cols, out) }
     }
     // AMX for chunks of sixteen rows, the best VNNI kernel for the rest.
     if let Some(&best) = v.last() {
@@ -483,8 +543,10 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
             v.push(KernelSet {
                 name: "avx2+amx",
                 dot_q8_0_16x16: Some(q8_16x16_amx),
+                dot_q4_0_16x16: Some(q4_16x16_amx),
                 // Its activations packed on 512-bit vectors too.
                 pack_tile: pack_tile512,
+                pack_tile16: pack_tile16_512,
                 ..best
             });
         }
@@ -867,12 +929,31 @@ impl<'a> Activations<'a> {
             });
             panels.concat()
         };
-        if self.ty == Some(ty) {
-            // Tile panels serve whole tiles of rows; the rest rows' kernel takes offset panels.
-            if self.tile_count > 0 && rows % OUT_TILE != 0 && self.offset_panels.is_empty() {
-                self.offset_panels = offset_panels();
+        // 16-bit panels of eight tokens, on the pool.
+        let panels16 = || {
+            let panels = par_map(groups, |g| {
+                let mut out = Vec::with_capacity(bpr);
+                (k.pack_panel16)(group(g), cols, &mut out);
+                out
+            });
+            panels.concat()
+        };
+        // Tile panels serve whole tiles of rows; the rest rows' kernel takes offset panels
+        // (Q8_0) or 16-bit ones (Q4_0).
+        let rest_panels = |this: &mut Self| {
+            if this.tile_count > 0
+                && rows % OUT_TILE != 0
+                && this.offset_panels.is_empty()
+                && this.panels16.is_empty()
+            {
+                match ty {
+                    TensorType::Q4_0 => this.panels16 = panels16(),
+                    _ => this.offset_panels = offset_panels(),
+                }
             }
-            return;
+        };
+        if self.ty == Some(ty) {
+            return rest_panels(self);
         }
         self.ty = Some(ty);
         self.xq.clear();
@@ -885,7 +966,7 @@ impl<'a> Activations<'a> {
         let quantized = matches!(ty, TensorType::Q8_0 | TensorType::Q4_0);
         if let Some(bk) = k
             .bf16
-            .filter(|_| quantized && self.n >= bf16_min_tokens(ty))
+            .filter(|_| quantized && self.n >= bf16_min_tokens(&k, ty))
         {
             // Tiles packed in place, on the pool.
             let tile = BF16_TILE_TOKENS * cols;
@@ -897,27 +978,21 @@ impl<'a> Activations<'a> {
             });
             return;
         }
-        match ty {
-            TensorType::Q8_0
-                if k.dot_q8_0_16x16.is_some()
-                    && k.dot_q8_0_2x8_offset.is_some()
-                    && bpr <= qdot::TILE_MAX_BLOCKS =>
-            {
-                // Tile panels of sixteen tokens, packed in place on the pool.
-                let n = self.n.div_ceil(qdot::TILE_PANEL_TOKENS);
-                // On earlier inputs' storage (grown, never shrunk), each panel rewritten in
-                // full below.
-                self.tile_count = n * bpr;
-                if self.tile_panels.len() < n * bpr {
-                    self.tile_panels.resize(n * bpr, qdot::ZERO_TILE_PANEL);
-                }
-                par_chunks_mut(&mut self.tile_panels[..n * bpr], bpr.max(1), |g, out| {
-                    (k.pack_tile)(chunk(g, qdot::TILE_PANEL_TOKENS), cols, out)
-                });
-                if rows % OUT_TILE != 0 {
-                    self.offset_panels = offset_panels();
-                }
+        if let Some((pack, per)) = tile_packer(&k, ty).filter(|_| bpr <= qdot::TILE_MAX_BLOCKS) {
+            // Tile panels of sixteen tokens, packed in place on the pool.
+            let (n, len) = (self.n.div_ceil(qdot::TILE_PANEL_TOKENS), per * bpr);
+            // On earlier inputs' storage (grown, never shrunk), each panel rewritten in full
+            // below.
+            self.tile_count = n * len;
+            if self.tile_panels.len() < n * len {
+                self.tile_panels.resize(n * len, qdot::ZERO_TILE_PANEL);
             }
+            par_chunks_mut(&mut self.tile_panels[..n * len], len.max(1), |g, out| {
+                pack(chunk(g, qdot::TILE_PANEL_TOKENS), cols, out)
+            });
+            return rest_panels(self);
+        }
+        match ty {
             TensorType::Q8_0 if k.dot_q8_0_2x8_offset.is_some() => {
                 self.offset_panels = offset_panels();
             }
@@ -934,14 +1009,7 @@ impl<'a> Activations<'a> {
                 self.panels = panels.concat();
             }
             TensorType::Q8_0 => (k.quantize)(x, &mut self.xq),
-            TensorType::Q4_0 if k.dot_q4_0_2x8.is_some() => {
-                let panels = par_map(groups, |g| {
-                    let mut out = Vec::with_capacity(bpr);
-                    (k.pack_panel16)(group(g), cols, &mut out);
-                    out
-                });
-                self.panels16 = panels.concat();
-            }
+            TensorType::Q4_0 if k.dot_q4_0_2x8.is_some() => self.panels16 = panels16(),
             TensorType::Q4_0 => {
                 qdot::quantize_two_level_with(self.x, &mut self.xq, &mut self.xr, k.quantize);
             }
@@ -1082,15 +1150,48 @@ const OUT_TILE: usize = 16;
 /// 11.8; 2 x 128 even; 8 x 128 on two threads 121 against 95.
 pub const BF16_MIN_TOKENS: usize = 256;
 
-/// Fewest tokens for which linear layers with weights of type `ty` take the bf16 kernels:
-/// [`BF16_MIN_TOKENS`] for Q8_0; any number for Q4_0, whose integer path (16-bit
-/// activations) is slower and whose weights are half the bytes to decode.
-pub fn bf16_min_tokens(ty: TensorType) -> usize {
+/// Fewest tokens for which Q4_0 linear layers take the bf16 kernels when the set also has
+/// Q4_0's tile product. Its two tile products a block (16-bit activations) and their joined
+/// sums cost more than Q8_0's one, and Q4_0's weights are half the bytes to decode, so the
+/// crossing comes earlier: alternating MiniLM passes on Sapphire Rapids (tiles against bf16),
+/// one thread: 16 tokens 2.3 against 5.0 ms, 48 5.4 against 7.0, 64 7.7 against 7.6, 96 11.7
+/// against 9.6; two threads: 48 4.1 against 4.4, 64 5.2 against 5.2, 96 7.8 against 6.7.
+pub const Q4_0_BF16_MIN_TOKENS: usize = 64;
+
+/// Fewest tokens for which linear layers with weights of type `ty` take `k`'s bf16 kernels:
+/// [`BF16_MIN_TOKENS`] for Q8_0, [`Q4_0_BF16_MIN_TOKENS`] for Q4_0 when `k` has its tile
+/// product; else any number for Q4_0, whose other integer kernels (16-bit activations) are
+/// slower and whose weights are half the bytes to decode.
+pub fn bf16_min_tokens(k: &KernelSet, ty: TensorType) -> usize {
     match ty {
-        TensorType::Q4_0 => 1,
+        TensorType::Q4_0 if k.dot_q4_0_16x16.is_none() => 1,
+        TensorType::Q4_0 => Q4_0_BF16_MIN_TOKENS,
         _ => BF16_MIN_TOKENS,
     }
 }
+
+/// The tile product `k` has for weights of type `ty`, with the rest rows' panel kernel it
+/// needs beside it.
+fn tile_product(k: &KernelSet, ty: TensorType) -> Option<TileProduct> {
+    match ty {
+        TensorType::Q8_0 => k.dot_q8_0_16x16.filter(|_| k.dot_q8_0_2x8_offset.is_some()),
+        TensorType::Q4_0 => k.dot_q4_0_16x16.filter(|_| k.dot_q4_0_2x8.is_some()),
+        _ => None,
+    }
+}
+
+/// For weights of type `ty` on `k`'s tile product: the packer of its tile panels and how many
+/// panels a block takes.
+fn tile_packer(k: &KernelSet, ty: TensorType) -> Option<(TilePack, usize)> {
+    tile_product(k, ty)?;
+    Some(match ty {
+        TensorType::Q4_0 => (k.pack_tile16, 2),
+        _ => (k.pack_tile, 1),
+    })
+}
+
+/// A tile panel packer's signature: `(x, cols, out)`.
+type TilePack = fn(&[f32], usize, &mut [qdot::TilePanel]);
 
 /// Below this many tokens, linear layers on the bf16 kernels split their rows across threads
 /// (each weight decoded once) rather than their tokens (each thread decoding every weight).
@@ -1124,14 +1225,17 @@ impl LinearJob<'_> {
             return self.run_bf16(bk, rows, tokens, out);
         }
         let mut rows = rows;
-        if let (Some(f), false) = (k.dot_q8_0_16x16, self.act.tiles().is_empty()) {
+        if let (Some(f), false) = (tile_product(&k, w.ty), self.act.tiles().is_empty()) {
             // Whole groups of sixteen rows on the tile kernel, the rest (only in layers whose
-            // rows are not a whole number of tiles, which have offset panels) below.
-            debug_assert!(w.ty == TensorType::Q8_0 && tokens.start % TOKEN_TILE == 0);
+            // rows are not a whole number of tiles, which have offset or 16-bit panels) below.
+            debug_assert!(tokens.start % TOKEN_TILE == 0);
             let whole = rows.start + rows.len() / OUT_TILE * OUT_TILE;
             self.run_tiles(f, rows.start..whole, tokens.clone(), out);
             rows = whole..rows.end;
-            debug_assert!(rows.is_empty() || !self.act.offset_panels.is_empty());
+            debug_assert!(
+                rows.is_empty()
+                    || !(self.act.offset_panels.is_empty() && self.act.panels16.is_empty())
+            );
         }
         let cols = w.cols;
         let bpr = cols / QK;
@@ -1244,12 +1348,12 @@ impl LinearJob<'_> {
         self.bias.get(o).copied().unwrap_or(0.0)
     }
 
-    /// [`LinearJob::run`] for whole groups of sixteen Q8_0 rows (`rows`) on the tile kernel
-    /// `f`, tokens from a multiple of sixteen: the rows go in chunks of [`AMX_ROW_GROUPS`]
-    /// groups, each meeting every token tile while its weights are in cache.
+    /// [`LinearJob::run`] for whole groups of sixteen Q8_0 or Q4_0 rows (`rows`) on the tile
+    /// kernel `f`, tokens from a multiple of sixteen: the rows go in chunks of
+    /// [`AMX_ROW_GROUPS`] groups, each meeting every token tile while its weights are in cache.
     fn run_tiles(
         &self,
-        f: Q8Tiles,
+        f: TileProduct,
         rows: core::ops::Range<usize>,
         tokens: core::ops::Range<usize>,
         out: &mut Out<'_>,
@@ -1264,7 +1368,13 @@ impl LinearJob<'_> {
         // Every token tile in one call per chunk of rows: each row group meets them all in
         // turn while its bytes stay in L1.
         let (j0, j1) = (tokens.start / TOKEN_TILE, tokens.end.div_ceil(TOKEN_TILE));
-        let p = &self.act.tiles()[j0 * bpr..j1 * bpr];
+        // Panels per token tile.
+        let len = if w.ty == TensorType::Q4_0 {
+            2 * bpr
+        } else {
+            bpr
+        };
+        let p = &self.act.tiles()[j0 * len..j1 * len];
         let ntok = tokens.len();
         for c0 in rows.clone().step_by(width) {
             let n = ((rows.end - c0) / OUT_TILE).min(AMX_ROW_GROUPS);

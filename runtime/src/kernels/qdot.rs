@@ -314,6 +314,64 @@ pub fn pack_panel16_with(
     }
 }
 
+/// Packs up to sixteen tokens' activations (rows of `cols`, a multiple of 32) for the Q4_0
+/// tile kernel: quantized to 16 bits per 32 values as [`pack_panel16`] does, each block as two
+/// [`TilePanel`]s in `out` (`2 * cols / 32` of them): at `2b` the high bytes `q >> 8` (signed),
+/// at `2b + 1` the low bytes `q & 0xff` (unsigned, kept as their bits), both with the tokens'
+/// scales; `q = 256 * high + low`, so a signed and an unsigned byte product give each block's
+/// exact sums. Missing tokens are zeros.
+pub fn pack_tile_panel16(x: &[f32], cols: usize, out: &mut [TilePanel]) {
+    let mut panels = Vec::new();
+    for chunk in x.chunks(PANEL_TOKENS * cols) {
+        pack_panel16(chunk, cols, &mut panels);
+    }
+    if panels.is_empty() {
+        pack_panel16(&[], cols, &mut panels);
+    }
+    let mut tiles = Vec::new();
+    pack_tile_panels16(&panels, cols / QK, &mut tiles);
+    out.copy_from_slice(&tiles);
+}
+
+/// Joins [`Panel16`]s by pairs of groups of eight tokens (`panels`: groups of `bpr` blocks)
+/// into the Q4_0 tile kernel's pairs of [`TilePanel`]s (as [`pack_tile_panel16`] lays them
+/// out), appended to `out` (`2 * bpr` per pair of groups); an odd last group's partner is
+/// zeros.
+pub fn pack_tile_panels16(panels: &[Panel16], bpr: usize, out: &mut Vec<TilePanel>) {
+    let zero = Panel16 {
+        d: [0.0; PANEL_TOKENS],
+        qs: [[0; 2 * PANEL_TOKENS]; QK / 2],
+    };
+    let groups = panels.len() / bpr.max(1);
+    debug_assert_eq!(panels.len(), groups * bpr);
+    for g in (0..groups).step_by(2) {
+        for b in 0..bpr {
+            let lo = &panels[g * bpr + b];
+            let hi = if g + 1 < groups {
+                &panels[(g + 1) * bpr + b]
+            } else {
+                &zero
+            };
+            let mut high = ZERO_TILE_PANEL;
+            high.d[..PANEL_TOKENS].copy_from_slice(&lo.d);
+            high.d[PANEL_TOKENS..].copy_from_slice(&hi.d);
+            let mut low = high;
+            for (t, half) in
+                (0..TILE_PANEL_TOKENS).map(|t| (t, if t < PANEL_TOKENS { lo } else { hi }))
+            {
+                let i = t % PANEL_TOKENS;
+                for v in 0..QK {
+                    let q = half.qs[v / 2][2 * i + v % 2];
+                    high.qs[v / 4][4 * t + v % 4] = (q >> 8) as i8;
+                    low.qs[v / 4][4 * t + v % 4] = (q & 0xff) as u8 as i8;
+                }
+            }
+            out.push(high);
+            out.push(low);
+        }
+    }
+}
+
 /// Tokens in one bf16 activation tile (the A operand of AMX-BF16's tile product: sixteen
 /// tokens' rows of 32 values per step).
 pub const BF16_TILE_TOKENS: usize = 16;

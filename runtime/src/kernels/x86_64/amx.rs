@@ -1,6 +1,8 @@
-//! AMX-INT8 (Sapphire Rapids and later): sixteen Q8_0 weight rows against eight tokens per tile
-//! product, `tdpbssd` (signed bytes by signed bytes into i32 tiles), block by block so that each
-//! block's sums take their own scales.
+//! AMX-INT8 (Sapphire Rapids and later): sixteen Q8_0 weight rows against sixteen tokens per
+//! tile product, `tdpbssd` (signed bytes by signed bytes into i32 tiles), block by block so that
+//! each block's sums take their own scales; Q4_0 rows likewise against 16-bit activations, their
+//! high bytes by `tdpbssd` and their low bytes by `tdpbsud` (unsigned). AMX-BF16: strips of
+//! thirty-two weight rows decoded to bf16 against the tokens, `tdpbf16ps`.
 //!
 //! Linux hands out the tile data state only on request (`arch_prctl(ARCH_REQ_XCOMP_PERM)`),
 //! once per process; every kernel call loads its tile configuration and releases the tiles
@@ -9,7 +11,9 @@
 use core::arch::asm;
 use core::arch::x86_64::*;
 
-use crate::kernels::qdot::{TilePanel, Q8_0_BLOCK_BYTES, TILE_MAX_BLOCKS, TILE_PANEL_TOKENS};
+use crate::kernels::qdot::{
+    TilePanel, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, TILE_MAX_BLOCKS, TILE_PANEL_TOKENS,
+};
 
 /// Weight rows per tile product.
 pub const AMX_ROWS: usize = 16;
@@ -110,6 +114,32 @@ const CONFIG: TileConfig = {
     TileConfig(c)
 };
 
+/// The Q4_0 tile kernel's configuration (palette 1): tiles 0-1 block `b`'s sums (high and low
+/// bytes; 16 rows x 16 i32) for even `b`, 2-3 for odd, 4-5 unpacked weight blocks (16 rows x 32
+/// bytes) for even and odd `b`, 6 and 7 the activations' high and low bytes (8 groups of four
+/// values x 16 tokens, 64 bytes a row).
+const CONFIG_Q4: TileConfig = {
+    let mut c = [0u8; 64];
+    c[0] = 1;
+    let tiles = [
+        (64, 16),
+        (64, 16),
+        (64, 16),
+        (64, 16),
+        (32, 16),
+        (32, 16),
+        (64, 8),
+        (64, 8),
+    ];
+    let mut t = 0;
+    while t < tiles.len() {
+        c[16 + 2 * t] = tiles[t].0;
+        c[48 + t] = tiles[t].1;
+        t += 1;
+    }
+    TileConfig(c)
+};
+
 /// One block's tile product, left in the tiles: weights into `$w`, the sixteen tokens into
 /// `$x`, their sums in `$s`.
 macro_rules! q8_block {
@@ -122,6 +152,29 @@ macro_rules! q8_block {
             a = in(reg) $wb,
             s = in(reg) $rb,
             x = in(reg) $xp,
+            xs = in(reg) 64usize,
+            options(nostack, readonly, preserves_flags),
+        )
+    };
+}
+
+/// One Q4_0 block's two tile products (CONFIG_Q4), left in the tiles: the unpacked weights
+/// (rows 32 bytes apart) into `$w`, the tokens' high bytes into tile 6 and low bytes into 7;
+/// signed by signed sums in `$h`, signed by unsigned in `$l`.
+macro_rules! q4_block {
+    ($w:literal, $h:literal, $l:literal, $wb:expr, $hi:expr, $lo:expr) => {
+        asm!(
+            concat!("tileloadd tmm", $w, ", [{a} + {s}*1]"),
+            "tileloadd tmm6, [{h} + {xs}*1]",
+            "tileloadd tmm7, [{l} + {xs}*1]",
+            concat!("tilezero tmm", $h),
+            concat!("tilezero tmm", $l),
+            concat!("tdpbssd tmm", $h, ", tmm", $w, ", tmm6"),
+            concat!("tdpbsud tmm", $l, ", tmm", $w, ", tmm7"),
+            a = in(reg) $wb,
+            s = in(reg) 32usize,
+            h = in(reg) $hi,
+            l = in(reg) $lo,
             xs = in(reg) 64usize,
             options(nostack, readonly, preserves_flags),
         )
@@ -160,6 +213,7 @@ macro_rules! q8_store {
 /// `16 * groups` values; `w` holds `(16 * groups - 1) * row_bytes + nb * 34` bytes (or `groups`
 /// is 0); the values `y + t * ld + c` for `t < ntok`, `c < 16 * groups` are writable and
 /// written by no one else meanwhile.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,f16c")]
 pub unsafe fn dot_q8_0_16x16(
     w: &[u8],
@@ -173,42 +227,103 @@ pub unsafe fn dot_q8_0_16x16(
     ntok: usize,
     gelu: bool,
 ) {
+    // SAFETY: the caller's contract, which is `tile_product`'s for Q8_0.
+    unsafe { tile_product::<false>(w, row_bytes, nb, p, bias, y, ld, groups, ntok, gelu) }
+}
+
+/// [`dot_q8_0_16x16`] for Q4_0 weight rows against 16-bit activations: each row group's
+/// blocks are unpacked to bytes (`-8..=7`, rows 32 bytes apart) into a local table while it
+/// meets its first token tile, and each block takes two products, of the tokens' high bytes
+/// (`tdpbssd`) and low bytes (`tdpbsud`, unsigned), joined as `256 * high + low` in i32: the
+/// exact sums of the 16-bit panel kernels. `p`: tile `j`'s `2 * nb` panels at `p[2 * j * nb..]`,
+/// as [`crate::kernels::qdot::pack_tile_panel16`] packs them.
+///
+/// # Safety
+/// As for [`dot_q8_0_16x16`], with AVX2 as well, `p.len() == 2 * nb * ntok.div_ceil(16)` and
+/// `w` holding `(16 * groups - 1) * row_bytes + nb * 18` bytes (or `groups` 0).
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx2,f16c")]
+pub unsafe fn dot_q4_0_16x16(
+    w: &[u8],
+    row_bytes: usize,
+    nb: usize,
+    p: &[TilePanel],
+    bias: &[f32],
+    y: *mut f32,
+    ld: usize,
+    groups: usize,
+    ntok: usize,
+    gelu: bool,
+) {
+    // SAFETY: the caller's contract, which is `tile_product`'s for Q4_0.
+    unsafe { tile_product::<true>(w, row_bytes, nb, p, bias, y, ld, groups, ntok, gelu) }
+}
+
+/// The tile kernels' body: [`dot_q8_0_16x16`] (`Q4` false) or [`dot_q4_0_16x16`] (true), whose
+/// contracts it has.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx512f,avx2,f16c")]
+unsafe fn tile_product<const Q4: bool>(
+    w: &[u8],
+    row_bytes: usize,
+    nb: usize,
+    p: &[TilePanel],
+    bias: &[f32],
+    y: *mut f32,
+    ld: usize,
+    groups: usize,
+    ntok: usize,
+    gelu: bool,
+) {
     let tiles = ntok.div_ceil(TILE_PANEL_TOKENS);
-    debug_assert!(nb > 0 && nb <= TILE_MAX_BLOCKS && p.len() == nb * tiles);
+    // Panels and bytes per block.
+    let (per, block_bytes) = if Q4 {
+        (2, Q4_0_BLOCK_BYTES)
+    } else {
+        (1, Q8_0_BLOCK_BYTES)
+    };
+    debug_assert!(nb > 0 && nb <= TILE_MAX_BLOCKS && p.len() == per * nb * tiles);
     debug_assert!(bias.is_empty() || bias.len() >= AMX_ROWS * groups);
-    debug_assert!(
-        groups == 0 || w.len() >= (AMX_ROWS * groups - 1) * row_bytes + nb * Q8_0_BLOCK_BYTES
-    );
+    debug_assert!(groups == 0 || w.len() >= (AMX_ROWS * groups - 1) * row_bytes + nb * block_bytes);
     let group_bytes = AMX_ROWS * row_bytes;
     // Cache lines of the next row group to prefetch per block.
     let lines = group_bytes.div_ceil(64).div_ceil(nb);
-    // sums[b % RING][r][t]: block b's exact sums, from its store until it is scaled (left
-    // unset before: every block's are stored before they are read).
+    // sums[per * (b % RING) + h][r][t]: block b's exact sums (Q4_0: h = 0 of the high bytes, 1
+    // of the low), from its store until it is scaled (left unset before: every block's are
+    // stored before they are read).
     let mut sums = core::mem::MaybeUninit::<Sums>::uninit();
     let sums = sums.as_mut_ptr() as *mut [[i32; TILE_PANEL_TOKENS]; AMX_ROWS];
     // scales[b][r]: the group's row r's block b scale (set while the group meets its first
     // token tile, before it is read).
     let mut scales = core::mem::MaybeUninit::<Scales>::uninit();
     let scales = scales.as_mut_ptr() as *mut [f32; AMX_ROWS];
+    // Q4_0: unpacked[b][r]: the group's row r's block b as bytes (set while the group meets
+    // its first token tile, before the block's tile load).
+    let mut unpacked = core::mem::MaybeUninit::<Unpacked>::uninit();
+    let unpacked = unpacked.as_mut_ptr() as *mut [[i8; 32]; AMX_ROWS];
     // Byte offsets of the sixteen rows' scales from a block's start.
     let offsets = _mm512_mullo_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
         _mm512_set1_epi32(row_bytes as i32),
     );
     // SAFETY: the tile loads read 16 rows of 32 bytes at `w + (16i + r) * row_bytes + 34b + 2`
-    // (within `w` by the caller's contract) and 8 x 64 bytes of a panel's `qs`; the stores
-    // write the local `sums` ring (16 x 64 bytes a block; a block's sums are read only after
-    // its store) and the local `scales` table (b < nb <= TILE_MAX_BLOCKS); the gathers read
-    // 4 bytes at `w + (16i + r) * row_bytes + 34b` (a scale and the block's first two values);
+    // (Q8_0; within `w` by the caller's contract) or of the local `unpacked` table (Q4_0; b <
+    // nb <= TILE_MAX_BLOCKS, written before), and 8 x 64 bytes of a panel's `qs`; the Q4_0
+    // unpacking reads 16 bytes at `w + (16i + r) * row_bytes + 18b + 2` (within `w`); the
+    // stores write the local `sums` ring (16 x 64 bytes a tile; a block's sums are read only
+    // after their store) and the local `scales` table (b < nb); the gathers read 4 bytes at
+    // `w + (16i + r) * row_bytes + block_bytes * b` (a scale and the block's first two bytes);
     // prefetches name addresses within `w` (checked); the results go to `y` within the
     // caller's bounds.
     unsafe {
-        asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly, preserves_flags));
+        let config = if Q4 { &CONFIG_Q4 } else { &CONFIG };
+        asm!("ldtilecfg [{}]", in(reg) config, options(nostack, readonly, preserves_flags));
         for i in 0..groups {
             let base = w.as_ptr().add(i * group_bytes);
             let next = (i + 1) * group_bytes;
             for j in 0..tiles {
-                let p = &p[j * nb..(j + 1) * nb];
+                let p = &p[per * j * nb..per * (j + 1) * nb];
                 let last = j + 1 == tiles;
                 // acc[r]: row r against the sixteen tokens, from the row's bias.
                 let mut acc = [_mm512_setzero_ps(); AMX_ROWS];
@@ -219,25 +334,47 @@ pub unsafe fn dot_q8_0_16x16(
                 }
                 for b in 0..nb + LAG {
                     if b < nb {
-                        let (wb, x) = (base.add(b * Q8_0_BLOCK_BYTES + 2), p[b].qs.as_ptr());
-                        if b & 1 == 0 {
-                            q8_block!("2", "4", "0", wb, row_bytes, x);
+                        if Q4 {
+                            let wb = unpacked.add(b) as *mut [i8; 32];
+                            if j == 0 {
+                                unpack_q4(base.add(b * block_bytes + 2), row_bytes, wb);
+                            }
+                            let (hi, lo) = (p[2 * b].qs.as_ptr(), p[2 * b + 1].qs.as_ptr());
+                            if b & 1 == 0 {
+                                q4_block!("4", "0", "1", wb, hi, lo);
+                            } else {
+                                q4_block!("5", "2", "3", wb, hi, lo);
+                            }
                         } else {
-                            q8_block!("3", "5", "1", wb, row_bytes, x);
+                            let (wb, x) = (base.add(b * block_bytes + 2), p[b].qs.as_ptr());
+                            if b & 1 == 0 {
+                                q8_block!("2", "4", "0", wb, row_bytes, x);
+                            } else {
+                                q8_block!("3", "5", "1", wb, row_bytes, x);
+                            }
                         }
-                        for l in (0..lines).filter(|_| last) {
-                            let at = next + (b * lines + l) * 64;
-                            if at < w.len() {
-                                _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().add(at) as *const i8);
+                        if last {
+                            for l in 0..lines {
+                                let at = next + (b * lines + l) * 64;
+                                if at < w.len() {
+                                    _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().add(at) as *const i8);
+                                }
                             }
                         }
                     }
                     if (1..=nb).contains(&b) {
-                        let o = sums.add((b - 1) % RING);
-                        if (b - 1) & 1 == 0 {
-                            q8_store!("0", o);
-                        } else {
-                            q8_store!("1", o);
+                        let o = sums.add(per * ((b - 1) % RING));
+                        match (Q4, (b - 1) & 1 == 0) {
+                            (false, true) => q8_store!("0", o),
+                            (false, false) => q8_store!("1", o),
+                            (true, true) => {
+                                q8_store!("0", o);
+                                q8_store!("1", o.add(1));
+                            }
+                            (true, false) => {
+                                q8_store!("2", o);
+                                q8_store!("3", o.add(1));
+                            }
                         }
                     }
                     if b < LAG {
@@ -252,7 +389,7 @@ pub unsafe fn dot_q8_0_16x16(
                         // broadcast (a load, no shuffle).
                         let bits = _mm512_i32gather_epi32::<1>(
                             offsets,
-                            base.add(b * Q8_0_BLOCK_BYTES) as *const _,
+                            base.add(b * block_bytes) as *const _,
                         );
                         _mm512_store_ps(
                             scales.add(slot) as *mut f32,
@@ -260,13 +397,17 @@ pub unsafe fn dot_q8_0_16x16(
                         );
                     }
                     let scales = &*scales.add(slot);
-                    let dx = _mm512_load_ps(p[b].d.as_ptr());
-                    let sums = sums.add(b % RING) as *const [i32; TILE_PANEL_TOKENS];
+                    let dx = _mm512_load_ps(p[per * b].d.as_ptr());
+                    let sums = sums.add(per * (b % RING)) as *const [i32; TILE_PANEL_TOKENS];
                     for (r, &scale) in scales.iter().enumerate() {
-                        let s =
-                            _mm512_cvtepi32_ps(_mm512_load_si512(sums.add(r) as *const __m512i));
+                        let mut s = _mm512_load_si512(sums.add(r) as *const __m512i);
+                        if Q4 {
+                            // 256 * high + low: at most 2^23 in magnitude.
+                            let low = _mm512_load_si512(sums.add(AMX_ROWS + r) as *const __m512i);
+                            s = _mm512_add_epi32(_mm512_slli_epi32::<8>(s), low);
+                        }
                         let d = _mm512_mul_ps(_mm512_set1_ps(scale), dx);
-                        acc[r] = _mm512_fmadd_ps(d, s, acc[r]);
+                        acc[r] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc[r]);
                     }
                 }
                 // Rows by token to tokens by row.
@@ -289,13 +430,40 @@ pub unsafe fn dot_q8_0_16x16(
     }
 }
 
+/// Sixteen rows' Q4_0 block values (`src`: the first row's sixteen bytes of nibbles, rows
+/// `row_bytes` apart) unpacked to bytes `-8..=7` into `out` (sixteen rows of 32: values 0-15
+/// from the low nibbles, 16-31 from the high).
+///
+/// # Safety
+/// AVX2; `src + r * row_bytes` holds sixteen readable bytes and `out` sixteen writable,
+/// 32-byte aligned rows.
+#[inline(always)]
+unsafe fn unpack_q4(src: *const u8, row_bytes: usize, out: *mut [i8; 32]) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let (mask, eight) = (_mm_set1_epi8(0x0f), _mm256_set1_epi8(8));
+        for r in 0..AMX_ROWS {
+            let v = _mm_loadu_si128(src.add(r * row_bytes) as *const __m128i);
+            let lo = _mm_and_si128(v, mask);
+            let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), mask);
+            let both = _mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight);
+            _mm256_store_si256(out.add(r) as *mut __m256i, both);
+        }
+    }
+}
+
+/// A Q4_0 row group's blocks unpacked to bytes, 64-byte aligned for the tile loads.
+#[repr(C, align(64))]
+struct Unpacked([[[i8; 32]; AMX_ROWS]; TILE_MAX_BLOCKS]);
+
 /// A row group's scales by block, 64-byte aligned for the vector stores.
 #[repr(C, align(64))]
 struct Scales([[f32; AMX_ROWS]; TILE_MAX_BLOCKS]);
 
-/// Three blocks' sums, 64-byte aligned for the tile stores and the vector loads.
+/// Three blocks' sums (two tiles each for Q4_0), 64-byte aligned for the tile stores and the
+/// vector loads.
 #[repr(C, align(64))]
-struct Sums([[[i32; TILE_PANEL_TOKENS]; AMX_ROWS]; RING]);
+struct Sums([[[i32; TILE_PANEL_TOKENS]; AMX_ROWS]; 2 * RING]);
 
 /// Blocks between a block's product and its scaling.
 const LAG: usize = 2;

@@ -270,19 +270,51 @@ unsafe fn max_lanes16(m: [__m512; 16]) -> __m512 {
 ///
 /// # Safety
 /// The CPU must support AVX2 and AVX-512F; `x` holds at most sixteen tokens of `cols` values,
-/// a multiple of 32.
+/// a multiple of 32; `out` holds `cols / 32` panels.
 #[target_feature(enable = "avx2,avx512f")]
 pub unsafe fn pack_tile_panel(x: &[f32], cols: usize, out: &mut [crate::kernels::qdot::TilePanel]) {
+    // SAFETY: the caller's contract, which is `pack_tiles`' for 8 bits.
+    unsafe { pack_tiles::<false>(x, cols, out) }
+}
+
+/// [`crate::kernels::qdot::pack_tile_panel16`] as [`pack_tile_panel`] does it, to 16 bits (scale
+/// `amax / 32767`) whose high bytes (`q >> 8`) and low bytes (`q & 0xff`) go to the block's
+/// two panels.
+///
+/// # Safety
+/// As for [`pack_tile_panel`], with `out` holding `2 * cols / 32` panels.
+#[target_feature(enable = "avx2,avx512f")]
+pub unsafe fn pack_tile_panel16(
+    x: &[f32],
+    cols: usize,
+    out: &mut [crate::kernels::qdot::TilePanel],
+) {
+    // SAFETY: the caller's contract, which is `pack_tiles`' for 16 bits.
+    unsafe { pack_tiles::<true>(x, cols, out) }
+}
+
+/// The tile packers' body: [`pack_tile_panel`] (`Q16` false) or [`pack_tile_panel16`] (true),
+/// whose contracts it has.
+#[inline]
+#[target_feature(enable = "avx2,avx512f")]
+unsafe fn pack_tiles<const Q16: bool>(
+    x: &[f32],
+    cols: usize,
+    out: &mut [crate::kernels::qdot::TilePanel],
+) {
     use crate::kernels::qdot::{PANEL_TOKENS, TILE_PANEL_TOKENS};
     use crate::quant::QK;
     let ntok = x.len() / cols;
+    let per = if Q16 { 2 } else { 1 };
     debug_assert!(ntok <= TILE_PANEL_TOKENS && cols % QK == 0 && x.len() == ntok * cols);
+    debug_assert!(out.len() >= per * (cols / QK));
+    let max = if Q16 { 32767.0 } else { 127.0 };
     let sign = _mm512_set1_epi32(i32::MIN);
     let abs = |v: __m512| _mm512_castsi512_ps(_mm512_andnot_si512(sign, _mm512_castps_si512(v)));
-    for (b, p) in out.iter_mut().enumerate().take(cols / QK) {
+    for (b, p) in out.chunks_exact_mut(per).enumerate().take(cols / QK) {
         // SAFETY: token t's block b is 32 floats within `x` (t < ntok, b < cols / 32); the
-        // stores write `p.d` (sixteen floats) and the local `inv`; the rest is register
-        // arithmetic.
+        // stores write the panels' `d` (sixteen floats) and the local `inv`; the rest is
+        // register arithmetic.
         let inv = unsafe {
             // Each token's magnitudes folded to sixteen lanes; missing tokens zeros.
             let mut m = [_mm512_setzero_ps(); TILE_PANEL_TOKENS];
@@ -290,10 +322,12 @@ pub unsafe fn pack_tile_panel(x: &[f32], cols: usize, out: &mut [crate::kernels:
                 let c = x.as_ptr().add(t * cols + b * QK);
                 *m = _mm512_max_ps(abs(_mm512_loadu_ps(c)), abs(_mm512_loadu_ps(c.add(16))));
             }
-            // As the reference: d = amax / 127, its inverse (0 for d = 0), exact divisions.
-            let d = _mm512_div_ps(max_lanes16(m), _mm512_set1_ps(127.0));
+            // As the reference: d = amax / max, its inverse (0 for d = 0), exact divisions.
+            let d = _mm512_div_ps(max_lanes16(m), _mm512_set1_ps(max));
             let positive = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(d, _mm512_setzero_ps());
-            _mm512_storeu_ps(p.d.as_mut_ptr(), d);
+            for p in p.iter_mut() {
+                _mm512_storeu_ps(p.d.as_mut_ptr(), d);
+            }
             let mut inv = [0f32; TILE_PANEL_TOKENS];
             _mm512_storeu_ps(
                 inv.as_mut_ptr(),
@@ -301,9 +335,10 @@ pub unsafe fn pack_tile_panel(x: &[f32], cols: usize, out: &mut [crate::kernels:
             );
             inv
         };
-        // Token t's 32 bytes; missing tokens zeros.
-        let mut rows = [_mm256_setzero_ps(); TILE_PANEL_TOKENS];
-        for (t, row) in rows.iter_mut().enumerate().take(ntok) {
+        // Token t's 32 bytes (16 bits: `rows[0]` the high bytes, `rows[1]` the low); missing
+        // tokens zeros.
+        let mut rows = [[_mm256_setzero_ps(); TILE_PANEL_TOKENS]; 2];
+        for t in 0..ntok {
             // SAFETY: token t's block b is 32 floats within `x` (t < ntok, b < cols / 32);
             // the rest is register arithmetic.
             unsafe {
@@ -317,19 +352,31 @@ pub unsafe fn pack_tile_panel(x: &[f32], cols: usize, out: &mut [crate::kernels:
                         _mm512_and_si512(_mm512_castps_si512(r), sign),
                         _mm512_castps_si512(_mm512_set1_ps(0.5)),
                     );
-                    let r = _mm512_add_ps(r, _mm512_castsi512_ps(half));
-                    _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(r))
+                    _mm512_cvttps_epi32(_mm512_add_ps(r, _mm512_castsi512_ps(half)))
                 });
-                *row = _mm256_castsi256_ps(_mm256_set_m128i(q[1], q[0]));
+                let join = |a: __m128i, b: __m128i| _mm256_castsi256_ps(_mm256_set_m128i(b, a));
+                if Q16 {
+                    // |q| <= 32767: the high bytes fit, the low ones are the truncation's.
+                    let high = q.map(|q| _mm512_cvtepi32_epi8(_mm512_srai_epi32::<8>(q)));
+                    let low = q.map(|q| _mm512_cvtepi32_epi8(q));
+                    rows[0][t] = join(high[0], high[1]);
+                    rows[1][t] = join(low[0], low[1]);
+                } else {
+                    let q = q.map(|q| _mm512_cvtsepi32_epi8(q));
+                    rows[0][t] = join(q[0], q[1]);
+                }
             }
         }
-        for h in 0..TILE_PANEL_TOKENS / PANEL_TOKENS {
-            let half: [__m256; PANEL_TOKENS] = core::array::from_fn(|i| rows[h * PANEL_TOKENS + i]);
-            // SAFETY: register shuffles; each store writes one half (32 bytes) of a row of
-            // `p.qs`.
-            unsafe {
-                for (g, v) in super::avx2::transpose8(half).iter().enumerate() {
-                    _mm256_storeu_ps(p.qs[g].as_mut_ptr().add(32 * h) as *mut f32, *v);
+        for (p, rows) in p.iter_mut().zip(&rows) {
+            for h in 0..TILE_PANEL_TOKENS / PANEL_TOKENS {
+                let half: [__m256; PANEL_TOKENS] =
+                    core::array::from_fn(|i| rows[h * PANEL_TOKENS + i]);
+                // SAFETY: register shuffles; each store writes one half (32 bytes) of a row of
+                // `p.qs`.
+                unsafe {
+                    for (g, v) in super::avx2::transpose8(half).iter().enumerate() {
+                        _mm256_storeu_ps(p.qs[g].as_mut_ptr().add(32 * h) as *mut f32, *v);
+                    }
                 }
             }
         }
