@@ -1207,6 +1207,9 @@ const BF16_ROW_SPLIT_MAX_TOKENS: usize = 512;
 #[cfg(feature = "std")]
 const TILE_ROW_SPLIT_MAX_TOKENS: usize = 256;
 
+/// scratch
+pub static KNOB: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
 /// Weight rows per bf16 strip.
 const BF16_ROWS: usize = qdot::BF16_STRIP_ROWS;
 
