@@ -213,6 +213,39 @@ impl Buffers {
     fn give(&mut self, bufs: impl IntoIterator<Item = Vec<f32>>) {
         self.0.extend(bufs);
     }
+
+    /// The buffers a pass starts with: those the last pass on this thread left (see
+    /// [`Buffers::end_pass`]), else none.
+    fn for_pass() -> Self {
+        #[cfg(feature = "std")]
+        return KEPT.with(|kept| kept.take());
+        #[cfg(not(feature = "std"))]
+        Buffers::default()
+    }
+
+    /// Keeps the buffers for the next pass on this thread, unless they hold more than
+    /// [`KEEP_MAX_BYTES`] (a long input's are let go). A pass's first layer then finds its
+    /// buffers mapped and written already: their zeroing was 1-2 % of a 128-token pass.
+    fn end_pass(self) {
+        #[cfg(feature = "std")]
+        {
+            let bytes: usize = self.0.iter().map(|b| b.capacity() * 4).sum();
+            if bytes + self.1.bytes() <= KEEP_MAX_BYTES {
+                KEPT.with(|kept| kept.replace(self));
+            }
+        }
+    }
+}
+
+/// Most bytes of buffers a thread keeps from one pass to the next: a 128-token MiniLM pass's
+/// (about 4 MB) fit.
+#[cfg(feature = "std")]
+const KEEP_MAX_BYTES: usize = 8 << 20;
+
+#[cfg(feature = "std")]
+std::thread_local! {
+    /// The buffers the last pass on this thread left.
+    static KEPT: core::cell::RefCell<Buffers> = core::cell::RefCell::new(Buffers::default());
 }
 
 /// The encoder over a model file's bytes `B` (a memory mapping, a buffer, or a `&'static [u8]`
@@ -513,7 +546,7 @@ impl<B: AsRef<[u8]>> Encoder<B> {
         let n = input.ids.len();
         let mut x = self.embeddings(input, hooks);
         hooks.hidden_state(0, &x);
-        let mut pool = Buffers::default();
+        let mut pool = Buffers::for_pass();
         for (l, layer) in self.weights.layers.iter().enumerate() {
             // Each projection reads prepared activations (quantized once for all layers reading
             // them) unless a hook replaces its input.
@@ -566,6 +599,7 @@ impl<B: AsRef<[u8]>> Encoder<B> {
             pool.give([core::mem::replace(&mut x, d), a, u]);
             hooks.hidden_state(l + 1, &x);
         }
+        pool.end_pass();
         Ok(Hidden {
             states: x,
             lens: input.lens.to_vec(),

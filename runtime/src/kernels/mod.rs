@@ -856,6 +856,13 @@ pub struct ActStorage {
     tiles: Vec<qdot::TilePanel>,
 }
 
+impl ActStorage {
+    /// Bytes of storage held.
+    pub fn bytes(&self) -> usize {
+        self.bf16.capacity() * 2 + self.tiles.capacity() * core::mem::size_of::<qdot::TilePanel>()
+    }
+}
+
 impl<'a> Activations<'a> {
     /// The input of `n` tokens; `x` is `[n, cols]` for the layers' `cols`.
     pub fn new(x: &'a [f32], n: usize) -> Self {
@@ -1206,9 +1213,6 @@ const BF16_ROW_SPLIT_MAX_TOKENS: usize = 512;
 /// took one tile.
 #[cfg(feature = "std")]
 const TILE_ROW_SPLIT_MAX_TOKENS: usize = 256;
-
-/// scratch
-pub static KNOB: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
 
 /// Weight rows per bf16 strip.
 const BF16_ROWS: usize = qdot::BF16_STRIP_ROWS;

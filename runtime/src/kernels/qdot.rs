@@ -434,6 +434,11 @@ impl Bf16Buf {
         }
     }
 
+    /// Values the storage holds (aligned or not).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Emptied (the storage kept).
     pub fn clear(&mut self) {
         self.len = 0;
