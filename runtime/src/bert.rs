@@ -123,6 +123,13 @@ pub trait Hooks {
     /// Sees the input of a LayerNorm (`[tokens, H]`).
     fn norm_input(&mut self, _site: NormSite, _x: &[f32]) {}
 
+    /// Whether [`Hooks::norm_input`] and [`Hooks::norm_output`] must see the LayerNorms after
+    /// the attention and the feed-forward. Plain inference ([`NoHooks`]) says no, which lets
+    /// the residual sum be taken as the LayerNorm reads its rows, on the pool.
+    fn sees_norms(&self) -> bool {
+        true
+    }
+
     /// Sees, and may change, the output of a LayerNorm.
     fn norm_output(&mut self, _site: NormSite, _y: &mut [f32]) {}
 
@@ -145,6 +152,10 @@ pub struct NoHooks;
 
 impl Hooks for NoHooks {
     fn sees_linear_layers(&self) -> bool {
+        false
+    }
+
+    fn sees_norms(&self) -> bool {
         false
     }
 }
@@ -350,6 +361,29 @@ impl<B: AsRef<[u8]>> Encoder<B> {
         hooks.norm_input(site, x);
         self.norm(norm, x);
         hooks.norm_output(site, x);
+    }
+
+    /// `x + residual` through the LayerNorm `norm` in place, seen by the hooks at `site`.
+    fn residual_norm(
+        &self,
+        norm: &Norm,
+        site: NormSite,
+        x: &mut [f32],
+        residual: &[f32],
+        hooks: &mut dyn Hooks,
+    ) {
+        if hooks.sees_norms() {
+            x.iter_mut().zip(residual).for_each(|(x, r)| *x += r);
+            return self.hooked_norm(norm, site, x, hooks);
+        }
+        let bytes = self.bytes();
+        kernels::add_layer_norm(
+            x,
+            residual,
+            &norm.weight.f32s(bytes),
+            &norm.bias.f32s(bytes),
+            self.config.eps,
+        );
     }
 
     fn check(&self, input: &Input<'_>, shift: usize) -> Result<(), ForwardError> {
@@ -579,8 +613,7 @@ impl<B: AsRef<[u8]>> Encoder<B> {
             let mut a = proj(hooks, &mut pool, Block::AttnOutput, &layer.o, &mut ctx_in);
             pool.keep(ctx_in);
             pool.give([ctx]);
-            a.iter_mut().zip(&x).for_each(|(a, x)| *a += x);
-            self.hooked_norm(&layer.attn_norm, NormSite::Attention(l), &mut a, hooks);
+            self.residual_norm(&layer.attn_norm, NormSite::Attention(l), &mut a, &x, hooks);
             // Feed-forward with exact GELU, then residual and LayerNorm.
             let mut up_in = pool.activations(&a, n);
             let u = if hooks.sees_linear_layers() {
@@ -594,8 +627,7 @@ impl<B: AsRef<[u8]>> Encoder<B> {
             let mut down_in = pool.activations(&u, n);
             let mut d = proj(hooks, &mut pool, Block::FfnDown, &layer.down, &mut down_in);
             pool.keep(down_in);
-            d.iter_mut().zip(&a).for_each(|(d, a)| *d += a);
-            self.hooked_norm(&layer.out_norm, NormSite::Output(l), &mut d, hooks);
+            self.residual_norm(&layer.out_norm, NormSite::Output(l), &mut d, &a, hooks);
             pool.give([core::mem::replace(&mut x, d), a, u]);
             hooks.hidden_state(l + 1, &x);
         }

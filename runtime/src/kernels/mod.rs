@@ -1693,6 +1693,21 @@ pub fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     norm(x, w, b, eps)
 }
 
+/// `x + residual` (same shape) through LayerNorm, row by row in place, as [`layer_norm`] after
+/// the sum: each task adds its rows just before it normalizes them, on the pool.
+pub fn add_layer_norm(x: &mut [f32], residual: &[f32], w: &[f32], b: &[f32], eps: f32) {
+    assert_eq!(x.len(), residual.len());
+    let norm = active().layer_norm;
+    let h = w.len().max(1);
+    // Rows per task: enough work to pay for the hand-off.
+    let rows = (8192 / h).max(1);
+    par_chunks_mut(x, rows * h, |i, c| {
+        let r = &residual[i * rows * h..][..c.len()];
+        c.iter_mut().zip(r).for_each(|(x, r)| *x += r);
+        norm(c, w, b, eps)
+    });
+}
+
 /// Fewest tokens for which attention takes the bf16 kernels.
 pub const BF16_ATTENTION_MIN_TOKENS: usize = 32;
 
