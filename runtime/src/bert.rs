@@ -577,6 +577,11 @@ impl<B: AsRef<[u8]>> Encoder<B> {
         hooks: &mut dyn Hooks,
     ) -> Result<Hidden, ForwardError> {
         self.check(input, hooks.position_shift())?;
+        Ok(self.forward_checked(input, hooks))
+    }
+
+    /// [`Encoder::forward`] on an input that passed [`Encoder::check`].
+    fn forward_checked(&self, input: &Input<'_>, hooks: &mut dyn Hooks) -> Hidden {
         let n = input.ids.len();
         let mut x = self.embeddings(input, hooks);
         hooks.hidden_state(0, &x);
@@ -632,11 +637,11 @@ impl<B: AsRef<[u8]>> Encoder<B> {
             hooks.hidden_state(l + 1, &x);
         }
         pool.end_pass();
-        Ok(Hidden {
+        Hidden {
             states: x,
             lens: input.lens.to_vec(),
             hidden: self.config.hidden,
-        })
+        }
     }
 
     /// Sentence embeddings: pooled as the file says (mean or CLS), L2-normalized if it says so.
@@ -690,7 +695,7 @@ impl<B: AsRef<[u8]> + Sync> Encoder<B> {
     pub fn infer(&self, input: &Input<'_>) -> Result<Hidden, ForwardError> {
         self.check(input, 0)?;
         if input.lens.len() < 2 || input.ids.len() <= PART_TOKENS {
-            return self.forward(input, &mut NoHooks);
+            return Ok(self.forward_checked(input, &mut NoHooks));
         }
         // Sequence ranges of the parts.
         let mut parts = Vec::new();
@@ -714,17 +719,18 @@ impl<B: AsRef<[u8]> + Sync> Encoder<B> {
                 type_ids: input.type_ids.map(|t| &t[t0..t1]),
                 lens: &input.lens[seqs.clone()],
             };
-            self.forward(&part, &mut NoHooks).map(|h| h.states)
+            // Whole sequences of a checked input: checked too.
+            self.forward_checked(&part, &mut NoHooks).states
         };
         #[cfg(feature = "std")]
-        let states: Result<Vec<Vec<f32>>, ForwardError> = {
+        let states: Vec<Vec<f32>> = {
             use rayon::prelude::*;
             parts.par_iter().map(run).collect()
         };
         #[cfg(not(feature = "std"))]
-        let states: Result<Vec<Vec<f32>>, ForwardError> = parts.iter().map(run).collect();
+        let states: Vec<Vec<f32>> = parts.iter().map(run).collect();
         Ok(Hidden {
-            states: states?.concat(),
+            states: states.concat(),
             lens: input.lens.to_vec(),
             hidden: self.config.hidden,
         })

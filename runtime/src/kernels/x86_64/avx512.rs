@@ -203,9 +203,7 @@ pub unsafe fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
             }
             let c = four(sd) / hf;
             let var = (four(sq) / hf - c * c).max(0.0);
-            // The square root as a VEX instruction: `libm::sqrtf` is a legacy-SSE `sqrtss`, and
-            // one between 256/512-bit instructions cost ~0.4 us a row (an SSE/AVX transition).
-            let inv = 1.0 / _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(var + eps)));
+            let inv = 1.0 / super::avx2::sqrt_vex(var + eps);
             // `(x - mean) - c`: the first difference is exact for x near the mean.
             let (cv, vi) = (_mm512_set1_ps(c), _mm512_set1_ps(inv));
             for i in (0..h).step_by(16) {
