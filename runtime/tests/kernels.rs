@@ -943,6 +943,23 @@ fn softmax_gelu_and_quantization_match_the_reference() {
                         k.name
                     );
                 }
+                if let Some(bk) = k.bf16 {
+                    // The exponentials and their sum (the attention divides later).
+                    let (mut got, mut want) = (x.clone(), x.clone());
+                    let (gs, ws) = ((bk.exp_sum)(&mut got), generic::exp_sum(&mut want));
+                    assert!(
+                        (gs - ws).abs() <= SOFTMAX_REL_TOL * ws,
+                        "{} exp_sum n={n}: {gs} vs {ws}",
+                        k.name
+                    );
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!(
+                            (g - w).abs() <= SOFTMAX_REL_TOL * w + SOFTMAX_ABS_FLOOR,
+                            "{} exp_sum n={n} spread={spread}: {g} vs {w}",
+                            k.name
+                        );
+                    }
+                }
                 let (mut got, mut want) = (x.clone(), x.clone());
                 (k.gelu)(&mut got);
                 generic::gelu(&mut want);

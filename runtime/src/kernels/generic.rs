@@ -60,14 +60,19 @@ pub fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
 
 /// See [`super::softmax`].
 pub fn softmax(x: &mut [f32]) {
+    let inv = 1.0 / exp_sum(x);
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// Softmax without its division: `x` becomes `e^(x - max x)` in place; returns their sum.
+pub fn exp_sum(x: &mut [f32]) -> f32 {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0f32;
     for v in x.iter_mut() {
         *v = libm::expf(*v - max);
         sum += *v;
     }
-    let inv = 1.0 / sum;
-    x.iter_mut().for_each(|v| *v *= inv);
+    sum
 }
 
 /// See [`super::gelu`].

@@ -106,6 +106,10 @@ pub struct Bf16Kernels {
     /// `out`'s column `row` of row `token`; `next` (the next strip's weights) is brought into the cache
     /// while the product runs.
     pub gemm: Bf16Gemm,
+    /// Softmax's exponentials without the division, as [`generic::exp_sum`]: `x` becomes
+    /// `e^(x - max x)` in place, and their sum is returned (the attention divides its
+    /// outputs, `dh` a row, instead of the probabilities, a row of tokens).
+    pub exp_sum: fn(&mut [f32]) -> f32,
 }
 
 /// The scalar references of the bf16 kernels (no CPU has them as its set: for tests).
@@ -115,6 +119,7 @@ pub const BF16_REFERENCE: Bf16Kernels = Bf16Kernels {
     strip: qdot::pack_bf16_strip,
     columns: qdot::pack_bf16_columns,
     gemm: generic::gemm_bf16_32xn,
+    exp_sum: generic::exp_sum,
 };
 
 /// Rows of `ld` f32 values (columns numbered from the first value) of which the holder writes
@@ -620,6 +625,11 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
         unsafe { x86_64::avx512::softmax(x) }
     }
     #[allow(unsafe_code)]
+    fn exp_sum512(x: &mut [f32]) -> f32 {
+        // SAFETY: only handed out after `amx::available_bf16()` and detecting AVX-512F.
+        unsafe { x86_64::avx512::exp_sum(x) }
+    }
+    #[allow(unsafe_code)]
     fn layer_norm512(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
         assert_eq!(w.len(), b.len());
         // SAFETY: only handed out after `amx::available_bf16()` and detecting AVX-512F;
@@ -645,6 +655,7 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
                     strip: strip_bf16,
                     columns: columns_bf16,
                     gemm: gemm_bf16,
+                    exp_sum: exp_sum512,
                 }),
                 ..best
             });
@@ -1817,10 +1828,11 @@ pub fn attention_bf16_with(
             &[],
         );
     }
-    for row in scores.chunks_exact_mut(m) {
-        softmax(&mut row[..n]);
-    }
-    // Probabilities as token tiles of depth m.
+    // Softmax's exponentials; each query's sum divides its output row at the end.
+    let sums: Vec<f32> = (scores.chunks_exact_mut(m))
+        .map(|row| (bk.exp_sum)(&mut row[..n]))
+        .collect();
+    // Exponentials as token tiles of depth m.
     pt.clear();
     qdot::pack_bf16_tiles_with(bk.pack, scores, m, pt);
     let pt = pt.as_slice();
@@ -1848,6 +1860,10 @@ pub fn attention_bf16_with(
             false,
             &[],
         );
+    }
+    for (row, s) in out.chunks_exact_mut(dh).zip(sums) {
+        let inv = 1.0 / s;
+        row.iter_mut().for_each(|v| *v *= inv);
     }
     out
 }

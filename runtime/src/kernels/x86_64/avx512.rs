@@ -41,14 +41,38 @@ unsafe fn exp_ps(x: __m512) -> __m512 {
     }
 }
 
-/// Softmax of `x` in place, with [`exp_ps`]. The maximum and the sum each run on two
-/// accumulators (even and odd vectors), so that a row of 128 is not one chain of eight
-/// dependent operations per pass.
+/// Softmax of `x` in place: [`exp_sum`], then one multiply by the sum's inverse.
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
 #[target_feature(enable = "avx512f")]
 pub unsafe fn softmax(x: &mut [f32]) {
+    let n = x.len();
+    // SAFETY: the caller's contract.
+    let inv = _mm512_set1_ps(1.0 / unsafe { exp_sum(x) });
+    let p = x.as_mut_ptr();
+    // SAFETY: every load and store is masked to the lanes below `n`.
+    unsafe {
+        for i in (0..n).step_by(16) {
+            let k = lanes(n - i);
+            _mm512_mask_storeu_ps(
+                p.add(i),
+                k,
+                _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p.add(i)), inv),
+            );
+        }
+    }
+}
+
+/// Softmax's exponentials, as [`crate::kernels::generic::exp_sum`], with [`exp_ps`]: `x`
+/// becomes `e^(x - max x)` in place; returns their sum. The maximum and the sum each run on
+/// two accumulators (even and odd vectors), so that a row of 128 is not one chain of eight
+/// dependent operations per pass.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn exp_sum(x: &mut [f32]) -> f32 {
     let n = x.len();
     let p = x.as_mut_ptr();
     // Values in whole pairs of vectors; the rest (fewer than 32) by masked vectors.
@@ -83,15 +107,7 @@ pub unsafe fn softmax(x: &mut [f32]) {
             s0 = _mm512_mask_add_ps(s0, k, s0, e);
             _mm512_mask_storeu_ps(p.add(i), k, e);
         }
-        let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(_mm512_add_ps(s0, s1)));
-        for i in (0..n).step_by(16) {
-            let k = lanes(n - i);
-            _mm512_mask_storeu_ps(
-                p.add(i),
-                k,
-                _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p.add(i)), inv),
-            );
-        }
+        _mm512_reduce_add_ps(_mm512_add_ps(s0, s1))
     }
 }
 
