@@ -248,6 +248,9 @@ impl Buffers {
     }
 }
 
+/// Rows of the attention's context per task as the heads' outputs are gathered into it.
+const CTX_ROWS: usize = 32;
+
 /// Most bytes of buffers a thread keeps from one pass to the next: a 128-token MiniLM pass's
 /// (about 4 MB) fit.
 #[cfg(feature = "std")]
@@ -558,15 +561,21 @@ impl<B: AsRef<[u8]>> Encoder<B> {
                 out
             },
         );
-        // Every value is written: the sequences cover the tokens, the heads the columns.
+        // Every value is written: the sequences cover the tokens, the heads the columns. Rows
+        // in chunks on the pool, each row gathered from its sequence's heads.
         let mut ctx = pool.take(q.len());
-        for (task, out) in tasks.iter().enumerate() {
-            let (s, head) = (task / heads, task % heads);
-            for (i, row) in out.chunks_exact(dh).enumerate() {
-                let at = (starts[s] + i) * h + head * dh;
-                ctx[at..at + dh].copy_from_slice(row);
+        let sequence: Vec<usize> = (lens.iter().enumerate())
+            .flat_map(|(s, &len)| core::iter::repeat_n(s, len))
+            .collect();
+        kernels::par_chunks_mut(&mut ctx, CTX_ROWS * h, |c, chunk| {
+            for (r, row) in chunk.chunks_exact_mut(h).enumerate() {
+                let t = c * CTX_ROWS + r;
+                let (s, i) = (sequence[t], t - starts[sequence[t]]);
+                for (head, cols) in row.chunks_exact_mut(dh).enumerate() {
+                    cols.copy_from_slice(&tasks[s * heads + head][i * dh..(i + 1) * dh]);
+                }
             }
-        }
+        });
         ctx
     }
 

@@ -202,15 +202,27 @@ pub struct TilePanel {
 /// [`pack_offset_panel`] does and packs them into the `cols / 32` [`TilePanel`]s of `out`;
 /// missing tokens are zeros. The reference: offset panels of eight tokens, joined.
 pub fn pack_tile_panel(x: &[f32], cols: usize, out: &mut [TilePanel]) {
+    pack_tiles_joined(x, cols, out, pack_offset_panel, pack_tile_panels)
+}
+
+/// A tile packer's reference: `x` (up to sixteen tokens of `cols` values) packed by eight
+/// tokens with `pack` (one empty group for no tokens), the groups joined into `out` by `join`.
+fn pack_tiles_joined<P>(
+    x: &[f32],
+    cols: usize,
+    out: &mut [TilePanel],
+    pack: fn(&[f32], usize, &mut Vec<P>),
+    join: fn(&[P], usize, &mut Vec<TilePanel>),
+) {
     let mut panels = Vec::new();
     for chunk in x.chunks(PANEL_TOKENS * cols) {
-        pack_offset_panel(chunk, cols, &mut panels);
+        pack(chunk, cols, &mut panels);
     }
     if panels.is_empty() {
-        pack_offset_panel(&[], cols, &mut panels);
+        pack(&[], cols, &mut panels);
     }
     let mut tiles = Vec::new();
-    pack_tile_panels(&panels, cols / QK, &mut tiles);
+    join(&panels, cols / QK, &mut tiles);
     out.copy_from_slice(&tiles);
 }
 
@@ -321,16 +333,7 @@ pub fn pack_panel16_with(
 /// scales; `q = 256 * high + low`, so a signed and an unsigned byte product give each block's
 /// exact sums. Missing tokens are zeros.
 pub fn pack_tile_panel16(x: &[f32], cols: usize, out: &mut [TilePanel]) {
-    let mut panels = Vec::new();
-    for chunk in x.chunks(PANEL_TOKENS * cols) {
-        pack_panel16(chunk, cols, &mut panels);
-    }
-    if panels.is_empty() {
-        pack_panel16(&[], cols, &mut panels);
-    }
-    let mut tiles = Vec::new();
-    pack_tile_panels16(&panels, cols / QK, &mut tiles);
-    out.copy_from_slice(&tiles);
+    pack_tiles_joined(x, cols, out, pack_panel16, pack_tile_panels16)
 }
 
 /// Joins [`Panel16`]s by pairs of groups of eight tokens (`panels`: groups of `bpr` blocks)
