@@ -564,13 +564,12 @@ impl<B: AsRef<[u8]>> Encoder<B> {
         // Every value is written: the sequences cover the tokens, the heads the columns. Rows
         // in chunks on the pool, each row gathered from its sequence's heads.
         let mut ctx = pool.take(q.len());
-        let sequence: Vec<usize> = (lens.iter().enumerate())
-            .flat_map(|(s, &len)| core::iter::repeat_n(s, len))
-            .collect();
         kernels::par_chunks_mut(&mut ctx, CTX_ROWS * h, |c, chunk| {
             for (r, row) in chunk.chunks_exact_mut(h).enumerate() {
                 let t = c * CTX_ROWS + r;
-                let (s, i) = (sequence[t], t - starts[sequence[t]]);
+                // The sequence holding token t: the last that starts at or before it.
+                let s = starts.partition_point(|&start| start <= t) - 1;
+                let i = t - starts[s];
                 for (head, cols) in row.chunks_exact_mut(dh).enumerate() {
                     cols.copy_from_slice(&tasks[s * heads + head][i * dh..(i + 1) * dh]);
                 }

@@ -38,6 +38,22 @@ fn random_rows(rng: &mut impl Rng, count: usize, blocks: usize, ty: TensorType) 
         .collect()
 }
 
+/// `ntok` random tokens of `cols` values for the tile packers: each token at its own magnitude
+/// (packers reduce the tokens' maxima together), now and then one all zeros (scale 0).
+fn tile_tokens(rng: &mut impl Rng, ntok: usize, cols: usize) -> Vec<f32> {
+    let scale = rng.gen_range(0.01..8.0);
+    let mut x = random_vec(rng, ntok * cols, scale);
+    for row in x.chunks_exact_mut(cols) {
+        let f = if rng.gen_bool(0.1) {
+            0.0
+        } else {
+            rng.gen_range(0.05..20.0)
+        };
+        row.iter_mut().for_each(|v| *v *= f);
+    }
+    x
+}
+
 /// `count` random tokens of `blocks` activation blocks each, each at its own scale.
 fn random_tokens(rng: &mut impl Rng, count: usize, blocks: usize) -> Vec<Vec<qdot::ActBlock>> {
     (0..count)
@@ -273,18 +289,7 @@ fn tile_panels_pack_as_the_reference() {
         let blocks = rng.gen_range(1..20);
         let cols = blocks * QK;
         let ntok = rng.gen_range(0..=qdot::TILE_PANEL_TOKENS);
-        let scale = rng.gen_range(0.01..8.0);
-        let mut x = random_vec(&mut rng, ntok * cols, scale);
-        // Each token at its own magnitude (packers reduce the tokens' maxima together), now
-        // and then one all zeros (scale 0).
-        for row in x.chunks_exact_mut(cols) {
-            let f = if rng.gen_bool(0.1) {
-                0.0
-            } else {
-                rng.gen_range(0.05..20.0)
-            };
-            row.iter_mut().for_each(|v| *v *= f);
-        }
+        let x = tile_tokens(&mut rng, ntok, cols);
         let mut want = vec![qdot::ZERO_TILE_PANEL; blocks];
         qdot::pack_tile_panel(&x, cols, &mut want);
         assert_eq!(want.len(), blocks);
@@ -331,17 +336,7 @@ fn tile_panels16_pack_as_the_reference() {
         let blocks = rng.gen_range(1..20);
         let cols = blocks * QK;
         let ntok = rng.gen_range(0..=qdot::TILE_PANEL_TOKENS);
-        let scale = rng.gen_range(0.01..8.0);
-        let mut x = random_vec(&mut rng, ntok * cols, scale);
-        // Each token at its own magnitude, now and then one all zeros (scale 0).
-        for row in x.chunks_exact_mut(cols) {
-            let f = if rng.gen_bool(0.1) {
-                0.0
-            } else {
-                rng.gen_range(0.05..20.0)
-            };
-            row.iter_mut().for_each(|v| *v *= f);
-        }
+        let x = tile_tokens(&mut rng, ntok, cols);
         let mut want = vec![qdot::ZERO_TILE_PANEL; 2 * blocks];
         qdot::pack_tile_panel16(&x, cols, &mut want);
         let mut sixteen = Vec::new();

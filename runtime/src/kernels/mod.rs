@@ -454,25 +454,32 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
     if std::is_x86_feature_detected!("avxvnni") {
         v.push(set("avx2+avxvnni", q8_2x8_avxvnni));
     }
-    /// The bounds the tile products rely on (`per` panels and `block_bytes` bytes a block):
-    /// the shapes of [`KernelSet::dot_q8_0_16x16`], the rows within `w` and `y`.
+    /// The AMX tile product for Q8_0 (`Q4` false) or Q4_0 (true) weights, after asserting the
+    /// bounds it relies on: the shapes of [`KernelSet::dot_q8_0_16x16`], the rows within `w`
+    /// and `y`.
+    #[allow(unsafe_code)]
     #[allow(clippy::too_many_arguments)]
-    fn check_tiles(
+    fn amx_16x16<const Q4: bool>(
         w: &[u8],
         row_bytes: usize,
         nb: usize,
         p: &[qdot::TilePanel],
         bias: &[f32],
-        y: &RowsMut<'_>,
+        y: &mut RowsMut<'_>,
         groups: usize,
         ntok: usize,
-        per: usize,
-        block_bytes: usize,
+        gelu: bool,
     ) {
         use x86_64::amx::AMX_ROWS;
-        let blocks = nb * block_bytes;
+        let ty = if Q4 {
+            TensorType::Q4_0
+        } else {
+            TensorType::Q8_0
+        };
+        let blocks = nb * ty.block_bytes();
         assert!(groups <= AMX_ROW_GROUPS && nb > 0 && nb <= qdot::TILE_MAX_BLOCKS);
-        assert!(p.len() == per * nb * ntok.div_ceil(qdot::TILE_PANEL_TOKENS));
+        let tiles = ntok.div_ceil(qdot::TILE_PANEL_TOKENS);
+        assert!(p.len() == tile_panels_per_block(ty) * nb * tiles);
         assert!(y.width() >= AMX_ROWS * groups);
         assert!(ntok == 0 || groups == 0 || (ntok - 1) * y.ld() + AMX_ROWS * groups <= y.len());
         assert!(bias.is_empty() || bias.len() >= AMX_ROWS * groups);
@@ -480,51 +487,12 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
             row_bytes >= blocks
                 && (groups == 0 || w.len() >= (AMX_ROWS * groups - 1) * row_bytes + blocks)
         );
-    }
-    #[allow(unsafe_code)]
-    #[allow(clippy::too_many_arguments)]
-    fn q8_16x16_amx(
-        w: &[u8],
-        row_bytes: usize,
-        nb: usize,
-        p: &[qdot::TilePanel],
-        bias: &[f32],
-        y: &mut RowsMut<'_>,
-        groups: usize,
-        ntok: usize,
-        gelu: bool,
-    ) {
-        let q8 = qdot::Q8_0_BLOCK_BYTES;
-        check_tiles(w, row_bytes, nb, p, bias, y, groups, ntok, 1, q8);
-        let (ptr, ld, _) = y.raw();
-        // SAFETY: only handed out after `amx::available()` and detecting AVX-512F and F16C;
-        // lengths asserted; the kernel writes `ptr[t * ld + c]` for `t < ntok`,
-        // `c < 16 * groups`, within the holder's columns and buffer (asserted).
-        unsafe {
-            x86_64::amx::dot_q8_0_16x16(w, row_bytes, nb, p, bias, ptr, ld, groups, ntok, gelu)
-        }
-    }
-    #[allow(unsafe_code)]
-    #[allow(clippy::too_many_arguments)]
-    fn q4_16x16_amx(
-        w: &[u8],
-        row_bytes: usize,
-        nb: usize,
-        p: &[qdot::TilePanel],
-        bias: &[f32],
-        y: &mut RowsMut<'_>,
-        groups: usize,
-        ntok: usize,
-        gelu: bool,
-    ) {
-        let q4 = qdot::Q4_0_BLOCK_BYTES;
-        check_tiles(w, row_bytes, nb, p, bias, y, groups, ntok, 2, q4);
         let (ptr, ld, _) = y.raw();
         // SAFETY: only handed out after `amx::available()` and detecting AVX2, AVX-512F and
         // F16C; lengths asserted; the kernel writes `ptr[t * ld + c]` for `t < ntok`,
         // `c < 16 * groups`, within the holder's columns and buffer (asserted).
         unsafe {
-            x86_64::amx::dot_q4_0_16x16(w, row_bytes, nb, p, bias, ptr, ld, groups, ntok, gelu)
+            x86_64::amx::dot_16x16::<Q4>(w, row_bytes, nb, p, bias, ptr, ld, groups, ntok, gelu)
         }
     }
     #[allow(unsafe_code)]
@@ -547,8 +515,8 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
         {
             v.push(KernelSet {
                 name: "avx2+amx",
-                dot_q8_0_16x16: Some(q8_16x16_amx),
-                dot_q4_0_16x16: Some(q4_16x16_amx),
+                dot_q8_0_16x16: Some(amx_16x16::<false>),
+                dot_q4_0_16x16: Some(amx_16x16::<true>),
                 // Its activations packed on 512-bit vectors too.
                 pack_tile: pack_tile512,
                 pack_tile16: pack_tile16_512,
@@ -996,9 +964,10 @@ impl<'a> Activations<'a> {
             });
             return;
         }
-        if let Some((pack, per)) = tile_packer(&k, ty).filter(|_| bpr <= qdot::TILE_MAX_BLOCKS) {
+        if let Some(pack) = tile_packer(&k, ty).filter(|_| bpr <= qdot::TILE_MAX_BLOCKS) {
             // Tile panels of sixteen tokens, packed in place on the pool.
-            let (n, len) = (self.n.div_ceil(qdot::TILE_PANEL_TOKENS), per * bpr);
+            let n = self.n.div_ceil(qdot::TILE_PANEL_TOKENS);
+            let len = tile_panels_per_block(ty) * bpr;
             // On earlier inputs' storage (grown, never shrunk), each panel rewritten in full
             // below.
             self.tile_count = n * len;
@@ -1198,14 +1167,23 @@ fn tile_product(k: &KernelSet, ty: TensorType) -> Option<TileProduct> {
     }
 }
 
-/// For weights of type `ty` on `k`'s tile product: the packer of its tile panels and how many
-/// panels a block takes.
-fn tile_packer(k: &KernelSet, ty: TensorType) -> Option<(TilePack, usize)> {
+/// For weights of type `ty` on `k`'s tile product: the packer of its tile panels.
+fn tile_packer(k: &KernelSet, ty: TensorType) -> Option<TilePack> {
     tile_product(k, ty)?;
     Some(match ty {
-        TensorType::Q4_0 => (k.pack_tile16, 2),
-        _ => (k.pack_tile, 1),
+        TensorType::Q4_0 => k.pack_tile16,
+        _ => k.pack_tile,
     })
+}
+
+/// Tile panels a block of 32 values of each token tile takes on the tile product for weights
+/// of type `ty`: one for Q8_0, two for Q4_0 (the 16-bit values' high and low bytes).
+fn tile_panels_per_block(ty: TensorType) -> usize {
+    if ty == TensorType::Q4_0 {
+        2
+    } else {
+        1
+    }
 }
 
 /// A tile panel packer's signature: `(x, cols, out)`.
@@ -1387,11 +1365,7 @@ impl LinearJob<'_> {
         // turn while its bytes stay in L1.
         let (j0, j1) = (tokens.start / TOKEN_TILE, tokens.end.div_ceil(TOKEN_TILE));
         // Panels per token tile.
-        let len = if w.ty == TensorType::Q4_0 {
-            2 * bpr
-        } else {
-            bpr
-        };
+        let len = tile_panels_per_block(w.ty) * bpr;
         let p = &self.act.tiles()[j0 * len..j1 * len];
         let ntok = tokens.len();
         for c0 in rows.clone().step_by(width) {
@@ -1689,32 +1663,27 @@ pub fn linear_backward_input(dy: &[f32], n: usize, w: &Matrix<'_>, dx: &mut [f32
 /// LayerNorm of each row of `x` (rows of `w.len()`), in place (rows in parallel chunks on the
 /// pool when it has more than one thread: at one thread a hand-off costs more than it runs).
 pub fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
-    let norm = active().layer_norm;
-    #[cfg(feature = "std")]
-    {
-        use rayon::prelude::*;
-        if rayon::current_num_threads() > 1 {
-            // Rows per task: enough work to pay for the hand-off.
-            let rows = (8192 / w.len().max(1)).max(1);
-            x.par_chunks_mut(rows * w.len().max(1))
-                .for_each(|c| norm(c, w, b, eps));
-            return;
-        }
-    }
-    norm(x, w, b, eps)
+    norm_rows(x, None, w, b, eps)
 }
 
 /// `x + residual` (same shape) through LayerNorm, row by row in place, as [`layer_norm`] after
 /// the sum: each task adds its rows just before it normalizes them, on the pool.
 pub fn add_layer_norm(x: &mut [f32], residual: &[f32], w: &[f32], b: &[f32], eps: f32) {
     assert_eq!(x.len(), residual.len());
+    norm_rows(x, Some(residual), w, b, eps)
+}
+
+/// [`layer_norm`] of `x` (plus `residual` first, if any), in tasks of whole rows on the pool.
+fn norm_rows(x: &mut [f32], residual: Option<&[f32]>, w: &[f32], b: &[f32], eps: f32) {
     let norm = active().layer_norm;
     let h = w.len().max(1);
     // Rows per task: enough work to pay for the hand-off.
     let rows = (8192 / h).max(1);
     par_chunks_mut(x, rows * h, |i, c| {
-        let r = &residual[i * rows * h..][..c.len()];
-        c.iter_mut().zip(r).for_each(|(x, r)| *x += r);
+        if let Some(residual) = residual {
+            let r = &residual[i * rows * h..][..c.len()];
+            c.iter_mut().zip(r).for_each(|(x, r)| *x += r);
+        }
         norm(c, w, b, eps)
     });
 }
@@ -1757,6 +1726,8 @@ pub struct AttentionScratch {
     keys: Vec<f32>,
     kr: qdot::Bf16Buf,
     scores: Vec<f32>,
+    /// Each query's sum of exponentials.
+    sums: Vec<f32>,
     pt: qdot::Bf16Buf,
     vt: qdot::Bf16Buf,
 }
@@ -1784,6 +1755,7 @@ pub fn attention_bf16_with(
         keys,
         kr,
         scores,
+        sums,
         pt,
         vt,
     } = scratch;
@@ -1829,9 +1801,12 @@ pub fn attention_bf16_with(
         );
     }
     // Softmax's exponentials; each query's sum divides its output row at the end.
-    let sums: Vec<f32> = (scores.chunks_exact_mut(m))
-        .map(|row| (bk.exp_sum)(&mut row[..n]))
-        .collect();
+    sums.clear();
+    sums.extend(
+        scores
+            .chunks_exact_mut(m)
+            .map(|row| (bk.exp_sum)(&mut row[..n])),
+    );
     // Exponentials as token tiles of depth m.
     pt.clear();
     qdot::pack_bf16_tiles_with(bk.pack, scores, m, pt);
@@ -1861,7 +1836,7 @@ pub fn attention_bf16_with(
             &[],
         );
     }
-    for (row, s) in out.chunks_exact_mut(dh).zip(sums) {
+    for (row, s) in out.chunks_exact_mut(dh).zip(sums.iter()) {
         let inv = 1.0 / s;
         row.iter_mut().for_each(|v| *v *= inv);
     }

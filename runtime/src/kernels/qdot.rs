@@ -241,27 +241,28 @@ pub fn pack_tile_panels(panels: &[OffsetPanel], bpr: usize, out: &mut Vec<TilePa
         corr: [0; PANEL_TOKENS],
         qs: [[0; 32]; QK / 4],
     };
+    for_tile_pairs(panels, bpr, &zero, |lo, hi| {
+        let mut t = ZERO_TILE_PANEL;
+        t.d[..PANEL_TOKENS].copy_from_slice(&lo.d);
+        t.d[PANEL_TOKENS..].copy_from_slice(&hi.d);
+        for ((q, l), h) in t.qs.iter_mut().zip(&lo.qs).zip(&hi.qs) {
+            q[..32].copy_from_slice(l);
+            q[32..].copy_from_slice(h);
+        }
+        out.push(t);
+    });
+}
+
+/// Calls `f(lo, hi)` for each block (in order) of each pair of groups of eight tokens in
+/// `panels` (groups of `bpr` blocks), the tile joiners' walk: `lo` the first group's block,
+/// `hi` the second's, or `zero` for an odd last group.
+fn for_tile_pairs<P>(panels: &[P], bpr: usize, zero: &P, mut f: impl FnMut(&P, &P)) {
     let groups = panels.len() / bpr.max(1);
     debug_assert_eq!(panels.len(), groups * bpr);
     for g in (0..groups).step_by(2) {
         for b in 0..bpr {
-            let lo = &panels[g * bpr + b];
-            let hi = if g + 1 < groups {
-                &panels[(g + 1) * bpr + b]
-            } else {
-                &zero
-            };
-            let mut t = TilePanel {
-                d: [0.0; TILE_PANEL_TOKENS],
-                qs: [[0; 4 * TILE_PANEL_TOKENS]; QK / 4],
-            };
-            t.d[..PANEL_TOKENS].copy_from_slice(&lo.d);
-            t.d[PANEL_TOKENS..].copy_from_slice(&hi.d);
-            for ((q, l), h) in t.qs.iter_mut().zip(&lo.qs).zip(&hi.qs) {
-                q[..32].copy_from_slice(l);
-                q[32..].copy_from_slice(h);
-            }
-            out.push(t);
+            let hi = panels.get((g + 1) * bpr + b).filter(|_| g + 1 < groups);
+            f(&panels[g * bpr + b], hi.unwrap_or(zero));
         }
     }
 }
@@ -345,34 +346,26 @@ pub fn pack_tile_panels16(panels: &[Panel16], bpr: usize, out: &mut Vec<TilePane
         d: [0.0; PANEL_TOKENS],
         qs: [[0; 2 * PANEL_TOKENS]; QK / 2],
     };
-    let groups = panels.len() / bpr.max(1);
-    debug_assert_eq!(panels.len(), groups * bpr);
-    for g in (0..groups).step_by(2) {
-        for b in 0..bpr {
-            let lo = &panels[g * bpr + b];
-            let hi = if g + 1 < groups {
-                &panels[(g + 1) * bpr + b]
+    for_tile_pairs(panels, bpr, &zero, |lo, hi| {
+        let mut high = ZERO_TILE_PANEL;
+        high.d[..PANEL_TOKENS].copy_from_slice(&lo.d);
+        high.d[PANEL_TOKENS..].copy_from_slice(&hi.d);
+        let mut low = high;
+        for t in 0..TILE_PANEL_TOKENS {
+            let (half, i) = if t < PANEL_TOKENS {
+                (lo, t)
             } else {
-                &zero
+                (hi, t - PANEL_TOKENS)
             };
-            let mut high = ZERO_TILE_PANEL;
-            high.d[..PANEL_TOKENS].copy_from_slice(&lo.d);
-            high.d[PANEL_TOKENS..].copy_from_slice(&hi.d);
-            let mut low = high;
-            for (t, half) in
-                (0..TILE_PANEL_TOKENS).map(|t| (t, if t < PANEL_TOKENS { lo } else { hi }))
-            {
-                let i = t % PANEL_TOKENS;
-                for v in 0..QK {
-                    let q = half.qs[v / 2][2 * i + v % 2];
-                    high.qs[v / 4][4 * t + v % 4] = (q >> 8) as i8;
-                    low.qs[v / 4][4 * t + v % 4] = (q & 0xff) as u8 as i8;
-                }
+            for v in 0..QK {
+                let q = half.qs[v / 2][2 * i + v % 2];
+                high.qs[v / 4][4 * t + v % 4] = (q >> 8) as i8;
+                low.qs[v / 4][4 * t + v % 4] = (q & 0xff) as u8 as i8;
             }
-            out.push(high);
-            out.push(low);
         }
-    }
+        out.push(high);
+        out.push(low);
+    });
 }
 
 /// Tokens in one bf16 activation tile (the A operand of AMX-BF16's tile product: sixteen

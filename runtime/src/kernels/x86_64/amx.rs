@@ -94,17 +94,15 @@ fn request_tile_data() -> bool {
     false
 }
 
-/// The 64-byte tile configuration (palette 1): tiles 0 and 1 hold sums (16 rows x 16 i32),
-/// 2 and 3 weight blocks (16 rows x 32 bytes), 4 and 5 activation blocks (8 groups of four
-/// values x 16 tokens, 64 bytes a row); a block uses one of each, the next block the others.
+/// A 64-byte tile configuration.
 #[repr(C, align(64))]
 struct TileConfig([u8; 64]);
 
-const CONFIG: TileConfig = {
+/// The palette-1 configuration of tiles `0..tiles.len()`, each `(bytes a row, rows)`.
+const fn tile_config(tiles: &[(u8, u8)]) -> TileConfig {
     let mut c = [0u8; 64];
     c[0] = 1;
-    // colsb (u16 at 16 + 2t), rows (u8 at 48 + t) of tiles 0-5.
-    let tiles = [(64, 16), (64, 16), (32, 16), (32, 16), (64, 8), (64, 8)];
+    // colsb (u16 at 16 + 2t), rows (u8 at 48 + t) of each tile t.
     let mut t = 0;
     while t < tiles.len() {
         c[16 + 2 * t] = tiles[t].0;
@@ -112,33 +110,27 @@ const CONFIG: TileConfig = {
         t += 1;
     }
     TileConfig(c)
-};
+}
+
+/// The Q8_0 tile kernel's configuration: tiles 0 and 1 hold sums (16 rows x 16 i32), 2 and 3
+/// weight blocks (16 rows x 32 bytes), 4 and 5 activation blocks (8 groups of four values x 16
+/// tokens, 64 bytes a row); a block uses one of each, the next block the others.
+const CONFIG: TileConfig = tile_config(&[(64, 16), (64, 16), (32, 16), (32, 16), (64, 8), (64, 8)]);
 
 /// The Q4_0 tile kernel's configuration (palette 1): tiles 0-1 block `b`'s sums (high and low
 /// bytes; 16 rows x 16 i32) for even `b`, 2-3 for odd, 4-5 unpacked weight blocks (16 rows x 32
 /// bytes) for even and odd `b`, 6 and 7 the activations' high and low bytes (8 groups of four
 /// values x 16 tokens, 64 bytes a row).
-const CONFIG_Q4: TileConfig = {
-    let mut c = [0u8; 64];
-    c[0] = 1;
-    let tiles = [
-        (64, 16),
-        (64, 16),
-        (64, 16),
-        (64, 16),
-        (32, 16),
-        (32, 16),
-        (64, 8),
-        (64, 8),
-    ];
-    let mut t = 0;
-    while t < tiles.len() {
-        c[16 + 2 * t] = tiles[t].0;
-        c[48 + t] = tiles[t].1;
-        t += 1;
-    }
-    TileConfig(c)
-};
+const CONFIG_Q4: TileConfig = tile_config(&[
+    (64, 16),
+    (64, 16),
+    (64, 16),
+    (64, 16),
+    (32, 16),
+    (32, 16),
+    (64, 8),
+    (64, 8),
+]);
 
 /// One block's tile product, left in the tiles: weights into `$w`, the sixteen tokens into
 /// `$x`, their sums in `$s`.
@@ -193,7 +185,7 @@ macro_rules! q8_store {
     };
 }
 
-/// `groups` groups of sixteen Q8_0 weight rows (group `i`'s row `r` at
+/// `groups` groups of sixteen Q8_0 weight rows (`Q4` false; group `i`'s row `r` at
 /// `w[(16 * i + r) * row_bytes..]`) against `ntok` tokens in tiles of sixteen (`p`: tile `j`'s
 /// `nb` [`TilePanel`]s at `p[j * nb..]`; AMX multiplies signed by signed, so no offset is
 /// involved): `*y.add(t * ld + 16 * i + r)` = the bias `bias[16 * i + r]` (zero when `bias` is
@@ -207,64 +199,22 @@ macro_rules! q8_store {
 /// alternate), then block `b - 2`'s are scaled and added up in f32. While a row group meets its
 /// last token tile, the next group's bytes (within `w`) are prefetched.
 ///
-/// # Safety
-/// [`available`] returned true; the CPU supports AVX-512F and F16C; `0 < nb <=`
-/// [`TILE_MAX_BLOCKS`]; `p.len() == nb * ntok.div_ceil(16)`; `bias` is empty or holds
-/// `16 * groups` values; `w` holds `(16 * groups - 1) * row_bytes + nb * 34` bytes (or `groups`
-/// is 0); the values `y + t * ld + c` for `t < ntok`, `c < 16 * groups` are writable and
-/// written by no one else meanwhile.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,f16c")]
-pub unsafe fn dot_q8_0_16x16(
-    w: &[u8],
-    row_bytes: usize,
-    nb: usize,
-    p: &[TilePanel],
-    bias: &[f32],
-    y: *mut f32,
-    ld: usize,
-    groups: usize,
-    ntok: usize,
-    gelu: bool,
-) {
-    // SAFETY: the caller's contract, which is `tile_product`'s for Q8_0.
-    unsafe { tile_product::<false>(w, row_bytes, nb, p, bias, y, ld, groups, ntok, gelu) }
-}
-
-/// [`dot_q8_0_16x16`] for Q4_0 weight rows against 16-bit activations: each row group's
-/// blocks are unpacked to bytes (`-8..=7`, rows 32 bytes apart) into a local table while it
-/// meets its first token tile, and each block takes two products, of the tokens' high bytes
-/// (`tdpbssd`) and low bytes (`tdpbsud`, unsigned), joined as `256 * high + low` in i32: the
-/// exact sums of the 16-bit panel kernels. `p`: tile `j`'s `2 * nb` panels at `p[2 * j * nb..]`,
-/// as [`crate::kernels::qdot::pack_tile_panel16`] packs them.
+/// With `Q4`, Q4_0 weight rows against 16-bit activations: each row group's blocks are
+/// unpacked to bytes (`-8..=7`, rows 32 bytes apart) into a local table while it meets its
+/// first token tile, and each block takes two products, of the tokens' high bytes (`tdpbssd`)
+/// and low bytes (`tdpbsud`, unsigned), joined as `256 * high + low` in i32: the exact sums of
+/// the 16-bit panel kernels. `p`: tile `j`'s `2 * nb` panels at `p[2 * j * nb..]`, as
+/// [`crate::kernels::qdot::pack_tile_panel16`] packs them.
 ///
 /// # Safety
-/// As for [`dot_q8_0_16x16`], with AVX2 as well, `p.len() == 2 * nb * ntok.div_ceil(16)` and
-/// `w` holding `(16 * groups - 1) * row_bytes + nb * 18` bytes (or `groups` 0).
+/// [`available`] returned true; the CPU supports AVX2, AVX-512F and F16C; `0 < nb <=`
+/// [`TILE_MAX_BLOCKS`]; `p.len() == nb * ntok.div_ceil(16)` (Q4_0: twice that); `bias` is
+/// empty or holds `16 * groups` values; `w` holds `(16 * groups - 1) * row_bytes + nb * 34`
+/// bytes (Q4_0: `nb * 18`; or `groups` is 0); the values `y + t * ld + c` for `t < ntok`,
+/// `c < 16 * groups` are writable and written by no one else meanwhile.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx2,f16c")]
-pub unsafe fn dot_q4_0_16x16(
-    w: &[u8],
-    row_bytes: usize,
-    nb: usize,
-    p: &[TilePanel],
-    bias: &[f32],
-    y: *mut f32,
-    ld: usize,
-    groups: usize,
-    ntok: usize,
-    gelu: bool,
-) {
-    // SAFETY: the caller's contract, which is `tile_product`'s for Q4_0.
-    unsafe { tile_product::<true>(w, row_bytes, nb, p, bias, y, ld, groups, ntok, gelu) }
-}
-
-/// The tile kernels' body: [`dot_q8_0_16x16`] (`Q4` false) or [`dot_q4_0_16x16`] (true), whose
-/// contracts it has.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-#[target_feature(enable = "avx512f,avx2,f16c")]
-unsafe fn tile_product<const Q4: bool>(
+pub unsafe fn dot_16x16<const Q4: bool>(
     w: &[u8],
     row_bytes: usize,
     nb: usize,
@@ -474,17 +424,7 @@ const RING: usize = LAG + 1;
 /// The tile configuration of the bf16 strip product: all eight tiles 16 rows of 64 bytes;
 /// 0-3 sums (16 tokens x 16 rows, f32), 4-5 activations (16 tokens x 32 bf16), 6-7 weights
 /// (16 value pairs x 16 rows).
-const CONFIG_BF16: TileConfig = {
-    let mut c = [0u8; 64];
-    c[0] = 1;
-    let mut t = 0;
-    while t < 8 {
-        c[16 + 2 * t] = 64;
-        c[48 + t] = 16;
-        t += 1;
-    }
-    TileConfig(c)
-};
+const CONFIG_BF16: TileConfig = tile_config(&[(64, 16); 8]);
 
 /// A strip of thirty-two weight rows in bf16 (`a`, laid out as
 /// [`crate::kernels::qdot::strip_index`] says, rows of `k` values, `k` a multiple of 32) against
