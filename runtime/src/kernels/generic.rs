@@ -58,6 +58,35 @@ pub fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     }
 }
 
+// The polynomials of the SIMD kernels' `exp` and GELU (every ISA evaluates the same ones).
+
+/// `ln 2` in two parts for the range reduction of `exp` (`x - n ln 2` without cancellation):
+/// the high part, exact in few bits...
+pub const LN2_HI: f32 = 0.693_359_4;
+/// ... and the rest.
+pub const LN2_LO: f32 = -2.121_944_4e-4;
+/// Cephes' polynomial for `e^r` on the reduced range, highest degree first (times `r^2`,
+/// plus `r + 1`).
+pub const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_2e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+/// Abramowitz and Stegun 7.1.26: `erfc(z) = t P(t) e^{-z^2}` with `t = 1 / (1 + ERFC_P z)`,
+/// `P`'s coefficients highest degree first.
+pub const ERFC_P: f32 = 0.327_591_1;
+/// `P`'s coefficients for [`ERFC_P`]'s `t`.
+pub const ERFC_POLY: [f32; 5] = [
+    1.061_405_4,
+    -1.453_152_1,
+    1.421_413_7,
+    -0.284_496_74,
+    0.254_829_6,
+];
+
 /// See [`super::softmax`].
 pub fn softmax(x: &mut [f32]) {
     let inv = 1.0 / exp_sum(x);

@@ -420,8 +420,9 @@ pub fn avx2() -> Option<KernelSet> {
     })
 }
 
-/// Every set with VNNI's byte products for Q8_0 this CPU runs (AVX-512 VNNI on 256-bit vectors,
-/// AVX-VNNI, and AMX over the preferred of them), the preferred last.
+/// Every set with VNNI's products (bytes for Q8_0, 16-bit pairs for Q4_0) this CPU runs
+/// (AVX-512 VNNI on 256-bit vectors, AVX-VNNI, and AMX over the preferred of them), the
+/// preferred last.
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 pub fn avx2_vnni_variants() -> Vec<KernelSet> {
     let Some(base) = avx2() else {
@@ -441,18 +442,35 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
         // lengths asserted.
         unsafe { x86_64::avx2::dot_q8_0_2x8_avx512vnni(w, p) }
     }
-    let set = |name, kernel: fn([&[u8]; 2], &[OffsetPanel]) -> [f32; 16]| KernelSet {
+    #[allow(unsafe_code)]
+    fn q4_2x8_avxvnni(w: [&[u8]; 2], p: &[Panel16]) -> [f32; 16] {
+        check_panel_rows(w, p.len(), qdot::Q4_0_BLOCK_BYTES);
+        // SAFETY: only handed out after detecting AVX2, FMA, F16C and AVX-VNNI; lengths
+        // asserted.
+        unsafe { x86_64::avx2::dot_q4_0_2x8_avxvnni(w, p) }
+    }
+    #[allow(unsafe_code)]
+    fn q4_2x8_avx512vnni(w: [&[u8]; 2], p: &[Panel16]) -> [f32; 16] {
+        check_panel_rows(w, p.len(), qdot::Q4_0_BLOCK_BYTES);
+        // SAFETY: only handed out after detecting AVX2, FMA, F16C, AVX-512 VNNI and VL;
+        // lengths asserted.
+        unsafe { x86_64::avx2::dot_q4_0_2x8_avx512vnni(w, p) }
+    }
+    type Q8Offset = fn([&[u8]; 2], &[OffsetPanel]) -> [f32; 16];
+    type Q4Panel = fn([&[u8]; 2], &[Panel16]) -> [f32; 16];
+    let set = |name, q8: Q8Offset, q4: Q4Panel| KernelSet {
         name,
-        dot_q8_0_2x8_offset: Some(kernel),
+        dot_q8_0_2x8_offset: Some(q8),
+        dot_q4_0_2x8: Some(q4),
         ..base
     };
     let mut v = Vec::new();
     if std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl") {
-        v.push(set("avx2+avx512vnni", q8_2x8_avx512vnni));
+        v.push(set("avx2+avx512vnni", q8_2x8_avx512vnni, q4_2x8_avx512vnni));
     }
-    // The same kernel in VEX encoding (no AVX-512 state to manage), preferred.
+    // The same kernels in VEX encoding (no AVX-512 state to manage), preferred.
     if std::is_x86_feature_detected!("avxvnni") {
-        v.push(set("avx2+avxvnni", q8_2x8_avxvnni));
+        v.push(set("avx2+avxvnni", q8_2x8_avxvnni, q4_2x8_avxvnni));
     }
     /// The AMX tile product for Q8_0 (`Q4` false) or Q4_0 (true) weights, after asserting the
     /// bounds it relies on: the shapes of [`KernelSet::dot_q8_0_16x16`], the rows within `w`
@@ -632,9 +650,11 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
     v
 }
 
-/// The best NEON set this CPU runs (aarch64 always has NEON): SDOT for the Q8_0 products when
-/// the CPU has dotprod, and SMMLA for the panel product when it also has i8mm; Q4_0, f32
-/// products, softmax, GELU, LayerNorm and quantization use the references.
+/// The best NEON set this CPU runs (aarch64 always has NEON): SDOT for the Q8_0 products and
+/// the Q4_0 row product when the CPU has dotprod, and SMMLA for the Q8_0 panel product when it
+/// also has i8mm; Q4_0 layers take the 16-bit panel product (`smlal`) at every level; f32
+/// products, softmax, GELU and LayerNorm on four lanes; quantization and packing use the
+/// references.
 #[cfg(target_arch = "aarch64")]
 pub fn neon() -> Option<KernelSet> {
     neon_variants().pop()
@@ -660,8 +680,8 @@ pub fn neon_variants() -> Vec<KernelSet> {
     v
 }
 
-/// The 32-bit ARM NEON set (Q8_0 row and 2 x 4 tile products in `asm!`; the rest are the
-/// references), when the CPU has NEON.
+/// The 32-bit ARM NEON set (Q8_0 row and 2 x 4 tile products, Q4_0 row and 16-bit panel
+/// products, in `asm!`; the rest are the references), when the CPU has NEON.
 #[cfg(all(feature = "std", target_arch = "arm"))]
 pub fn arm_neon() -> Option<KernelSet> {
     if !arm::neon::detected() {
@@ -679,10 +699,24 @@ pub fn arm_neon() -> Option<KernelSet> {
         // SAFETY: this set is only handed out after detecting NEON; lengths asserted.
         unsafe { arm::neon::dot_q8_0_2x4(w, x) }
     }
+    #[allow(unsafe_code)]
+    fn q4(w: &[u8], x: &[ActBlock]) -> f32 {
+        assert!(w.len() >= x.len() * qdot::Q4_0_BLOCK_BYTES);
+        // SAFETY: this set is only handed out after detecting NEON; length asserted.
+        unsafe { arm::neon::dot_q4_0(w, x) }
+    }
+    #[allow(unsafe_code)]
+    fn q4_2x8(w: [&[u8]; 2], p: &[Panel16]) -> [f32; 16] {
+        check_panel_rows(w, p.len(), qdot::Q4_0_BLOCK_BYTES);
+        // SAFETY: this set is only handed out after detecting NEON; lengths asserted.
+        unsafe { arm::neon::dot_q4_0_2x8(w, p) }
+    }
     Some(KernelSet {
         name: "armv7-neon",
         dot_q8_0: q8,
         dot_q8_0_2x4: q8_2x4,
+        dot_q4_0: q4,
+        dot_q4_0_2x8: Some(q4_2x8),
         ..GENERIC
     })
 }
@@ -727,6 +761,45 @@ fn neon_set(dotprod: bool, i8mm: bool) -> KernelSet {
         // SAFETY: only handed out after detecting i8mm; lengths asserted.
         unsafe { aarch64::neon::dot_q8_0_2x8_i8mm(w, p) }
     }
+    #[allow(unsafe_code)]
+    fn q4(w: &[u8], x: &[ActBlock]) -> f32 {
+        assert!(w.len() >= x.len() * qdot::Q4_0_BLOCK_BYTES);
+        // SAFETY: NEON is part of the aarch64 baseline; length asserted.
+        unsafe { aarch64::neon::dot_q4_0(w, x) }
+    }
+    #[allow(unsafe_code)]
+    fn q4_sdot(w: &[u8], x: &[ActBlock]) -> f32 {
+        assert!(w.len() >= x.len() * qdot::Q4_0_BLOCK_BYTES);
+        // SAFETY: only handed out after detecting dotprod; length asserted.
+        unsafe { aarch64::neon::dot_q4_0_dotprod(w, x) }
+    }
+    #[allow(unsafe_code)]
+    fn q4_2x8(w: [&[u8]; 2], p: &[Panel16]) -> [f32; 16] {
+        check_panel_rows(w, p.len(), qdot::Q4_0_BLOCK_BYTES);
+        // SAFETY: NEON is part of the aarch64 baseline; lengths asserted.
+        unsafe { aarch64::neon::dot_q4_0_2x8(w, p) }
+    }
+    #[allow(unsafe_code)]
+    fn f(a: &[f32], b: &[f32]) -> f32 {
+        // SAFETY: NEON is part of the aarch64 baseline.
+        unsafe { aarch64::neon::dot_f32(a, b) }
+    }
+    #[allow(unsafe_code)]
+    fn softmax(x: &mut [f32]) {
+        // SAFETY: NEON is part of the aarch64 baseline.
+        unsafe { aarch64::neon::softmax(x) }
+    }
+    #[allow(unsafe_code)]
+    fn gelu(x: &mut [f32]) {
+        // SAFETY: NEON is part of the aarch64 baseline.
+        unsafe { aarch64::neon::gelu(x) }
+    }
+    #[allow(unsafe_code)]
+    fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+        assert_eq!(w.len(), b.len());
+        // SAFETY: NEON is part of the aarch64 baseline; lengths asserted.
+        unsafe { aarch64::neon::layer_norm(x, w, b, eps) }
+    }
     KernelSet {
         name: match (dotprod, i8mm) {
             (true, true) => "neon+dotprod+i8mm",
@@ -740,6 +813,12 @@ fn neon_set(dotprod: bool, i8mm: bool) -> KernelSet {
             (true, false) => Some(q8_2x8_sdot),
             _ => None,
         },
+        dot_q4_0: if dotprod { q4_sdot } else { q4 },
+        dot_q4_0_2x8: Some(q4_2x8),
+        dot_f32: f,
+        softmax,
+        gelu,
+        layer_norm,
         ..GENERIC
     }
 }

@@ -1,8 +1,14 @@
-//! NEON kernels (baseline aarch64): i8 block dot products with widening multiplies.
+//! NEON kernels (baseline aarch64): i8 block dot products with widening multiplies, Q4_0
+//! panels with widening 16-bit multiply-adds, and SDOT / SMMLA variants where the CPU has
+//! dotprod / i8mm; f32 dot products, softmax, GELU and LayerNorm on four lanes, with the AVX2
+//! kernels' arithmetic.
 
 use core::arch::aarch64::*;
 
-use crate::kernels::qdot::{block_scale, ActBlock, Panel8, Q8_0_BLOCK_BYTES};
+use crate::kernels::generic::{ERFC_P, ERFC_POLY, EXP_POLY, LN2_HI, LN2_LO};
+use crate::kernels::qdot::{
+    block_scale, ActBlock, Panel16, Panel8, PANEL_TOKENS, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES,
+};
 use crate::quant::QK;
 
 /// Dot product of one Q8_0 weight row (`x.len()` blocks of 34 bytes) with activation blocks.
@@ -30,6 +36,111 @@ pub unsafe fn dot_q8_0(w: &[u8], x: &[ActBlock]) -> f32 {
             acc = vmlaq_n_f32(acc, vcvtq_f32_s32(s), d);
         }
         vaddvq_f32(acc)
+    }
+}
+
+/// The 32 weights of the Q4_0 block at `wb` (scale, then 16 bytes: weight `j` in byte `j`'s
+/// low nibble, weight `j + 16` in its high one) as signed bytes in `-8..=7`: weights `0..16`,
+/// then `16..32`.
+///
+/// # Safety
+/// `wb` addresses the block's 18 readable bytes.
+#[inline(always)]
+unsafe fn unpack_q4_0(wb: *const u8) -> (int8x16_t, int8x16_t) {
+    // SAFETY: one 16-byte load at `wb + 2`, within the block (the caller's contract).
+    unsafe {
+        let packed = vld1q_u8(wb.add(2));
+        let eight = vdupq_n_s8(8);
+        let lo = vreinterpretq_s8_u8(vandq_u8(packed, vdupq_n_u8(0x0f)));
+        let hi = vreinterpretq_s8_u8(vshrq_n_u8(packed, 4));
+        (vsubq_s8(lo, eight), vsubq_s8(hi, eight))
+    }
+}
+
+/// Dot product of one Q4_0 weight row (`x.len()` blocks of 18 bytes) with activation blocks:
+/// each block unpacked to signed bytes, then as [`dot_q8_0`].
+///
+/// # Safety
+/// `w` must hold at least `x.len() * 18` bytes (NEON is always present on aarch64).
+#[target_feature(enable = "neon")]
+pub unsafe fn dot_q4_0(w: &[u8], x: &[ActBlock]) -> f32 {
+    debug_assert!(w.len() >= x.len() * Q4_0_BLOCK_BYTES);
+    // SAFETY: each block read is the 18 bytes at `18 b` (b < x.len()) within `w` (length
+    // checked by the caller); activation loads stay in an `ActBlock`'s `qs`.
+    unsafe {
+        let mut acc = vdupq_n_f32(0.0);
+        for (b, xb) in x.iter().enumerate() {
+            let wb = w.as_ptr().add(b * Q4_0_BLOCK_BYTES);
+            let (w0, w1) = unpack_q4_0(wb);
+            let s = block_dot_widening(w0, w1, xb);
+            let d = block_scale(core::slice::from_raw_parts(wb, 2)) * xb.d;
+            acc = vmlaq_n_f32(acc, vcvtq_f32_s32(s), d);
+        }
+        vaddvq_f32(acc)
+    }
+}
+
+/// Two Q4_0 weight rows against 16-bit panels of eight tokens (the layout of the AVX2 kernel):
+/// each block is unpacked once to 32 i16; each weight pair, duplicated into every 32-bit lane,
+/// meets two tokens' two values per widening multiply-add (`smlal`, exact in i32), the pairs'
+/// halves added at the end of the block; one conversion and one multiply-add per block, row and
+/// four tokens apply the scales. Returns `[row 0 x tokens 0..8, row 1 x tokens 0..8]`.
+///
+/// # Safety
+/// Both rows hold at least `p.len() * 18` bytes (NEON is always present on aarch64).
+#[target_feature(enable = "neon")]
+pub unsafe fn dot_q4_0_2x8(w: [&[u8]; 2], p: &[Panel16]) -> [f32; 16] {
+    debug_assert!(w.iter().all(|w| w.len() >= p.len() * Q4_0_BLOCK_BYTES));
+    // SAFETY: block reads are the 18 bytes at `18 b` (b < p.len()) of rows holding `18 p.len()`
+    // bytes; the unpacked weights live in a local of 32 i16, read 4 bytes at `4 q` (q < 16);
+    // panel loads read 16-byte halves of its 32-byte arrays.
+    unsafe {
+        // f[r][h]: row r, tokens 4h..4h + 4.
+        let mut f = [[vdupq_n_f32(0.0); 2]; 2];
+        let mut u = [[0i16; QK]; 2];
+        for (b, pb) in p.iter().enumerate() {
+            let mut dw = [0f32; 2];
+            for r in 0..2 {
+                let wb = w[r].as_ptr().add(b * Q4_0_BLOCK_BYTES);
+                let (lo, hi) = unpack_q4_0(wb);
+                let at = u[r].as_mut_ptr();
+                vst1q_s16(at, vmovl_s8(vget_low_s8(lo)));
+                vst1q_s16(at.add(8), vmovl_high_s8(lo));
+                vst1q_s16(at.add(16), vmovl_s8(vget_low_s8(hi)));
+                vst1q_s16(at.add(24), vmovl_high_s8(hi));
+                dw[r] = block_scale(core::slice::from_raw_parts(wb, 2));
+            }
+            // s[r][c]: row r, tokens 2c and 2c + 1, lanes [even, odd, even, odd] values.
+            let mut s = [[vdupq_n_s32(0); 4]; 2];
+            for (q, pair) in pb.qs.iter().enumerate() {
+                let xa = vld1q_s16(pair.as_ptr());
+                let xb = vld1q_s16(pair.as_ptr().add(8));
+                for r in 0..2 {
+                    let wq = vld1q_dup_s32(u[r].as_ptr().add(2 * q) as *const i32);
+                    let wq = vreinterpretq_s16_s32(wq);
+                    let wl = vget_low_s16(wq);
+                    s[r][0] = vmlal_s16(s[r][0], vget_low_s16(xa), wl);
+                    s[r][1] = vmlal_high_s16(s[r][1], xa, wq);
+                    s[r][2] = vmlal_s16(s[r][2], vget_low_s16(xb), wl);
+                    s[r][3] = vmlal_high_s16(s[r][3], xb, wq);
+                }
+            }
+            let dx = [vld1q_f32(pb.d.as_ptr()), vld1q_f32(pb.d.as_ptr().add(4))];
+            for r in 0..2 {
+                for h in 0..2 {
+                    let sums = vpaddq_s32(s[r][2 * h], s[r][2 * h + 1]);
+                    let scale = vmulq_n_f32(dx[h], dw[r]);
+                    f[r][h] = vfmaq_f32(f[r][h], scale, vcvtq_f32_s32(sums));
+                }
+            }
+        }
+        let mut out = [0f32; 2 * PANEL_TOKENS];
+        for r in 0..2 {
+            for h in 0..2 {
+                vst1q_f32(out.as_mut_ptr().add(8 * r + 4 * h), f[r][h]);
+            }
+        }
+        out
     }
 }
 
@@ -115,6 +226,29 @@ pub unsafe fn dot_q8_0_dotprod(w: &[u8], x: &[ActBlock]) -> f32 {
             let wb = w.as_ptr().add(b * Q8_0_BLOCK_BYTES);
             let w0 = vld1q_s8(wb.add(2) as *const i8);
             let w1 = vld1q_s8(wb.add(18) as *const i8);
+            let x0 = vld1q_s8(xb.qs.as_ptr());
+            let x1 = vld1q_s8(xb.qs.as_ptr().add(16));
+            let s = sdot!(sdot!(vdupq_n_s32(0), w0, x0), w1, x1);
+            let d = block_scale(core::slice::from_raw_parts(wb, 2)) * xb.d;
+            acc = vmlaq_n_f32(acc, vcvtq_f32_s32(s), d);
+        }
+        vaddvq_f32(acc)
+    }
+}
+
+/// [`dot_q4_0`] with SDOT.
+///
+/// # Safety
+/// The CPU must support dotprod; `w` must hold at least `x.len() * 18` bytes.
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn dot_q4_0_dotprod(w: &[u8], x: &[ActBlock]) -> f32 {
+    debug_assert!(w.len() >= x.len() * Q4_0_BLOCK_BYTES);
+    // SAFETY: as in `dot_q4_0`; SDOT is available by this function's contract.
+    unsafe {
+        let mut acc = vdupq_n_f32(0.0);
+        for (b, xb) in x.iter().enumerate() {
+            let wb = w.as_ptr().add(b * Q4_0_BLOCK_BYTES);
+            let (w0, w1) = unpack_q4_0(wb);
             let x0 = vld1q_s8(xb.qs.as_ptr());
             let x1 = vld1q_s8(xb.qs.as_ptr().add(16));
             let s = sdot!(sdot!(vdupq_n_s32(0), w0, x0), w1, x1);
@@ -279,5 +413,227 @@ pub unsafe fn dot_q8_0_2x8_i8mm(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
             out[8 + 2 * q..8 + 2 * q + 2].copy_from_slice(&l[2..]);
         }
         out
+    }
+}
+
+/// f32 dot product on four accumulators of four lanes.
+///
+/// # Safety
+/// NEON is always present on aarch64; `a` and `b` may differ in length (the shorter counts).
+#[target_feature(enable = "neon")]
+pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let full = n / 16 * 16;
+    // SAFETY: loads of four floats at `i + 4 <= full <= n` in both slices.
+    unsafe {
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [vdupq_n_f32(0.0); 4];
+        for i in (0..full).step_by(16) {
+            for (j, s) in acc.iter_mut().enumerate() {
+                let at = i + 4 * j;
+                *s = vfmaq_f32(*s, vld1q_f32(pa.add(at)), vld1q_f32(pb.add(at)));
+            }
+        }
+        let s = vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3]));
+        let mut s = vaddvq_f32(s);
+        for i in full..n {
+            s += a[i] * b[i];
+        }
+        s
+    }
+}
+
+/// `e^x` for four lanes: the AVX2 kernel's arithmetic (Cephes' range reduction `x = n ln 2 + r`
+/// and [`EXP_POLY`] for `e^r`, scaled by `2^n` through the exponent bits). Inputs are clamped
+/// to `[-87.3, 88.3]`, so the result stays a normal float.
+#[inline(always)]
+unsafe fn exp_v(x: float32x4_t) -> float32x4_t {
+    // SAFETY: register-only arithmetic (NEON is the aarch64 baseline).
+    unsafe {
+        let x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.3)), vdupq_n_f32(88.3));
+        let n = vrndnq_f32(vmulq_n_f32(x, core::f32::consts::LOG2_E));
+        // r = x - n ln 2, with ln 2 split in two for precision.
+        let r = vfmsq_f32(x, n, vdupq_n_f32(LN2_HI));
+        let r = vfmsq_f32(r, n, vdupq_n_f32(LN2_LO));
+        let mut p = vdupq_n_f32(EXP_POLY[0]);
+        for c in &EXP_POLY[1..] {
+            p = vfmaq_f32(vdupq_n_f32(*c), p, r);
+        }
+        let y = vaddq_f32(vfmaq_f32(r, p, vmulq_f32(r, r)), vdupq_n_f32(1.0));
+        // 2^n from the exponent field; n is in [-126, 127] after the clamp.
+        let bits = vshlq_n_s32::<23>(vaddq_s32(vcvtnq_s32_f32(n), vdupq_n_s32(127)));
+        vmulq_f32(y, vreinterpretq_f32_s32(bits))
+    }
+}
+
+/// Exact GELU `x Phi(x)` for four lanes, as the AVX2 kernel computes it: `erfc` from
+/// [`ERFC_POLY`] (absolute error below 1.5e-7) on `|x| / sqrt 2`, so `Phi` keeps its precision
+/// for negative `x`.
+#[inline(always)]
+unsafe fn gelu_v(x: float32x4_t) -> float32x4_t {
+    // SAFETY: register-only arithmetic (NEON is the aarch64 baseline).
+    unsafe {
+        let one = vdupq_n_f32(1.0);
+        let z = vmulq_n_f32(vabsq_f32(x), core::f32::consts::FRAC_1_SQRT_2);
+        let t = vdivq_f32(one, vfmaq_f32(one, vdupq_n_f32(ERFC_P), z));
+        let mut p = vdupq_n_f32(ERFC_POLY[0]);
+        for c in &ERFC_POLY[1..] {
+            p = vfmaq_f32(vdupq_n_f32(*c), p, t);
+        }
+        p = vmulq_f32(p, t);
+        // erfc(z) = p e^{-z^2}; Phi(x) = 1 - erfc/2 for x >= 0, erfc/2 below.
+        let half_erfc = vmulq_n_f32(vmulq_f32(p, exp_v(vnegq_f32(vmulq_f32(z, z)))), 0.5);
+        let negative = vcltq_f32(x, vdupq_n_f32(0.0));
+        let phi = vbslq_f32(negative, half_erfc, vsubq_f32(one, half_erfc));
+        vmulq_f32(x, phi)
+    }
+}
+
+/// Four lanes of `s[at..]`, padded with `pad` past its end.
+#[inline(always)]
+unsafe fn load_padded(s: &[f32], at: usize, pad: f32) -> float32x4_t {
+    let mut lanes = [pad; 4];
+    let n = (s.len() - at).min(4);
+    lanes[..n].copy_from_slice(&s[at..at + n]);
+    // SAFETY: `lanes` holds four floats.
+    unsafe { vld1q_f32(lanes.as_ptr()) }
+}
+
+/// Stores the first `min(4, s.len() - at)` lanes of `v` at `s[at..]`.
+#[inline(always)]
+unsafe fn store_partial(s: &mut [f32], at: usize, v: float32x4_t) {
+    let mut lanes = [0f32; 4];
+    // SAFETY: `lanes` holds four floats.
+    unsafe { vst1q_f32(lanes.as_mut_ptr(), v) };
+    let n = (s.len() - at).min(4);
+    s[at..at + n].copy_from_slice(&lanes[..n]);
+}
+
+/// Softmax's exponentials without the division: `x` becomes `e^(x - max x)` in place (with
+/// [`exp_v`]); returns their sum.
+///
+/// # Safety
+/// NEON is always present on aarch64.
+#[target_feature(enable = "neon")]
+pub unsafe fn exp_sum(x: &mut [f32]) -> f32 {
+    let n = x.len();
+    let full = n / 4 * 4;
+    // SAFETY: full-width loads and stores at `i + 4 <= full <= n`; the tail goes through the
+    // padded helpers, which copy within bounds.
+    unsafe {
+        let mut m = vdupq_n_f32(f32::NEG_INFINITY);
+        for i in (0..full).step_by(4) {
+            m = vmaxq_f32(m, vld1q_f32(x.as_ptr().add(i)));
+        }
+        if full < n {
+            m = vmaxq_f32(m, load_padded(x, full, f32::NEG_INFINITY));
+        }
+        let max = vdupq_n_f32(vmaxvq_f32(m));
+        let mut sum = vdupq_n_f32(0.0);
+        for i in (0..full).step_by(4) {
+            let p = x.as_mut_ptr().add(i);
+            let e = exp_v(vsubq_f32(vld1q_f32(p), max));
+            sum = vaddq_f32(sum, e);
+            vst1q_f32(p, e);
+        }
+        let mut tail = 0.0;
+        if full < n {
+            store_partial(x, full, exp_v(vsubq_f32(load_padded(x, full, 0.0), max)));
+            tail = x[full..].iter().sum::<f32>();
+        }
+        vaddvq_f32(sum) + tail
+    }
+}
+
+/// Softmax of `x` in place: [`exp_sum`], then one multiply by the sum's inverse.
+///
+/// # Safety
+/// NEON is always present on aarch64.
+#[target_feature(enable = "neon")]
+pub unsafe fn softmax(x: &mut [f32]) {
+    // SAFETY: NEON is the aarch64 baseline.
+    let inv = vdupq_n_f32(1.0 / unsafe { exp_sum(x) });
+    let full = x.len() / 4 * 4;
+    // SAFETY: full-width loads and stores at `i + 4 <= full`; the tail goes through the padded
+    // helpers.
+    unsafe {
+        for i in (0..full).step_by(4) {
+            let p = x.as_mut_ptr().add(i);
+            vst1q_f32(p, vmulq_f32(vld1q_f32(p), inv));
+        }
+        if full < x.len() {
+            store_partial(x, full, vmulq_f32(load_padded(x, full, 0.0), inv));
+        }
+    }
+}
+
+/// Exact GELU in place, with [`gelu_v`].
+///
+/// # Safety
+/// NEON is always present on aarch64.
+#[target_feature(enable = "neon")]
+pub unsafe fn gelu(x: &mut [f32]) {
+    let full = x.len() / 4 * 4;
+    // SAFETY: full-width loads and stores at `i + 4 <= full`; the tail goes through the padded
+    // helpers.
+    unsafe {
+        for i in (0..full).step_by(4) {
+            let p = x.as_mut_ptr().add(i);
+            vst1q_f32(p, gelu_v(vld1q_f32(p)));
+        }
+        if full < x.len() {
+            store_partial(x, full, gelu_v(load_padded(x, full, 0.0)));
+        }
+    }
+}
+
+/// LayerNorm of each row of `x` (rows of `w.len()`) in place, as the AVX2 kernel computes it
+/// on four lanes: the mean, then the deviations from it, whose sum corrects the mean and whose
+/// squares give the variance, then `(x - mean) / sqrt(var + eps) * w + b` with FMA.
+///
+/// # Safety
+/// NEON is always present on aarch64; `b` is as long as `w`.
+#[target_feature(enable = "neon")]
+pub unsafe fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let h = w.len();
+    debug_assert_eq!(b.len(), h);
+    let full = h / 4 * 4;
+    let hf = h as f32;
+    for row in x.chunks_exact_mut(h) {
+        // SAFETY: full-width loads and stores at `i + 4 <= full <= h` in `row`, `w` and `b`
+        // (all of length `h`); the tail is scalar.
+        unsafe {
+            let p = row.as_mut_ptr();
+            let mut s = vdupq_n_f32(0.0);
+            for i in (0..full).step_by(4) {
+                s = vaddq_f32(s, vld1q_f32(p.add(i)));
+            }
+            let mean = (vaddvq_f32(s) + row[full..].iter().sum::<f32>()) / hf;
+            let m = vdupq_n_f32(mean);
+            let (mut sd, mut sq) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+            for i in (0..full).step_by(4) {
+                let d = vsubq_f32(vld1q_f32(p.add(i)), m);
+                sd = vaddq_f32(sd, d);
+                sq = vfmaq_f32(sq, d, d);
+            }
+            let (mut td, mut tq) = (0f32, 0f32);
+            for &e in &row[full..] {
+                td += e - mean;
+                tq += (e - mean) * (e - mean);
+            }
+            let c = (vaddvq_f32(sd) + td) / hf;
+            let var = ((vaddvq_f32(sq) + tq) / hf - c * c).max(0.0);
+            let inv = 1.0 / vget_lane_f32::<0>(vsqrt_f32(vdup_n_f32(var + eps)));
+            // `(x - mean) - c`: the first difference is exact for x near the mean.
+            let cv = vdupq_n_f32(c);
+            for i in (0..full).step_by(4) {
+                let d = vmulq_n_f32(vsubq_f32(vsubq_f32(vld1q_f32(p.add(i)), m), cv), inv);
+                let (wi, bi) = (vld1q_f32(w.as_ptr().add(i)), vld1q_f32(b.as_ptr().add(i)));
+                vst1q_f32(p.add(i), vfmaq_f32(bi, d, wi));
+            }
+            for i in full..h {
+                row[i] = ((row[i] - mean) - c) * inv * w[i] + b[i];
+            }
+        }
     }
 }

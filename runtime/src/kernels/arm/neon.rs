@@ -1,10 +1,14 @@
-//! NEON kernels for 32-bit ARM (armv7): i8 block sums with widening multiplies (`vmull.s8`),
-//! written in `asm!` because Rust's 32-bit ARM NEON intrinsics and its `neon` target feature are
+//! NEON kernels for 32-bit ARM (armv7): i8 block sums with widening multiplies (`vmull.s8`)
+//! for Q8_0, and 16-bit panel sums with widening multiply-adds (`vmlal.s16`) for Q4_0, written
+//! in `asm!` because Rust's 32-bit ARM NEON intrinsics and its `neon` target feature are
 //! unstable; the assembler is told `.fpu neon`, and the kernels are handed out only after the
 //! kernel reports NEON in the process's auxiliary vector ([`detected`]). Block sums are exact
 //! and scaled as the references scale them, so results equal the references bit for bit.
 
-use crate::kernels::qdot::{block_scale, ActBlock, Q8_0_BLOCK_BYTES};
+use crate::kernels::qdot::{
+    block_scale, ActBlock, Panel16, PANEL_TOKENS, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES,
+};
+use crate::quant::QK;
 
 /// Whether the CPU has NEON: `HWCAP_NEON` in the `AT_HWCAP` entry of `/proc/self/auxv`.
 #[cfg(feature = "std")]
@@ -164,6 +168,151 @@ pub unsafe fn dot_q8_0_2x4(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 8] {
         let dw = wb.map(block_scale);
         for (i, (a, s)) in acc.iter_mut().zip(sums).enumerate() {
             *a += dw[i / 4] * xb[i % 4].d * s as f32;
+        }
+    }
+    acc
+}
+
+/// The 32 weights of a Q4_0 block's 16 packed bytes at `w` (weight `j` in byte `j`'s low
+/// nibble, weight `j + 16` in its high one) as signed bytes in `-8..=7`, stored in order at
+/// `out`.
+///
+/// # Safety
+/// The CPU must have NEON; `w` addresses 16 readable bytes, `out` 32 writable ones.
+#[inline(always)]
+unsafe fn unpack_q4_0(w: *const u8, out: *mut i8) {
+    // SAFETY: one 16-byte load at `w`, one 32-byte store at `out` (the caller's contract); only
+    // the declared registers are written.
+    unsafe {
+        core::arch::asm!(
+            ".fpu neon",
+            "vld1.8 {{d0, d1}}, [{w}]",
+            "vmov.i8 q1, #15",
+            "vand q2, q0, q1",
+            "vshr.u8 q3, q0, #4",
+            "vmov.i8 q1, #8",
+            "vsub.i8 q2, q2, q1",
+            "vsub.i8 q3, q3, q1",
+            "vst1.8 {{d4, d5, d6, d7}}, [{o}]",
+            w = in(reg) w,
+            o = in(reg) out,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// Dot product of one Q4_0 weight row (`x.len()` blocks of 18 bytes) with activation blocks:
+/// each block unpacked to signed bytes, then summed as Q8_0's.
+///
+/// # Safety
+/// The CPU must have NEON; `w` must hold at least `x.len() * 18` bytes.
+pub unsafe fn dot_q4_0(w: &[u8], x: &[ActBlock]) -> f32 {
+    debug_assert!(w.len() >= x.len() * Q4_0_BLOCK_BYTES);
+    let mut s = 0f32;
+    let mut q = [0i8; QK];
+    for (wb, xb) in w.chunks_exact(Q4_0_BLOCK_BYTES).zip(x) {
+        // SAFETY: `wb[2..]` is 16 bytes, `q` and `xb.qs` 32; NEON is the caller's contract.
+        let isum = unsafe {
+            unpack_q4_0(wb[2..].as_ptr(), q.as_mut_ptr());
+            block_sum(q.as_ptr() as *const u8, xb.qs.as_ptr())
+        };
+        s += block_scale(wb) * xb.d * isum as f32;
+    }
+    s
+}
+
+/// One weight pair against a 16-bit panel: the pair (4 bytes at `{u}`, then `{u}` moves on)
+/// duplicated into both lanes of d4, the eight tokens' two values (32 bytes at `{px}`, then
+/// `{px}` moves on) in q0 and q1, their products added to tokens 0, 1 (q4), 2, 3 (q5), 4, 5
+/// (q6) and 6, 7 (q7), lanes `[even, odd, even, odd]`.
+macro_rules! q4_pair {
+    () => {
+        concat!(
+            "vld1.16 {{d0, d1, d2, d3}}, [{px}]!\n",
+            "vld1.32 {{d4[]}}, [{u}]!\n",
+            "vmlal.s16 q4, d0, d4\n",
+            "vmlal.s16 q5, d1, d4\n",
+            "vmlal.s16 q6, d2, d4\n",
+            "vmlal.s16 q7, d3, d4\n",
+        )
+    };
+}
+
+/// Exact sums of one Q4_0 weight block (its 16 packed bytes at `w`) against a 16-bit panel's
+/// values (`px`, 16 pairs of eight tokens), one i32 per token.
+///
+/// # Safety
+/// The CPU must have NEON; `w` addresses 16 readable bytes, `px` 512.
+#[inline(always)]
+unsafe fn block_sums_q4_8(w: *const u8, px: *const i16) -> [i32; PANEL_TOKENS] {
+    let mut q = [0i8; QK];
+    let mut u = [0i16; QK];
+    let mut out = [0i32; PANEL_TOKENS];
+    // SAFETY: the unpacking reads 16 bytes at `w` and writes `q`; the widening reads `q` and
+    // writes `u` (64 bytes); the pairs read `u` 4 bytes at a time and the panel's 512 bytes at
+    // `px` (the caller's contract); the store writes the eight i32 of `out`; only the declared
+    // registers are written.
+    unsafe {
+        unpack_q4_0(w, q.as_mut_ptr());
+        core::arch::asm!(
+            ".fpu neon",
+            "vld1.8 {{d0, d1, d2, d3}}, [{q}]",
+            "vmovl.s8 q2, d0",
+            "vmovl.s8 q3, d1",
+            "vst1.16 {{d4, d5, d6, d7}}, [{w16}]!",
+            "vmovl.s8 q2, d2",
+            "vmovl.s8 q3, d3",
+            "vst1.16 {{d4, d5, d6, d7}}, [{w16}]",
+            "vmov.i32 q4, #0",
+            "vmov.i32 q5, #0",
+            "vmov.i32 q6, #0",
+            "vmov.i32 q7, #0",
+            q4_pair!(), q4_pair!(), q4_pair!(), q4_pair!(),
+            q4_pair!(), q4_pair!(), q4_pair!(), q4_pair!(),
+            q4_pair!(), q4_pair!(), q4_pair!(), q4_pair!(),
+            q4_pair!(), q4_pair!(), q4_pair!(), q4_pair!(),
+            // Even and odd values of each token added: tokens 0..4 in q4, 4..8 in q5.
+            "vpadd.i32 d8, d8, d9",
+            "vpadd.i32 d9, d10, d11",
+            "vpadd.i32 d10, d12, d13",
+            "vpadd.i32 d11, d14, d15",
+            "vst1.32 {{d8, d9, d10, d11}}, [{o}]",
+            q = in(reg) q.as_ptr(),
+            w16 = inout(reg) u.as_mut_ptr() => _,
+            u = inout(reg) u.as_ptr() => _,
+            px = inout(reg) px => _,
+            o = in(reg) out.as_mut_ptr(),
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+            out("d12") _, out("d13") _, out("d14") _, out("d15") _,
+            options(nostack, preserves_flags),
+        );
+    }
+    out
+}
+
+/// Two Q4_0 weight rows against 16-bit panels of eight tokens (the layout of the AVX2 kernel),
+/// one row at a time per block; sums exact and scaled as the reference scales them. Returns
+/// `[row 0 x tokens 0..8, row 1 x tokens 0..8]`.
+///
+/// # Safety
+/// The CPU must have NEON; both rows hold at least `p.len() * 18` bytes.
+pub unsafe fn dot_q4_0_2x8(w: [&[u8]; 2], p: &[Panel16]) -> [f32; 16] {
+    debug_assert!(w.iter().all(|w| w.len() >= p.len() * Q4_0_BLOCK_BYTES));
+    let mut acc = [0f32; 2 * PANEL_TOKENS];
+    for (b, pb) in p.iter().enumerate() {
+        for (r, row) in w.iter().enumerate() {
+            let wb = &row[b * Q4_0_BLOCK_BYTES..(b + 1) * Q4_0_BLOCK_BYTES];
+            // SAFETY: `wb[2..]` is 16 bytes and the panel's values 512; NEON is the caller's
+            // contract.
+            let sums = unsafe { block_sums_q4_8(wb[2..].as_ptr(), pb.qs.as_ptr() as *const i16) };
+            let dw = block_scale(wb);
+            for (t, s) in sums.into_iter().enumerate() {
+                acc[r * PANEL_TOKENS + t] += dw * pb.d[t] * s as f32;
+            }
         }
     }
     acc

@@ -4,6 +4,7 @@
 use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
+use crate::kernels::generic::{ERFC_P, ERFC_POLY, EXP_POLY, LN2_HI, LN2_LO};
 use crate::kernels::qdot::{
     ActBlock, OffsetPanel, Panel16, Panel8, TilePanel, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES,
 };
@@ -199,30 +200,6 @@ pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         s
     }
 }
-
-/// `ln 2` in two parts for the range reduction of `exp` (`x - n ln 2` without cancellation).
-pub(crate) const LN2_HI: f32 = 0.693_359_4;
-pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
-/// Cephes' polynomial for `e^r` on the reduced range, highest degree first (times `r^2`,
-/// plus `r + 1`).
-pub(crate) const EXP_POLY: [f32; 6] = [
-    1.987_569_1e-4,
-    1.398_2e-3,
-    8.333_452e-3,
-    4.166_579_6e-2,
-    1.666_666_5e-1,
-    0.5,
-];
-/// Abramowitz and Stegun 7.1.26: `erfc(z) = t P(t) e^{-z^2}` with `t = 1 / (1 + ERFC_P z)`,
-/// `P`'s coefficients highest degree first.
-pub(crate) const ERFC_P: f32 = 0.327_591_1;
-pub(crate) const ERFC_POLY: [f32; 5] = [
-    1.061_405_4,
-    -1.453_152_1,
-    1.421_413_7,
-    -0.284_496_74,
-    0.254_829_6,
-];
 
 /// `e^x` for eight lanes: Cephes' range reduction `x = n ln 2 + r` and its degree-6 polynomial
 /// for `e^r`, scaled by `2^n` through the exponent bits. Inputs are clamped to
@@ -652,91 +629,197 @@ macro_rules! q4_pair {
     };
 }
 
+/// The sixteen pairs of one block against a panel with `vpmaddwd` and `vpaddd`: `(s0, s1)`,
+/// the eight tokens' i32 sums for rows 0 and 1. The pairs are written out with constant
+/// offsets, the weight pairs broadcast from memory (left to itself the compiler turns the
+/// broadcasts into shuffles, which compete with the products, and spends an address computation
+/// per load).
+macro_rules! q4_block_madd {
+    ($pb:expr, $u0:expr, $u1:expr) => {{
+        let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        core::arch::asm!(
+            q4_pair!("0", "0"),
+            q4_pair!("32", "4"),
+            q4_pair!("64", "8"),
+            q4_pair!("96", "12"),
+            q4_pair!("128", "16"),
+            q4_pair!("160", "20"),
+            q4_pair!("192", "24"),
+            q4_pair!("224", "28"),
+            q4_pair!("256", "32"),
+            q4_pair!("288", "36"),
+            q4_pair!("320", "40"),
+            q4_pair!("352", "44"),
+            q4_pair!("384", "48"),
+            q4_pair!("416", "52"),
+            q4_pair!("448", "56"),
+            q4_pair!("480", "60"),
+            px = in(reg) $pb.qs.as_ptr(),
+            u0 = in(reg) $u0,
+            u1 = in(reg) $u1,
+            x = out(ymm_reg) _,
+            t0 = out(ymm_reg) _,
+            t1 = out(ymm_reg) _,
+            s0 = inout(ymm_reg) s0,
+            s1 = inout(ymm_reg) s1,
+            options(pure, readonly, nostack, preserves_flags),
+        );
+        (s0, s1)
+    }};
+}
+
+/// One weight pair of two Q4_0 rows against a 16-bit panel with VNNI's `vpdpwssd` (the pair
+/// products summed into the accumulators in one instruction): `$enc` the encoding prefix
+/// (`{{vex}}` for AVX-VNNI, `{{evex}}` for AVX-512 VNNI), `$x` and `$w` as in [`q4_pair`], and
+/// `$a`, `$b` the accumulators of rows 0 and 1.
+macro_rules! q4_pair_vnni {
+    ($enc:literal, $x:literal, $w:literal, $a:literal, $b:literal) => {
+        concat!(
+            "vmovdqa {x}, ymmword ptr [{px} + ",
+            $x,
+            "]\n",
+            "vpbroadcastd {t0}, dword ptr [{u0} + ",
+            $w,
+            "]\n",
+            "vpbroadcastd {t1}, dword ptr [{u1} + ",
+            $w,
+            "]\n",
+            $enc,
+            " vpdpwssd {",
+            $a,
+            "}, {t0}, {x}\n",
+            $enc,
+            " vpdpwssd {",
+            $b,
+            "}, {t1}, {x}\n",
+        )
+    };
+}
+
+/// [`q4_block_madd`] with `vpdpwssd` in encoding `$enc`: even and odd pairs accumulate apart
+/// (four chains, so that the instruction's latency overlaps), summed at the end.
+macro_rules! q4_block_vnni {
+    ($enc:literal, $pb:expr, $u0:expr, $u1:expr) => {{
+        let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        let (mut s2, mut s3) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        core::arch::asm!(
+            q4_pair_vnni!($enc, "0", "0", "s0", "s1"),
+            q4_pair_vnni!($enc, "32", "4", "s2", "s3"),
+            q4_pair_vnni!($enc, "64", "8", "s0", "s1"),
+            q4_pair_vnni!($enc, "96", "12", "s2", "s3"),
+            q4_pair_vnni!($enc, "128", "16", "s0", "s1"),
+            q4_pair_vnni!($enc, "160", "20", "s2", "s3"),
+            q4_pair_vnni!($enc, "192", "24", "s0", "s1"),
+            q4_pair_vnni!($enc, "224", "28", "s2", "s3"),
+            q4_pair_vnni!($enc, "256", "32", "s0", "s1"),
+            q4_pair_vnni!($enc, "288", "36", "s2", "s3"),
+            q4_pair_vnni!($enc, "320", "40", "s0", "s1"),
+            q4_pair_vnni!($enc, "352", "44", "s2", "s3"),
+            q4_pair_vnni!($enc, "384", "48", "s0", "s1"),
+            q4_pair_vnni!($enc, "416", "52", "s2", "s3"),
+            q4_pair_vnni!($enc, "448", "56", "s0", "s1"),
+            q4_pair_vnni!($enc, "480", "60", "s2", "s3"),
+            px = in(reg) $pb.qs.as_ptr(),
+            u0 = in(reg) $u0,
+            u1 = in(reg) $u1,
+            x = out(ymm_reg) _,
+            t0 = out(ymm_reg) _,
+            t1 = out(ymm_reg) _,
+            s0 = inout(ymm_reg) s0,
+            s1 = inout(ymm_reg) s1,
+            s2 = inout(ymm_reg) s2,
+            s3 = inout(ymm_reg) s3,
+            options(pure, readonly, nostack, preserves_flags),
+        );
+        (_mm256_add_epi32(s0, s2), _mm256_add_epi32(s1, s3))
+    }};
+}
+
 /// Two Q4_0 weight rows against 16-bit panels of eight tokens, lanes being tokens: each weight
 /// block is unpacked once to 32 i16 in `-8..=7`; each pair of weights is broadcast and meets
-/// the eight tokens' two values in one `vpmaddwd` (exact: the block sums stay within i32), and
-/// one conversion and one multiply-add per block and row apply the scales. Returns
+/// the eight tokens' two values in one product (`$block`: [`q4_block_madd`]'s `vpmaddwd`, or
+/// [`q4_block_vnni`]'s `vpdpwssd`; exact: the block sums stay within i32), and one conversion
+/// and one multiply-add per block and row apply the scales. Returns
 /// `[row 0 x tokens 0..8, row 1 x tokens 0..8]`.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C; both rows hold at least `p.len() * 18` bytes.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q4_0_2x8(w: [&[u8]; 2], p: &[Panel16]) -> [f32; 16] {
-    debug_assert!(w.iter().all(|w| w.len() >= p.len() * Q4_0_BLOCK_BYTES));
-    // Blocks unpacked per round: the stores of a round are long done when its products read
-    // them back (a read right behind a wide store waits for it).
-    const ROUND: usize = 8;
-    // SAFETY: weight reads are 16 bytes at `2 + 18b` and the scale's 2 bytes at `18b`
-    // (b < p.len()), inside rows of `18 p.len()` bytes; the unpacked round lives in a local of
-    // `ROUND` blocks read 4 bytes at a time within it; panel loads read their 32-byte arrays
-    // (aligned to 32 by `Panel16`'s layout), and the asm touches nothing else: no stack, no
-    // flags.
-    unsafe {
-        let low = _mm_set1_epi8(0x0f);
-        let eight = _mm_set1_epi8(8);
-        let mut f = [_mm256_setzero_ps(); 2];
-        let mut unpacked = [[[0i16; QK]; ROUND]; 2];
-        let mut d = [[0f32; ROUND]; 2];
-        for (round, panels) in p.chunks(ROUND).enumerate() {
-            for r in 0..2 {
-                for i in 0..panels.len() {
-                    let wb = w[r].as_ptr().add((round * ROUND + i) * Q4_0_BLOCK_BYTES);
-                    let packed = _mm_loadu_si128(wb.add(2) as *const __m128i);
-                    // Byte j holds weight j in its low nibble and weight j + 16 in its high one.
-                    let l = _mm_sub_epi8(_mm_and_si128(packed, low), eight);
-                    let h = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(packed, 4), low), eight);
-                    let u = unpacked[r][i].as_mut_ptr() as *mut __m256i;
-                    _mm256_storeu_si256(u, _mm256_cvtepi8_epi16(l));
-                    _mm256_storeu_si256(u.add(1), _mm256_cvtepi8_epi16(h));
-                    d[r][i] = scale_at(wb);
+macro_rules! q4_2x8 {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $block:ident $(, $enc:literal)?) => {
+        $(#[$doc])*
+        /// # Safety
+        /// The CPU must support the features enabled below; both rows hold at least
+        /// `p.len() * 18` bytes.
+        #[target_feature(enable = $features)]
+        pub unsafe fn $name(w: [&[u8]; 2], p: &[Panel16]) -> [f32; 16] {
+            debug_assert!(w.iter().all(|w| w.len() >= p.len() * Q4_0_BLOCK_BYTES));
+            // Blocks unpacked per round: the stores of a round are long done when its products
+            // read them back (a read right behind a wide store waits for it).
+            const ROUND: usize = 8;
+            // SAFETY: weight reads are 16 bytes at `2 + 18b` and the scale's 2 bytes at `18b`
+            // (b < p.len()), inside rows of `18 p.len()` bytes; the unpacked round lives in a
+            // local of `ROUND` blocks read 4 bytes at a time within it; panel loads read their
+            // 32-byte arrays (aligned to 32 by `Panel16`'s layout), and the asm touches nothing
+            // else: no stack, no flags.
+            unsafe {
+                let low = _mm_set1_epi8(0x0f);
+                let eight = _mm_set1_epi8(8);
+                let mut f = [_mm256_setzero_ps(); 2];
+                let mut unpacked = [[[0i16; QK]; ROUND]; 2];
+                let mut d = [[0f32; ROUND]; 2];
+                for (round, panels) in p.chunks(ROUND).enumerate() {
+                    for r in 0..2 {
+                        for i in 0..panels.len() {
+                            let wb = w[r].as_ptr().add((round * ROUND + i) * Q4_0_BLOCK_BYTES);
+                            let packed = _mm_loadu_si128(wb.add(2) as *const __m128i);
+                            // Byte j holds weight j in its low nibble and weight j + 16 in its
+                            // high one.
+                            let l = _mm_sub_epi8(_mm_and_si128(packed, low), eight);
+                            let h =
+                                _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(packed, 4), low), eight);
+                            let u = unpacked[r][i].as_mut_ptr() as *mut __m256i;
+                            _mm256_storeu_si256(u, _mm256_cvtepi8_epi16(l));
+                            _mm256_storeu_si256(u.add(1), _mm256_cvtepi8_epi16(h));
+                            d[r][i] = scale_at(wb);
+                        }
+                    }
+                    for (i, pb) in panels.iter().enumerate() {
+                        let (s0, s1) = $block!(
+                            $($enc,)? pb, unpacked[0][i].as_ptr(), unpacked[1][i].as_ptr()
+                        );
+                        let dx = _mm256_load_ps(pb.d.as_ptr());
+                        for (r, s) in [s0, s1].into_iter().enumerate() {
+                            let dr = _mm256_mul_ps(_mm256_set1_ps(d[r][i]), dx);
+                            f[r] = _mm256_fmadd_ps(dr, _mm256_cvtepi32_ps(s), f[r]);
+                        }
+                    }
                 }
-            }
-            for (i, pb) in panels.iter().enumerate() {
-                let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-                // The sixteen pairs written out with constant offsets, the weight pairs
-                // broadcast from memory (left to itself the compiler turns the broadcasts into
-                // shuffles, which compete with the products, and spends an address computation
-                // per load).
-                core::arch::asm!(
-                    q4_pair!("0", "0"),
-                    q4_pair!("32", "4"),
-                    q4_pair!("64", "8"),
-                    q4_pair!("96", "12"),
-                    q4_pair!("128", "16"),
-                    q4_pair!("160", "20"),
-                    q4_pair!("192", "24"),
-                    q4_pair!("224", "28"),
-                    q4_pair!("256", "32"),
-                    q4_pair!("288", "36"),
-                    q4_pair!("320", "40"),
-                    q4_pair!("352", "44"),
-                    q4_pair!("384", "48"),
-                    q4_pair!("416", "52"),
-                    q4_pair!("448", "56"),
-                    q4_pair!("480", "60"),
-                    px = in(reg) pb.qs.as_ptr(),
-                    u0 = in(reg) unpacked[0][i].as_ptr(),
-                    u1 = in(reg) unpacked[1][i].as_ptr(),
-                    x = out(ymm_reg) _,
-                    t0 = out(ymm_reg) _,
-                    t1 = out(ymm_reg) _,
-                    s0 = inout(ymm_reg) s0,
-                    s1 = inout(ymm_reg) s1,
-                    options(pure, readonly, nostack, preserves_flags),
-                );
-                let dx = _mm256_load_ps(pb.d.as_ptr());
-                for (r, s) in [s0, s1].into_iter().enumerate() {
-                    let dr = _mm256_mul_ps(_mm256_set1_ps(d[r][i]), dx);
-                    f[r] = _mm256_fmadd_ps(dr, _mm256_cvtepi32_ps(s), f[r]);
-                }
+                let mut out = [0f32; 16];
+                _mm256_storeu_ps(out.as_mut_ptr(), f[0]);
+                _mm256_storeu_ps(out.as_mut_ptr().add(8), f[1]);
+                out
             }
         }
-        let mut out = [0f32; 16];
-        _mm256_storeu_ps(out.as_mut_ptr(), f[0]);
-        _mm256_storeu_ps(out.as_mut_ptr().add(8), f[1]);
-        out
-    }
+    };
 }
+
+q4_2x8!(
+    /// With AVX2's `vpmaddwd`.
+    dot_q4_0_2x8,
+    "avx2,fma,f16c",
+    q4_block_madd
+);
+q4_2x8!(
+    /// With AVX-VNNI's `vpdpwssd` (VEX).
+    dot_q4_0_2x8_avxvnni,
+    "avx2,fma,f16c,avxvnni",
+    q4_block_vnni,
+    "{{vex}}"
+);
+q4_2x8!(
+    /// With AVX-512 VNNI's `vpdpwssd` on 256-bit vectors (EVEX).
+    dot_q4_0_2x8_avx512vnni,
+    "avx2,fma,f16c,avx512vnni,avx512vl",
+    q4_block_vnni,
+    "{{evex}}"
+);
 
 /// LayerNorm of each row of `x` (rows of `w.len()`) in place, in f32 with eight partial sums:
 /// the mean, then the deviations from it, whose sum corrects the mean and whose squares give the

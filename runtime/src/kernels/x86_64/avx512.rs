@@ -4,7 +4,7 @@
 
 use core::arch::x86_64::*;
 
-use super::avx2::{ERFC_P, ERFC_POLY, EXP_POLY, LN2_HI, LN2_LO};
+use crate::kernels::generic::{ERFC_P, ERFC_POLY, EXP_POLY, LN2_HI, LN2_LO};
 
 /// Mask of the first `n` (at most 16) lanes.
 #[inline(always)]
