@@ -1058,7 +1058,8 @@ fn quantized_linear_matches_block_dots_at_every_position() {
             };
             let (mut xq, mut xr, mut x16) = (Vec::new(), Vec::new(), Vec::new());
             // Q4_0 meets 16-bit activations where the set has a panel kernel for them.
-            let q4_16 = kernels::active().dot_q4_0_2x8.is_some();
+            let active = kernels::active();
+            let q4_16 = active.dot_q4_0_2x8.is_some() || active.dot_q4_0_2x8_split.is_some();
             if ty == TensorType::Q8_0 {
                 qdot::quantize_activations(&x, &mut xq);
             } else if q4_16 {
@@ -1173,8 +1174,27 @@ fn q4_0_panels_match_the_reference() {
                 }
             }
         }
+        // The split panels hold the same values, and their reference gives the same sums.
+        let split: Vec<qdot::Panel8> = panel.iter().flat_map(qdot::split_panel16).collect();
+        for (p, halves) in panel.iter().zip(split.chunks_exact(2)) {
+            for t in 0..qdot::PANEL_TOKENS {
+                for j in 0..QK {
+                    let (hi, lo) = (
+                        halves[0].qs[j / 4][4 * t + j % 4],
+                        halves[1].qs[j / 4][4 * t + j % 4],
+                    );
+                    assert_eq!(
+                        256 * hi as i32 + lo as i32 + 128,
+                        p.qs[j / 2][2 * t + j % 2] as i32
+                    );
+                    assert_eq!(halves[0].abs[j / 4][4 * t + j % 4], hi.unsigned_abs());
+                }
+                assert_eq!((halves[0].d[t], halves[1].d[t]), (p.d[t], p.d[t]));
+            }
+        }
         let w = [&rows[0][..], &rows[1][..]];
         let want = generic::dot_q4_0_2x8(w, &panel);
+        assert_eq!(generic::dot_q4_0_2x8_split(w, &split), want);
         for r in 0..2 {
             for t in 0..qdot::PANEL_TOKENS {
                 let got = want[r * qdot::PANEL_TOKENS + t];
@@ -1195,13 +1215,22 @@ fn q4_0_panels_match_the_reference() {
                     "q4 panel reference [{r}, {t}]: {got} vs {exact}"
                 );
                 for k in variants() {
-                    let Some(f) = k.dot_q4_0_2x8 else { continue };
-                    let g = f(w, &panel)[r * qdot::PANEL_TOKENS + t];
-                    assert!(
-                        (g - got).abs() as f64 <= QDOT_REL_TOL as f64 * scale,
-                        "{} q4 2x8 [{r}, {t}]: {g} vs {got}",
-                        k.name
-                    );
+                    if let Some(f) = k.dot_q4_0_2x8 {
+                        let g = f(w, &panel)[r * qdot::PANEL_TOKENS + t];
+                        assert!(
+                            (g - got).abs() as f64 <= QDOT_REL_TOL as f64 * scale,
+                            "{} q4 2x8 [{r}, {t}]: {g} vs {got}",
+                            k.name
+                        );
+                    }
+                    if let Some(f) = k.dot_q4_0_2x8_split {
+                        let g = f(w, &split)[r * qdot::PANEL_TOKENS + t];
+                        assert!(
+                            (g - got).abs() as f64 <= QDOT_REL_TOL as f64 * scale,
+                            "{} q4 2x8 split [{r}, {t}]: {g} vs {got}",
+                            k.name
+                        );
+                    }
                 }
             }
         }

@@ -199,6 +199,34 @@ pub fn dot_q4_0_2x8(w: [&[u8]; 2], p: &[Panel16]) -> [f32; 16] {
     out
 }
 
+/// Scalar reference of two Q4_0 weight rows against split 16-bit panels of eight tokens
+/// (`2 * nb` panels, each block's `[high, low]` as [`qdot::split_panel16`] makes them):
+/// `[row 0 x tokens 0..8, row 1 x tokens 0..8]`, the block sums
+/// `256 * (w . high) + (w . low) + 128 * sum(w)` exact in i32 (the 16-bit panel reference's)
+/// and scaled in f32.
+pub fn dot_q4_0_2x8_split(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
+    let mut out = [0f32; 16];
+    for (r, row) in w.iter().enumerate() {
+        for (wb, pb) in row.chunks_exact(Q4_0_BLOCK_BYTES).zip(p.chunks_exact(2)) {
+            let wq: [i32; QK] = core::array::from_fn(|k| {
+                let byte = wb[2 + k % (QK / 2)];
+                (if k < QK / 2 { byte & 0x0f } else { byte >> 4 }) as i32 - 8
+            });
+            let wsum: i32 = wq.iter().sum();
+            for t in 0..PANEL_TOKENS {
+                let dot = |half: &Panel8| -> i32 {
+                    (0..QK)
+                        .map(|k| wq[k] * half.qs[k / 4][4 * t + k % 4] as i32)
+                        .sum()
+                };
+                let isum = 256 * dot(&pb[0]) + dot(&pb[1]) + 128 * wsum;
+                out[r * PANEL_TOKENS + t] += block_scale(wb) * pb[0].d[t] * isum as f32;
+            }
+        }
+    }
+    out
+}
+
 /// Scalar reference of the bf16 strip product: thirty-two weight rows decoded to bf16 (`a`, a
 /// strip in [`qdot::strip_index`]'s layout, rows of `k` values) against `nt` tiles of sixteen
 /// tokens (`b`, rows of `k` bf16 values, as [`qdot::pack_bf16_tile`] packs them): column `r` of

@@ -56,6 +56,10 @@ pub struct KernelSet {
     /// Two Q4_0 weight rows · 16-bit panels of eight tokens, `[row 0 x 8, row 1 x 8]`; when
     /// present, Q4_0 layers quantize their activations to 16 bits and use it.
     pub dot_q4_0_2x8: Option<fn([&[u8]; 2], &[Panel16]) -> [f32; 16]>,
+    /// Two Q4_0 weight rows · split 16-bit panels of eight tokens (each block's high and low
+    /// bytes as two [`Panel8`]s, see [`qdot::split_panel16`]), `[row 0 x 8, row 1 x 8]`; when
+    /// present, Q4_0 layers pack their activations so and use it before `dot_q4_0_2x8`.
+    pub dot_q4_0_2x8_split: Option<fn([&[u8]; 2], &[Panel8]) -> [f32; 16]>,
     /// Q4_0 weight row · activation blocks.
     pub dot_q4_0: fn(&[u8], &[ActBlock]) -> f32,
     /// f32 · f32.
@@ -257,6 +261,7 @@ pub const GENERIC: KernelSet = KernelSet {
     dot_q8_0_16x16: None,
     dot_q4_0_16x16: None,
     dot_q4_0_2x8: None,
+    dot_q4_0_2x8_split: None,
     dot_q4_0: generic::dot_q4_0,
     dot_f32: generic::dot,
     softmax: generic::softmax,
@@ -652,7 +657,8 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
 
 /// The best NEON set this CPU runs (aarch64 always has NEON): SDOT for the Q8_0 products and
 /// the Q4_0 row product when the CPU has dotprod, and SMMLA for the Q8_0 panel product when it
-/// also has i8mm; Q4_0 layers take the 16-bit panel product (`smlal`) at every level; f32
+/// also has i8mm; Q4_0 layers take their 16-bit activations split into high and low bytes
+/// through SDOT, or SMMLA with i8mm, and the 16-bit panel product (`smlal`) without; f32
 /// products, softmax, GELU and LayerNorm on four lanes; quantization and packing use the
 /// references.
 #[cfg(target_arch = "aarch64")]
@@ -779,6 +785,23 @@ fn neon_set(dotprod: bool, i8mm: bool) -> KernelSet {
         // SAFETY: NEON is part of the aarch64 baseline; lengths asserted.
         unsafe { aarch64::neon::dot_q4_0_2x8(w, p) }
     }
+    /// The bounds the split panel kernels rely on.
+    fn check_split(w: [&[u8]; 2], p: &[Panel8]) {
+        assert!(p.len() % 2 == 0);
+        check_panel_rows(w, p.len() / 2, qdot::Q4_0_BLOCK_BYTES);
+    }
+    #[allow(unsafe_code)]
+    fn q4_split_sdot(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
+        check_split(w, p);
+        // SAFETY: only handed out after detecting dotprod; lengths asserted.
+        unsafe { aarch64::neon::dot_q4_0_2x8_split_dotprod(w, p) }
+    }
+    #[allow(unsafe_code)]
+    fn q4_split_smmla(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
+        check_split(w, p);
+        // SAFETY: only handed out after detecting i8mm; lengths asserted.
+        unsafe { aarch64::neon::dot_q4_0_2x8_split_i8mm(w, p) }
+    }
     #[allow(unsafe_code)]
     fn f(a: &[f32], b: &[f32]) -> f32 {
         // SAFETY: NEON is part of the aarch64 baseline.
@@ -815,6 +838,11 @@ fn neon_set(dotprod: bool, i8mm: bool) -> KernelSet {
         },
         dot_q4_0: if dotprod { q4_sdot } else { q4 },
         dot_q4_0_2x8: Some(q4_2x8),
+        dot_q4_0_2x8_split: match (dotprod, i8mm) {
+            (_, true) => Some(q4_split_smmla),
+            (true, false) => Some(q4_split_sdot),
+            _ => None,
+        },
         dot_f32: f,
         softmax,
         gelu,
@@ -1075,6 +1103,15 @@ impl<'a> Activations<'a> {
                 self.panels = panels.concat();
             }
             TensorType::Q8_0 => (k.quantize)(x, &mut self.xq),
+            TensorType::Q4_0 if k.dot_q4_0_2x8_split.is_some() => {
+                // 16-bit panels split into byte panels, on the pool.
+                let panels = par_map(groups, |g| {
+                    let mut p16 = Vec::with_capacity(bpr);
+                    (k.pack_panel16)(group(g), cols, &mut p16);
+                    p16.iter().flat_map(qdot::split_panel16).collect::<Vec<_>>()
+                });
+                self.panels = panels.concat();
+            }
             TensorType::Q4_0 if k.dot_q4_0_2x8.is_some() => self.panels16 = panels16(),
             TensorType::Q4_0 => {
                 qdot::quantize_two_level_with(self.x, &mut self.xq, &mut self.xr, k.quantize);
@@ -1341,9 +1378,12 @@ impl LinearJob<'_> {
                                 let r = match (w.ty, k.dot_q8_0_2x8_offset, k.dot_q8_0_2x8) {
                                     (TensorType::Q8_0, Some(f), _) => f(wr, &a.offset_panels[at]),
                                     (TensorType::Q8_0, None, Some(f)) => f(wr, &a.panels[at]),
-                                    _ => match k.dot_q4_0_2x8 {
-                                        Some(f) => f(wr, &a.panels16[at]),
-                                        None => unreachable!("panels are packed for panel kernels"),
+                                    _ => match (k.dot_q4_0_2x8_split, k.dot_q4_0_2x8) {
+                                        (Some(f), _) if !a.panels.is_empty() => {
+                                            f(wr, &a.panels[2 * at.start..2 * at.end])
+                                        }
+                                        (_, Some(f)) => f(wr, &a.panels16[at]),
+                                        _ => unreachable!("panels are packed for panel kernels"),
                                     },
                                 };
                                 let (ra, rb) = r.split_at(PANEL_TOKENS);

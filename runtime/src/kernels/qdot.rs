@@ -327,6 +327,35 @@ pub fn pack_panel16_with(
     }
 }
 
+/// A [`Panel16`] as two [`Panel8`]s for Q4_0 kernels whose products take bytes (SDOT, SMMLA):
+/// `[high, low]`, with the high bytes `q >> 8` (signed) and the low bytes `(q & 0xff) - 128`
+/// (signed), by groups of four values per token as in any [`Panel8`], and the tokens' scales
+/// in both; so `q = 256 * high + low + 128` exactly, and a block's products are
+/// `256 * (w . high) + (w . low) + 128 * sum(w)`.
+pub fn split_panel16(p: &Panel16) -> [Panel8; 2] {
+    let mut out = [Panel8 {
+        d: p.d,
+        qs: [[0; 32]; QK / 4],
+        abs: [[0; 32]; QK / 4],
+    }; 2];
+    for v in 0..QK {
+        for t in 0..PANEL_TOKENS {
+            let q = p.qs[v / 2][2 * t + v % 2];
+            let at = 4 * t + v % 4;
+            out[0].qs[v / 4][at] = (q >> 8) as i8;
+            out[1].qs[v / 4][at] = ((q & 0xff) - 128) as i8;
+        }
+    }
+    for half in &mut out {
+        for (a, q) in half.abs.iter_mut().zip(&half.qs) {
+            for (a, q) in a.iter_mut().zip(q) {
+                *a = q.unsigned_abs();
+            }
+        }
+    }
+    out
+}
+
 /// Packs up to sixteen tokens' activations (rows of `cols`, a multiple of 32) for the Q4_0
 /// tile kernel: quantized to 16 bits per 32 values as [`pack_panel16`] does, each block as two
 /// [`TilePanel`]s in `out` (`2 * cols / 32` of them): at `2b` the high bytes `q >> 8` (signed),

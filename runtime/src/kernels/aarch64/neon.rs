@@ -134,13 +134,7 @@ pub unsafe fn dot_q4_0_2x8(w: [&[u8]; 2], p: &[Panel16]) -> [f32; 16] {
                 }
             }
         }
-        let mut out = [0f32; 2 * PANEL_TOKENS];
-        for r in 0..2 {
-            for h in 0..2 {
-                vst1q_f32(out.as_mut_ptr().add(8 * r + 4 * h), f[r][h]);
-            }
-        }
-        out
+        rows_2x8(&f)
     }
 }
 
@@ -186,6 +180,36 @@ pub unsafe fn dot_q8_0_2x4(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 8] {
         }
         core::array::from_fn(|i| vaddvq_f32(acc[i]))
     }
+}
+
+/// The 2 x 8 panel kernels' results from their accumulators `f[row][half]` (tokens
+/// `4 half..4 half + 4`): `[row 0 x tokens 0..8, row 1 x tokens 0..8]`.
+#[inline(always)]
+unsafe fn rows_2x8(f: &[[float32x4_t; 2]; 2]) -> [f32; 16] {
+    let mut out = [0f32; 2 * PANEL_TOKENS];
+    for r in 0..2 {
+        for h in 0..2 {
+            // SAFETY: four floats stored at `8 r + 4 h <= 12` of sixteen.
+            unsafe { vst1q_f32(out.as_mut_ptr().add(8 * r + 4 * h), f[r][h]) };
+        }
+    }
+    out
+}
+
+/// The SMMLA panel kernels' results from their accumulators `f[q]` (lanes `[row 0 token 2q,
+/// row 0 token 2q + 1, row 1 token 2q, row 1 token 2q + 1]`): `[row 0 x tokens 0..8, row 1 x
+/// tokens 0..8]`.
+#[inline(always)]
+unsafe fn rows_of_pairs(f: &[float32x4_t; 4]) -> [f32; 16] {
+    let mut out = [0f32; 2 * PANEL_TOKENS];
+    for (q, fq) in f.iter().enumerate() {
+        let mut l = [0f32; 4];
+        // SAFETY: four floats stored into `l`.
+        unsafe { vst1q_f32(l.as_mut_ptr(), *fq) };
+        out[2 * q..2 * q + 2].copy_from_slice(&l[..2]);
+        out[8 + 2 * q..8 + 2 * q + 2].copy_from_slice(&l[2..]);
+    }
+    out
 }
 
 /// `acc = INSTR acc, a, b` for an accumulating integer instruction on `.4s` / `.16b` vectors
@@ -338,13 +362,7 @@ pub unsafe fn dot_q8_0_2x8_dotprod(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
                 }
             }
         }
-        let mut out = [0f32; 16];
-        for r in 0..2 {
-            for h in 0..2 {
-                vst1q_f32(out.as_mut_ptr().add(8 * r + 4 * h), f[r][h]);
-            }
-        }
-        out
+        rows_2x8(&f)
     }
 }
 
@@ -405,14 +423,150 @@ pub unsafe fn dot_q8_0_2x8_i8mm(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
                 *fq = vfmaq_f32(*fq, scale, vcvtq_f32_s32(sq));
             }
         }
-        let mut out = [0f32; 16];
-        for (q, fq) in f.iter().enumerate() {
-            let mut l = [0f32; 4];
-            vst1q_f32(l.as_mut_ptr(), *fq);
-            out[2 * q..2 * q + 2].copy_from_slice(&l[..2]);
-            out[8 + 2 * q..8 + 2 * q + 2].copy_from_slice(&l[2..]);
+        rows_of_pairs(&f)
+    }
+}
+
+/// Unpacks the Q4_0 block `b` of both rows into `u` (signed bytes, in order) and returns the
+/// rows' scales and weight sums.
+///
+/// # Safety
+/// Both rows hold block `b` (18 bytes at `18 b`).
+#[inline(always)]
+unsafe fn unpack_pair_q4_0(w: [&[u8]; 2], b: usize, u: &mut [[i8; QK]; 2]) -> ([f32; 2], [i32; 2]) {
+    let (mut dw, mut sums) = ([0f32; 2], [0i32; 2]);
+    // SAFETY: block reads within the rows (the caller's contract); stores fill `u[r]`'s 32
+    // bytes.
+    unsafe {
+        for r in 0..2 {
+            let wb = w[r].as_ptr().add(b * Q4_0_BLOCK_BYTES);
+            let (lo, hi) = unpack_q4_0(wb);
+            vst1q_s8(u[r].as_mut_ptr(), lo);
+            vst1q_s8(u[r].as_mut_ptr().add(16), hi);
+            sums[r] = vaddlvq_s8(lo) as i32 + vaddlvq_s8(hi) as i32;
+            dw[r] = block_scale(core::slice::from_raw_parts(wb, 2));
         }
-        out
+    }
+    (dw, sums)
+}
+
+/// The split panels' block sum `256 high + low + 128 sum(w)` from its two halves' sums.
+#[inline(always)]
+unsafe fn join_split(high: int32x4_t, low: int32x4_t, wsum: int32x4_t) -> int32x4_t {
+    // SAFETY: register-only arithmetic (NEON is the aarch64 baseline).
+    unsafe {
+        vaddq_s32(
+            vaddq_s32(vshlq_n_s32::<8>(high), low),
+            vshlq_n_s32::<7>(wsum),
+        )
+    }
+}
+
+/// Two Q4_0 weight rows against split 16-bit panels of eight tokens (`[high, low]` byte
+/// panels per block, as [`crate::kernels::qdot::split_panel16`] makes them) with SDOT: each
+/// block is unpacked once to signed bytes; each group of four weights, duplicated into every
+/// 32-bit lane, meets four tokens' four high and four low bytes in one instruction each (16
+/// products, where `smlal` makes 4), and the halves are joined exactly as the 16-bit sums.
+/// Returns `[row 0 x tokens 0..8, row 1 x tokens 0..8]`.
+///
+/// # Safety
+/// The CPU must support dotprod; `p.len()` is even and both rows hold at least
+/// `p.len() / 2 * 18` bytes.
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn dot_q4_0_2x8_split_dotprod(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
+    debug_assert!(p.len() % 2 == 0);
+    debug_assert!(w.iter().all(|w| w.len() >= p.len() / 2 * Q4_0_BLOCK_BYTES));
+    // SAFETY: block reads within the rows (`18 p.len() / 2` bytes each); the unpacked weights
+    // live in a local read 4 bytes at `4 g` (g < 8); panel loads read 16-byte halves of their
+    // 32-byte arrays; SDOT is available by this function's contract.
+    unsafe {
+        // f[r][h]: row r, tokens 4h..4h + 4.
+        let mut f = [[vdupq_n_f32(0.0); 2]; 2];
+        let mut u = [[0i8; QK]; 2];
+        for (b, halves) in p.chunks_exact(2).enumerate() {
+            let (dw, wsum) = unpack_pair_q4_0(w, b, &mut u);
+            // s[half][r][h]
+            let mut s = [[[vdupq_n_s32(0); 2]; 2]; 2];
+            for g in 0..QK / 4 {
+                let x: [[int8x16_t; 2]; 2] = core::array::from_fn(|half| {
+                    let q = halves[half].qs[g].as_ptr();
+                    [vld1q_s8(q), vld1q_s8(q.add(16))]
+                });
+                for r in 0..2 {
+                    let at = u[r].as_ptr().add(4 * g) as *const i32;
+                    let wg = vreinterpretq_s8_s32(vdupq_n_s32(at.read_unaligned()));
+                    for half in 0..2 {
+                        s[half][r][0] = sdot!(s[half][r][0], x[half][0], wg);
+                        s[half][r][1] = sdot!(s[half][r][1], x[half][1], wg);
+                    }
+                }
+            }
+            let d = &halves[0].d;
+            let dx = [vld1q_f32(d.as_ptr()), vld1q_f32(d.as_ptr().add(4))];
+            for r in 0..2 {
+                for h in 0..2 {
+                    let isum = join_split(s[0][r][h], s[1][r][h], vdupq_n_s32(wsum[r]));
+                    let scale = vmulq_n_f32(dx[h], dw[r]);
+                    f[r][h] = vfmaq_f32(f[r][h], scale, vcvtq_f32_s32(isum));
+                }
+            }
+        }
+        rows_2x8(&f)
+    }
+}
+
+/// [`dot_q4_0_2x8_split_dotprod`] with SMMLA, arranged as [`dot_q8_0_2x8_i8mm`]: eight unpacked
+/// weights of both rows form one 2 x 8 matrix against two tokens' eight high (then low) bytes,
+/// 32 products an instruction. Returns `[row 0 x tokens 0..8, row 1 x tokens 0..8]`.
+///
+/// # Safety
+/// The CPU must support i8mm; `p.len()` is even and both rows hold at least
+/// `p.len() / 2 * 18` bytes.
+#[target_feature(enable = "neon,i8mm")]
+pub unsafe fn dot_q4_0_2x8_split_i8mm(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
+    debug_assert!(p.len() % 2 == 0);
+    debug_assert!(w.iter().all(|w| w.len() >= p.len() / 2 * Q4_0_BLOCK_BYTES));
+    // SAFETY: as in `dot_q4_0_2x8_split_dotprod`, the unpacked weights read 8 bytes at `8 c`
+    // (c < 4); SMMLA is available by this function's contract.
+    unsafe {
+        // f[q]: tokens 2q and 2q + 1, lanes [r0 t2q, r0 t2q+1, r1 t2q, r1 t2q+1].
+        let mut f = [vdupq_n_f32(0.0); 4];
+        let mut u = [[0i8; QK]; 2];
+        for (b, halves) in p.chunks_exact(2).enumerate() {
+            let (dw, wsum) = unpack_pair_q4_0(w, b, &mut u);
+            // s[half][q]
+            let mut s = [[vdupq_n_s32(0); 4]; 2];
+            for c in 0..QK / 8 {
+                let a = vcombine_s8(
+                    vld1_s8(u[0].as_ptr().add(8 * c)),
+                    vld1_s8(u[1].as_ptr().add(8 * c)),
+                );
+                for (half, pb) in halves.iter().enumerate() {
+                    for part in 0..2 {
+                        let x0 =
+                            vreinterpretq_s32_s8(vld1q_s8(pb.qs[2 * c].as_ptr().add(16 * part)));
+                        let x1 = vreinterpretq_s32_s8(vld1q_s8(
+                            pb.qs[2 * c + 1].as_ptr().add(16 * part),
+                        ));
+                        // Tokens 4 part + 0, 1 (then 2, 3): each token's four values of group
+                        // 2c, then its four of group 2c + 1.
+                        let lo = vreinterpretq_s8_s32(vzip1q_s32(x0, x1));
+                        let hi = vreinterpretq_s8_s32(vzip2q_s32(x0, x1));
+                        s[half][2 * part] = smmla!(s[half][2 * part], a, lo);
+                        s[half][2 * part + 1] = smmla!(s[half][2 * part + 1], a, hi);
+                    }
+                }
+            }
+            let dwv = vcombine_f32(vdup_n_f32(dw[0]), vdup_n_f32(dw[1]));
+            let ws = vcombine_s32(vdup_n_s32(wsum[0]), vdup_n_s32(wsum[1]));
+            for q in 0..4 {
+                let dx = vld1_f32(halves[0].d.as_ptr().add(2 * q));
+                let scale = vmulq_f32(vcombine_f32(dx, dx), dwv);
+                let isum = join_split(s[0][q], s[1][q], ws);
+                f[q] = vfmaq_f32(f[q], scale, vcvtq_f32_s32(isum));
+            }
+        }
+        rows_of_pairs(&f)
     }
 }
 
