@@ -411,6 +411,7 @@ pub fn avx2() -> Option<KernelSet> {
         dot_q8_0_16x16: None,
         dot_q4_0_16x16: None,
         dot_q4_0_2x8: Some(q4_2x8),
+        dot_q4_0_2x8_split: None,
         dot_q4_0: q4,
         dot_f32: f,
         softmax,
