@@ -688,7 +688,7 @@ pub fn neon_variants() -> Vec<KernelSet> {
 }
 
 /// The 32-bit ARM NEON set (Q8_0 row and 2 x 4 tile products, Q4_0 row and 16-bit panel
-/// products, in `asm!`; the rest are the references), when the CPU has NEON.
+/// products, softmax and GELU, in `asm!`; the rest are the references), when the CPU has NEON.
 #[cfg(all(feature = "std", target_arch = "arm"))]
 pub fn arm_neon() -> Option<KernelSet> {
     if !arm::neon::detected() {
@@ -718,12 +718,24 @@ pub fn arm_neon() -> Option<KernelSet> {
         // SAFETY: this set is only handed out after detecting NEON; lengths asserted.
         unsafe { arm::neon::dot_q4_0_2x8(w, p) }
     }
+    #[allow(unsafe_code)]
+    fn softmax(x: &mut [f32]) {
+        // SAFETY: this set is only handed out after detecting NEON.
+        unsafe { arm::neon::softmax(x) }
+    }
+    #[allow(unsafe_code)]
+    fn gelu(x: &mut [f32]) {
+        // SAFETY: this set is only handed out after detecting NEON.
+        unsafe { arm::neon::gelu(x) }
+    }
     Some(KernelSet {
         name: "armv7-neon",
         dot_q8_0: q8,
         dot_q8_0_2x4: q8_2x4,
         dot_q4_0: q4,
         dot_q4_0_2x8: Some(q4_2x8),
+        softmax,
+        gelu,
         ..GENERIC
     })
 }

@@ -1,10 +1,12 @@
 //! NEON kernels for 32-bit ARM (armv7): i8 block sums with widening multiplies (`vmull.s8`)
-//! for Q8_0, and 16-bit panel sums with widening multiply-adds (`vmlal.s16`) for Q4_0, written
-//! in `asm!` because Rust's 32-bit ARM NEON intrinsics and its `neon` target feature are
+//! for Q8_0, 16-bit panel sums with widening multiply-adds (`vmlal.s16`) for Q4_0, and softmax's
+//! exponentials and GELU four lanes at a time with the AVX2 kernels' polynomials, written in
+//! `asm!` because Rust's 32-bit ARM NEON intrinsics and its `neon` target feature are
 //! unstable; the assembler is told `.fpu neon`, and the kernels are handed out only after the
 //! kernel reports NEON in the process's auxiliary vector ([`detected`]). Block sums are exact
 //! and scaled as the references scale them, so results equal the references bit for bit.
 
+use crate::kernels::generic::{ERFC_P, ERFC_POLY, EXP_POLY, LN2_HI, LN2_LO};
 use crate::kernels::qdot::{
     block_scale, ActBlock, Panel16, PANEL_TOKENS, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES,
 };
@@ -316,4 +318,221 @@ pub unsafe fn dot_q4_0_2x8(w: [&[u8]; 2], p: &[Panel16]) -> [f32; 16] {
         }
     }
     acc
+}
+
+/// `e^x` of q0 into q0 for four lanes, with the AVX2 kernel's arithmetic ([`EXP_CONSTANTS`],
+/// read from `{c}` on): clamped to `[-87.3, 88.3]`, `n = floor(x log2 e + 1/2)`, `r = x - n ln
+/// 2` in two parts, Cephes' polynomial for `e^r` (multiply-adds not fused: armv7 NEON has
+/// none), times `2^n` through the exponent bits. Writes q1 to q3; `{c}` moves past the
+/// constants.
+macro_rules! exp_q0 {
+    () => {
+        concat!(
+            "vld1.32 {{d2[], d3[]}}, [{c}]!\n",
+            "vmax.f32 q0, q0, q1\n",
+            "vld1.32 {{d2[], d3[]}}, [{c}]!\n",
+            "vmin.f32 q0, q0, q1\n",
+            "vld1.32 {{d2[], d3[]}}, [{c}]!\n",
+            "vmul.f32 q1, q0, q1\n",
+            "vld1.32 {{d4[], d5[]}}, [{c}]!\n",
+            "vadd.f32 q1, q1, q2\n",
+            // floor: truncate, then one less where the truncation rounded up (negatives).
+            "vcvt.s32.f32 q2, q1\n",
+            "vcvt.f32.s32 q3, q2\n",
+            "vcgt.f32 q3, q3, q1\n",
+            "vadd.i32 q2, q2, q3\n",
+            "vcvt.f32.s32 q1, q2\n",
+            "vld1.32 {{d6[], d7[]}}, [{c}]!\n",
+            "vmls.f32 q0, q1, q3\n",
+            "vld1.32 {{d6[], d7[]}}, [{c}]!\n",
+            "vmls.f32 q0, q1, q3\n",
+            // Horner on r (q0), the running value alternating between q1 and q3.
+            "vld1.32 {{d2[], d3[]}}, [{c}]!\n",
+            "vld1.32 {{d6[], d7[]}}, [{c}]!\n",
+            "vmla.f32 q3, q1, q0\n",
+            "vld1.32 {{d2[], d3[]}}, [{c}]!\n",
+            "vmla.f32 q1, q3, q0\n",
+            "vld1.32 {{d6[], d7[]}}, [{c}]!\n",
+            "vmla.f32 q3, q1, q0\n",
+            "vld1.32 {{d2[], d3[]}}, [{c}]!\n",
+            "vmla.f32 q1, q3, q0\n",
+            "vld1.32 {{d6[], d7[]}}, [{c}]!\n",
+            "vmla.f32 q3, q1, q0\n",
+            // p r^2 + r + 1
+            "vmul.f32 q1, q0, q0\n",
+            "vmla.f32 q0, q3, q1\n",
+            "vld1.32 {{d2[], d3[]}}, [{c}]!\n",
+            "vadd.f32 q0, q0, q1\n",
+            "vmov.i32 q1, #127\n",
+            "vadd.i32 q2, q2, q1\n",
+            "vshl.i32 q2, q2, #23\n",
+            "vmul.f32 q0, q0, q2\n",
+        )
+    };
+}
+
+/// The constants [`exp_q0`] reads, in its order.
+const EXP_CONSTANTS: [f32; 13] = [
+    -87.3,
+    88.3,
+    core::f32::consts::LOG2_E,
+    0.5,
+    LN2_HI,
+    LN2_LO,
+    EXP_POLY[0],
+    EXP_POLY[1],
+    EXP_POLY[2],
+    EXP_POLY[3],
+    EXP_POLY[4],
+    EXP_POLY[5],
+    1.0,
+];
+
+/// The constants [`gelu4`] reads, in its order (then [`exp_q0`]'s).
+const GELU_CONSTANTS: [f32; 21] = {
+    let mut c = [0f32; 21];
+    let head = [
+        core::f32::consts::FRAC_1_SQRT_2,
+        ERFC_P,
+        1.0,
+        ERFC_POLY[0],
+        ERFC_POLY[1],
+        ERFC_POLY[2],
+        ERFC_POLY[3],
+        ERFC_POLY[4],
+    ];
+    let mut i = 0;
+    while i < 8 {
+        c[i] = head[i];
+        i += 1;
+    }
+    while i < 21 {
+        c[i] = EXP_CONSTANTS[i - 8];
+        i += 1;
+    }
+    c
+};
+
+/// `e^(x - max)` of the four floats at `p`, in place.
+///
+/// # Safety
+/// The CPU must have NEON; `p` addresses four floats.
+#[inline(always)]
+unsafe fn exp4(p: *mut f32, max: &f32) {
+    // SAFETY: loads and stores the four floats at `p`, reads `max` and the constants (the
+    // caller's contract); only the declared registers are written.
+    unsafe {
+        core::arch::asm!(
+            ".fpu neon",
+            "vld1.32 {{d0, d1}}, [{p}]",
+            "vld1.32 {{d2[], d3[]}}, [{m}]",
+            "vsub.f32 q0, q0, q1",
+            exp_q0!(),
+            "vst1.32 {{d0, d1}}, [{p}]",
+            p = in(reg) p,
+            m = in(reg) max as *const f32,
+            c = inout(reg) EXP_CONSTANTS.as_ptr() => _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// Exact GELU `x Phi(x)` of the four floats at `p`, in place, with the AVX2 kernel's
+/// arithmetic: `erfc` from [`ERFC_POLY`] on `|x| / sqrt 2` (its reciprocal from `vrecpe` and
+/// two Newton steps), `Phi = 1 - erfc / 2` for `x >= 0`, `erfc / 2` below.
+///
+/// # Safety
+/// The CPU must have NEON; `p` addresses four floats.
+#[inline(always)]
+unsafe fn gelu4(p: *mut f32) {
+    // SAFETY: loads and stores the four floats at `p` and reads the constants (the caller's
+    // contract); only the declared registers are written.
+    unsafe {
+        core::arch::asm!(
+            ".fpu neon",
+            "vld1.32 {{d8, d9}}, [{p}]",
+            "vabs.f32 q5, q4",
+            "vld1.32 {{d2[], d3[]}}, [{c}]!",
+            "vmul.f32 q5, q5, q1",
+            "vld1.32 {{d2[], d3[]}}, [{c}]!",
+            "vld1.32 {{d4[], d5[]}}, [{c}]!",
+            "vmla.f32 q2, q1, q5",
+            "vrecpe.f32 q6, q2",
+            "vrecps.f32 q7, q2, q6",
+            "vmul.f32 q6, q6, q7",
+            "vrecps.f32 q7, q2, q6",
+            "vmul.f32 q6, q6, q7",
+            // Horner on t (q6), the running value alternating between q1 and q3.
+            "vld1.32 {{d2[], d3[]}}, [{c}]!",
+            "vld1.32 {{d6[], d7[]}}, [{c}]!",
+            "vmla.f32 q3, q1, q6",
+            "vld1.32 {{d2[], d3[]}}, [{c}]!",
+            "vmla.f32 q1, q3, q6",
+            "vld1.32 {{d6[], d7[]}}, [{c}]!",
+            "vmla.f32 q3, q1, q6",
+            "vld1.32 {{d2[], d3[]}}, [{c}]!",
+            "vmla.f32 q1, q3, q6",
+            "vmul.f32 q6, q1, q6",
+            "vmul.f32 q0, q5, q5",
+            "vneg.f32 q0, q0",
+            exp_q0!(),
+            "vmul.f32 q0, q0, q6",
+            "vmov.f32 q1, #0.5",
+            "vmul.f32 q0, q0, q1",
+            "vmov.f32 q1, #1.0",
+            "vsub.f32 q1, q1, q0",
+            "vclt.f32 q2, q4, #0",
+            "vbsl q2, q0, q1",
+            "vmul.f32 q4, q4, q2",
+            "vst1.32 {{d8, d9}}, [{p}]",
+            p = in(reg) p,
+            c = inout(reg) GELU_CONSTANTS.as_ptr() => _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+            out("d12") _, out("d13") _, out("d14") _, out("d15") _,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// Calls `f` on each group of four floats of `x`, the last one padded with `pad` through a
+/// local copy.
+fn by_fours(x: &mut [f32], pad: f32, mut f: impl FnMut(*mut f32)) {
+    let mut chunks = x.chunks_exact_mut(4);
+    for c in &mut chunks {
+        f(c.as_mut_ptr());
+    }
+    let tail = chunks.into_remainder();
+    if !tail.is_empty() {
+        let mut four = [pad; 4];
+        four[..tail.len()].copy_from_slice(tail);
+        f(four.as_mut_ptr());
+        let n = tail.len();
+        tail.copy_from_slice(&four[..n]);
+    }
+}
+
+/// Softmax of `x` in place: the maximum, the exponentials four at a time ([`exp4`]), their
+/// sum, one multiply by its inverse.
+///
+/// # Safety
+/// The CPU must have NEON.
+pub unsafe fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // SAFETY: `by_fours` hands out four floats at a time; NEON is the caller's contract.
+    by_fours(x, 0.0, |p| unsafe { exp4(p, &max) });
+    let inv = 1.0 / x.iter().sum::<f32>();
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// Exact GELU in place, four at a time ([`gelu4`]).
+///
+/// # Safety
+/// The CPU must have NEON.
+pub unsafe fn gelu(x: &mut [f32]) {
+    // SAFETY: `by_fours` hands out four floats at a time; NEON is the caller's contract.
+    by_fours(x, 0.0, |p| unsafe { gelu4(p) });
 }
