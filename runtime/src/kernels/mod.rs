@@ -37,11 +37,11 @@ pub struct KernelSet {
     pub dot_q8_0_2x4: fn([&[u8]; 2], [&[ActBlock]; 4]) -> [f32; 8],
     /// Two Q8_0 weight rows · a panel of eight tokens, `[row 0 x 8, row 1 x 8]`; when present,
     /// linear layers pack their activations into panels and use it instead of the 2 x 4 tile.
-    pub dot_q8_0_2x8: Option<fn([&[u8]; 2], &[Panel8]) -> [f32; 16]>,
+    pub dot_q8_0_2x8: Option<PanelProduct<Panel8>>,
     /// Two Q8_0 weight rows · an [`OffsetPanel`] of eight tokens (for kernels that offset the
     /// weights to unsigned bytes), `[row 0 x 8, row 1 x 8]`; when present, linear layers pack
     /// their activations so and use it before the other Q8_0 kernels.
-    pub dot_q8_0_2x8_offset: Option<fn([&[u8]; 2], &[OffsetPanel]) -> [f32; 16]>,
+    pub dot_q8_0_2x8_offset: Option<PanelProduct<OffsetPanel>>,
     /// `groups` (at most [`AMX_ROW_GROUPS`]) groups of sixteen Q8_0 weight rows (from the
     /// start of `w`, `row_bytes` apart, `nb` blocks of which at most [`qdot::TILE_MAX_BLOCKS`])
     /// · `ntok` tokens in tiles of sixteen (each `nb` [`qdot::TilePanel`]s, one after another)
@@ -55,11 +55,11 @@ pub struct KernelSet {
     pub dot_q4_0_16x16: Option<TileProduct>,
     /// Two Q4_0 weight rows · 16-bit panels of eight tokens, `[row 0 x 8, row 1 x 8]`; when
     /// present, Q4_0 layers quantize their activations to 16 bits and use it.
-    pub dot_q4_0_2x8: Option<fn([&[u8]; 2], &[Panel16]) -> [f32; 16]>,
+    pub dot_q4_0_2x8: Option<PanelProduct<Panel16>>,
     /// Two Q4_0 weight rows · split 16-bit panels of eight tokens (each block's high and low
     /// bytes as two [`Panel8`]s, see [`qdot::split_panel16`]), `[row 0 x 8, row 1 x 8]`; when
     /// present, Q4_0 layers pack their activations so and use it before `dot_q4_0_2x8`.
-    pub dot_q4_0_2x8_split: Option<fn([&[u8]; 2], &[Panel8]) -> [f32; 16]>,
+    pub dot_q4_0_2x8_split: Option<PanelProduct<Panel8>>,
     /// Q4_0 weight row · activation blocks.
     pub dot_q4_0: fn(&[u8], &[ActBlock]) -> f32,
     /// f32 · f32.
@@ -241,6 +241,10 @@ impl<'a> RowsMut<'a> {
 /// Groups of sixteen rows one call of a tile product ([`KernelSet::dot_q8_0_16x16`],
 /// [`KernelSet::dot_q4_0_16x16`]) takes at most.
 pub const AMX_ROW_GROUPS: usize = 8;
+
+/// The panel products' signature: two weight rows against panels of eight tokens of type `P`,
+/// `[row 0 x 8, row 1 x 8]`.
+pub type PanelProduct<P> = fn([&[u8]; 2], &[P]) -> [f32; 16];
 
 /// The sixteen-row tile products' signature: `(w, row_bytes, nb, panels, bias, y, groups, ntok,
 /// gelu)`, see [`KernelSet::dot_q8_0_16x16`].
@@ -462,9 +466,7 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
         // lengths asserted.
         unsafe { x86_64::avx2::dot_q4_0_2x8_avx512vnni(w, p) }
     }
-    type Q8Offset = fn([&[u8]; 2], &[OffsetPanel]) -> [f32; 16];
-    type Q4Panel = fn([&[u8]; 2], &[Panel16]) -> [f32; 16];
-    let set = |name, q8: Q8Offset, q4: Q4Panel| KernelSet {
+    let set = |name, q8: PanelProduct<OffsetPanel>, q4: PanelProduct<Panel16>| KernelSet {
         name,
         dot_q8_0_2x8_offset: Some(q8),
         dot_q4_0_2x8: Some(q4),
@@ -800,7 +802,7 @@ fn neon_set(dotprod: bool, i8mm: bool) -> KernelSet {
     }
     /// The bounds the split panel kernels rely on.
     fn check_split(w: [&[u8]; 2], p: &[Panel8]) {
-        assert!(p.len() % 2 == 0);
+        assert!(p.len().is_multiple_of(2));
         check_panel_rows(w, p.len() / 2, qdot::Q4_0_BLOCK_BYTES);
     }
     #[allow(unsafe_code)]

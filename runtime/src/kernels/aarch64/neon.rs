@@ -11,6 +11,22 @@ use crate::kernels::qdot::{
 };
 use crate::quant::QK;
 
+/// The row kernels' loop: for each activation block `$xb` and the weight block at `$wb`
+/// (`$bytes` apart, its f16 scale first), the i32 lanes `$sum` scaled by both scales into f32
+/// lanes, summed across at the end. Expands inside the kernels' `unsafe` blocks.
+macro_rules! row_dot {
+    ($w:expr, $x:expr, $bytes:expr, |$wb:ident, $xb:ident| $sum:expr) => {{
+        let mut acc = vdupq_n_f32(0.0);
+        for (b, $xb) in $x.iter().enumerate() {
+            let $wb = $w.as_ptr().add(b * $bytes);
+            let s: int32x4_t = $sum;
+            let d = block_scale(core::slice::from_raw_parts($wb, 2)) * $xb.d;
+            acc = vmlaq_n_f32(acc, vcvtq_f32_s32(s), d);
+        }
+        vaddvq_f32(acc)
+    }};
+}
+
 /// Dot product of one Q8_0 weight row (`x.len()` blocks of 34 bytes) with activation blocks.
 /// Products are summed pairwise in i16 (at most 2 * 127 * 127), then widened to i32.
 ///
@@ -22,20 +38,11 @@ pub unsafe fn dot_q8_0(w: &[u8], x: &[ActBlock]) -> f32 {
     // SAFETY: every load reads 16 bytes at `2 + 34 * b` or `18 + 34 * b` within `w` (length
     // checked by the caller), or 16 bytes of an `ActBlock`'s 32-byte `qs`.
     unsafe {
-        let mut acc = vdupq_n_f32(0.0);
-        for (b, xb) in x.iter().enumerate() {
-            let wb = w.as_ptr().add(b * Q8_0_BLOCK_BYTES);
+        row_dot!(w, x, Q8_0_BLOCK_BYTES, |wb, xb| {
             let w0 = vld1q_s8(wb.add(2) as *const i8);
             let w1 = vld1q_s8(wb.add(18) as *const i8);
-            let x0 = vld1q_s8(xb.qs.as_ptr());
-            let x1 = vld1q_s8(xb.qs.as_ptr().add(16));
-            let p0 = vmlal_high_s8(vmull_s8(vget_low_s8(w0), vget_low_s8(x0)), w0, x0);
-            let p1 = vmlal_high_s8(vmull_s8(vget_low_s8(w1), vget_low_s8(x1)), w1, x1);
-            let s = vpadalq_s16(vpaddlq_s16(p0), p1);
-            let d = block_scale(core::slice::from_raw_parts(wb, 2)) * xb.d;
-            acc = vmlaq_n_f32(acc, vcvtq_f32_s32(s), d);
-        }
-        vaddvq_f32(acc)
+            block_dot_widening(w0, w1, xb)
+        })
     }
 }
 
@@ -68,15 +75,10 @@ pub unsafe fn dot_q4_0(w: &[u8], x: &[ActBlock]) -> f32 {
     // SAFETY: each block read is the 18 bytes at `18 b` (b < x.len()) within `w` (length
     // checked by the caller); activation loads stay in an `ActBlock`'s `qs`.
     unsafe {
-        let mut acc = vdupq_n_f32(0.0);
-        for (b, xb) in x.iter().enumerate() {
-            let wb = w.as_ptr().add(b * Q4_0_BLOCK_BYTES);
+        row_dot!(w, x, Q4_0_BLOCK_BYTES, |wb, xb| {
             let (w0, w1) = unpack_q4_0(wb);
-            let s = block_dot_widening(w0, w1, xb);
-            let d = block_scale(core::slice::from_raw_parts(wb, 2)) * xb.d;
-            acc = vmlaq_n_f32(acc, vcvtq_f32_s32(s), d);
-        }
-        vaddvq_f32(acc)
+            block_dot_widening(w0, w1, xb)
+        })
     }
 }
 
@@ -187,10 +189,10 @@ pub unsafe fn dot_q8_0_2x4(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 8] {
 #[inline(always)]
 unsafe fn rows_2x8(f: &[[float32x4_t; 2]; 2]) -> [f32; 16] {
     let mut out = [0f32; 2 * PANEL_TOKENS];
-    for r in 0..2 {
-        for h in 0..2 {
+    for (r, halves) in f.iter().enumerate() {
+        for (h, v) in halves.iter().enumerate() {
             // SAFETY: four floats stored at `8 r + 4 h <= 12` of sixteen.
-            unsafe { vst1q_f32(out.as_mut_ptr().add(8 * r + 4 * h), f[r][h]) };
+            unsafe { vst1q_f32(out.as_mut_ptr().add(8 * r + 4 * h), *v) };
         }
     }
     out
@@ -236,6 +238,16 @@ macro_rules! sdot {
     };
 }
 
+/// [`block_dot_widening`] with SDOT. Only for functions compiled with the `dotprod` target
+/// feature.
+macro_rules! block_dot_sdot_body {
+    ($w0:expr, $w1:expr, $x:expr) => {{
+        let x0 = vld1q_s8($x.qs.as_ptr());
+        let x1 = vld1q_s8($x.qs.as_ptr().add(16));
+        sdot!(sdot!(vdupq_n_s32(0), $w0, x0), $w1, x1)
+    }};
+}
+
 /// [`dot_q8_0`] with SDOT.
 ///
 /// # Safety
@@ -245,18 +257,11 @@ pub unsafe fn dot_q8_0_dotprod(w: &[u8], x: &[ActBlock]) -> f32 {
     debug_assert!(w.len() >= x.len() * Q8_0_BLOCK_BYTES);
     // SAFETY: as in `dot_q8_0`; SDOT is available by this function's contract.
     unsafe {
-        let mut acc = vdupq_n_f32(0.0);
-        for (b, xb) in x.iter().enumerate() {
-            let wb = w.as_ptr().add(b * Q8_0_BLOCK_BYTES);
+        row_dot!(w, x, Q8_0_BLOCK_BYTES, |wb, xb| {
             let w0 = vld1q_s8(wb.add(2) as *const i8);
             let w1 = vld1q_s8(wb.add(18) as *const i8);
-            let x0 = vld1q_s8(xb.qs.as_ptr());
-            let x1 = vld1q_s8(xb.qs.as_ptr().add(16));
-            let s = sdot!(sdot!(vdupq_n_s32(0), w0, x0), w1, x1);
-            let d = block_scale(core::slice::from_raw_parts(wb, 2)) * xb.d;
-            acc = vmlaq_n_f32(acc, vcvtq_f32_s32(s), d);
-        }
-        vaddvq_f32(acc)
+            block_dot_sdot_body!(w0, w1, xb)
+        })
     }
 }
 
@@ -269,17 +274,10 @@ pub unsafe fn dot_q4_0_dotprod(w: &[u8], x: &[ActBlock]) -> f32 {
     debug_assert!(w.len() >= x.len() * Q4_0_BLOCK_BYTES);
     // SAFETY: as in `dot_q4_0`; SDOT is available by this function's contract.
     unsafe {
-        let mut acc = vdupq_n_f32(0.0);
-        for (b, xb) in x.iter().enumerate() {
-            let wb = w.as_ptr().add(b * Q4_0_BLOCK_BYTES);
+        row_dot!(w, x, Q4_0_BLOCK_BYTES, |wb, xb| {
             let (w0, w1) = unpack_q4_0(wb);
-            let x0 = vld1q_s8(xb.qs.as_ptr());
-            let x1 = vld1q_s8(xb.qs.as_ptr().add(16));
-            let s = sdot!(sdot!(vdupq_n_s32(0), w0, x0), w1, x1);
-            let d = block_scale(core::slice::from_raw_parts(wb, 2)) * xb.d;
-            acc = vmlaq_n_f32(acc, vcvtq_f32_s32(s), d);
-        }
-        vaddvq_f32(acc)
+            block_dot_sdot_body!(w0, w1, xb)
+        })
     }
 }
 
@@ -474,7 +472,7 @@ unsafe fn join_split(high: int32x4_t, low: int32x4_t, wsum: int32x4_t) -> int32x
 /// `p.len() / 2 * 18` bytes.
 #[target_feature(enable = "neon,dotprod")]
 pub unsafe fn dot_q4_0_2x8_split_dotprod(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
-    debug_assert!(p.len() % 2 == 0);
+    debug_assert!(p.len().is_multiple_of(2));
     debug_assert!(w.iter().all(|w| w.len() >= p.len() / 2 * Q4_0_BLOCK_BYTES));
     // SAFETY: block reads within the rows (`18 p.len() / 2` bytes each); the unpacked weights
     // live in a local read 4 bytes at `4 g` (g < 8); panel loads read 16-byte halves of their
@@ -524,7 +522,7 @@ pub unsafe fn dot_q4_0_2x8_split_dotprod(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 1
 /// `p.len() / 2 * 18` bytes.
 #[target_feature(enable = "neon,i8mm")]
 pub unsafe fn dot_q4_0_2x8_split_i8mm(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
-    debug_assert!(p.len() % 2 == 0);
+    debug_assert!(p.len().is_multiple_of(2));
     debug_assert!(w.iter().all(|w| w.len() >= p.len() / 2 * Q4_0_BLOCK_BYTES));
     // SAFETY: as in `dot_q4_0_2x8_split_dotprod`, the unpacked weights read 8 bytes at `8 c`
     // (c < 4); SMMLA is available by this function's contract.
