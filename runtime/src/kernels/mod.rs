@@ -662,8 +662,8 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
 /// the Q4_0 row product when the CPU has dotprod, and SMMLA for the Q8_0 panel product when it
 /// also has i8mm; Q4_0 layers take their 16-bit activations split into high and low bytes
 /// through SDOT, or SMMLA with i8mm, and the 16-bit panel product (`smlal`) without; f32
-/// products, softmax, GELU and LayerNorm on four lanes; quantization and packing use the
-/// references.
+/// products, softmax, GELU, LayerNorm and the activations' quantization on four lanes; the
+/// panel packing uses the references.
 #[cfg(target_arch = "aarch64")]
 pub fn neon() -> Option<KernelSet> {
     neon_variants().pop()
@@ -838,6 +838,20 @@ fn neon_set(dotprod: bool, i8mm: bool) -> KernelSet {
         // SAFETY: NEON is part of the aarch64 baseline; lengths asserted.
         unsafe { aarch64::neon::layer_norm(x, w, b, eps) }
     }
+    #[allow(unsafe_code)]
+    fn quantize(x: &[f32], out: &mut Vec<ActBlock>) {
+        assert!(x.len().is_multiple_of(QK));
+        // SAFETY: NEON is part of the aarch64 baseline; length asserted.
+        unsafe { aarch64::neon::quantize_activations(x, out) }
+    }
+    #[allow(unsafe_code)]
+    fn pack_panel16(x: &[f32], cols: usize, out: &mut Vec<Panel16>) {
+        qdot::pack_panel16_with(x, cols, out, |c| {
+            assert_eq!(c.len(), QK);
+            // SAFETY: NEON is part of the aarch64 baseline; length asserted.
+            unsafe { aarch64::neon::quantize_block16(c) }
+        })
+    }
     KernelSet {
         name: match (dotprod, i8mm) {
             (true, true) => "neon+dotprod+i8mm",
@@ -862,6 +876,8 @@ fn neon_set(dotprod: bool, i8mm: bool) -> KernelSet {
         softmax,
         gelu,
         layer_norm,
+        quantize,
+        pack_panel16,
         ..GENERIC
     }
 }

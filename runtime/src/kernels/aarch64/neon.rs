@@ -1,8 +1,9 @@
 //! NEON kernels (baseline aarch64): i8 block dot products with widening multiplies, Q4_0
 //! panels with widening 16-bit multiply-adds, and SDOT / SMMLA variants where the CPU has
-//! dotprod / i8mm; f32 dot products, softmax, GELU and LayerNorm on four lanes, with the AVX2
-//! kernels' arithmetic.
+//! dotprod / i8mm; f32 dot products, softmax, GELU, LayerNorm and the activations'
+//! quantization on four lanes, with the AVX2 kernels' arithmetic.
 
+use alloc::vec::Vec;
 use core::arch::aarch64::*;
 
 use crate::kernels::generic::{ERFC_P, ERFC_POLY, EXP_POLY, LN2_HI, LN2_LO};
@@ -787,5 +788,82 @@ pub unsafe fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
                 row[i] = ((row[i] - mean) - c) * inv * w[i] + b[i];
             }
         }
+    }
+}
+
+/// The 32 floats at `c` quantized symmetrically to `max` as the references do (scale
+/// `amax / max`, values times its inverse, rounded half away from zero: add +-0.5, then
+/// truncate), as the scale and eight vectors of four i32.
+///
+/// # Safety
+/// `c` addresses 32 readable floats (NEON is always present on aarch64).
+#[inline(always)]
+unsafe fn quantize_lanes(c: *const f32, max: f32) -> (f32, [int32x4_t; 8]) {
+    // SAFETY: the eight loads read the 32 floats at `c` (the caller's contract).
+    unsafe {
+        let v: [float32x4_t; 8] = core::array::from_fn(|i| vld1q_f32(c.add(4 * i)));
+        // maxNum, as `f32::max`: a NaN lane loses to a number.
+        let mut m = vabsq_f32(v[0]);
+        for x in &v[1..] {
+            m = vmaxnmq_f32(m, vabsq_f32(*x));
+        }
+        let amax = vmaxnmvq_f32(m);
+        let d = amax / max;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let (plus, minus) = (vdupq_n_f32(0.5), vdupq_n_f32(-0.5));
+        let q = v.map(|x| {
+            let r = vmulq_n_f32(x, id);
+            let half = vbslq_f32(vcgezq_f32(r), plus, minus);
+            vcvtq_s32_f32(vaddq_f32(r, half))
+        });
+        (d, q)
+    }
+}
+
+/// [`crate::kernels::qdot::quantize_activations`] with the same float operations in four
+/// lanes, so the blocks are bit-identical to the reference's.
+///
+/// # Safety
+/// `x.len()` is a multiple of 32 (NEON is always present on aarch64).
+#[target_feature(enable = "neon")]
+pub unsafe fn quantize_activations(x: &[f32], out: &mut Vec<ActBlock>) {
+    debug_assert!(x.len().is_multiple_of(QK));
+    out.reserve(x.len() / QK);
+    for chunk in x.chunks_exact(QK) {
+        // SAFETY: `chunk` holds 32 floats; the stores write the local `qs` (32 bytes).
+        let block = unsafe {
+            let (d, q) = quantize_lanes(chunk.as_ptr(), 127.0);
+            let mut qs = [0i8; QK];
+            for h in 0..2 {
+                let w0 = vcombine_s16(vqmovn_s32(q[4 * h]), vqmovn_s32(q[4 * h + 1]));
+                let w1 = vcombine_s16(vqmovn_s32(q[4 * h + 2]), vqmovn_s32(q[4 * h + 3]));
+                vst1q_s8(
+                    qs.as_mut_ptr().add(16 * h),
+                    vcombine_s8(vqmovn_s16(w0), vqmovn_s16(w1)),
+                );
+            }
+            ActBlock { d, qs }
+        };
+        out.push(block);
+    }
+}
+
+/// [`crate::kernels::qdot::quantize_block16`] with the same float operations in four lanes, so
+/// the values are bit-identical to the reference's.
+///
+/// # Safety
+/// `chunk` holds 32 values (NEON is always present on aarch64).
+#[target_feature(enable = "neon")]
+pub unsafe fn quantize_block16(chunk: &[f32]) -> (f32, [i16; QK]) {
+    debug_assert_eq!(chunk.len(), QK);
+    // SAFETY: `chunk` holds 32 floats; the stores write the local `q` (32 i16).
+    unsafe {
+        let (d, r) = quantize_lanes(chunk.as_ptr(), 32767.0);
+        let mut q = [0i16; QK];
+        for (i, pair) in r.chunks_exact(2).enumerate() {
+            let w = vcombine_s16(vqmovn_s32(pair[0]), vqmovn_s32(pair[1]));
+            vst1q_s16(q.as_mut_ptr().add(8 * i), w);
+        }
+        (d, q)
     }
 }
