@@ -690,7 +690,8 @@ pub fn neon_variants() -> Vec<KernelSet> {
 }
 
 /// The 32-bit ARM NEON set (Q8_0 row and 2 x 4 tile products, Q4_0 row and 16-bit panel
-/// products, softmax and GELU, in `asm!`; the rest are the references), when the CPU has NEON.
+/// products, f32 products, softmax, GELU and LayerNorm, in `asm!`; quantization and packing
+/// are the references), when the CPU has NEON.
 #[cfg(all(feature = "std", target_arch = "arm"))]
 pub fn arm_neon() -> Option<KernelSet> {
     if !arm::neon::detected() {
@@ -730,14 +731,27 @@ pub fn arm_neon() -> Option<KernelSet> {
         // SAFETY: this set is only handed out after detecting NEON.
         unsafe { arm::neon::gelu(x) }
     }
+    #[allow(unsafe_code)]
+    fn f(a: &[f32], b: &[f32]) -> f32 {
+        // SAFETY: this set is only handed out after detecting NEON.
+        unsafe { arm::neon::dot_f32(a, b) }
+    }
+    #[allow(unsafe_code)]
+    fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+        assert_eq!(w.len(), b.len());
+        // SAFETY: this set is only handed out after detecting NEON; lengths asserted.
+        unsafe { arm::neon::layer_norm(x, w, b, eps) }
+    }
     Some(KernelSet {
         name: "armv7-neon",
         dot_q8_0: q8,
         dot_q8_0_2x4: q8_2x4,
         dot_q4_0: q4,
         dot_q4_0_2x8: Some(q4_2x8),
+        dot_f32: f,
         softmax,
         gelu,
+        layer_norm,
         ..GENERIC
     })
 }

@@ -1,10 +1,12 @@
 //! NEON kernels for 32-bit ARM (armv7): i8 block sums with widening multiplies (`vmull.s8`)
-//! for Q8_0, 16-bit panel sums with widening multiply-adds (`vmlal.s16`) for Q4_0, and softmax's
-//! exponentials and GELU four lanes at a time with the AVX2 kernels' polynomials, written in
-//! `asm!` because Rust's 32-bit ARM NEON intrinsics and its `neon` target feature are
-//! unstable; the assembler is told `.fpu neon`, and the kernels are handed out only after the
-//! kernel reports NEON in the process's auxiliary vector ([`detected`]). Block sums are exact
-//! and scaled as the references scale them, so results equal the references bit for bit.
+//! for Q8_0, 16-bit panel sums with widening multiply-adds (`vmlal.s16`) for Q4_0, f32 dot
+//! products, LayerNorm, and softmax's exponentials and GELU four lanes at a time with the AVX2
+//! kernels' polynomials, written in `asm!` because Rust's 32-bit ARM NEON intrinsics and its
+//! `neon` target feature are unstable; the assembler is told `.fpu neon`, and the kernels are
+//! handed out only after the kernel reports NEON in the process's auxiliary vector
+//! ([`detected`]). Block sums are exact and scaled as the references scale them, so the
+//! quantized products equal the references bit for bit; the float kernels are within the
+//! tests' named tolerances.
 
 use crate::kernels::generic::{ERFC_P, ERFC_POLY, EXP_POLY, LN2_HI, LN2_LO};
 use crate::kernels::qdot::{
@@ -535,4 +537,166 @@ pub unsafe fn softmax(x: &mut [f32]) {
 pub unsafe fn gelu(x: &mut [f32]) {
     // SAFETY: `by_fours` hands out four floats at a time; NEON is the caller's contract.
     by_fours(x, 0.0, |p| unsafe { gelu4(p) });
+}
+
+/// f32 dot product on two accumulators of four lanes (multiply-adds not fused), the last
+/// `len % 8` products in scalar code.
+///
+/// # Safety
+/// The CPU must have NEON; `a` and `b` may differ in length (the shorter counts).
+pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let eights = n / 8;
+    let mut s = 0f32;
+    if eights > 0 {
+        // SAFETY: the loop reads `8 * eights <= n` floats of each slice; the store writes `s`;
+        // only the declared registers (and the flags) are written.
+        unsafe {
+            core::arch::asm!(
+                ".fpu neon",
+                "vmov.i32 q0, #0",
+                "vmov.i32 q1, #0",
+                "3:",
+                "vld1.32 {{d4, d5, d6, d7}}, [{a}]!",
+                "vld1.32 {{d8, d9, d10, d11}}, [{b}]!",
+                "vmla.f32 q0, q2, q4",
+                "vmla.f32 q1, q3, q5",
+                "subs {n}, {n}, #1",
+                "bne 3b",
+                "vadd.f32 q0, q0, q1",
+                "vadd.f32 d0, d0, d1",
+                "vpadd.f32 d0, d0, d0",
+                "vst1.32 {{d0[0]}}, [{o}]",
+                a = inout(reg) a.as_ptr() => _,
+                b = inout(reg) b.as_ptr() => _,
+                n = inout(reg) eights => _,
+                o = in(reg) &mut s as *mut f32,
+                out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+                out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+                out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+                options(nostack),
+            );
+        }
+    }
+    for i in 8 * eights..n {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+/// LayerNorm of each row of `x` (rows of `w.len()`) in place, as the AVX2 kernel computes it
+/// on four lanes (multiply-adds not fused): the mean, then the deviations from it, whose sum
+/// corrects the mean and whose squares give the variance, then
+/// `((x - mean) - c) / sqrt(var + eps) * w + b`; the last `len % 4` values in scalar code.
+///
+/// # Safety
+/// The CPU must have NEON; `b` is as long as `w`.
+pub unsafe fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let h = w.len();
+    debug_assert_eq!(b.len(), h);
+    let (fours, full, hf) = (h / 4, h / 4 * 4, h as f32);
+    for row in x.chunks_exact_mut(h) {
+        // [sum], then [sum of deviations, sum of their squares].
+        let (mut sum, mut dev) = (0f32, [0f32; 2]);
+        if fours > 0 {
+            // SAFETY: the loop reads `4 * fours <= h` floats of `row`; the store writes `sum`;
+            // only the declared registers (and the flags) are written.
+            unsafe {
+                core::arch::asm!(
+                    ".fpu neon",
+                    "vmov.i32 q0, #0",
+                    "3:",
+                    "vld1.32 {{d2, d3}}, [{p}]!",
+                    "vadd.f32 q0, q0, q1",
+                    "subs {n}, {n}, #1",
+                    "bne 3b",
+                    "vadd.f32 d0, d0, d1",
+                    "vpadd.f32 d0, d0, d0",
+                    "vst1.32 {{d0[0]}}, [{o}]",
+                    p = inout(reg) row.as_ptr() => _,
+                    n = inout(reg) fours => _,
+                    o = in(reg) &mut sum as *mut f32,
+                    out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+                    options(nostack),
+                );
+            }
+        }
+        let mean = (sum + row[full..].iter().sum::<f32>()) / hf;
+        if fours > 0 {
+            // SAFETY: as above; the stores write `dev`'s two floats.
+            unsafe {
+                core::arch::asm!(
+                    ".fpu neon",
+                    "vld1.32 {{d8[], d9[]}}, [{m}]",
+                    "vmov.i32 q0, #0",
+                    "vmov.i32 q1, #0",
+                    "3:",
+                    "vld1.32 {{d4, d5}}, [{p}]!",
+                    "vsub.f32 q2, q2, q4",
+                    "vadd.f32 q0, q0, q2",
+                    "vmla.f32 q1, q2, q2",
+                    "subs {n}, {n}, #1",
+                    "bne 3b",
+                    "vadd.f32 d0, d0, d1",
+                    "vpadd.f32 d0, d0, d0",
+                    "vadd.f32 d2, d2, d3",
+                    "vpadd.f32 d2, d2, d2",
+                    "vst1.32 {{d0[0]}}, [{o}]!",
+                    "vst1.32 {{d2[0]}}, [{o}]",
+                    m = in(reg) &mean as *const f32,
+                    p = inout(reg) row.as_ptr() => _,
+                    n = inout(reg) fours => _,
+                    o = inout(reg) dev.as_mut_ptr() => _,
+                    out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+                    out("d4") _, out("d5") _, out("d8") _, out("d9") _,
+                    options(nostack),
+                );
+            }
+        }
+        let (mut td, mut tq) = (0f32, 0f32);
+        for &e in &row[full..] {
+            td += e - mean;
+            tq += (e - mean) * (e - mean);
+        }
+        let c = (dev[0] + td) / hf;
+        let var = ((dev[1] + tq) / hf - c * c).max(0.0);
+        let inv = 1.0 / libm::sqrtf(var + eps);
+        if fours > 0 {
+            let k = [mean, c, inv];
+            // SAFETY: the loop reads and writes `4 * fours <= h` floats of `row` and reads as
+            // many of `w` and `b` (length `h`); only the declared registers (and the flags)
+            // are written.
+            unsafe {
+                core::arch::asm!(
+                    ".fpu neon",
+                    "vld1.32 {{d8[], d9[]}}, [{k}]!",
+                    "vld1.32 {{d10[], d11[]}}, [{k}]!",
+                    "vld1.32 {{d12[], d13[]}}, [{k}]",
+                    "3:",
+                    "vld1.32 {{d0, d1}}, [{p}]",
+                    "vld1.32 {{d2, d3}}, [{w}]!",
+                    "vld1.32 {{d4, d5}}, [{b}]!",
+                    "vsub.f32 q0, q0, q4",
+                    "vsub.f32 q0, q0, q5",
+                    "vmul.f32 q0, q0, q6",
+                    "vmla.f32 q2, q0, q1",
+                    "vst1.32 {{d4, d5}}, [{p}]!",
+                    "subs {n}, {n}, #1",
+                    "bne 3b",
+                    k = inout(reg) k.as_ptr() => _,
+                    p = inout(reg) row.as_mut_ptr() => _,
+                    w = inout(reg) w.as_ptr() => _,
+                    b = inout(reg) b.as_ptr() => _,
+                    n = inout(reg) fours => _,
+                    out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+                    out("d4") _, out("d5") _, out("d8") _, out("d9") _,
+                    out("d10") _, out("d11") _, out("d12") _, out("d13") _,
+                    options(nostack),
+                );
+            }
+        }
+        for i in full..h {
+            row[i] = ((row[i] - mean) - c) * inv * w[i] + b[i];
+        }
+    }
 }
