@@ -144,7 +144,7 @@ fn safetensors_bytes(
         offset += len;
     }
     let mut json = serde_json::to_string(&header).expect("JSON of strings and numbers");
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(' ');
     }
     let mut out = Vec::with_capacity(8 + json.len() + offset);

@@ -1089,8 +1089,8 @@ impl<B: AsRef<[u8]>> Back<'_, B> {
             let mut dp = vec![0f32; m];
             for i in 0..n {
                 let qi = &q[(start + i) * h + col..(start + i) * h + col + dh];
-                for j in 0..m {
-                    p[j] = kernels::dot(qi, key(j)) * scale;
+                for (j, pj) in p.iter_mut().enumerate() {
+                    *pj = kernels::dot(qi, key(j)) * scale;
                 }
                 kernels::softmax(&mut p);
                 let dci = &dctx[(start + i) * h + col..(start + i) * h + col + dh];

@@ -121,7 +121,7 @@ mod tests {
         let y = vec![0, 2, 1];
         let (_, g) = loss_and_grad(&head, &x, &y);
         let eps = 1e-3f32;
-        for i in 0..9 {
+        for (i, &gi) in g.iter().enumerate().take(9) {
             let mut p = head.clone();
             let mut m = head.clone();
             if i < 6 {
@@ -132,7 +132,7 @@ mod tests {
                 m.bias[i - 6] -= eps;
             }
             let fd = (loss_and_grad(&p, &x, &y).0 - loss_and_grad(&m, &x, &y).0) / (2.0 * eps);
-            assert!((fd - g[i]).abs() < 1e-3, "param {i}: {fd} vs {}", g[i]);
+            assert!((fd - gi).abs() < 1e-3, "param {i}: {fd} vs {gi}");
         }
     }
 

@@ -105,7 +105,8 @@ fn panels() {
     qdot::pack_panel(&toks, bpr, &mut p8);
     qdot::pack_panel16(&x, cols, &mut p16);
     qdot::pack_offset_panel(&x, cols, &mut po);
-    let mut kernels: Vec<(&str, Box<dyn Fn() -> f32>)> = Vec::new();
+    type Run<'a> = Box<dyn Fn() -> f32 + 'a>;
+    let mut kernels: Vec<(&str, Run<'_>)> = Vec::new();
     if let Some(f) = k.dot_q8_0_2x8 {
         kernels.push((
             "Q8_0 2 x 8",

@@ -304,17 +304,6 @@ fn predictions(logits: &[Vec<f32>], labels: &[String]) -> Vec<Prediction> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn model_is_send_and_sync() {
-        fn check<T: Send + Sync>() {}
-        check::<Model>();
-    }
-}
-
 /// The tokenizer described by a `tokenizer.json`. A WordPiece vocabulary (BERT's) is read
 /// straight into its model: the generic path buffers the whole model section several times while
 /// it finds out which model it is, which was half of a cold start. The rest of the file goes
@@ -370,4 +359,15 @@ pub fn tokenizer_from_json(json: &str) -> Result<Tokenizer, String> {
     let mut t = generic(&rest)?;
     t.with_model(wp);
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Model>();
+    }
 }

@@ -89,7 +89,7 @@ impl TensorType {
     /// when `ne0` is not a multiple of the block length or the size overflows.
     pub fn tensor_bytes(self, ne0: u64, rows: u64) -> Option<u64> {
         let bl = self.block_len() as u64;
-        if ne0 % bl != 0 {
+        if !ne0.is_multiple_of(bl) {
             return None;
         }
         (ne0 / bl)
@@ -236,7 +236,7 @@ impl core::error::Error for QuantError {}
 /// the little-endian bytes to `out`.
 pub fn quantize(x: &[f32], ty: TensorType, out: &mut Vec<u8>) -> Result<(), QuantError> {
     let bl = ty.block_len();
-    if x.len() % bl != 0 {
+    if !x.len().is_multiple_of(bl) {
         return Err(QuantError::NotBlockMultiple {
             len: x.len(),
             block: bl,
@@ -276,7 +276,7 @@ pub fn dequantize(
     out: &mut Vec<f32>,
 ) -> Result<(), QuantError> {
     let bl = ty.block_len();
-    if n % bl != 0 {
+    if !n.is_multiple_of(bl) {
         return Err(QuantError::NotBlockMultiple { len: n, block: bl });
     }
     let expected = n / bl * ty.block_bytes();
@@ -359,7 +359,6 @@ fn libm_sqrt(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloc::vec;
 
     /// Q8_0's worst error on a block, relative to `max|x|`: half a step (`d / 2`, `d = max|x| /
     /// 127`) plus the f16 rounding of `d` (relative 2^-11) times the largest `|q|`, 127.
@@ -419,7 +418,7 @@ mod tests {
         );
         let mut y = Vec::new();
         assert_eq!(
-            dequantize(&vec![0u8; 33], TensorType::Q8_0, 32, &mut y),
+            dequantize(&[0u8; 33], TensorType::Q8_0, 32, &mut y),
             Err(QuantError::ByteLength {
                 expected: 34,
                 got: 33

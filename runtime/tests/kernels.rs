@@ -420,7 +420,7 @@ fn check_tile_product(ty: TensorType) {
         let mut w = Vec::new();
         for r in &rows {
             w.extend_from_slice(r);
-            w.extend(std::iter::repeat(0x55u8).take(pad));
+            w.extend(std::iter::repeat_n(0x55u8, pad));
         }
         let bias = if rng.gen_bool(0.5) {
             random_vec(&mut rng, 16 * groups, 2.0)

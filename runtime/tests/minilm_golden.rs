@@ -38,7 +38,7 @@ fn minilm_path() -> PathBuf {
 
 #[test]
 fn batch_in_parts_matches_one_pass() {
-    let model = Model::open(&minilm_path()).unwrap();
+    let model = Model::open(minilm_path()).unwrap();
     let text = "petal runs a small language model on a board and adapts it from a few examples ";
     let (ids, _) = model.tokenize(&text.repeat(20)).unwrap();
     let enc = model.encoder();

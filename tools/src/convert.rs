@@ -143,7 +143,7 @@ fn storage_type(name: &str, requested: TensorType, shape: &[usize]) -> (TensorTy
         TensorType::F32
     };
     let ne0 = *shape.last().unwrap_or(&0);
-    if ne0 % wanted.block_len() != 0 {
+    if !ne0.is_multiple_of(wanted.block_len()) {
         (TensorType::F16, true)
     } else {
         (wanted, false)

@@ -374,7 +374,9 @@ impl OnnxWeights {
             .iter()
             .copied()
             .filter(|&dh| {
-                hidden % dh == 0 && hidden / dh > 1 && self.int_scalars.contains(&(dh as i64))
+                hidden.is_multiple_of(dh)
+                    && hidden / dh > 1
+                    && self.int_scalars.contains(&(dh as i64))
             })
             .filter(|&dh| {
                 let d = dh as f32;

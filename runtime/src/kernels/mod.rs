@@ -34,7 +34,7 @@ pub struct KernelSet {
     /// Q8_0 weight row · activation blocks.
     pub dot_q8_0: fn(&[u8], &[ActBlock]) -> f32,
     /// Two Q8_0 weight rows · four tokens' activation blocks, `[row 0 x 4, row 1 x 4]`.
-    pub dot_q8_0_2x4: fn([&[u8]; 2], [&[ActBlock]; 4]) -> [f32; 8],
+    pub dot_q8_0_2x4: TileProduct2x4,
     /// Two Q8_0 weight rows · a panel of eight tokens, `[row 0 x 8, row 1 x 8]`; when present,
     /// linear layers pack their activations into panels and use it instead of the 2 x 4 tile.
     pub dot_q8_0_2x8: Option<PanelProduct<Panel8>>,
@@ -242,6 +242,10 @@ impl<'a> RowsMut<'a> {
 /// [`KernelSet::dot_q4_0_16x16`]) takes at most.
 pub const AMX_ROW_GROUPS: usize = 8;
 
+/// The 2 x 4 tile products' signature: two weight rows against four tokens' activation blocks,
+/// `[row 0 x 4, row 1 x 4]`.
+pub type TileProduct2x4 = fn([&[u8]; 2], [&[ActBlock]; 4]) -> [f32; 8];
+
 /// The panel products' signature: two weight rows against panels of eight tokens of type `P`,
 /// `[row 0 x 8, row 1 x 8]`.
 pub type PanelProduct<P> = fn([&[u8]; 2], &[P]) -> [f32; 16];
@@ -308,8 +312,8 @@ fn check_panel_rows(w: [&[u8]; 2], blocks: usize, block_bytes: usize) {
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 fn check_tile_pack(x: &[f32], cols: usize, out: &[qdot::TilePanel], per: usize) {
     assert!(
-        cols % QK == 0
-            && x.len() % cols.max(1) == 0
+        cols.is_multiple_of(QK)
+            && x.len().is_multiple_of(cols.max(1))
             && x.len() / cols.max(1) <= qdot::TILE_PANEL_TOKENS
             && out.len() == per * (cols / QK)
     );
@@ -374,7 +378,7 @@ pub fn avx2() -> Option<KernelSet> {
     }
     #[allow(unsafe_code)]
     fn quantize(x: &[f32], out: &mut Vec<ActBlock>) {
-        assert!(x.len() % QK == 0);
+        assert!(x.len().is_multiple_of(QK));
         // SAFETY: this set is only handed out after detecting AVX2; length asserted.
         unsafe { x86_64::avx2::quantize_activations(x, out) }
     }
@@ -389,7 +393,9 @@ pub fn avx2() -> Option<KernelSet> {
     #[allow(unsafe_code)]
     fn pack_offset(x: &[f32], cols: usize, out: &mut Vec<OffsetPanel>) {
         assert!(
-            cols % QK == 0 && x.len() % cols.max(1) == 0 && x.len() / cols.max(1) <= PANEL_TOKENS
+            cols.is_multiple_of(QK)
+                && x.len().is_multiple_of(cols.max(1))
+                && x.len() / cols.max(1) <= PANEL_TOKENS
         );
         // SAFETY: this set is only handed out after detecting AVX2; shape asserted.
         unsafe { x86_64::avx2::pack_offset_panel(x, cols, out) }
@@ -558,7 +564,9 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
             _ => return qdot::dequantize_strip_bf16(ty, data, nr, k, out),
         };
         assert!(
-            k % QK == 0 && nr <= qdot::BF16_STRIP_ROWS && out.len() >= qdot::BF16_STRIP_ROWS * k
+            k.is_multiple_of(QK)
+                && nr <= qdot::BF16_STRIP_ROWS
+                && out.len() >= qdot::BF16_STRIP_ROWS * k
         );
         assert!(data.len() >= nr * (k / QK) * bytes, "short {ty:?} rows");
         // SAFETY: only handed out after `amx::available_bf16()` (AVX-512 BF16, VL and BW) and
@@ -567,14 +575,14 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
     }
     #[allow(unsafe_code)]
     fn strip_bf16(x: &[f32], k: usize, out: &mut [u16]) {
-        assert!(k % QK == 0 && out.len() >= qdot::BF16_STRIP_ROWS * k);
+        assert!(k.is_multiple_of(QK) && out.len() >= qdot::BF16_STRIP_ROWS * k);
         // SAFETY: only handed out after `amx::available_bf16()` (AVX-512 BF16, VL and BW) and
         // detecting AVX-512F; lengths asserted.
         unsafe { x86_64::amx::pack_bf16_strip(x, k, out) }
     }
     #[allow(unsafe_code)]
     fn columns_bf16(x: &[f32], ld: usize, n: usize, k: usize, out: &mut [u16]) {
-        assert!(k % QK == 0 && n <= k && out.len() >= qdot::BF16_STRIP_ROWS * k);
+        assert!(k.is_multiple_of(QK) && n <= k && out.len() >= qdot::BF16_STRIP_ROWS * k);
         assert!(
             n == 0 || x.len() >= (n - 1) * ld + qdot::BF16_STRIP_ROWS,
             "short rows"
@@ -604,7 +612,7 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
         next: &[u8],
     ) {
         let t = qdot::BF16_TILE_TOKENS;
-        assert!(k % 32 == 0 && a.len() >= 32 * k && b.len() >= nt * t * k);
+        assert!(k.is_multiple_of(32) && a.len() >= 32 * k && b.len() >= nt * t * k);
         assert!(nr <= 32 && nr <= out.width() && ntok <= nt * t);
         assert!(ntok == 0 || out.len() >= (ntok - 1) * out.ld() + nr);
         let (y, ld, _) = out.raw();
@@ -1080,7 +1088,7 @@ impl<'a> Activations<'a> {
         // (Q8_0) or 16-bit ones (Q4_0).
         let rest_panels = |this: &mut Self| {
             if this.tile_count > 0
-                && rows % OUT_TILE != 0
+                && !rows.is_multiple_of(OUT_TILE)
                 && this.offset_panels.is_empty()
                 && this.panels16.is_empty()
             {
@@ -1385,7 +1393,7 @@ impl LinearJob<'_> {
         if let (Some(f), false) = (tile_product(&k, w.ty), self.act.tiles().is_empty()) {
             // Whole groups of sixteen rows on the tile kernel, the rest (only in layers whose
             // rows are not a whole number of tiles, which have offset or 16-bit panels) below.
-            debug_assert!(tokens.start % TOKEN_TILE == 0);
+            debug_assert!(tokens.start.is_multiple_of(TOKEN_TILE));
             let whole = rows.start + rows.len() / OUT_TILE * OUT_TILE;
             self.run_tiles(f, rows.start..whole, tokens.clone(), out);
             rows = whole..rows.end;
@@ -1562,7 +1570,7 @@ impl LinearJob<'_> {
     ) {
         let (w, cols) = (self.w, self.w.cols);
         let tile = BF16_TILE_TOKENS * cols;
-        debug_assert!(tokens.start % BF16_TILE_TOKENS == 0);
+        debug_assert!(tokens.start.is_multiple_of(BF16_TILE_TOKENS));
         let (j0, nt) = (
             tokens.start / BF16_TILE_TOKENS,
             tokens.len().div_ceil(BF16_TILE_TOKENS),
@@ -1875,7 +1883,7 @@ pub fn attention_bf16(
     scratch: &mut AttentionScratch,
 ) -> Option<Vec<f32>> {
     let bk = active().bf16?;
-    if n < BF16_ATTENTION_MIN_TOKENS || dh % BF16_ROWS != 0 {
+    if n < BF16_ATTENTION_MIN_TOKENS || !dh.is_multiple_of(BF16_ROWS) {
         return None;
     }
     Some(attention_bf16_with(bk, q, k, v, ld, n, dh, scale, scratch))

@@ -157,7 +157,7 @@ pub fn pack_offset_panel_with(
     quantize: impl Fn(&[f32]) -> (f32, [i8; QK]),
 ) {
     let ntok = x.len() / cols;
-    debug_assert!(ntok <= PANEL_TOKENS && cols % QK == 0 && x.len() == ntok * cols);
+    debug_assert!(ntok <= PANEL_TOKENS && cols.is_multiple_of(QK) && x.len() == ntok * cols);
     let start = out.len();
     out.resize(
         start + cols / QK,
@@ -307,7 +307,7 @@ pub fn pack_panel16_with(
     quantize: impl Fn(&[f32]) -> (f32, [i16; QK]),
 ) {
     let ntok = x.len() / cols;
-    debug_assert!(ntok <= PANEL_TOKENS && cols % QK == 0 && x.len() == ntok * cols);
+    debug_assert!(ntok <= PANEL_TOKENS && cols.is_multiple_of(QK) && x.len() == ntok * cols);
     let start = out.len();
     out.resize(
         start + cols / QK,

@@ -455,7 +455,7 @@ pub unsafe fn gemm_bf16_32xn(
     gelu: bool,
     next: &[u8],
 ) {
-    debug_assert!(k % 32 == 0 && nr <= 32 && ntok <= 16 * nt);
+    debug_assert!(k.is_multiple_of(32) && nr <= 32 && ntok <= 16 * nt);
     debug_assert!(a.len() >= 32 * k && b.len() >= nt * 16 * k);
     let nb = k / 32;
     // `next`'s cache lines, spread over the product's steps (into L2).
@@ -733,7 +733,7 @@ pub unsafe fn dequantize_strip_bf16(q4: bool, data: &[u8], nr: usize, k: usize, 
 #[target_feature(enable = "avx512f,avx512bf16")]
 pub unsafe fn pack_bf16_strip(x: &[f32], k: usize, out: &mut [u16]) {
     let nr = (x.len() / k).min(32);
-    debug_assert!(k % 32 == 0 && out.len() >= 32 * k);
+    debug_assert!(k.is_multiple_of(32) && out.len() >= 32 * k);
     // SAFETY: values 32c..32c + 32 of row r < nr lie within `x`; `out` holds the strip's 32 k
     // values.
     unsafe {
@@ -756,7 +756,7 @@ pub unsafe fn pack_bf16_strip(x: &[f32], k: usize, out: &mut [u16]) {
 /// 32` when `n > 0`, `out.len() >= 32 * k`.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 pub unsafe fn pack_bf16_columns(x: &[f32], ld: usize, n: usize, k: usize, out: &mut [u16]) {
-    debug_assert!(k % 32 == 0 && n <= k && out.len() >= 32 * k);
+    debug_assert!(k.is_multiple_of(32) && n <= k && out.len() >= 32 * k);
     let nb = k / 32;
     // Lane 2i takes value i of the first row, lane 2i + 1 value i of the second.
     let idx: [i16; 32] = core::array::from_fn(|l| (l / 2 + 16 * (l % 2)) as i16);

@@ -372,7 +372,7 @@ pub unsafe fn gelu(x: &mut [f32]) {
 /// The CPU must support AVX2; `x.len()` is a multiple of 32.
 #[target_feature(enable = "avx2")]
 pub unsafe fn quantize_activations(x: &[f32], out: &mut Vec<ActBlock>) {
-    debug_assert!(x.len() % 32 == 0);
+    debug_assert!(x.len().is_multiple_of(32));
     out.reserve(x.len() / 32);
     for chunk in x.chunks_exact(32) {
         // SAFETY: `chunk` holds 32 floats.
@@ -929,7 +929,7 @@ pub(crate) unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
 pub unsafe fn pack_offset_panel(x: &[f32], cols: usize, out: &mut Vec<OffsetPanel>) {
     use crate::kernels::qdot::PANEL_TOKENS;
     let ntok = x.len() / cols;
-    debug_assert!(ntok <= PANEL_TOKENS && cols % QK == 0 && x.len() == ntok * cols);
+    debug_assert!(ntok <= PANEL_TOKENS && cols.is_multiple_of(QK) && x.len() == ntok * cols);
     out.reserve(cols / QK);
     for b in 0..cols / QK {
         let mut p = OffsetPanel {
@@ -969,7 +969,7 @@ pub unsafe fn pack_offset_panel(x: &[f32], cols: usize, out: &mut Vec<OffsetPane
 pub unsafe fn pack_tile_panel(x: &[f32], cols: usize, out: &mut [TilePanel]) {
     use crate::kernels::qdot::{PANEL_TOKENS, TILE_PANEL_TOKENS};
     let ntok = x.len() / cols;
-    debug_assert!(ntok <= TILE_PANEL_TOKENS && cols % QK == 0 && x.len() == ntok * cols);
+    debug_assert!(ntok <= TILE_PANEL_TOKENS && cols.is_multiple_of(QK) && x.len() == ntok * cols);
     for (b, p) in out.iter_mut().enumerate().take(cols / QK) {
         p.d = [0.0; TILE_PANEL_TOKENS];
         p.qs = [[0; 4 * TILE_PANEL_TOKENS]; QK / 4];

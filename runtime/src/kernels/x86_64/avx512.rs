@@ -325,7 +325,7 @@ unsafe fn pack_tiles<const Q16: bool>(
     use crate::quant::QK;
     let ntok = x.len() / cols;
     let per = if Q16 { 2 } else { 1 };
-    debug_assert!(ntok <= TILE_PANEL_TOKENS && cols % QK == 0 && x.len() == ntok * cols);
+    debug_assert!(ntok <= TILE_PANEL_TOKENS && cols.is_multiple_of(QK) && x.len() == ntok * cols);
     debug_assert!(out.len() >= per * (cols / QK));
     let max = if Q16 { 32767.0 } else { 127.0 };
     let sign = _mm512_set1_epi32(i32::MIN);
