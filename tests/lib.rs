@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use petal_runtime::gguf::{Gguf, GgufWriter, OwnedValue};
+use petal_runtime::gguf::{Gguf, GgufWriter};
 use petal_runtime::mmap::Mapping;
 use petal_runtime::quant::TensorType;
 use petal_tools::convert::{convert, ConvertOptions};
@@ -52,24 +52,10 @@ pub fn convert_to(src: &Path, dtype: TensorType, dir: &Path) -> PathBuf {
 pub fn dequantized_copy(src: &Path, out: &Path) {
     let map = Mapping::open(src).unwrap();
     let g = Gguf::parse(map.bytes()).unwrap();
-    let mut w = GgufWriter::new();
-    for (k, v) in g.metadata() {
-        if *k != petal_runtime::gguf::names::ALIGNMENT {
-            w.set(
-                k,
-                OwnedValue::from_value(v).unwrap_or_else(|| panic!("key {k} not copyable")),
-            );
-        }
-    }
-    for t in g.tensors() {
-        let mut f = Vec::new();
-        petal_runtime::quant::dequantize(g.tensor_data(t), t.ty, t.n_elements() as usize, &mut f)
-            .unwrap();
-        let bytes = f.iter().flat_map(|x| x.to_le_bytes()).collect();
-        w.add_tensor(t.name, &t.shape(), TensorType::F32, bytes)
-            .unwrap();
-    }
-    w.write_atomic(out).unwrap();
+    GgufWriter::dequantized(&g)
+        .unwrap()
+        .write_atomic(out)
+        .unwrap();
 }
 
 /// A golden tensor: its shape and values (integers widened to f64 exactly).

@@ -1,6 +1,7 @@
 //! The real MiniLM (q8_0, from `scripts/setup.sh`) against ONNX Runtime's embeddings in
-//! testdata/golden/minilm-l6, in the runtime's own suite so it also runs on aarch64 and armv7
-//! under QEMU with every kernel path of those CPUs (the workspace suite checks it on x86_64).
+//! testdata/golden/minilm-l6, and the q4_0 one against its own weights in f32, in the runtime's
+//! own suite so they also run on aarch64 and armv7 under QEMU with every kernel path of those
+//! CPUs (the workspace suite checks them on x86_64).
 
 use std::path::PathBuf;
 
@@ -13,6 +14,9 @@ const MINILM_Q8_0_MEAN_COS: f64 = 0.999;
 const MINILM_Q8_0_MIN_COS: f64 = 0.995;
 /// Texts checked under emulation (QEMU runs the encoder about 20 times slower).
 const TEXTS: usize = 8;
+/// Q4_0 weights against 16-bit activations, against the same weights dequantized to f32: the
+/// workspace's Q4_0 arithmetic bound.
+const Q4_0_ARITHMETIC_MIN_COS: f64 = 0.9999;
 
 /// `Encoder::infer` (a batch in parts) against one pass over the batch: the same kernels see
 /// each token either way (both batches stay below the bf16 kernels' threshold), so only
@@ -24,10 +28,16 @@ fn workspace() -> PathBuf {
 }
 
 fn minilm_path() -> PathBuf {
+    model_file("minilm-q8_0.gguf")
+}
+
+/// `assets/models/NAME` (or under `$PETAL_ASSETS`), which must exist.
+fn model_file(name: &str) -> PathBuf {
     let model_path = std::env::var_os("PETAL_ASSETS")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("assets"))
-        .join("models/minilm-q8_0.gguf");
+        .join("models")
+        .join(name);
     assert!(
         model_path.exists(),
         "{} is missing: run scripts/setup.sh first",
@@ -137,4 +147,40 @@ fn minilm_q8_0_matches_onnx_runtime_on_this_cpu() {
         mean >= MINILM_Q8_0_MEAN_COS && min >= MINILM_Q8_0_MIN_COS,
         "q8_0 mean {mean}, min {min}"
     );
+}
+
+#[test]
+fn minilm_q4_0_arithmetic_matches_dequantized_f32_on_this_cpu() {
+    use petal_runtime::gguf::{Gguf, GgufWriter};
+    use petal_runtime::pipeline::Storage;
+    let path = model_file("minilm-q4_0.gguf");
+    let bytes = std::fs::read(&path).unwrap();
+    let mut f32_file = Vec::new();
+    GgufWriter::dequantized(&Gguf::parse(&bytes).unwrap())
+        .unwrap()
+        .write_to(&mut f32_file)
+        .unwrap();
+    let q4 = Model::from_storage(Storage::Buffered(bytes), &path).unwrap();
+    let f32 = Model::from_storage(Storage::Buffered(f32_file), &path).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace().join("testdata/golden/minilm-l6/golden.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let texts: Vec<&str> = meta["texts"].as_array().unwrap()[..TEXTS]
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let (a, b) = (q4.embed(&texts).unwrap(), f32.embed(&texts).unwrap());
+    let mut least = f64::INFINITY;
+    for (x, y) in a.iter().zip(&b) {
+        let dot: f64 = x.iter().zip(y).map(|(p, q)| *p as f64 * *q as f64).sum();
+        let norm = |v: &[f32]| v.iter().map(|p| (*p as f64).powi(2)).sum::<f64>().sqrt();
+        least = least.min(dot / (norm(x) * norm(y)));
+    }
+    eprintln!(
+        "MiniLM q4_0 on {} kernels vs its dequantized f32: least cosine {least:.9}",
+        petal_runtime::kernels::active().name
+    );
+    assert!(least >= Q4_0_ARITHMETIC_MIN_COS, "least cosine {least}");
 }

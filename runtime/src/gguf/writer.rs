@@ -175,6 +175,28 @@ impl GgufWriter {
         Ok(())
     }
 
+    /// A copy of the model file `g` with every tensor dequantized to F32 (same keys, same
+    /// names and shapes), so a forward pass over it is the quantized file's weights in f32: the
+    /// reference of the quantized kernels' arithmetic checks.
+    pub fn dequantized(g: &crate::gguf::Gguf<'_>) -> io::Result<Self> {
+        let mut w = GgufWriter::new();
+        for (k, v) in g.metadata() {
+            if *k != names::ALIGNMENT {
+                let value = OwnedValue::from_value(v)
+                    .ok_or_else(|| invalid(format!("key {k:?}: its value cannot be copied")))?;
+                w.set(k, value);
+            }
+        }
+        for t in g.tensors() {
+            let mut f = Vec::new();
+            crate::quant::dequantize(g.tensor_data(t), t.ty, t.n_elements() as usize, &mut f)
+                .map_err(|e| invalid(format!("tensor {:?}: {e}", t.name)))?;
+            let bytes = f.iter().flat_map(|x| x.to_le_bytes()).collect();
+            w.add_tensor(t.name, &t.shape(), TensorType::F32, bytes)?;
+        }
+        Ok(w)
+    }
+
     /// Number of tensors added.
     pub fn tensor_count(&self) -> usize {
         self.tensors.len()
