@@ -324,37 +324,30 @@ pub unsafe fn dot_q8_0_2x4_dotprod(w: [&[u8]; 2], x: [&[ActBlock]; 4]) -> [f32; 
     }
 }
 
-/// Two Q8_0 weight rows against a panel of eight tokens with SDOT: each group of four weights,
-/// duplicated into every 32-bit lane, meets four tokens' four values per instruction (no sign
-/// trick: SDOT multiplies signed bytes). Returns `[row 0 x tokens 0..8, row 1 x tokens 0..8]`.
+/// Two Q8_0 weight rows against a panel of eight tokens with SDOT, a block at a time through
+/// [`sdot_block`] (no sign trick: SDOT multiplies signed bytes). Returns `[row 0 x tokens 0..8,
+/// row 1 x tokens 0..8]`.
 ///
 /// # Safety
 /// The CPU must support dotprod; both rows hold at least `p.len() * 34` bytes.
 #[target_feature(enable = "neon,dotprod")]
 pub unsafe fn dot_q8_0_2x8_dotprod(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
     debug_assert!(w.iter().all(|w| w.len() >= p.len() * Q8_0_BLOCK_BYTES));
-    // SAFETY: weight reads are 4 bytes at `2 + 4g + 34b` (g < 8, b < p.len()) and the scale's
-    // 2 bytes at `34b`, inside rows of `34 p.len()` bytes; panel loads read 16-byte halves of
-    // its 32-byte arrays; SDOT is available by this function's contract.
+    // SAFETY: block `b < p.len()` of each row (34 bytes at `34 b`, inside rows of `34 p.len()`
+    // bytes) holds the scale read here and the 32 values `sdot_block` reads from `34 b + 2`;
+    // panel loads read its arrays; SDOT is available by this function's contract.
     unsafe {
         // f[r][h]: row r, tokens 4h..4h + 4.
         let mut f = [[vdupq_n_f32(0.0); 2]; 2];
         for (b, pb) in p.iter().enumerate() {
-            let mut s = [[vdupq_n_s32(0); 2]; 2];
-            for g in 0..QK / 4 {
-                let x0 = vld1q_s8(pb.qs[g].as_ptr());
-                let x1 = vld1q_s8(pb.qs[g].as_ptr().add(16));
-                for r in 0..2 {
-                    let at = w[r].as_ptr().add(b * Q8_0_BLOCK_BYTES + 2 + 4 * g);
-                    let wg = vreinterpretq_s8_s32(vdupq_n_s32((at as *const i32).read_unaligned()));
-                    s[r][0] = sdot!(s[r][0], x0, wg);
-                    s[r][1] = sdot!(s[r][1], x1, wg);
-                }
-            }
+            let rows = [
+                w[0].as_ptr().add(b * Q8_0_BLOCK_BYTES),
+                w[1].as_ptr().add(b * Q8_0_BLOCK_BYTES),
+            ];
+            let s = sdot_block(rows.map(|r| r.wrapping_add(2) as *const i8), pb);
             let dx = [vld1q_f32(pb.d.as_ptr()), vld1q_f32(pb.d.as_ptr().add(4))];
             for r in 0..2 {
-                let wb = w[r].as_ptr().add(b * Q8_0_BLOCK_BYTES);
-                let dw = block_scale(core::slice::from_raw_parts(wb, 2));
+                let dw = block_scale(core::slice::from_raw_parts(rows[r], 2));
                 for h in 0..2 {
                     let scale = vmulq_n_f32(dx[h], dw);
                     f[r][h] = vfmaq_f32(f[r][h], scale, vcvtq_f32_s32(s[r][h]));
@@ -362,6 +355,33 @@ pub unsafe fn dot_q8_0_2x8_dotprod(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
             }
         }
         rows_2x8(&f)
+    }
+}
+
+/// One block's SDOT sums of two rows of 32 signed bytes (at `w[r]`) against a panel of eight
+/// tokens: `[row][half]`, tokens `4 half..4 half + 4`. Each group of four weights, duplicated
+/// into every 32-bit lane, meets four tokens' four values per instruction.
+///
+/// # Safety
+/// The CPU must support dotprod; both pointers address 32 readable bytes.
+#[target_feature(enable = "neon,dotprod")]
+#[inline]
+unsafe fn sdot_block(w: [*const i8; 2], pb: &Panel8) -> [[int32x4_t; 2]; 2] {
+    // SAFETY: weight reads are 4 bytes at `4 g` (g < 8) of each row's 32 (the caller's
+    // contract); panel loads read 16-byte halves of its 32-byte arrays.
+    unsafe {
+        let mut s = [[vdupq_n_s32(0); 2]; 2];
+        for g in 0..QK / 4 {
+            let x0 = vld1q_s8(pb.qs[g].as_ptr());
+            let x1 = vld1q_s8(pb.qs[g].as_ptr().add(16));
+            for r in 0..2 {
+                let at = w[r].add(4 * g) as *const i32;
+                let wg = vreinterpretq_s8_s32(vdupq_n_s32(at.read_unaligned()));
+                s[r][0] = sdot!(s[r][0], x0, wg);
+                s[r][1] = sdot!(s[r][1], x1, wg);
+            }
+        }
+        s
     }
 }
 
@@ -374,19 +394,17 @@ macro_rules! smmla {
     };
 }
 
-/// [`dot_q8_0_2x8_dotprod`] with SMMLA: eight weights of both rows form one 2 x 8 matrix, and
-/// the panel's groups of four are zipped into the same eight weights of two tokens, so each
-/// instruction makes 32 multiply-adds (SDOT: 16). Returns `[row 0 x tokens 0..8, row 1 x
-/// tokens 0..8]`.
+/// [`dot_q8_0_2x8_dotprod`] with SMMLA, a block at a time through [`smmla_block`]: 32
+/// multiply-adds an instruction (SDOT: 16). Returns `[row 0 x tokens 0..8, row 1 x tokens
+/// 0..8]`.
 ///
 /// # Safety
 /// The CPU must support i8mm; both rows hold at least `p.len() * 34` bytes.
 #[target_feature(enable = "neon,i8mm")]
 pub unsafe fn dot_q8_0_2x8_i8mm(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
     debug_assert!(w.iter().all(|w| w.len() >= p.len() * Q8_0_BLOCK_BYTES));
-    // SAFETY: weight reads are 8 bytes at `2 + 8c + 34b` (c < 4, b < p.len()) and the scale's
-    // 2 bytes at `34b`, inside rows of `34 p.len()` bytes; panel loads read 16-byte halves of
-    // its 32-byte arrays; SMMLA is available by this function's contract.
+    // SAFETY: as in `dot_q8_0_2x8_dotprod`, with `smmla_block`; SMMLA is available by this
+    // function's contract.
     unsafe {
         // f[q]: tokens 2q and 2q + 1, lanes [r0 t2q, r0 t2q+1, r1 t2q, r1 t2q+1].
         let mut f = [vdupq_n_f32(0.0); 4];
@@ -395,24 +413,7 @@ pub unsafe fn dot_q8_0_2x8_i8mm(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
                 w[0].as_ptr().add(b * Q8_0_BLOCK_BYTES),
                 w[1].as_ptr().add(b * Q8_0_BLOCK_BYTES),
             );
-            let mut s = [vdupq_n_s32(0); 4];
-            for c in 0..QK / 8 {
-                let a = vcombine_s8(
-                    vld1_s8(w0.add(2 + 8 * c) as *const i8),
-                    vld1_s8(w1.add(2 + 8 * c) as *const i8),
-                );
-                for half in 0..2 {
-                    let x0 = vreinterpretq_s32_s8(vld1q_s8(pb.qs[2 * c].as_ptr().add(16 * half)));
-                    let x1 =
-                        vreinterpretq_s32_s8(vld1q_s8(pb.qs[2 * c + 1].as_ptr().add(16 * half)));
-                    // Tokens 4 half + 0, 1 (then 2, 3): each token's four activations of group
-                    // 2c, then its four of group 2c + 1.
-                    let lo = vreinterpretq_s8_s32(vzip1q_s32(x0, x1));
-                    let hi = vreinterpretq_s8_s32(vzip2q_s32(x0, x1));
-                    s[2 * half] = smmla!(s[2 * half], a, lo);
-                    s[2 * half + 1] = smmla!(s[2 * half + 1], a, hi);
-                }
-            }
+            let s = smmla_block([w0.add(2) as *const i8, w1.add(2) as *const i8], pb);
             let d0 = block_scale(core::slice::from_raw_parts(w0, 2));
             let d1 = block_scale(core::slice::from_raw_parts(w1, 2));
             let dw = vcombine_f32(vdup_n_f32(d0), vdup_n_f32(d1));
@@ -423,6 +424,37 @@ pub unsafe fn dot_q8_0_2x8_i8mm(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
             }
         }
         rows_of_pairs(&f)
+    }
+}
+
+/// One block's SMMLA sums of two rows of 32 signed bytes (at `w[r]`) against a panel of eight
+/// tokens: `[q]` for tokens `2q, 2q + 1`, lanes `[r0 t2q, r0 t2q+1, r1 t2q, r1 t2q+1]`. Eight
+/// weights of both rows form one 2 x 8 matrix, and the panel's groups of four are zipped into
+/// the same eight values of two tokens.
+///
+/// # Safety
+/// The CPU must support i8mm; both pointers address 32 readable bytes.
+#[target_feature(enable = "neon,i8mm")]
+#[inline]
+unsafe fn smmla_block(w: [*const i8; 2], pb: &Panel8) -> [int32x4_t; 4] {
+    // SAFETY: weight reads are 8 bytes at `8 c` (c < 4) of each row's 32 (the caller's
+    // contract); panel loads read 16-byte halves of its 32-byte arrays.
+    unsafe {
+        let mut s = [vdupq_n_s32(0); 4];
+        for c in 0..QK / 8 {
+            let a = vcombine_s8(vld1_s8(w[0].add(8 * c)), vld1_s8(w[1].add(8 * c)));
+            for half in 0..2 {
+                let x0 = vreinterpretq_s32_s8(vld1q_s8(pb.qs[2 * c].as_ptr().add(16 * half)));
+                let x1 = vreinterpretq_s32_s8(vld1q_s8(pb.qs[2 * c + 1].as_ptr().add(16 * half)));
+                // Tokens 4 half + 0, 1 (then 2, 3): each token's four values of group 2c, then
+                // its four of group 2c + 1.
+                let lo = vreinterpretq_s8_s32(vzip1q_s32(x0, x1));
+                let hi = vreinterpretq_s8_s32(vzip2q_s32(x0, x1));
+                s[2 * half] = smmla!(s[2 * half], a, lo);
+                s[2 * half + 1] = smmla!(s[2 * half + 1], a, hi);
+            }
+        }
+        s
     }
 }
 
@@ -463,10 +495,9 @@ unsafe fn join_split(high: int32x4_t, low: int32x4_t, wsum: int32x4_t) -> int32x
 
 /// Two Q4_0 weight rows against split 16-bit panels of eight tokens (`[high, low]` byte
 /// panels per block, as [`crate::kernels::qdot::split_panel16`] makes them) with SDOT: each
-/// block is unpacked once to signed bytes; each group of four weights, duplicated into every
-/// 32-bit lane, meets four tokens' four high and four low bytes in one instruction each (16
-/// products, where `smlal` makes 4), and the halves are joined exactly as the 16-bit sums.
-/// Returns `[row 0 x tokens 0..8, row 1 x tokens 0..8]`.
+/// block is unpacked once to signed bytes, which [`sdot_block`] multiplies with the high and
+/// the low panel (16 products an instruction, where `smlal` makes 4), and the halves are
+/// joined exactly as the 16-bit sums. Returns `[row 0 x tokens 0..8, row 1 x tokens 0..8]`.
 ///
 /// # Safety
 /// The CPU must support dotprod; `p.len()` is even and both rows hold at least
@@ -475,36 +506,22 @@ unsafe fn join_split(high: int32x4_t, low: int32x4_t, wsum: int32x4_t) -> int32x
 pub unsafe fn dot_q4_0_2x8_split_dotprod(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
     debug_assert!(p.len().is_multiple_of(2));
     debug_assert!(w.iter().all(|w| w.len() >= p.len() / 2 * Q4_0_BLOCK_BYTES));
-    // SAFETY: block reads within the rows (`18 p.len() / 2` bytes each); the unpacked weights
-    // live in a local read 4 bytes at `4 g` (g < 8); panel loads read 16-byte halves of their
-    // 32-byte arrays; SDOT is available by this function's contract.
+    // SAFETY: block reads within the rows (`18 p.len() / 2` bytes each); `sdot_block` reads
+    // the unpacked weights' 32-byte local rows and the panels; SDOT is available by this
+    // function's contract.
     unsafe {
         // f[r][h]: row r, tokens 4h..4h + 4.
         let mut f = [[vdupq_n_f32(0.0); 2]; 2];
         let mut u = [[0i8; QK]; 2];
         for (b, halves) in p.chunks_exact(2).enumerate() {
             let (dw, wsum) = unpack_pair_q4_0(w, b, &mut u);
-            // s[half][r][h]
-            let mut s = [[[vdupq_n_s32(0); 2]; 2]; 2];
-            for g in 0..QK / 4 {
-                let x: [[int8x16_t; 2]; 2] = core::array::from_fn(|half| {
-                    let q = halves[half].qs[g].as_ptr();
-                    [vld1q_s8(q), vld1q_s8(q.add(16))]
-                });
-                for r in 0..2 {
-                    let at = u[r].as_ptr().add(4 * g) as *const i32;
-                    let wg = vreinterpretq_s8_s32(vdupq_n_s32(at.read_unaligned()));
-                    for half in 0..2 {
-                        s[half][r][0] = sdot!(s[half][r][0], x[half][0], wg);
-                        s[half][r][1] = sdot!(s[half][r][1], x[half][1], wg);
-                    }
-                }
-            }
+            let rows = [u[0].as_ptr(), u[1].as_ptr()];
+            let (high, low) = (sdot_block(rows, &halves[0]), sdot_block(rows, &halves[1]));
             let d = &halves[0].d;
             let dx = [vld1q_f32(d.as_ptr()), vld1q_f32(d.as_ptr().add(4))];
             for r in 0..2 {
                 for h in 0..2 {
-                    let isum = join_split(s[0][r][h], s[1][r][h], vdupq_n_s32(wsum[r]));
+                    let isum = join_split(high[r][h], low[r][h], vdupq_n_s32(wsum[r]));
                     let scale = vmulq_n_f32(dx[h], dw[r]);
                     f[r][h] = vfmaq_f32(f[r][h], scale, vcvtq_f32_s32(isum));
                 }
@@ -514,9 +531,8 @@ pub unsafe fn dot_q4_0_2x8_split_dotprod(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 1
     }
 }
 
-/// [`dot_q4_0_2x8_split_dotprod`] with SMMLA, arranged as [`dot_q8_0_2x8_i8mm`]: eight unpacked
-/// weights of both rows form one 2 x 8 matrix against two tokens' eight high (then low) bytes,
-/// 32 products an instruction. Returns `[row 0 x tokens 0..8, row 1 x tokens 0..8]`.
+/// [`dot_q4_0_2x8_split_dotprod`] with SMMLA ([`smmla_block`], as [`dot_q8_0_2x8_i8mm`]): 32
+/// products an instruction. Returns `[row 0 x tokens 0..8, row 1 x tokens 0..8]`.
 ///
 /// # Safety
 /// The CPU must support i8mm; `p.len()` is even and both rows hold at least
@@ -525,43 +541,22 @@ pub unsafe fn dot_q4_0_2x8_split_dotprod(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 1
 pub unsafe fn dot_q4_0_2x8_split_i8mm(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
     debug_assert!(p.len().is_multiple_of(2));
     debug_assert!(w.iter().all(|w| w.len() >= p.len() / 2 * Q4_0_BLOCK_BYTES));
-    // SAFETY: as in `dot_q4_0_2x8_split_dotprod`, the unpacked weights read 8 bytes at `8 c`
-    // (c < 4); SMMLA is available by this function's contract.
+    // SAFETY: as in `dot_q4_0_2x8_split_dotprod`, with `smmla_block`; SMMLA is available by
+    // this function's contract.
     unsafe {
         // f[q]: tokens 2q and 2q + 1, lanes [r0 t2q, r0 t2q+1, r1 t2q, r1 t2q+1].
         let mut f = [vdupq_n_f32(0.0); 4];
         let mut u = [[0i8; QK]; 2];
         for (b, halves) in p.chunks_exact(2).enumerate() {
             let (dw, wsum) = unpack_pair_q4_0(w, b, &mut u);
-            // s[half][q]
-            let mut s = [[vdupq_n_s32(0); 4]; 2];
-            for c in 0..QK / 8 {
-                let a = vcombine_s8(
-                    vld1_s8(u[0].as_ptr().add(8 * c)),
-                    vld1_s8(u[1].as_ptr().add(8 * c)),
-                );
-                for (half, pb) in halves.iter().enumerate() {
-                    for part in 0..2 {
-                        let x0 =
-                            vreinterpretq_s32_s8(vld1q_s8(pb.qs[2 * c].as_ptr().add(16 * part)));
-                        let x1 = vreinterpretq_s32_s8(vld1q_s8(
-                            pb.qs[2 * c + 1].as_ptr().add(16 * part),
-                        ));
-                        // Tokens 4 part + 0, 1 (then 2, 3): each token's four values of group
-                        // 2c, then its four of group 2c + 1.
-                        let lo = vreinterpretq_s8_s32(vzip1q_s32(x0, x1));
-                        let hi = vreinterpretq_s8_s32(vzip2q_s32(x0, x1));
-                        s[half][2 * part] = smmla!(s[half][2 * part], a, lo);
-                        s[half][2 * part + 1] = smmla!(s[half][2 * part + 1], a, hi);
-                    }
-                }
-            }
+            let rows = [u[0].as_ptr(), u[1].as_ptr()];
+            let (high, low) = (smmla_block(rows, &halves[0]), smmla_block(rows, &halves[1]));
             let dwv = vcombine_f32(vdup_n_f32(dw[0]), vdup_n_f32(dw[1]));
             let ws = vcombine_s32(vdup_n_s32(wsum[0]), vdup_n_s32(wsum[1]));
             for q in 0..4 {
                 let dx = vld1_f32(halves[0].d.as_ptr().add(2 * q));
                 let scale = vmulq_f32(vcombine_f32(dx, dx), dwv);
-                let isum = join_split(s[0][q], s[1][q], ws);
+                let isum = join_split(high[q], low[q], ws);
                 f[q] = vfmaq_f32(f[q], scale, vcvtq_f32_s32(isum));
             }
         }
