@@ -327,6 +327,21 @@ pub fn pack_panel16_with(
     }
 }
 
+/// Each value of a 16-bit panel: `f(v, t, q)` for value `v` of token `t`.
+fn each_value16(p: &Panel16, mut f: impl FnMut(usize, usize, i16)) {
+    for (pair, qs) in p.qs.iter().enumerate() {
+        for (t, two) in qs.chunks_exact(2).enumerate() {
+            f(2 * pair, t, two[0]);
+            f(2 * pair + 1, t, two[1]);
+        }
+    }
+}
+
+/// A 16-bit value's high byte (signed) and low byte (its bits): `q = 256 * high + low`.
+fn bytes16(q: i16) -> (i8, u8) {
+    ((q >> 8) as i8, (q & 0xff) as u8)
+}
+
 /// A [`Panel16`] as two [`Panel8`]s for Q4_0 kernels whose products take bytes (SDOT, SMMLA):
 /// `[high, low]`, with the high bytes `q >> 8` (signed) and the low bytes `(q & 0xff) - 128`
 /// (signed), by groups of four values per token as in any [`Panel8`], and the tokens' scales
@@ -338,14 +353,11 @@ pub fn split_panel16(p: &Panel16) -> [Panel8; 2] {
         qs: [[0; 32]; QK / 4],
         abs: [[0; 32]; QK / 4],
     }; 2];
-    for v in 0..QK {
-        for t in 0..PANEL_TOKENS {
-            let q = p.qs[v / 2][2 * t + v % 2];
-            let at = 4 * t + v % 4;
-            out[0].qs[v / 4][at] = (q >> 8) as i8;
-            out[1].qs[v / 4][at] = ((q & 0xff) - 128) as i8;
-        }
-    }
+    each_value16(p, |v, t, q| {
+        let (high, low) = bytes16(q);
+        out[0].qs[v / 4][4 * t + v % 4] = high;
+        out[1].qs[v / 4][4 * t + v % 4] = (low ^ 0x80) as i8;
+    });
     for half in &mut out {
         for (a, q) in half.abs.iter_mut().zip(&half.qs) {
             for (a, q) in a.iter_mut().zip(q) {
@@ -380,17 +392,12 @@ pub fn pack_tile_panels16(panels: &[Panel16], bpr: usize, out: &mut Vec<TilePane
         high.d[..PANEL_TOKENS].copy_from_slice(&lo.d);
         high.d[PANEL_TOKENS..].copy_from_slice(&hi.d);
         let mut low = high;
-        for t in 0..TILE_PANEL_TOKENS {
-            let (half, i) = if t < PANEL_TOKENS {
-                (lo, t)
-            } else {
-                (hi, t - PANEL_TOKENS)
-            };
-            for v in 0..QK {
-                let q = half.qs[v / 2][2 * i + v % 2];
-                high.qs[v / 4][4 * t + v % 4] = (q >> 8) as i8;
-                low.qs[v / 4][4 * t + v % 4] = (q & 0xff) as u8 as i8;
-            }
+        for (half, first) in [(lo, 0), (hi, PANEL_TOKENS)] {
+            each_value16(half, |v, i, q| {
+                let (h, l) = bytes16(q);
+                high.qs[v / 4][4 * (first + i) + v % 4] = h;
+                low.qs[v / 4][4 * (first + i) + v % 4] = l as i8;
+            });
         }
         out.push(high);
         out.push(low);
