@@ -390,30 +390,18 @@ const EXP_CONSTANTS: [f32; 13] = [
     1.0,
 ];
 
-/// The constants [`gelu4`] reads, in its order (then [`exp_q0`]'s).
-const GELU_CONSTANTS: [f32; 21] = {
-    let mut c = [0f32; 21];
-    let head = [
-        core::f32::consts::FRAC_1_SQRT_2,
-        ERFC_P,
-        1.0,
-        ERFC_POLY[0],
-        ERFC_POLY[1],
-        ERFC_POLY[2],
-        ERFC_POLY[3],
-        ERFC_POLY[4],
-    ];
-    let mut i = 0;
-    while i < 8 {
-        c[i] = head[i];
-        i += 1;
-    }
-    while i < 21 {
-        c[i] = EXP_CONSTANTS[i - 8];
-        i += 1;
-    }
-    c
-};
+/// The constants [`gelu4`] reads before `e^(-z^2)` (whose [`exp_q0`] reads its own), in its
+/// order.
+const GELU_CONSTANTS: [f32; 8] = [
+    core::f32::consts::FRAC_1_SQRT_2,
+    ERFC_P,
+    1.0,
+    ERFC_POLY[0],
+    ERFC_POLY[1],
+    ERFC_POLY[2],
+    ERFC_POLY[3],
+    ERFC_POLY[4],
+];
 
 /// `e^(x - max)` of the four floats at `p`, in place.
 ///
@@ -456,10 +444,10 @@ unsafe fn gelu4(p: *mut f32) {
             ".fpu neon",
             "vld1.32 {{d8, d9}}, [{p}]",
             "vabs.f32 q5, q4",
-            "vld1.32 {{d2[], d3[]}}, [{c}]!",
+            "vld1.32 {{d2[], d3[]}}, [{g}]!",
             "vmul.f32 q5, q5, q1",
-            "vld1.32 {{d2[], d3[]}}, [{c}]!",
-            "vld1.32 {{d4[], d5[]}}, [{c}]!",
+            "vld1.32 {{d2[], d3[]}}, [{g}]!",
+            "vld1.32 {{d4[], d5[]}}, [{g}]!",
             "vmla.f32 q2, q1, q5",
             "vrecpe.f32 q6, q2",
             "vrecps.f32 q7, q2, q6",
@@ -467,14 +455,14 @@ unsafe fn gelu4(p: *mut f32) {
             "vrecps.f32 q7, q2, q6",
             "vmul.f32 q6, q6, q7",
             // Horner on t (q6), the running value alternating between q1 and q3.
-            "vld1.32 {{d2[], d3[]}}, [{c}]!",
-            "vld1.32 {{d6[], d7[]}}, [{c}]!",
+            "vld1.32 {{d2[], d3[]}}, [{g}]!",
+            "vld1.32 {{d6[], d7[]}}, [{g}]!",
             "vmla.f32 q3, q1, q6",
-            "vld1.32 {{d2[], d3[]}}, [{c}]!",
+            "vld1.32 {{d2[], d3[]}}, [{g}]!",
             "vmla.f32 q1, q3, q6",
-            "vld1.32 {{d6[], d7[]}}, [{c}]!",
+            "vld1.32 {{d6[], d7[]}}, [{g}]!",
             "vmla.f32 q3, q1, q6",
-            "vld1.32 {{d2[], d3[]}}, [{c}]!",
+            "vld1.32 {{d2[], d3[]}}, [{g}]!",
             "vmla.f32 q1, q3, q6",
             "vmul.f32 q6, q1, q6",
             "vmul.f32 q0, q5, q5",
@@ -490,7 +478,8 @@ unsafe fn gelu4(p: *mut f32) {
             "vmul.f32 q4, q4, q2",
             "vst1.32 {{d8, d9}}, [{p}]",
             p = in(reg) p,
-            c = inout(reg) GELU_CONSTANTS.as_ptr() => _,
+            g = inout(reg) GELU_CONSTANTS.as_ptr() => _,
+            c = inout(reg) EXP_CONSTANTS.as_ptr() => _,
             out("d0") _, out("d1") _, out("d2") _, out("d3") _,
             out("d4") _, out("d5") _, out("d6") _, out("d7") _,
             out("d8") _, out("d9") _, out("d10") _, out("d11") _,
@@ -500,16 +489,16 @@ unsafe fn gelu4(p: *mut f32) {
     }
 }
 
-/// Calls `f` on each group of four floats of `x`, the last one padded with `pad` through a
+/// Calls `f` on each group of four floats of `x`, the last one padded with zeros through a
 /// local copy.
-fn by_fours(x: &mut [f32], pad: f32, mut f: impl FnMut(*mut f32)) {
+fn by_fours(x: &mut [f32], mut f: impl FnMut(*mut f32)) {
     let mut chunks = x.chunks_exact_mut(4);
     for c in &mut chunks {
         f(c.as_mut_ptr());
     }
     let tail = chunks.into_remainder();
     if !tail.is_empty() {
-        let mut four = [pad; 4];
+        let mut four = [0f32; 4];
         four[..tail.len()].copy_from_slice(tail);
         f(four.as_mut_ptr());
         let n = tail.len();
@@ -525,7 +514,7 @@ fn by_fours(x: &mut [f32], pad: f32, mut f: impl FnMut(*mut f32)) {
 pub unsafe fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     // SAFETY: `by_fours` hands out four floats at a time; NEON is the caller's contract.
-    by_fours(x, 0.0, |p| unsafe { exp4(p, &max) });
+    by_fours(x, |p| unsafe { exp4(p, &max) });
     let inv = 1.0 / x.iter().sum::<f32>();
     x.iter_mut().for_each(|v| *v *= inv);
 }
@@ -536,7 +525,7 @@ pub unsafe fn softmax(x: &mut [f32]) {
 /// The CPU must have NEON.
 pub unsafe fn gelu(x: &mut [f32]) {
     // SAFETY: `by_fours` hands out four floats at a time; NEON is the caller's contract.
-    by_fours(x, 0.0, |p| unsafe { gelu4(p) });
+    by_fours(x, |p| unsafe { gelu4(p) });
 }
 
 /// f32 dot product on two accumulators of four lanes (multiply-adds not fused), the last
