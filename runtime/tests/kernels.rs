@@ -1195,12 +1195,22 @@ fn q4_0_panels_match_the_reference() {
         let w = [&rows[0][..], &rows[1][..]];
         let want = generic::dot_q4_0_2x8(w, &panel);
         assert_eq!(generic::dot_q4_0_2x8_split(w, &split), want);
+        // Every set's panel kernels, each called once.
+        let mut outputs = Vec::new();
+        for k in variants() {
+            if let Some(f) = k.dot_q4_0_2x8 {
+                outputs.push((k.name, "2x8", f(w, &panel)));
+            }
+            if let Some(f) = k.dot_q4_0_2x8_split {
+                outputs.push((k.name, "2x8 split", f(w, &split)));
+            }
+        }
         for r in 0..2 {
+            let mut dq = Vec::new();
+            quant::dequantize(w[r], TensorType::Q4_0, cols, &mut dq).unwrap();
             for t in 0..qdot::PANEL_TOKENS {
                 let got = want[r * qdot::PANEL_TOKENS + t];
                 // The panel reference against the dequantized weights and activations in f64.
-                let mut dq = Vec::new();
-                quant::dequantize(w[r], TensorType::Q4_0, cols, &mut dq).unwrap();
                 let (mut exact, mut scale) = (0f64, 1e-6f64);
                 for b in 0..blocks {
                     let d = panel[b].d[t] as f64;
@@ -1214,23 +1224,12 @@ fn q4_0_panels_match_the_reference() {
                     (got as f64 - exact).abs() <= QDOT_REL_TOL as f64 * scale,
                     "q4 panel reference [{r}, {t}]: {got} vs {exact}"
                 );
-                for k in variants() {
-                    if let Some(f) = k.dot_q4_0_2x8 {
-                        let g = f(w, &panel)[r * qdot::PANEL_TOKENS + t];
-                        assert!(
-                            (g - got).abs() as f64 <= QDOT_REL_TOL as f64 * scale,
-                            "{} q4 2x8 [{r}, {t}]: {g} vs {got}",
-                            k.name
-                        );
-                    }
-                    if let Some(f) = k.dot_q4_0_2x8_split {
-                        let g = f(w, &split)[r * qdot::PANEL_TOKENS + t];
-                        assert!(
-                            (g - got).abs() as f64 <= QDOT_REL_TOL as f64 * scale,
-                            "{} q4 2x8 split [{r}, {t}]: {g} vs {got}",
-                            k.name
-                        );
-                    }
+                for (name, kind, out) in &outputs {
+                    let g = out[r * qdot::PANEL_TOKENS + t];
+                    assert!(
+                        (g - got).abs() as f64 <= QDOT_REL_TOL as f64 * scale,
+                        "{name} q4 {kind} [{r}, {t}]: {g} vs {got}"
+                    );
                 }
             }
         }
