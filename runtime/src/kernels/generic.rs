@@ -178,16 +178,22 @@ fn dot_q8_0_2x8_panels<'a>(
     out
 }
 
+/// The 32 weights of the Q4_0 block `wb` (scale, then 16 bytes: weight `k` in byte `k`'s low
+/// nibble, weight `k + 16` in its high one) as integers in `-8..=7`, in order.
+fn q4_0_values(wb: &[u8]) -> [i32; QK] {
+    core::array::from_fn(|k| {
+        let byte = wb[2 + k % (QK / 2)];
+        (if k < QK / 2 { byte & 0x0f } else { byte >> 4 }) as i32 - 8
+    })
+}
+
 /// Scalar reference of two Q4_0 weight rows against 16-bit panels of eight tokens:
 /// `[row 0 x tokens 0..8, row 1 x tokens 0..8]`, exact i32 block sums scaled in f32.
 pub fn dot_q4_0_2x8(w: [&[u8]; 2], p: &[Panel16]) -> [f32; 16] {
     let mut out = [0f32; 16];
     for (r, row) in w.iter().enumerate() {
         for (wb, pb) in row.chunks_exact(Q4_0_BLOCK_BYTES).zip(p) {
-            let wq: [i32; QK] = core::array::from_fn(|k| {
-                let byte = wb[2 + k % (QK / 2)];
-                (if k < QK / 2 { byte & 0x0f } else { byte >> 4 }) as i32 - 8
-            });
+            let wq = q4_0_values(wb);
             for t in 0..PANEL_TOKENS {
                 let isum: i32 = (0..QK)
                     .map(|k| wq[k] * pb.qs[k / 2][2 * t + k % 2] as i32)
@@ -208,10 +214,7 @@ pub fn dot_q4_0_2x8_split(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
     let mut out = [0f32; 16];
     for (r, row) in w.iter().enumerate() {
         for (wb, pb) in row.chunks_exact(Q4_0_BLOCK_BYTES).zip(p.chunks_exact(2)) {
-            let wq: [i32; QK] = core::array::from_fn(|k| {
-                let byte = wb[2 + k % (QK / 2)];
-                (if k < QK / 2 { byte & 0x0f } else { byte >> 4 }) as i32 - 8
-            });
+            let wq = q4_0_values(wb);
             let wsum: i32 = wq.iter().sum();
             for t in 0..PANEL_TOKENS {
                 let dot = |half: &Panel8| -> i32 {
