@@ -46,6 +46,14 @@ fn model_file(name: &str) -> PathBuf {
     model_path
 }
 
+/// Cosine similarity of an embedding and a reference, in f64.
+fn cosine(a: &[f32], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * y).sum();
+    let na = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
 #[test]
 fn batch_in_parts_matches_one_pass() {
     let model = Model::open(minilm_path()).unwrap();
@@ -131,11 +139,7 @@ fn minilm_q8_0_matches_onnx_runtime_on_this_cpu() {
             )
             .unwrap();
         let e = &enc.pool(&hidden)[0];
-        let w = &want[i * h..(i + 1) * h];
-        let dot: f64 = e.iter().zip(w).map(|(a, b)| *a as f64 * b).sum();
-        let na = e.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
-        let nb = w.iter().map(|b| b * b).sum::<f64>().sqrt();
-        cosines.push(dot / (na * nb));
+        cosines.push(cosine(e, &want[i * h..(i + 1) * h]));
     }
     let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
     let min = cosines.iter().copied().fold(f64::INFINITY, f64::min);
@@ -174,9 +178,8 @@ fn minilm_q4_0_arithmetic_matches_dequantized_f32_on_this_cpu() {
     let (a, b) = (q4.embed(&texts).unwrap(), f32.embed(&texts).unwrap());
     let mut least = f64::INFINITY;
     for (x, y) in a.iter().zip(&b) {
-        let dot: f64 = x.iter().zip(y).map(|(p, q)| *p as f64 * *q as f64).sum();
-        let norm = |v: &[f32]| v.iter().map(|p| (*p as f64).powi(2)).sum::<f64>().sqrt();
-        least = least.min(dot / (norm(x) * norm(y)));
+        let y: Vec<f64> = y.iter().map(|&v| v as f64).collect();
+        least = least.min(cosine(x, &y));
     }
     eprintln!(
         "MiniLM q4_0 on {} kernels vs its dequantized f32: least cosine {least:.9}",
