@@ -31,6 +31,28 @@ log "no_std core for thumbv7em-none-eabihf"
 cargo build --quiet -p petal-runtime --no-default-features --target thumbv7em-none-eabihf
 cargo build --quiet -p petal-board --target thumbv7em-none-eabihf
 
+# The kernel sets this machine must run, from the CPU's flags (apart from petal's own
+# detection): a kernel test fails when one of them is missing instead of passing over it.
+export PETAL_TEST_SCRIPT=1
+x86_expected_kernels() {
+  local flags have
+  flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+  have() { for f in "$@"; do [[ $flags == *" $f "* ]] || return 1; done; }
+  local sets=(generic)
+  if have avx2 fma f16c; then
+    sets+=(avx2)
+    have avx512_vnni avx512vl && sets+=(avx2+avx512vnni)
+    have avx_vnni && sets+=(avx2+avxvnni)
+    if have amx_tile amx_int8 avx512f && { have avx512_vnni avx512vl || have avx_vnni; }; then
+      sets+=(avx2+amx)
+      have amx_bf16 avx512_bf16 avx512vl avx512bw && sets+=(avx2+amx-bf16)
+    fi
+  fi
+  local IFS=,; echo "${sets[*]}"
+}
+export PETAL_EXPECT_KERNELS=$(x86_expected_kernels)
+log "kernel sets this CPU must run: $PETAL_EXPECT_KERNELS"
+
 log "cargo test --workspace"
 mkdir -p target
 set +e  # every stage runs, to print all failures, the duration and the summary
@@ -47,8 +69,12 @@ bash tests/interop/peft_load.sh target/debug/petal 2>&1 | tee -a target/test.log
 
 # The runtime's suite on ARM Linux under qemu-user (.cargo/config.toml sets linkers and
 # runners): aarch64 on QEMU's default CPU and on a Cortex-A53 (no dotprod, no i8mm), and armv7.
-for run in "aarch64-unknown-linux-gnu:" "aarch64-unknown-linux-gnu:cortex-a53" "armv7-unknown-linux-gnueabihf:"; do
-  target=${run%%:*} cpu=${run#*:}
+# target:QEMU_CPU:kernel sets that CPU must run (QEMU's default aarch64 CPU has dotprod and i8mm).
+for run in "aarch64-unknown-linux-gnu::generic,neon,neon+dotprod,neon+dotprod+i8mm" \
+           "aarch64-unknown-linux-gnu:cortex-a53:generic,neon" \
+           "armv7-unknown-linux-gnueabihf::generic,armv7-neon"; do
+  target=${run%%:*} rest=${run#*:} cpu=${rest%%:*}
+  export PETAL_EXPECT_KERNELS=${rest#*:}
   log "petal-runtime tests on $target under qemu${cpu:+ (QEMU_CPU=$cpu)}"
   if [ -n "$cpu" ]; then export QEMU_CPU=$cpu; else unset QEMU_CPU; fi
   cargo test -p petal-runtime --target "$target" 2>&1 | tee -a target/test.log

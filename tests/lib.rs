@@ -110,6 +110,13 @@ pub fn cosine(a: &[f32], b: &[f64]) -> f64 {
 }
 
 /// The texts of a `golden.json`.
+/// `"revision"` of a golden folder's `golden.json` (1 when it has none).
+pub fn golden_revision(dir: &Path) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
+    v.get("revision").and_then(|r| r.as_u64()).unwrap_or(1)
+}
+
 pub fn golden_texts(dir: &Path) -> Vec<String> {
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();

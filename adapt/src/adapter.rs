@@ -46,6 +46,16 @@ pub const PEFT_WEIGHTS: &str = "adapter_model.safetensors";
 /// The format version petal writes.
 const FORMAT_VERSION: &str = "2";
 
+/// Most labels an adapter may have.
+pub const MAX_LABELS: usize = 4096;
+/// Largest LoRA rank an adapter may have (also at most the narrower side of each target).
+pub const MAX_LORA_RANK: usize = 4096;
+
+/// The first `n` characters of `s` (hashes in messages; a hostile file may put any text there).
+fn prefix_chars(s: &str, n: usize) -> &str {
+    s.char_indices().nth(n).map_or(s, |(i, _)| &s[..i])
+}
+
 /// A trained adapter: the method, its parameters, the labels and the base it belongs to.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Adapter {
@@ -98,8 +108,8 @@ impl fmt::Display for AdapterError {
                 f,
                 "{}: trained on another base model (base SHA-256 {}…, this model is {}…)",
                 path.display(),
-                &expected[..expected.len().min(12)],
-                &found[..found.len().min(12)]
+                prefix_chars(expected, 12),
+                prefix_chars(found, 12)
             ),
         }
     }
@@ -181,6 +191,36 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AdapterError> {
     Ok(())
 }
 
+/// Puts the directory `staged` at `path` and the old `path` at `staged`, in one step where the
+/// system has one (Linux's `renameat2(RENAME_EXCHANGE)`), so that a process killed at any
+/// moment leaves the whole old or the whole new directory at `path`.
+#[cfg(target_os = "linux")]
+fn swap_in(staged: &Path, path: &Path) -> std::io::Result<()> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    renameat_with(CWD, staged, CWD, path, RenameFlags::EXCHANGE).map_err(std::io::Error::from)
+}
+
+/// Elsewhere two renames: a process killed between them leaves the old directory under a
+/// hidden `.petal-old-*` name beside `path`.
+#[cfg(not(target_os = "linux"))]
+fn swap_in(staged: &Path, path: &Path) -> std::io::Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let old = parent.join(format!(".petal-old-{}", std::process::id()));
+    std::fs::rename(path, &old)?;
+    std::fs::rename(staged, path)?;
+    std::fs::rename(&old, staged)
+}
+
+/// PEFT's `target_modules` (or `feedforward_modules`) for exactly `blocks`: a regular
+/// expression, or an empty list for none.
+fn target_modules(arch: Arch, blocks: &[Block]) -> Value {
+    if blocks.is_empty() {
+        json!([])
+    } else {
+        json!(methods::peft_target_regex(arch, blocks))
+    }
+}
+
 /// A JSON number, an integer when it is one (PEFT types `lora_alpha` as an int).
 fn number(x: f32) -> Value {
     if x.fract() == 0.0 && x.abs() < 1e9 {
@@ -188,13 +228,6 @@ fn number(x: f32) -> Value {
     } else {
         json!(x)
     }
-}
-
-fn block_names(arch: Arch, blocks: &[Block]) -> Vec<&'static str> {
-    blocks
-        .iter()
-        .map(|&b| methods::peft_target(arch, b))
-        .collect()
 }
 
 impl Adapter {
@@ -248,7 +281,7 @@ impl Adapter {
         let mut c = match &self.method {
             Method::Lora(l) => json!({
                 "peft_type": "LORA", "r": l.r, "lora_alpha": number(l.alpha), "lora_dropout": l.dropout,
-                "target_modules": block_names(arch, &l.targets), "bias": "none", "fan_in_fan_out": false,
+                "target_modules": target_modules(arch, &l.targets), "bias": "none", "fan_in_fan_out": false,
                 "init_lora_weights": true, "use_rslora": false, "use_dora": false,
                 "rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": null,
             }),
@@ -256,8 +289,8 @@ impl Adapter {
                 targets,
                 feedforward,
             } => json!({
-                "peft_type": "IA3", "target_modules": block_names(arch, targets),
-                "feedforward_modules": block_names(arch, feedforward), "fan_in_fan_out": false,
+                "peft_type": "IA3", "target_modules": target_modules(arch, targets),
+                "feedforward_modules": target_modules(arch, feedforward), "fan_in_fan_out": false,
                 "init_ia3_weights": true,
             }),
             Method::Prompt { tokens } => json!({
@@ -320,10 +353,10 @@ impl Adapter {
         write_atomic(&tmp.path().join(PEFT_CONFIG), json.as_bytes())?;
         let staged = tmp.keep();
         if path.exists() {
-            let old = parent.join(format!(".petal-old-{}", std::process::id()));
-            std::fs::rename(path, &old).map_err(io)?;
-            std::fs::rename(&staged, path).map_err(io)?;
-            std::fs::remove_dir_all(&old).map_err(io)?;
+            swap_in(&staged, path).map_err(io)?;
+            // `staged` now holds the old directory (a hidden `.petal-*` name if this process
+            // dies before removing it).
+            std::fs::remove_dir_all(&staged).map_err(io)?;
         } else {
             std::fs::rename(&staged, path).map_err(io)?;
         }
@@ -372,7 +405,13 @@ impl Adapter {
                 std::fs::read_to_string(&cpath).map_err(|e| AdapterError::Io(cpath.clone(), e))?;
             let c: Value = serde_json::from_str(&text)
                 .map_err(|e| AdapterError::Format(cpath.clone(), e.to_string()))?;
-            peft_method(&c, enc.config().arch)
+            let arch = enc.config().arch;
+            // A sub-layer is trained when layer 0's module of it has a tensor in the file.
+            let trained = |b: Block| {
+                let m = format!("{}.", methods::hf_module(arch, false, 0, b));
+                st.names().iter().any(|n| n.contains(&m))
+            };
+            peft_method(&c, arch, enc.config().layers, &trained)
                 .map_err(|m| AdapterError::Invalid(cpath.clone(), m))?
         } else {
             let method = meta
@@ -422,6 +461,16 @@ impl Adapter {
         if head == HeadKind::File && model_labels.as_ref().map(Vec::len) != Some(labels.len()) {
             return Err(invalid("the adapter trains the model's own classifier, but the model has another number of labels".into()));
         }
+        // Every size the file states is checked against the tensors it holds before
+        // `methods::build` allocates by it.
+        check_stated_sizes(&st, &method, head, labels.len(), enc.config().hidden).map_err(|m| {
+            let file = if peft {
+                path.join(PEFT_CONFIG)
+            } else {
+                path.to_path_buf()
+            };
+            AdapterError::Invalid(file, m)
+        })?;
         let mut t = methods::build(enc, &method, labels.len(), head, 0)
             .map_err(|e| invalid(e.to_string()))?;
         let names: std::collections::BTreeSet<String> = st.names().into_iter().cloned().collect();
@@ -486,29 +535,133 @@ impl Adapter {
     }
 }
 
-fn blocks_of(arch: Arch, v: &Value, key: &str) -> Result<Vec<Block>, String> {
+/// Checks the sizes an adapter's metadata or `adapter_config.json` states (labels, LoRA rank,
+/// virtual tokens) against their caps and against the shapes of the tensors in its safetensors
+/// file, so that a hostile number is refused before anything is sized by it.
+fn check_stated_sizes(
+    st: &SafeTensors<'_>,
+    method: &Method,
+    head: HeadKind,
+    labels: usize,
+    hidden: usize,
+) -> Result<(), String> {
+    let shape_of = |name: &str| st.tensor(name).ok().map(|t| t.shape().to_vec());
+    if labels > MAX_LABELS {
+        return Err(format!(
+            "{labels} labels: at most {MAX_LABELS} are supported"
+        ));
+    }
+    if head == HeadKind::Pooled {
+        let want = [labels, hidden];
+        match shape_of(HEAD_WEIGHT) {
+            Some(s) if s == want => {}
+            Some(s) => {
+                return Err(format!(
+                    "{labels} labels, but tensor \"{HEAD_WEIGHT}\" has shape {s:?} (want {want:?})"
+                ))
+            }
+            None => return Err(format!("missing tensor \"{HEAD_WEIGHT}\"")),
+        }
+    }
+    match method {
+        Method::Lora(c) => {
+            if c.r == 0 || c.r > MAX_LORA_RANK {
+                return Err(format!(
+                    "\"r\" is {}: the LoRA rank must be between 1 and {MAX_LORA_RANK}",
+                    c.r
+                ));
+            }
+            let mut seen = false;
+            for name in st.names() {
+                if name.ends_with(".lora_A.weight") {
+                    let s = shape_of(name).unwrap_or_default();
+                    if s.first() != Some(&c.r) {
+                        return Err(format!(
+                            "\"r\" is {}, but tensor \"{name}\" has shape {s:?}",
+                            c.r
+                        ));
+                    }
+                    seen = true;
+                }
+            }
+            if !seen {
+                return Err("no \"lora_A\" tensor for the LoRA targets".into());
+            }
+        }
+        Method::Prompt { tokens } | Method::Prefix { tokens } => {
+            let name = "prompt_embeddings";
+            match shape_of(name) {
+                Some(s) if s.first() == Some(tokens) => {}
+                s => {
+                    return Err(format!(
+                        "\"num_virtual_tokens\" is {tokens}, but tensor \"{name}\" has shape {:?}",
+                        s.unwrap_or_default()
+                    ))
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The sub-layers `v[key]` (`target_modules`, `feedforward_modules`) selects, as PEFT selects
+/// them: a regular expression full-matched against module names (what petal writes), or a list
+/// of names matched by suffix. A list name that PEFT would match to several sub-layers (BERT's
+/// `output.dense`) keeps those that have tensors in the file (`trained`), so that directories
+/// written by earlier petals, which meant the feed-forward output by it, still load.
+fn blocks_of(
+    arch: Arch,
+    layers: usize,
+    v: &Value,
+    key: &str,
+    trained: &dyn Fn(Block) -> bool,
+) -> Result<Vec<Block>, String> {
     match &v[key] {
         Value::Null => Ok(Vec::new()),
-        Value::Array(a) => a
-            .iter()
-            .map(|x| {
+        Value::Array(a) => {
+            let mut out: Vec<Block> = Vec::new();
+            for x in a {
                 let s = x
                     .as_str()
                     .ok_or_else(|| format!("\"{key}\" holds a non-string"))?;
-                methods::block_of_target(arch, s).ok_or_else(|| {
-                    format!("target module \"{s}\" is not a linear layer petal knows")
-                })
-            })
-            .collect(),
-        Value::String(s) => Err(format!(
-            "\"{key}\" as a regular expression (\"{s}\") is not supported; list the modules"
-        )),
-        _ => Err(format!("\"{key}\" is not a list")),
+                let mut hit = methods::blocks_of_name(arch, s);
+                if hit.is_empty() {
+                    return Err(format!(
+                        "target module \"{s}\" is not a linear layer petal knows"
+                    ));
+                }
+                if hit.len() > 1 && hit.iter().any(|&b| trained(b)) {
+                    hit.retain(|&b| trained(b));
+                }
+                for b in hit {
+                    if !out.contains(&b) {
+                        out.push(b);
+                    }
+                }
+            }
+            Ok(out)
+        }
+        Value::String(s) => {
+            let blocks = methods::blocks_of_regex(arch, layers, s)?;
+            if blocks.is_empty() {
+                return Err(format!(
+                    "\"{key}\" ({s:?}) selects no linear layer petal knows"
+                ));
+            }
+            Ok(blocks)
+        }
+        _ => Err(format!("\"{key}\" is not a list or a string")),
     }
 }
 
 /// The method and head of a PEFT `adapter_config.json`.
-fn peft_method(c: &Value, arch: Arch) -> Result<(Method, HeadKind), String> {
+fn peft_method(
+    c: &Value,
+    arch: Arch,
+    layers: usize,
+    trained: &dyn Fn(Block) -> bool,
+) -> Result<(Method, HeadKind), String> {
     let head = match c["task_type"].as_str() {
         Some("SEQ_CLS") => HeadKind::File,
         Some("FEATURE_EXTRACTION") | None => HeadKind::Pooled,
@@ -551,12 +704,12 @@ fn peft_method(c: &Value, arch: Arch) -> Result<(Method, HeadKind), String> {
                     .as_f64()
                     .ok_or("\"lora_alpha\" is missing")? as f32,
                 dropout: c["lora_dropout"].as_f64().unwrap_or(0.0) as f32,
-                targets: blocks_of(arch, c, "target_modules")?,
+                targets: blocks_of(arch, layers, c, "target_modules", trained)?,
             })
         }
         Some("IA3") => Method::Ia3 {
-            targets: blocks_of(arch, c, "target_modules")?,
-            feedforward: blocks_of(arch, c, "feedforward_modules")?,
+            targets: blocks_of(arch, layers, c, "target_modules", trained)?,
+            feedforward: blocks_of(arch, layers, c, "feedforward_modules", trained)?,
         },
         Some("PROMPT_TUNING") => {
             if usize_of("num_transformer_submodules").unwrap_or(1) != 1 {

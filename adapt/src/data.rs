@@ -99,8 +99,10 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Example>, DataError> {
     parse_jsonl(&text, path)
 }
 
-/// Parses JSON lines; `path` names the source in errors.
+/// Parses JSON lines; `path` names the source in errors. A UTF-8 byte-order mark at the start
+/// (which several editors write) is skipped.
 pub fn parse_jsonl(text: &str, path: &Path) -> Result<Vec<Example>, DataError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
@@ -170,6 +172,19 @@ mod tests {
             .unwrap();
         assert_eq!(e.len(), 2);
         assert_eq!(labels(&e, Path::new("t")).unwrap(), ["x", "y"]);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let e =
+            parse("\u{feff}{\"text\":\"a\",\"label\":\"x\"}\r\n{\"text\":\"b\",\"label\":\"y\"}\n")
+                .unwrap();
+        assert_eq!((e[0].text.as_str(), e[1].label.as_str()), ("a", "y"));
+        // Only at the start: elsewhere it is a character of a line like any other.
+        let msg = parse("{\"text\":\"a\",\"label\":\"x\"}\n\u{feff}{}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("t.jsonl: line 2: invalid JSON"), "{msg}");
     }
 
     #[test]

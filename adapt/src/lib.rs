@@ -8,6 +8,7 @@
 //! and writes adapter files (PEFT's layout where PEFT has the method); [`data`] reads labelled
 //! JSON lines and [`eval`] scores predictions.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod adapter;
 pub mod data;

@@ -171,15 +171,18 @@ pub enum HeadKind {
     File,
 }
 
-/// Hugging Face module path of sub-layer `part` of layer `l` (`with_model` adds the base
-/// model's attribute, e.g. `bert.`, as in a `*ForSequenceClassification` model).
-pub fn hf_module(arch: Arch, with_model: bool, l: usize, part: Block) -> String {
-    let layers = if arch == Arch::DistilBert {
+/// The module holding the layers (`encoder.layer`, DistilBERT's `transformer.layer`).
+fn layers_path(arch: Arch) -> &'static str {
+    if arch == Arch::DistilBert {
         "transformer.layer"
     } else {
         "encoder.layer"
-    };
-    let sub = if arch == Arch::DistilBert {
+    }
+}
+
+/// Module path of sub-layer `part` within a layer.
+fn sub_path(arch: Arch, part: Block) -> &'static str {
+    if arch == Arch::DistilBert {
         match part {
             Block::AttnQ => "attention.q_lin",
             Block::AttnK => "attention.k_lin",
@@ -201,47 +204,85 @@ pub fn hf_module(arch: Arch, with_model: bool, l: usize, part: Block) -> String 
             Block::FfnDown => "output.dense",
             Block::LayerOutputNorm => "output.LayerNorm",
         }
-    };
-    format!(
-        "{}{layers}.{l}.{sub}",
-        if with_model { model_attr(arch) } else { "" }
-    )
-}
-
-/// PEFT's name for a target module (`query`, `value`, `dense`...), as in `target_modules`.
-pub fn peft_target(arch: Arch, part: Block) -> &'static str {
-    match (arch, part) {
-        (Arch::DistilBert, Block::AttnQ) => "q_lin",
-        (Arch::DistilBert, Block::AttnK) => "k_lin",
-        (Arch::DistilBert, Block::AttnV) => "v_lin",
-        (Arch::DistilBert, Block::AttnOutput) => "out_lin",
-        (Arch::DistilBert, Block::FfnUp) => "lin1",
-        (Arch::DistilBert, Block::FfnDown) => "lin2",
-        (_, Block::AttnQ) => "query",
-        (_, Block::AttnK) => "key",
-        (_, Block::AttnV) => "value",
-        (_, Block::AttnOutput) => "attention.output.dense",
-        (_, Block::FfnUp) => "intermediate.dense",
-        (_, Block::FfnDown) => "output.dense",
-        _ => "",
     }
 }
 
-/// The sub-layer a PEFT target module name refers to.
-pub fn block_of_target(arch: Arch, name: &str) -> Option<Block> {
-    [
-        Block::AttnQ,
-        Block::AttnK,
-        Block::AttnV,
-        Block::AttnOutput,
-        Block::FfnUp,
-        Block::FfnDown,
-    ]
-    .into_iter()
-    .find(|&b| {
-        peft_target(arch, b) == name
-            || (arch != Arch::DistilBert && b == Block::FfnDown && name == "output.dense")
-    })
+/// Hugging Face module path of sub-layer `part` of layer `l` (`with_model` adds the base
+/// model's attribute, e.g. `bert.`, as in a `*ForSequenceClassification` model).
+pub fn hf_module(arch: Arch, with_model: bool, l: usize, part: Block) -> String {
+    format!(
+        "{}{}.{l}.{}",
+        if with_model { model_attr(arch) } else { "" },
+        layers_path(arch),
+        sub_path(arch, part)
+    )
+}
+
+/// The linear sub-layers a method may target.
+pub const LINEAR_BLOCKS: [Block; 6] = [
+    Block::AttnQ,
+    Block::AttnK,
+    Block::AttnV,
+    Block::AttnOutput,
+    Block::FfnUp,
+    Block::FfnDown,
+];
+
+/// PEFT's `target_modules` for exactly `blocks` of every layer, as the regular expression
+/// PEFT full-matches against each module's name (a list of names would be matched by suffix,
+/// and BERT's `output.dense` is also the suffix of `attention.output.dense`).
+pub fn peft_target_regex(arch: Arch, blocks: &[Block]) -> String {
+    let subs: Vec<String> = blocks
+        .iter()
+        .map(|&b| sub_path(arch, b).replace('.', "\\."))
+        .collect();
+    format!(
+        "(.*\\.)?{}\\.\\d+\\.({})",
+        layers_path(arch).replace('.', "\\."),
+        subs.join("|")
+    )
+}
+
+/// The sub-layers PEFT's `target_modules` (or `feedforward_modules`) selects on a model of
+/// `arch` with `layers` layers: a regular expression full-matched against each module's name,
+/// as PEFT does. Refused when it selects a different set in different layers (petal's methods
+/// cover every layer alike) or an invalid expression.
+pub fn blocks_of_regex(arch: Arch, layers: usize, pattern: &str) -> Result<Vec<Block>, String> {
+    let re = regex_lite::Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|e| format!("invalid regular expression {pattern:?}: {e}"))?;
+    let mut first: Option<Vec<Block>> = None;
+    for l in 0..layers.max(1) {
+        let hit: Vec<Block> = LINEAR_BLOCKS
+            .into_iter()
+            .filter(|&b| {
+                re.is_match(&hf_module(arch, false, l, b))
+                    || re.is_match(&hf_module(arch, true, l, b))
+            })
+            .collect();
+        match &first {
+            None => first = Some(hit),
+            Some(f) if *f != hit => {
+                return Err(format!(
+                    "{pattern:?} selects other modules in layer {l} than in layer 0 (per-layer targets are not supported)"
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(first.unwrap_or_default())
+}
+
+/// The sub-layers a name of a PEFT `target_modules` list selects, as PEFT matches them: a
+/// module whose name is the target or ends with `.` and the target (so BERT's `output.dense`
+/// selects the attention output and the feed-forward output, and `dense` three layers).
+pub fn blocks_of_name(arch: Arch, name: &str) -> Vec<Block> {
+    LINEAR_BLOCKS
+        .into_iter()
+        .filter(|&b| {
+            let m = hf_module(arch, true, 0, b);
+            m == name || m.ends_with(&format!(".{name}"))
+        })
+        .collect()
 }
 
 /// Prefix of PEFT's tensor names for tuners that wrap modules (LoRA, IA3).

@@ -186,6 +186,10 @@ pub struct ModelConfig {
     pub labels: Option<Vec<String>>,
     /// Activation of the head's dense layer.
     pub head_activation: HeadActivation,
+    /// Where sentence-transformers truncates this model (`max_seq_length` of its
+    /// `sentence_bert_config.json`), when the converter found one: the default truncation of
+    /// `embed` and `classify`, at most `context_length`.
+    pub max_seq_length: Option<usize>,
 }
 
 fn get_u32(g: &Gguf<'_>, key: &str) -> Result<u32, LoadError> {
@@ -260,11 +264,11 @@ impl ModelConfig {
         let pooling = match g.get(&key(names::POOLING_TYPE)).map(|v| v.as_u32()) {
             None => Pooling::Mean,
             Some(Some(pooling::MEAN)) => Pooling::Mean,
-            Some(Some(pooling::CLS)) => Pooling::Cls,
+            Some(Some(pooling::CLS | pooling::RANK)) => Pooling::Cls,
             Some(_) => {
                 return Err(LoadError::BadKey {
                     key: key(names::POOLING_TYPE),
-                    expected: "1 (mean) or 2 (CLS)",
+                    expected: "1 (mean), 2 (CLS) or 4 (rank: CLS and the head)",
                 })
             }
         };
@@ -313,6 +317,10 @@ impl ModelConfig {
                 expected: "at most 2^20",
             });
         }
+        let max_seq_length = match g.get(names::MAX_SEQ_LENGTH) {
+            None => None,
+            Some(_) => Some(get_dim(g, names::MAX_SEQ_LENGTH)?),
+        };
         Ok(ModelConfig {
             arch,
             hidden,
@@ -326,6 +334,7 @@ impl ModelConfig {
             normalize: get_bool_or(g, names::NORMALIZE, false)?,
             labels,
             head_activation,
+            max_seq_length,
         })
     }
 

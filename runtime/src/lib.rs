@@ -12,6 +12,8 @@ extern crate std;
 
 pub mod bert;
 pub mod config;
+#[cfg(feature = "std")]
+pub mod ggml_vocab;
 pub mod gguf;
 pub mod head;
 pub mod kernels;

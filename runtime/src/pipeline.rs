@@ -107,12 +107,21 @@ pub struct Prediction {
 #[derive(Debug)]
 pub struct Model {
     encoder: Encoder<Storage>,
-    /// Where `tokenizer.huggingface.json` is in the file.
-    tokenizer_json: Range<usize>,
+    /// The tokenizer's JSON description.
+    tokenizer_json: TokenizerSource,
     /// Built from the embedded JSON on first use: opening a model allocates almost nothing.
     tokenizer: OnceLock<Result<Tokenizer, String>>,
     max_length: usize,
     batch_size: usize,
+}
+
+/// Where a model's tokenizer description comes from.
+#[derive(Debug)]
+enum TokenizerSource {
+    /// `tokenizer.huggingface.json`, at this range of the file (not copied).
+    InFile(Range<usize>),
+    /// Rebuilt from llama.cpp's `tokenizer.ggml.*` keys (a file written by another converter).
+    Rebuilt(String),
 }
 
 /// Texts encoded per forward pass by default.
@@ -152,15 +161,24 @@ impl Model {
         // Where the tokenizer's JSON lies in the file, as an offset range (the bytes move
         // with the storage into the encoder).
         let (encoder, tokenizer_json) = Encoder::new_with(storage, |g| {
-            let json = g
-                .get(names::TOKENIZER_HF_JSON)
-                .and_then(|v| v.as_str())
-                .ok_or_else(|| LoadError::MissingKey(names::TOKENIZER_HF_JSON.into()))?;
-            let start = json.as_ptr() as usize - g.bytes().as_ptr() as usize;
-            Ok(start..start + json.len())
+            match g.get(names::TOKENIZER_HF_JSON) {
+                Some(v) => {
+                    let json = v.as_str().ok_or_else(|| LoadError::BadKey {
+                        key: names::TOKENIZER_HF_JSON.into(),
+                        expected: "a string",
+                    })?;
+                    let start = json.as_ptr() as usize - g.bytes().as_ptr() as usize;
+                    Ok(TokenizerSource::InFile(start..start + json.len()))
+                }
+                // A BERT file from llama.cpp's converter has only the ggml vocabulary.
+                None => crate::ggml_vocab::wordpiece_json(g).map(TokenizerSource::Rebuilt),
+            }
         })
         .map_err(load)?;
-        let max_length = encoder.max_tokens();
+        let max_length = encoder
+            .config()
+            .max_seq_length
+            .map_or(encoder.max_tokens(), |n| n.clamp(2, encoder.max_tokens()));
         Ok(Model {
             encoder,
             tokenizer_json,
@@ -175,7 +193,9 @@ impl Model {
         &self.encoder
     }
 
-    /// Longest token sequence; longer texts are truncated. At most the model's positions.
+    /// Longest token sequence; longer texts are truncated. By default the file's
+    /// `petal.max_seq_length` (sentence-transformers' truncation) when it has one, else the
+    /// model's positions; never more than the positions.
     pub fn max_length(&self) -> usize {
         self.max_length
     }
@@ -190,9 +210,12 @@ impl Model {
     /// The tokenizer, built from the JSON in the file on first call.
     pub fn tokenizer(&self) -> Result<&Tokenizer, Error> {
         let built = self.tokenizer.get_or_init(|| {
-            // The range was cut from a valid UTF-8 string of this very file.
-            let json = std::str::from_utf8(&self.encoder.bytes()[self.tokenizer_json.clone()])
-                .map_err(|e| e.to_string())?;
+            let json = match &self.tokenizer_json {
+                // The range was cut from a valid UTF-8 string of this very file.
+                TokenizerSource::InFile(r) => std::str::from_utf8(&self.encoder.bytes()[r.clone()])
+                    .map_err(|e| e.to_string())?,
+                TokenizerSource::Rebuilt(json) => json.as_str(),
+            };
             let mut t = tokenizer_from_json(json)?;
             t.with_padding(None);
             t.with_truncation(Some(TruncationParams {

@@ -278,7 +278,10 @@ impl Weights {
         let r = Resolver { g };
         let (h, f) = (c.hidden, c.ffn);
         let blk = |n: usize, b: Block| alloc::format!("blk.{n}.{}", b.stem());
-        let mut layers = Vec::with_capacity(c.layers);
+        // Each layer has eight tensors, so a file cannot hold more layers than an eighth of its
+        // tensors: reserve no more than that (the count comes from the file), and the loop
+        // below fails at the first missing tensor.
+        let mut layers = Vec::with_capacity(c.layers.min(g.tensors().len() / 8));
         for n in 0..c.layers {
             layers.push(LayerWeights {
                 q: r.linear(&blk(n, Block::AttnQ), h, h)?,

@@ -15,8 +15,39 @@ const FDOT_REL_TOL: f32 = 1e-5;
 /// over the same weights: least cosine of the outputs.
 const LINEAR_ACT_QUANT_MIN_COS: f64 = 0.9995;
 
+/// Every kernel set this CPU runs, after checking that it has each set `PETAL_EXPECT_KERNELS`
+/// names (a comma-separated list; `scripts/test.sh` derives it from the CPU's flags, apart from
+/// petal's own detection): a test that keeps the sets with some kernel must not pass over a set
+/// this machine should have tested.
 fn variants() -> Vec<KernelSet> {
-    kernels::available()
+    let sets = kernels::available();
+    if let Ok(expected) = std::env::var("PETAL_EXPECT_KERNELS") {
+        for name in expected.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            assert!(
+                sets.iter().any(|k| k.name == name),
+                "PETAL_EXPECT_KERNELS names {name:?}, which this CPU does not run (it runs {:?})",
+                sets.iter().map(|k| k.name).collect::<Vec<_>>()
+            );
+        }
+    }
+    sets
+}
+
+/// Every set `PETAL_EXPECT_KERNELS` names is one this CPU runs (also checked by every test that
+/// goes through [`variants`]); fails when the variable is unset under `scripts/test.sh`.
+#[test]
+fn expected_kernel_sets_are_available() {
+    if std::env::var_os("PETAL_TEST_SCRIPT").is_some() {
+        assert!(
+            std::env::var_os("PETAL_EXPECT_KERNELS").is_some(),
+            "scripts/test.sh must name the kernel sets this machine runs"
+        );
+    }
+    let sets = variants();
+    eprintln!(
+        "kernel sets on this CPU: {:?}",
+        sets.iter().map(|k| k.name).collect::<Vec<_>>()
+    );
 }
 
 fn random_vec(rng: &mut impl Rng, n: usize, scale: f32) -> Vec<f32> {
@@ -1468,6 +1499,27 @@ fn rows_write_only_their_columns() {
         rows.window(0, 5, 3);
     }));
     assert!(wide.is_err(), "a window wider than the rows");
+    // Index arithmetic that would wrap is refused, not wrapped into the buffer.
+    for (t, c) in [
+        (usize::MAX / 7 + 1, 0),
+        (0, usize::MAX),
+        (usize::MAX / 7, 6),
+    ] {
+        let wrap = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rows.set(t, c, 9.0)));
+        assert!(wrap.is_err(), "set({t}, {c})");
+    }
+    let wrap = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rows.window(usize::MAX / 7 + 1, 0, 1);
+    }));
+    assert!(wrap.is_err(), "a window whose start wraps");
+    let wrap = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rows.window(0, 1, usize::MAX);
+    }));
+    assert!(wrap.is_err(), "a window whose width wraps");
+    let wrap = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rows.slice_at(8, usize::MAX);
+    }));
+    assert!(wrap.is_err(), "a slice whose end wraps");
     assert_eq!(buf[7 + 2], 1.0);
     assert_eq!(buf[4 * 7 + 4], 2.0);
     assert_eq!(buf.iter().filter(|&&v| v != 0.0).count(), 2);

@@ -115,32 +115,34 @@ fn minilm_q8_0_matches_onnx_runtime_on_this_cpu() {
     let want = floats("mean_pooled_normalized");
     let h = want.len() / texts.len();
 
-    let mut model = Model::open(&model_path).unwrap();
-    model.set_max_length(128);
-    let mut cosines = Vec::new();
-    for (i, text) in texts.iter().take(TEXTS).enumerate() {
-        // ONNX Runtime saw the stored 128 ids (text, then [PAD]), every position attended.
+    // Revision 2: unpadded, truncated at 256 tokens as sentence-transformers does; text to
+    // embedding through `Model::embed` at the file's default truncation.
+    assert_eq!(meta["revision"].as_u64(), Some(2), "golden revision");
+    let model = Model::open(&model_path).unwrap();
+    assert_eq!(model.max_length(), 256);
+    let texts: Vec<&str> = texts
+        .iter()
+        .take(TEXTS)
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    for (i, text) in texts.iter().enumerate() {
         let ids: Vec<u32> = floats(&format!("input_ids.{i}"))
             .iter()
             .map(|&v| v as u32)
             .collect();
-        let text_ids: Vec<u32> = ids.iter().copied().filter(|&v| v != 0).collect();
-        assert_eq!(model.tokenize(text.as_str().unwrap()).unwrap().0, text_ids);
-        let lens = [ids.len()];
-        let enc = model.encoder();
-        let hidden = enc
-            .forward(
-                &Input {
-                    ids: &ids,
-                    type_ids: None,
-                    lens: &lens,
-                },
-                &mut NoHooks,
-            )
-            .unwrap();
-        let e = &enc.pool(&hidden)[0];
-        cosines.push(cosine(e, &want[i * h..(i + 1) * h]));
+        assert_eq!(
+            model.tokenize(text).unwrap().0,
+            ids,
+            "token ids of text {i}"
+        );
     }
+    let cosines: Vec<f64> = model
+        .embed(&texts)
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, e)| cosine(e, &want[i * h..(i + 1) * h]))
+        .collect();
     let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
     let min = cosines.iter().copied().fold(f64::INFINITY, f64::min);
     eprintln!(

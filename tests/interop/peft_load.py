@@ -14,6 +14,7 @@ on any mismatch.
 import json
 import subprocess
 import sys
+import warnings
 
 import torch
 from peft import PeftModel
@@ -46,7 +47,17 @@ def main() -> int:
         ours = [json.loads(line) for line in out.splitlines()]
         labels = list(ours[0]["scores"])
         base = BertModel.from_pretrained(hf_dir, add_pooling_layer=False)
-        model = PeftModel.from_pretrained(base, adapter).eval()
+        # PEFT warns (and goes on) when the adapter's target_modules wrap modules the file has
+        # no tensors for, or the file has tensors no module takes: either is a failure here.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = PeftModel.from_pretrained(base, adapter).eval()
+        for w_ in caught:
+            text_ = str(w_.message)
+            print(f"warning loading {adapter}: {text_}", file=sys.stderr)
+            if "keys" in text_.lower():
+                diffs.append(float("inf"))
+                print(f"{adapter}: PEFT found missing or unexpected adapter keys: FAILED")
         config = model.peft_config["default"]
         head = load_file(f"{adapter}/adapter_model.safetensors")
         w, b = head["head.weight"], head["head.bias"]

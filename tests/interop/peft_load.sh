@@ -27,5 +27,9 @@ for m in lora ia3 prompt prefix; do
   "$PETAL" -q adapt "$work/tiny.gguf" --train tests/interop/peft_train.jsonl --method "$m" \
     --epochs 3 --seed 1 -o "$work/$m" >/dev/null
 done
+# LoRA on the feed-forward output and not the attention output, whose PEFT name is a suffix of
+# the other's: the adapter must name exactly the modules it trained.
+"$PETAL" -q adapt "$work/tiny.gguf" --train tests/interop/peft_train.jsonl --method lora \
+  --lora-targets q,down --epochs 3 --seed 1 -o "$work/lora-ffn" >/dev/null
 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error "$VENV/bin/python" tests/interop/peft_load.py \
-  "$PETAL" "$work/tiny.gguf" "$HF" "$work/lora" "$work/ia3" "$work/prompt" "$work/prefix"
+  "$PETAL" "$work/tiny.gguf" "$HF" "$work/lora" "$work/lora-ffn" "$work/ia3" "$work/prompt" "$work/prefix"

@@ -1,7 +1,7 @@
 //! The encoder against the PyTorch/transformers goldens: the four tiny architectures at F32
 //! (every hidden state, logits, pooling; tokens identical) and the real MiniLM at every dtype.
 
-use petal_runtime::bert::{mean_rows, Hooks, Input, NoHooks};
+use petal_runtime::bert::{mean_rows, Hooks, Input};
 use petal_runtime::pipeline::Model;
 use petal_runtime::quant::TensorType;
 use petal_tests::*;
@@ -131,46 +131,40 @@ fn tiny_xlmr_matches_pytorch() {
     check_tiny("tiny-xlmr");
 }
 
-/// Cosines of `model`'s embeddings of the MiniLM golden inputs to the reference, after checking
-/// that petal tokenizes each text to the golden ids.
-///
-/// The reference embeddings were computed by ONNX Runtime on each `input_ids.{i}` as stored:
-/// 128 ids, the text's tokens followed by `[PAD]` (id 0) tokens, every position attended and
-/// averaged (a NumPy BERT reproduces them that way to 1e-7, and not with the padding masked).
-/// So the encoder is run on exactly those 128 ids here.
-fn minilm_cosines(model: &mut Model) -> Vec<f64> {
+/// Cosines of `model`'s embeddings of the 66 MiniLM golden texts to the reference (revision 2:
+/// what sentence-transformers computes, unpadded, truncated at 256 tokens), text to embedding
+/// end to end through `Model::embed` with the model's default truncation, after checking that
+/// petal tokenizes each text to the golden ids (text 5 is 302 tokens long, so this checks the
+/// truncation the file stores too).
+fn minilm_cosines(model: &Model) -> Vec<f64> {
     let dir = golden("minilm-l6");
     let g = read_golden(&dir.join("golden.safetensors"));
     let texts = golden_texts(&dir);
-    model.set_max_length(128);
+    assert_eq!(
+        golden_revision(&dir),
+        2,
+        "testdata/golden/minilm-l6 must be revision 2"
+    );
+    assert_eq!(
+        model.max_length(),
+        256,
+        "sentence-transformers truncates MiniLM at 256"
+    );
+    for (i, t) in texts.iter().enumerate() {
+        let want: Vec<u32> = g[&format!("input_ids.{i}")]
+            .values
+            .iter()
+            .map(|&v| v as u32)
+            .collect();
+        assert_eq!(model.tokenize(t).unwrap().0, want, "token ids of text {i}");
+    }
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let got = model.embed(&refs).unwrap();
     let want = &g["mean_pooled_normalized"];
     let h = want.shape[1];
-    texts
-        .iter()
+    got.iter()
         .enumerate()
-        .map(|(i, t)| {
-            let ids: Vec<u32> = g[&format!("input_ids.{i}")]
-                .values
-                .iter()
-                .map(|&v| v as u32)
-                .collect();
-            let text_ids: Vec<u32> = ids.iter().copied().filter(|&v| v != 0).collect();
-            assert_eq!(model.tokenize(t).unwrap().0, text_ids, "token ids of {t:?}");
-            let lens = [ids.len()];
-            let hidden = model
-                .encoder()
-                .forward(
-                    &Input {
-                        ids: &ids,
-                        type_ids: None,
-                        lens: &lens,
-                    },
-                    &mut NoHooks,
-                )
-                .unwrap();
-            let e = &model.encoder().pool(&hidden)[0];
-            cosine(e, &want.values[i * h..(i + 1) * h])
-        })
+        .map(|(i, e)| cosine(e, &want.values[i * h..(i + 1) * h]))
         .collect()
 }
 
@@ -185,11 +179,11 @@ fn summary(c: &[f64]) -> (f64, f64) {
 fn minilm_f32_and_f16_match_onnx_runtime() {
     let dir = tempfile::tempdir().unwrap();
     let f32_path = convert_to(&asset("minilm"), TensorType::F32, dir.path());
-    let (mean, min) = summary(&minilm_cosines(&mut Model::open(&f32_path).unwrap()));
+    let (mean, min) = summary(&minilm_cosines(&Model::open(&f32_path).unwrap()));
     eprintln!("MiniLM f32: mean cosine {mean:.7}, min {min:.7}");
     assert!(min >= MINILM_F32_MIN_COS, "f32 min cosine {min}");
     let (mean, min) = summary(&minilm_cosines(
-        &mut Model::open(asset("models/minilm-f16.gguf")).unwrap(),
+        &Model::open(asset("models/minilm-f16.gguf")).unwrap(),
     ));
     eprintln!("MiniLM f16: mean cosine {mean:.7}, min {min:.7}");
     assert!(min >= MINILM_F16_MIN_COS, "f16 min cosine {min}");
@@ -198,7 +192,7 @@ fn minilm_f32_and_f16_match_onnx_runtime() {
 #[test]
 fn minilm_q8_0_matches_onnx_runtime() {
     let (mean, min) = summary(&minilm_cosines(
-        &mut Model::open(asset("models/minilm-q8_0.gguf")).unwrap(),
+        &Model::open(asset("models/minilm-q8_0.gguf")).unwrap(),
     ));
     eprintln!("MiniLM q8_0: mean cosine {mean:.6}, min {min:.6}");
     assert!(
@@ -213,12 +207,10 @@ fn minilm_q4_0_arithmetic_matches_dequantized_f32() {
     let dir = tempfile::tempdir().unwrap();
     let deq = dir.path().join("q4-as-f32.gguf");
     dequantized_copy(&q4, &deq);
-    let mut a = Model::open(&q4).unwrap();
-    let mut b = Model::open(&deq).unwrap();
+    let a = Model::open(&q4).unwrap();
+    let b = Model::open(&deq).unwrap();
     let texts = golden_texts(&golden("minilm-l6"));
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    a.set_max_length(128);
-    b.set_max_length(128);
     let (ea, eb) = (a.embed(&refs).unwrap(), b.embed(&refs).unwrap());
     // Each text alone too: a few tokens take other kernels than a batch (on AMX, the Q4_0
     // tile product below `Q4_0_BF16_MIN_TOKENS` tokens, bf16 from there).
@@ -237,6 +229,6 @@ fn minilm_q4_0_arithmetic_matches_dequantized_f32() {
         );
     }
     eprintln!("MiniLM q4_0 vs its dequantized f32 (batch and one by one): least cosine {least:.6}");
-    let (mean, min) = summary(&minilm_cosines(&mut a));
+    let (mean, min) = summary(&minilm_cosines(&a));
     eprintln!("MiniLM q4_0 end figure vs ONNX Runtime f32: mean cosine {mean:.4}, min {min:.4}");
 }

@@ -321,16 +321,31 @@ fn peft_directories_match_peft_layout_and_round_trip() {
         ] {
             assert_eq!(ours[key], peft[key], "{name}: {key}");
         }
+        // petal writes a regular expression (PEFT full-matches it), PEFT's golden a list of
+        // names (PEFT matches them by suffix): both must select the same modules.
+        let cfg = enc.config();
         for key in ["target_modules", "feedforward_modules"] {
-            let sorted = |v: &serde_json::Value| {
-                let mut s: Vec<String> = v
-                    .as_array()
-                    .map(|a| a.iter().map(|x| x.as_str().unwrap().to_string()).collect())
-                    .unwrap_or_default();
+            let selected = |v: &serde_json::Value| {
+                let mut s = match v {
+                    serde_json::Value::String(re) => {
+                        methods::blocks_of_regex(cfg.arch, cfg.layers, re).unwrap()
+                    }
+                    serde_json::Value::Array(a) => a
+                        .iter()
+                        .flat_map(|x| methods::blocks_of_name(cfg.arch, x.as_str().unwrap()))
+                        .collect(),
+                    _ => Vec::new(),
+                };
                 s.sort();
+                s.dedup();
                 s
             };
-            assert_eq!(sorted(&ours[key]), sorted(&peft[key]), "{name}: {key}");
+            assert_eq!(selected(&ours[key]), selected(&peft[key]), "{name}: {key}");
+            let empty = ours[key].as_array().is_some_and(|a| a.is_empty());
+            assert!(
+                ours[key].is_null() || empty || ours[key].is_string(),
+                "{name}: {key} is a regex"
+            );
         }
         let back = Adapter::load(&out, enc).unwrap();
         assert_eq!(back, a, "{name}: round trip");
@@ -422,5 +437,113 @@ fn hostile_adapters_are_refused() {
     )
     .unwrap();
     let e = Adapter::load(&peft, enc).unwrap_err().to_string();
-    assert!(e.contains("should be F32 [5, 32]"), "{e}");
+    assert!(
+        e.contains("\"r\" is 5, but tensor") && e.contains("adapter_config.json"),
+        "{e}"
+    );
+    // Sizes a hostile file states are checked against the tensors before anything is sized by
+    // them: a rank of 10^12 would otherwise ask for petabytes.
+    for (from, to, want) in [
+        (
+            "\"r\": 4",
+            "\"r\": 1000000000000",
+            "the LoRA rank must be between 1 and",
+        ),
+        (
+            "\"r\": 4",
+            "\"r\": 0",
+            "the LoRA rank must be between 1 and",
+        ),
+        ("\"r\": 4", "\"r\": 4096", "\"r\" is 4096, but tensor"),
+    ] {
+        std::fs::write(peft.join("adapter_config.json"), cfg.replace(from, to)).unwrap();
+        let e = Adapter::load(&peft, enc).unwrap_err().to_string();
+        assert!(
+            e.contains(want) && e.contains("adapter_config.json"),
+            "{e} (wanted {want})"
+        );
+    }
+    for name in ["train-prompt-tuning", "train-prefix-tuning"] {
+        let dir = dir.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        let src = golden(name);
+        std::fs::copy(
+            src.join("adapter_model.safetensors"),
+            dir.join("adapter_model.safetensors"),
+        )
+        .unwrap();
+        let cfg = std::fs::read_to_string(src.join("adapter_config.json")).unwrap();
+        std::fs::write(
+            dir.join("adapter_config.json"),
+            cfg.replace("\"num_virtual_tokens\": 5", "\"num_virtual_tokens\": 400"),
+        )
+        .unwrap();
+        let e = Adapter::load(&dir, enc).unwrap_err().to_string();
+        assert!(
+            e.contains("virtual tokens") || e.contains("\"num_virtual_tokens\" is 400"),
+            "{name}: {e}"
+        );
+    }
+    // A petal adapter whose labels say a million classes for a two-row head, and one whose
+    // recorded base hash is not ASCII (the message cuts it by characters, not bytes).
+    let pooled = Adapter {
+        base_sha256: Some(base_hash(enc.bytes())),
+        method: Method::Head,
+        head: HeadKind::Pooled,
+        labels: vec!["a".into(), "b".into()],
+        trainables: methods::build(enc, &Method::Head, 2, HeadKind::Pooled, 1).unwrap(),
+    };
+    let file = dir.path().join("pooled.safetensors");
+    pooled.save(&file, enc).unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    let labels_json = serde_json::to_string(&["a", "b"]).unwrap();
+    let many: Vec<String> = (0..1_000_000).map(|i| i.to_string()).collect();
+    let patched = |from: &str, to: &str| -> Vec<u8> { rewrite_metadata(&bytes, from, to) };
+    let p = dir.path().join("many-labels.safetensors");
+    std::fs::write(
+        &p,
+        patched(&labels_json, &serde_json::to_string(&many).unwrap()),
+    )
+    .unwrap();
+    expect_err(&p, "1000000 labels: at most 4096");
+    let few: Vec<String> = (0..3).map(|i| i.to_string()).collect();
+    std::fs::write(
+        &p,
+        patched(&labels_json, &serde_json::to_string(&few).unwrap()),
+    )
+    .unwrap();
+    expect_err(&p, "3 labels, but tensor \"head.weight\" has shape [2, 32]");
+    let p = dir.path().join("odd-base.safetensors");
+    std::fs::write(
+        &p,
+        patched(&base_hash(enc.bytes()), "é".repeat(40).as_str()),
+    )
+    .unwrap();
+    expect_err(
+        &p,
+        "trained on another base model (base SHA-256 éééééééééééé…",
+    );
+}
+
+/// `bytes` (a safetensors file) with the string `from` in its JSON header replaced by `to`,
+/// the header length updated.
+fn rewrite_metadata(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
+    // In the header the metadata values are JSON strings: escape `from` and `to` alike.
+    let esc = |s: &str| {
+        let q = serde_json::to_string(s).unwrap();
+        q[1..q.len() - 1].to_string()
+    };
+    let (from, to) = (esc(from), esc(to));
+    assert!(header.contains(&from), "{from} not in the header");
+    let mut h = header.replace(&from, &to).into_bytes();
+    // safetensors pads the header to 8 bytes with spaces.
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&bytes[8 + n..]);
+    out
 }

@@ -215,6 +215,9 @@ pub fn adapt(
     log::info!("training {name} on {} examples", y.len());
     let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
     let mut bar: Option<(&'static str, ProgressBar)> = None;
+    // Without a terminal (stderr piped to a file or a program) the bar is hidden: progress goes
+    // to the log instead, one line at each phase's first step and at every tenth of it.
+    let mut logged_tenth = 0u64;
     let mut progress = |p: &Progress| {
         if bar.as_ref().is_none_or(|(phase, _)| *phase != p.phase) {
             if let Some((_, b)) = bar.take() {
@@ -223,10 +226,22 @@ pub fn adapt(
             let b = pb(p.phase);
             b.set_length(p.steps);
             bar = Some((p.phase, b));
+            logged_tenth = 0;
         }
         if let Some((_, b)) = &bar {
             b.set_position(p.step);
             b.set_message(format!("{} loss {:.4}", p.phase, p.loss));
+            let tenth = (p.step * 10).checked_div(p.steps).unwrap_or(10);
+            if b.is_hidden() && (logged_tenth == 0 || tenth > logged_tenth) {
+                log::info!(
+                    "{}: step {}/{}, loss {:.4}",
+                    p.phase,
+                    p.step,
+                    p.steps,
+                    p.loss
+                );
+                logged_tenth = tenth.max(1);
+            }
         }
     };
     let out = petal_adapt::train::train(model, &texts, &y, &labels, &m, &cfg, stop, &mut progress)?;

@@ -95,6 +95,8 @@ pub struct Checkpoint<'a> {
     pub sha256: String,
     pub format: &'static str,
     pub sentence_pooling: Option<hf::SentencePooling>,
+    /// sentence-transformers' truncation (`sentence_bert_config.json`), when there is one.
+    pub max_seq_length: Option<usize>,
     pub tokenizer_json: String,
     pub tokenizer_path: PathBuf,
     pub name: String,
@@ -218,6 +220,7 @@ pub fn convert(opts: &ConvertOptions, progress: &ProgressBar) -> Result<ConvertR
         sha256: petal_adapt::adapter::base_hash(map.bytes()),
         format: "safetensors",
         sentence_pooling: hf::sentence_pooling(src)?,
+        max_seq_length: hf::max_seq_length(src)?,
         tokenizer_json,
         tokenizer_path,
         name: name.unwrap_or_else(|| "model".into()),
@@ -341,15 +344,21 @@ pub fn write_checkpoint(
     w.set(&key(names::HEAD_COUNT), config.heads as u32);
     w.set(&key(names::LAYER_NORM_EPS), config.eps);
     w.set(&key(names::CAUSAL), false);
+    // llama.cpp's rank pooling for a classifier read at its first token: it then applies the
+    // head, as `petal classify` does.
     w.set(
         &key(names::POOLING_TYPE),
-        if pooling == Pooling::Mean {
-            pooling::MEAN
-        } else {
-            pooling::CLS
+        match (pooling, &labels) {
+            (Pooling::Mean, _) => pooling::MEAN,
+            (Pooling::Cls, Some(_)) => pooling::RANK,
+            (Pooling::Cls, None) => pooling::CLS,
         },
     );
     w.set(names::NORMALIZE, normalize);
+    if let Some(n) = ck.max_seq_length {
+        let positions = config.max_positions - config.position_offset;
+        w.set(names::MAX_SEQ_LENGTH, n.min(positions) as u32);
+    }
     w.set(names::POSITION_OFFSET, config.position_offset as u32);
     w.set(names::PAD_TOKEN_ID, config.pad_token_id);
     if let Some(l) = &labels {

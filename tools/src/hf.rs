@@ -371,6 +371,34 @@ pub fn sentence_pooling(dir: &Path) -> Result<Option<SentencePooling>> {
     }))
 }
 
+/// Largest `max_seq_length` accepted from `sentence_bert_config.json` (the converter stores at
+/// most the model's positions anyway).
+const MAX_SEQ_LENGTH: u64 = 1 << 20;
+
+/// `max_seq_length` of a sentence-transformers folder's `sentence_bert_config.json`, where
+/// sentence-transformers truncates its inputs; `None` without that file or key.
+pub fn max_seq_length(dir: &Path) -> Result<Option<usize>> {
+    let path = dir.join("sentence_bert_config.json");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let v: serde_json::Value =
+        serde_json::from_str(text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+    match v.get("max_seq_length") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(n) => match n.as_u64() {
+            Some(n @ 2..=MAX_SEQ_LENGTH) => Ok(Some(n as usize)),
+            _ => bail!(
+                "{}: \"max_seq_length\" must be an integer from 2 to {MAX_SEQ_LENGTH}",
+                path.display()
+            ),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,8 @@ use serde_json::json;
 /// Settings shared by `embed` and `classify`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// Longest token sequence; longer texts are truncated (default: the model's maximum).
+    /// Longest token sequence; longer texts are truncated (default: where sentence-transformers
+    /// truncates the model, stored by `convert`, else the model's positions; at most those).
     #[arg(long)]
     pub max_length: Option<usize>,
     /// Texts per forward pass.

@@ -1,5 +1,6 @@
 //! petal-tools: the `petal` command line's work, as a library (the binary is thin): converting
 //! checkpoints, inspecting files.
+#![forbid(unsafe_code)]
 
 pub mod adapt_cmd;
 pub mod bench;

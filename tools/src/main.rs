@@ -1,4 +1,6 @@
-//! `petal`: convert Hugging Face checkpoints to GGUF and look inside them.
+//! `petal`: convert checkpoints to GGUF, run them (embed, classify, tokenize), adapt them from a
+//! few examples, evaluate, benchmark and inspect them.
+#![forbid(unsafe_code)]
 
 use petal_tools::infer::{self, RunArgs};
 use petal_tools::{adapt_cmd, convert, inspect};
@@ -59,6 +61,16 @@ enum Command {
     /// Sentence embeddings of texts (arguments, or stdin one a line): plain (space-separated
     /// numbers, one text a line) or --json lines.
     Embed {
+        /// The model file.
+        model: PathBuf,
+        /// Texts; without any, stdin is read one text a line.
+        texts: Vec<String>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Token ids of texts (arguments, or stdin one a line), with the special tokens and the
+    /// truncation `embed` uses: space-separated ids, one text a line, or --json lines.
+    Tokenize {
         /// The model file.
         model: PathBuf,
         /// Texts; without any, stdin is read one text a line.
@@ -265,6 +277,30 @@ fn run(cli: Cli) -> Result<()> {
             // The process ends here: the OS takes the model back at once, instead of its
             // tokenizer tables being freed entry by entry (a sixth of a cold start).
             std::mem::forget((petal, tract));
+        }
+        Command::Tokenize { model, texts, run } => {
+            if run.engine == infer::Engine::Tract {
+                bail!("{}: tokenize reads a GGUF file", model.display());
+            }
+            let m = infer::open(&model, &run)?;
+            let mut open = true;
+            infer::for_each_batch(&texts, run.batch_size, |batch| {
+                let mut out = String::new();
+                for t in batch {
+                    let (ids, _) = m.tokenize(t)?;
+                    if run.json {
+                        out += &serde_json::json!({ "text": t, "ids": ids }).to_string();
+                    } else {
+                        let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+                        out += &ids.join(" ");
+                    }
+                    out.push('\n');
+                }
+                if open {
+                    open = infer::write_out(&out)?;
+                }
+                Ok(())
+            })?;
         }
         Command::Classify {
             model,

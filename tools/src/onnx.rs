@@ -477,6 +477,11 @@ impl OnnxWeights {
             sha256: self.sha256,
             format: "onnx",
             sentence_pooling: None,
+            // An export beside its sentence-transformers folder: the tokenizer's folder.
+            max_seq_length: match tokenizer_path.parent() {
+                Some(dir) => crate::hf::max_seq_length(dir)?,
+                None => None,
+            },
             tokenizer_json,
             tokenizer_path,
             name,

@@ -320,7 +320,8 @@ fn ctrl_c_keeps_the_best_adapter_so_far() {
     let m = minilm();
     let train = fewshot("trec6", "train-k16-s0.jsonl");
     let out = dir.path().join("a");
-    let child = Command::new(env!("CARGO_BIN_EXE_petal"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_petal"))
+        .env("RUST_LOG", "info")
         .args([
             os("adapt"),
             m.as_os_str(),
@@ -335,21 +336,39 @@ fn ctrl_c_keeps_the_best_adapter_so_far() {
             os("-o"),
             out.as_os_str(),
             os("--json"),
-            os("-q"),
         ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Let it get past the head fit into the epochs, then interrupt it.
-    std::thread::sleep(std::time::Duration::from_secs(8));
+    // Past the head fit into the epochs (the trainer's first "train" progress line on stderr,
+    // which has no terminal here), then interrupt it.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = Vec::new();
+        let mut sent = false;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if !sent && line.contains("train: step") {
+                tx.send(()).unwrap();
+                sent = true;
+            }
+            lines.push(line);
+        }
+        lines.join("\n")
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(600))
+        .expect("the trainer's first progress line of the epochs");
     let killed = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
     let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log = reader.join().unwrap();
+    assert!(o.status.success(), "{log}");
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(s["stopped_early"], true);
     assert!(s["steps"].as_u64().unwrap() < 12_000);

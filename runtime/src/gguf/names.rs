@@ -19,6 +19,8 @@ pub const NORMALIZE: &str = "petal.normalize";
 pub const POSITION_OFFSET: &str = "petal.position_offset";
 /// `petal.pad_token_id`.
 pub const PAD_TOKEN_ID: &str = "petal.pad_token_id";
+/// `petal.max_seq_length`: the default truncation, sentence-transformers' `max_seq_length`.
+pub const MAX_SEQ_LENGTH: &str = "petal.max_seq_length";
 /// `petal.source.sha256`: SHA-256 of the source weights file.
 pub const SOURCE_SHA256: &str = "petal.source.sha256";
 /// `petal.source.format`: `safetensors` or `onnx`.
@@ -40,6 +42,13 @@ pub const TOKENIZER_MODEL: &str = "tokenizer.ggml.model";
 pub const TOKENIZER_TOKENS: &str = "tokenizer.ggml.tokens";
 /// `tokenizer.ggml.scores`.
 pub const TOKENIZER_SCORES: &str = "tokenizer.ggml.scores";
+/// `tokenizer.ggml.token_type`: llama.cpp's type of each token (1 normal, 3 control, 4 user
+/// defined, 5 unused).
+pub const TOKENIZER_TOKEN_TYPE: &str = "tokenizer.ggml.token_type";
+/// `tokenizer.ggml.normalizer.lowercase` (llama.cpp's BERT normalizer).
+pub const TOKENIZER_LOWERCASE: &str = "tokenizer.ggml.normalizer.lowercase";
+/// `tokenizer.ggml.normalizer.strip_accents` (llama.cpp: defaults to the lowercase flag).
+pub const TOKENIZER_STRIP_ACCENTS: &str = "tokenizer.ggml.normalizer.strip_accents";
 /// `tokenizer.ggml.token_type_count`.
 pub const TOKENIZER_TOKEN_TYPE_COUNT: &str = "tokenizer.ggml.token_type_count";
 
@@ -49,6 +58,10 @@ pub mod pooling {
     pub const MEAN: u32 = 1;
     /// The first token's hidden state.
     pub const CLS: u32 = 2;
+    /// The first token's hidden state through the classification head (`cls`, `cls.output`):
+    /// llama.cpp's pooling for sequence classifiers and rerankers. petal's embedding of such a
+    /// file is the CLS pooling; its `classify` applies the head.
+    pub const RANK: u32 = 4;
 }
 
 /// An architecture-scoped key, for example `arch_key("bert", BLOCK_COUNT)` is `bert.block_count`.

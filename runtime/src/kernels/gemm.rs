@@ -22,13 +22,28 @@ impl Strides {
         Strides { row: 1, col: cols }
     }
 
-    /// Index one past the last element of an `r` x `c` view.
-    fn extent(&self, r: usize, c: usize) -> usize {
+    /// Index one past the last element of an `r` x `c` view; `None` when it overflows.
+    fn extent(&self, r: usize, c: usize) -> Option<usize> {
         if r == 0 || c == 0 {
-            0
-        } else {
-            (r - 1) * self.row + (c - 1) * self.col + 1
+            return Some(0);
         }
+        (r - 1)
+            .checked_mul(self.row)?
+            .checked_add((c - 1).checked_mul(self.col)?)?
+            .checked_add(1)
+    }
+
+    /// Whether every element of an `r` x `c` view has its own index (what an output view
+    /// needs: matrixmultiply writes each element once and forbids aliasing). Accepts the views
+    /// whose rows (or columns) do not overlap: row-major, transposed, or padded.
+    fn is_distinct(&self, r: usize, c: usize) -> bool {
+        let fits = |outer: usize, inner: usize, n_inner: usize| {
+            inner >= 1 && n_inner.checked_mul(inner).is_some_and(|span| outer >= span)
+        };
+        r <= 1 && (c <= 1 || self.col >= 1)
+            || c <= 1 && self.row >= 1
+            || fits(self.row, self.col, c)
+            || fits(self.col, self.row, r)
     }
 }
 
@@ -36,7 +51,8 @@ impl Strides {
 /// strides.
 ///
 /// # Panics
-/// When a view reaches past its slice.
+/// When a view reaches past its slice (or its extent overflows), or when `c`'s strides make
+/// two of its elements one.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
     m: usize,
@@ -50,10 +66,13 @@ pub fn gemm(
     c: &mut [f32],
     sc: Strides,
 ) {
+    let within =
+        |s: Strides, r: usize, cols: usize, len: usize| s.extent(r, cols).is_some_and(|e| e <= len);
     assert!(
-        sa.extent(m, k) <= a.len() && sb.extent(k, n) <= b.len() && sc.extent(m, n) <= c.len(),
+        within(sa, m, k, a.len()) && within(sb, k, n, b.len()) && within(sc, m, n, c.len()),
         "gemm: view out of bounds"
     );
+    assert!(sc.is_distinct(m, n), "gemm: output strides alias");
     if m == 0 || n == 0 {
         return;
     }
@@ -65,9 +84,10 @@ pub fn gemm(
         }
         return;
     }
-    // SAFETY: the assertion above keeps every element the three views address inside its
-    // slice; `c` is borrowed mutably and does not alias `a` or `b`; strides fit in isize
-    // because they index within slices.
+    // SAFETY: the assertions above keep every element the three views address inside its
+    // slice (with no overflow on the way) and give each element of `c` its own index; `c` is
+    // borrowed mutably and does not alias `a` or `b`; strides fit in isize because they index
+    // within slices.
     unsafe {
         matrixmultiply::sgemm(
             m,
@@ -111,5 +131,64 @@ pub fn gemm_reference(
             let at = i * sc.row + j * sc.col;
             c[at] = beta * c[at] + s as f32;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflowing_views_are_refused() {
+        let huge = Strides {
+            row: usize::MAX / 2 + 1,
+            col: 1,
+        };
+        assert_eq!(huge.extent(3, 1), None);
+        assert_eq!(Strides::rows(4).extent(2, 4), Some(8));
+        let (a, b, mut c) = ([1f32; 4], [1f32; 4], [0f32; 4]);
+        let r = std::panic::catch_unwind(move || {
+            gemm(
+                3,
+                1,
+                1,
+                &a,
+                huge,
+                &b,
+                Strides::rows(1),
+                0.0,
+                &mut c,
+                Strides::rows(1),
+            )
+        });
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn aliasing_output_strides_are_refused() {
+        assert!(Strides::rows(3).is_distinct(2, 3));
+        assert!(Strides::transposed(2).is_distinct(2, 3));
+        assert!(Strides { row: 5, col: 1 }.is_distinct(2, 3));
+        assert!(!Strides { row: 1, col: 1 }.is_distinct(2, 3));
+        assert!(!Strides { row: 0, col: 1 }.is_distinct(2, 3));
+        assert!(!Strides { row: 2, col: 1 }.is_distinct(2, 3));
+        let (a, b) = ([1f32; 6], [1f32; 9]);
+        let r = std::panic::catch_unwind(|| {
+            let mut c = [0f32; 9];
+            let alias = Strides { row: 1, col: 1 };
+            gemm(
+                2,
+                3,
+                3,
+                &a,
+                Strides::rows(3),
+                &b,
+                Strides::rows(3),
+                0.0,
+                &mut c,
+                alias,
+            );
+        });
+        assert!(r.is_err());
     }
 }

@@ -163,11 +163,13 @@ impl<'a> RowsMut<'a> {
     /// # Panics
     /// If the columns are not within this holder's, or row `t0` starts past the end.
     pub fn window(&mut self, t0: usize, c: usize, width: usize) -> RowsMut<'_> {
-        let at = t0 * self.ld + c;
-        assert!(
-            self.c0 <= c && c + width <= self.c1 && at <= self.len,
-            "window outside the rows' columns"
-        );
+        // Checked: a wrapped `at` would pass the bound and point the window anywhere.
+        let at = t0.checked_mul(self.ld).and_then(|a| a.checked_add(c));
+        let end = c.checked_add(width);
+        let at = match (at, end) {
+            (Some(at), Some(end)) if self.c0 <= c && end <= self.c1 && at <= self.len => at,
+            _ => panic!("window outside the rows' columns"),
+        };
         RowsMut {
             ptr: self.ptr.wrapping_add(at),
             len: self.len - at,
@@ -213,10 +215,11 @@ impl<'a> RowsMut<'a> {
     #[allow(unsafe_code)]
     pub fn slice_at(&mut self, at: usize, len: usize) -> &mut [f32] {
         let col = at.checked_rem(self.ld).unwrap_or(0);
-        assert!(
-            at + len <= self.len && col >= self.c0 && col + len <= self.c1,
-            "values outside the rows' columns"
-        );
+        // Checked: `at + len` and `col + len` must not wrap past the bounds.
+        let inside = at.checked_add(len).is_some_and(|end| end <= self.len)
+            && col >= self.c0
+            && col.checked_add(len).is_some_and(|end| end <= self.c1);
+        assert!(inside, "values outside the rows' columns");
         // SAFETY: within the buffer and the holder's columns of one row (checked), which no one
         // else writes while it lives.
         unsafe { core::slice::from_raw_parts_mut(self.ptr.add(at), len) }
@@ -227,7 +230,11 @@ impl<'a> RowsMut<'a> {
     /// # Panics
     /// Outside the holder's columns or the buffer.
     pub fn set(&mut self, t: usize, c: usize, v: f32) {
-        self.slice_at(t * self.ld + c, 1)[0] = v;
+        let at = t
+            .checked_mul(self.ld)
+            .and_then(|a| a.checked_add(c))
+            .expect("value outside the rows");
+        self.slice_at(at, 1)[0] = v;
     }
 
     /// The first row's first column (of this holder's), the row length and the number of

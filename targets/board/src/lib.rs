@@ -3,6 +3,7 @@
 //! with embedded-hal-mock. `no_std`.
 #![no_std]
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 use embedded_hal::digital::OutputPin;
 
