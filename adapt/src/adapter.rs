@@ -367,17 +367,40 @@ impl Adapter {
     /// refuses an adapter that records another base model, and checks every tensor against what
     /// the method needs on this model.
     pub fn load<B: AsRef<[u8]>>(path: &Path, enc: &Encoder<B>) -> Result<Self, AdapterError> {
-        let invalid = |m: String| AdapterError::Invalid(path.into(), m);
-        let (weights_path, peft) = if path.is_dir() {
-            (path.join(PEFT_WEIGHTS), true)
+        if path.is_dir() {
+            let weights_path = path.join(PEFT_WEIGHTS);
+            let bytes = std::fs::read(&weights_path)
+                .map_err(|e| AdapterError::Io(weights_path.clone(), e))?;
+            let cpath = path.join(PEFT_CONFIG);
+            let text =
+                std::fs::read_to_string(&cpath).map_err(|e| AdapterError::Io(cpath.clone(), e))?;
+            Self::from_parts(path, &bytes, Some(&text), enc)
         } else {
-            (path.to_path_buf(), false)
+            let bytes = std::fs::read(path).map_err(|e| AdapterError::Io(path.into(), e))?;
+            Self::from_parts(path, &bytes, None, enc)
+        }
+    }
+
+    /// [`Adapter::load`] on bytes already read: `weights` (a petal adapter file, or a PEFT
+    /// directory's `adapter_model.safetensors` when `peft_config` holds its
+    /// `adapter_config.json`); `path` (the file or directory) names it in errors.
+    pub fn from_parts<B: AsRef<[u8]>>(
+        path: &Path,
+        weights: &[u8],
+        peft_config: Option<&str>,
+        enc: &Encoder<B>,
+    ) -> Result<Self, AdapterError> {
+        let invalid = |m: String| AdapterError::Invalid(path.into(), m);
+        let peft = peft_config.is_some();
+        let weights_path = if peft {
+            path.join(PEFT_WEIGHTS)
+        } else {
+            path.to_path_buf()
         };
-        let bytes =
-            std::fs::read(&weights_path).map_err(|e| AdapterError::Io(weights_path.clone(), e))?;
-        let st = SafeTensors::deserialize(&bytes)
+        let bytes = weights;
+        let st = SafeTensors::deserialize(bytes)
             .map_err(|e| AdapterError::Format(weights_path.clone(), e.to_string()))?;
-        let (_, meta) = SafeTensors::read_metadata(&bytes)
+        let (_, meta) = SafeTensors::read_metadata(bytes)
             .map_err(|e| AdapterError::Format(weights_path.clone(), e.to_string()))?;
         let meta = meta.metadata().clone().unwrap_or_default();
         // The base first: an adapter of another model would otherwise fail on shapes.
@@ -399,11 +422,10 @@ impl Adapter {
             ),
             None => None,
         };
-        let (method, head) = if peft {
+        let (method, head) = if let Some(text) = peft_config {
+            let text = text.strip_prefix('\u{feff}').unwrap_or(text);
             let cpath = path.join(PEFT_CONFIG);
-            let text =
-                std::fs::read_to_string(&cpath).map_err(|e| AdapterError::Io(cpath.clone(), e))?;
-            let c: Value = serde_json::from_str(&text)
+            let c: Value = serde_json::from_str(text)
                 .map_err(|e| AdapterError::Format(cpath.clone(), e.to_string()))?;
             let arch = enc.config().arch;
             // A sub-layer is trained when layer 0's module of it has a tensor in the file.

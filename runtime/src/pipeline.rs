@@ -51,8 +51,13 @@ pub enum Error {
         /// The cause.
         source: LoadError,
     },
-    /// Tokenization failed.
-    Tokenize(String),
+    /// The file's tokenizer could not be built, or tokenization failed.
+    Tokenize {
+        /// The model file.
+        path: PathBuf,
+        /// The cause.
+        message: String,
+    },
     /// The encoder refused the input.
     Forward(ForwardError),
     /// `classify` on a model without a classification head.
@@ -64,7 +69,9 @@ impl fmt::Display for Error {
         match self {
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Error::Load { path, source } => write!(f, "{}: {source}", path.display()),
-            Error::Tokenize(e) => write!(f, "tokenizer: {e}"),
+            Error::Tokenize { path, message } => {
+                write!(f, "{}: embedded tokenizer: {message}", path.display())
+            }
             Error::Forward(e) => e.fmt(f),
             Error::NoHead => write!(
                 f,
@@ -113,6 +120,8 @@ pub struct Model {
     tokenizer: OnceLock<Result<Tokenizer, String>>,
     max_length: usize,
     batch_size: usize,
+    /// The file, for messages.
+    path: PathBuf,
 }
 
 /// Where a model's tokenizer description comes from.
@@ -185,6 +194,7 @@ impl Model {
             tokenizer: OnceLock::new(),
             max_length,
             batch_size: DEFAULT_BATCH_SIZE,
+            path: path.into(),
         })
     }
 
@@ -225,7 +235,10 @@ impl Model {
             .map_err(|e| e.to_string())?;
             Ok(t)
         });
-        built.as_ref().map_err(|e| Error::Tokenize(e.clone()))
+        built.as_ref().map_err(|e| Error::Tokenize {
+            path: self.path.clone(),
+            message: e.clone(),
+        })
     }
 
     /// Sets how many texts go through the encoder together (at least 1).
@@ -238,7 +251,10 @@ impl Model {
         let enc = self
             .tokenizer()?
             .encode(text, true)
-            .map_err(|e| Error::Tokenize(e.to_string()))?;
+            .map_err(|e| Error::Tokenize {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })?;
         Ok((enc.get_ids().to_vec(), enc.get_type_ids().to_vec()))
     }
 

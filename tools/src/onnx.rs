@@ -251,6 +251,11 @@ impl OnnxWeights {
     pub fn load(path: &Path) -> Result<Self> {
         let bytes =
             std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        Self::from_bytes(bytes, path)
+    }
+
+    /// The weights of the ONNX file `bytes`; `path` names it in errors.
+    pub fn from_bytes(bytes: Vec<u8>, path: &Path) -> Result<Self> {
         let sha256 = petal_adapt::adapter::base_hash(&bytes);
         let proto = tract_onnx::onnx()
             .proto_model_for_read(&mut &bytes[..])
