@@ -91,33 +91,175 @@ impl TrainConfig {
     }
 }
 
-/// Examples of the rarest class from which the default recipe trains Houlsby adapters with
-/// cross-entropy; below it, SetFit-style contrastive pairs, which draw more signal from very
-/// few examples (the README's few-shot table: at 8 examples per class SetFit-style leads
-/// Houlsby by 6 points on trec6, at 16 it falls 7 points behind on prompt-injection).
-pub const DEFAULT_ADAPTER_MIN_SHOTS: usize = 12;
+/// Folds of the default recipe's held-out estimate (fewer when the rarest class has fewer
+/// examples; at least two).
+pub const SELECTION_FOLDS: usize = 3;
 
-/// petal's default recipe for training labels `y` over `labels` classes: SetFit-style (LoRA)
-/// when the rarest class has fewer than [`DEFAULT_ADAPTER_MIN_SHOTS`] examples, else Houlsby
-/// adapters with the head fitted first and batches of four. Returns the method, its settings
-/// and the recipe's name (`setfit` or `houlsby`).
-pub fn default_recipe(y: &[usize], labels: usize) -> (Method, TrainConfig, &'static str) {
-    let rarest = (0..labels)
+/// One method the default recipe may choose, with its settings.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    /// `head`, `setfit` or `houlsby`.
+    pub name: &'static str,
+    /// What it trains.
+    pub method: Method,
+    /// How.
+    pub cfg: TrainConfig,
+}
+
+/// The default recipe's candidates, simplest first (a tie goes to the earlier): the head on
+/// the frozen embeddings, SetFit-style contrastive LoRA then the head, and Houlsby adapters
+/// with the head fitted first in batches of four.
+pub fn default_candidates() -> Vec<Candidate> {
+    let head = Method::Head;
+    let lora = Method::from_name("lora").expect("a method");
+    let houlsby = Method::from_name("houlsby").expect("a method");
+    vec![
+        Candidate {
+            name: "head",
+            cfg: TrainConfig::for_method(&head),
+            method: head,
+        },
+        Candidate {
+            name: "setfit",
+            cfg: TrainConfig::setfit(&lora),
+            method: lora,
+        },
+        Candidate {
+            name: "houlsby",
+            cfg: TrainConfig {
+                batch_size: 4,
+                ..TrainConfig::for_method(&houlsby)
+            },
+            method: houlsby,
+        },
+    ]
+}
+
+/// What the held-out selection measured and chose.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Selection {
+    /// Index of the chosen candidate.
+    pub chosen: usize,
+    /// Folds the user's examples were split into (0: too few examples to hold any out; the
+    /// first candidate, the head, is taken).
+    pub folds: usize,
+    /// Each candidate's name and accuracy on the held-out folds (every example held out once).
+    pub estimates: Vec<(String, f64)>,
+}
+
+/// The examples of each fold: every class's examples shuffled by `seed` and dealt round-robin,
+/// so each fold has about the same share of each class.
+pub fn stratified_folds(y: &[usize], labels: usize, folds: usize, seed: u64) -> Vec<Vec<usize>> {
+    let mut rng = Rng::new(seed ^ 0x5e1e_c7);
+    let k = folds.max(1);
+    let mut out = vec![Vec::new(); k];
+    let mut next = 0;
+    for l in 0..labels {
+        let mut idx: Vec<usize> = (0..y.len()).filter(|&i| y[i] == l).collect();
+        for i in (1..idx.len()).rev() {
+            idx.swap(i, rng.below(i + 1));
+        }
+        for i in idx {
+            out[next % k].push(i);
+            next += 1;
+        }
+    }
+    for f in &mut out {
+        f.sort_unstable();
+    }
+    out
+}
+
+/// Chooses among `candidates` by their accuracy on data held out from the user's own examples:
+/// `k`-fold cross-validation (stratified, [`SELECTION_FOLDS`] folds, fewer if the rarest class
+/// has fewer examples), each candidate trained on the other folds with its own settings and
+/// scored on the held-out one. The best estimate wins; a tie goes to the earlier candidate, so
+/// with the head first the choice is never below the head's estimate. `progress` sees one
+/// `select` step per training.
+#[allow(clippy::too_many_arguments)]
+pub fn select(
+    model: &Model,
+    texts: &[&str],
+    y: &[usize],
+    labels: &[String],
+    candidates: &[Candidate],
+    seed: u64,
+    stop: &AtomicBool,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Selection, TrainError> {
+    let rarest = (0..labels.len())
         .map(|l| y.iter().filter(|&&yi| yi == l).count())
         .min()
         .unwrap_or(0);
-    if rarest < DEFAULT_ADAPTER_MIN_SHOTS {
-        let m = Method::from_name("lora").expect("a method");
-        let cfg = TrainConfig::setfit(&m);
-        (m, cfg, "setfit")
-    } else {
-        let m = Method::from_name("houlsby").expect("a method");
-        let cfg = TrainConfig {
-            batch_size: 4,
-            ..TrainConfig::for_method(&m)
-        };
-        (m, cfg, "houlsby")
+    let k = SELECTION_FOLDS.min(rarest);
+    if k < 2 || candidates.len() < 2 {
+        return Ok(Selection {
+            chosen: 0,
+            folds: 0,
+            estimates: Vec::new(),
+        });
     }
+    let folds = stratified_folds(y, labels.len(), k, seed);
+    let steps = (candidates.len() * k) as u64;
+    let mut correct = vec![0usize; candidates.len()];
+    let mut done = 0u64;
+    for held in &folds {
+        let rest: Vec<usize> = (0..y.len())
+            .filter(|i| held.binary_search(i).is_err())
+            .collect();
+        let (tr_texts, tr_y): (Vec<&str>, Vec<usize>) =
+            rest.iter().map(|&i| (texts[i], y[i])).unzip();
+        let ho_texts: Vec<&str> = held.iter().map(|&i| texts[i]).collect();
+        for (c, cand) in candidates.iter().enumerate() {
+            if stop.load(Ordering::Relaxed) {
+                // Interrupted: the head, the one candidate that needs no estimate to be safe.
+                return Ok(Selection {
+                    chosen: 0,
+                    folds: 0,
+                    estimates: Vec::new(),
+                });
+            }
+            let out = train(
+                model,
+                &tr_texts,
+                &tr_y,
+                labels,
+                &cand.method,
+                &cand.cfg,
+                stop,
+                &mut |_| {},
+            )?;
+            let preds = classify(model, &out.adapter, &ho_texts, cand.cfg.batch_size.max(8))?;
+            correct[c] += preds
+                .iter()
+                .zip(held)
+                .filter(|(p, &i)| p.index == y[i])
+                .count();
+            done += 1;
+            progress(&Progress {
+                phase: "select",
+                step: done,
+                steps,
+                loss: correct[c] as f32 / y.len() as f32,
+            });
+        }
+    }
+    let estimates: Vec<(String, f64)> = candidates
+        .iter()
+        .zip(&correct)
+        .map(|(c, &n)| (c.name.to_string(), n as f64 / y.len() as f64))
+        .collect();
+    let mut chosen = 0;
+    for (i, e) in estimates.iter().enumerate() {
+        if e.1 > estimates[chosen].1 {
+            chosen = i;
+        }
+    }
+    Ok(Selection {
+        chosen,
+        folds: k,
+        estimates,
+    })
 }
 
 /// A progress report.
@@ -533,22 +675,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_recipe_follows_the_rarest_class() {
-        // 8 examples of each of three classes: SetFit-style.
-        let few: Vec<usize> = (0..24).map(|i| i % 3).collect();
-        let (m, cfg, name) = default_recipe(&few, 3);
-        assert_eq!((name, m.name()), ("setfit", "lora"));
-        assert_eq!(cfg.contrastive.map(|c| c.epochs), Some(2));
-        // 16 of each: Houlsby adapters in batches of four, no contrastive phase.
-        let more: Vec<usize> = (0..48).map(|i| i % 3).collect();
-        let (m, cfg, name) = default_recipe(&more, 3);
-        assert_eq!(name, "houlsby");
-        assert!(matches!(m, Method::Adapter { .. }));
-        assert_eq!((cfg.batch_size, cfg.contrastive), (4, None));
-        // The rarest class decides: 16, 16 and 4 examples.
-        let skewed: Vec<usize> = [vec![0; 16], vec![1; 16], vec![2; 4]].concat();
-        assert_eq!(default_recipe(&skewed, 3).2, "setfit");
-        // A class without examples counts as rarest.
-        assert_eq!(default_recipe(&more, 4).2, "setfit");
+    fn folds_are_stratified_and_cover_every_example_once() {
+        // 16, 16 and 4 examples of three classes, interleaved.
+        let y: Vec<usize> = [vec![0; 16], vec![1; 16], vec![2; 4]].concat();
+        let folds = stratified_folds(&y, 3, SELECTION_FOLDS, 7);
+        assert_eq!(folds.len(), SELECTION_FOLDS);
+        let mut all: Vec<usize> = folds.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..y.len()).collect::<Vec<_>>());
+        for f in &folds {
+            for l in 0..3 {
+                let n = f.iter().filter(|&&i| y[i] == l).count();
+                let share = y.iter().filter(|&&v| v == l).count() as f64 / SELECTION_FOLDS as f64;
+                assert!(
+                    (n as f64 - share).abs() <= 1.0,
+                    "class {l}: {n} in a fold, share {share}"
+                );
+            }
+        }
+        // The same seed, the same folds; another seed, others.
+        assert_eq!(folds, stratified_folds(&y, 3, SELECTION_FOLDS, 7));
+        assert_ne!(folds, stratified_folds(&y, 3, SELECTION_FOLDS, 8));
+    }
+
+    #[test]
+    fn the_candidates_start_with_the_head() {
+        let c = default_candidates();
+        let names: Vec<&str> = c.iter().map(|c| c.name).collect();
+        assert_eq!(names, ["head", "setfit", "houlsby"]);
+        assert_eq!(c[0].method, Method::Head);
+        assert_eq!(c[1].cfg.contrastive.map(|c| c.epochs), Some(2));
+        assert_eq!((c[2].cfg.batch_size, c[2].cfg.contrastive), (4, None));
     }
 }

@@ -45,7 +45,7 @@ def petal_embed(petal, model, texts, extra=()):
 
 
 def petal_ids(petal, model, texts):
-    out = subprocess.run([petal, "-q", "tokenize", model, "--json", "--", *texts],
+    out = subprocess.run([petal, "-q", "tokenize", model, "--json", "--max-length", "256", "--", *texts],
                          check=True, capture_output=True, text=True).stdout
     return [json.loads(line)["ids"] for line in out.splitlines()]
 

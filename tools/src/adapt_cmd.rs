@@ -12,7 +12,7 @@ use petal_adapt::adapter::Adapter;
 use petal_adapt::data::{self, Example};
 use petal_adapt::eval::{self, Report};
 use petal_adapt::methods::Method;
-use petal_adapt::train::{Progress, TrainConfig};
+use petal_adapt::train::{Candidate, Progress, Selection, TrainConfig};
 use petal_runtime::gguf::names::tensor::Block;
 use petal_runtime::pipeline::{Model, Prediction};
 use serde_json::json;
@@ -20,8 +20,9 @@ use serde_json::json;
 /// What `petal adapt` trains (`--method`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum MethodArg {
-    /// petal's default recipe: SetFit-style when the rarest class has fewer than 12
-    /// examples, Houlsby adapters otherwise (see the README's few-shot table).
+    /// petal's default recipe: the head, SetFit-style or Houlsby adapters, whichever is most
+    /// accurate on examples held out of the training file (3-fold cross-validation; a tie goes
+    /// to the simpler), then trained on every example.
     Default,
     /// A linear head on the frozen sentence embedding (logistic regression, AdamW).
     Head,
@@ -98,17 +99,9 @@ fn target(s: &str) -> Result<Block> {
 
 /// The method, training settings and recipe name that `--method` and the flags describe for
 /// training labels `y` over `labels` classes (the default recipe depends on them).
-pub fn recipe(
-    method: MethodArg,
-    a: &AdaptArgs,
-    y: &[usize],
-    labels: usize,
-) -> Result<(Method, TrainConfig, String)> {
+pub fn recipe(method: MethodArg, a: &AdaptArgs) -> Result<(Method, TrainConfig, String)> {
     let (mut m, mut cfg, name) = match method {
-        MethodArg::Default => {
-            let (m, cfg, name) = petal_adapt::train::default_recipe(y, labels);
-            (m, cfg, name.to_string())
-        }
+        MethodArg::Default => bail!("the default recipe is chosen by `select_default`"),
         MethodArg::Setfit => {
             let m = Method::from_name("lora").expect("a method");
             let cfg = TrainConfig::setfit(&m);
@@ -125,7 +118,27 @@ pub fn recipe(
             (m, cfg, name)
         }
     };
-    match &mut m {
+    apply_overrides(&mut m, &mut cfg, a)?;
+    Ok((m, cfg, name))
+}
+
+/// The default recipe's candidates with the user's settings (`--epochs` and the learning
+/// rates apply to the methods that train more than the head).
+pub fn default_candidates(a: &AdaptArgs) -> Result<Vec<Candidate>> {
+    let mut v = petal_adapt::train::default_candidates();
+    for c in &mut v {
+        if c.method == Method::Head {
+            c.cfg.seed = a.seed;
+            c.cfg.max_time = budget(a.max_seconds);
+        } else {
+            apply_overrides(&mut c.method, &mut c.cfg, a)?;
+        }
+    }
+    Ok(v)
+}
+
+fn apply_overrides(m: &mut Method, cfg: &mut TrainConfig, a: &AdaptArgs) -> Result<()> {
+    match m {
         Method::Lora(c) => {
             if let Some(r) = a.lora_r {
                 c.r = r;
@@ -170,7 +183,7 @@ pub fn recipe(
     }
     cfg.seed = a.seed;
     cfg.max_time = budget(a.max_seconds);
-    Ok((m, cfg, name))
+    Ok(())
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -185,6 +198,10 @@ pub struct AdaptSummary {
     pub train_accuracy: f64,
     pub stopped_early: bool,
     pub seconds: f64,
+    /// The default recipe's choice: each candidate's accuracy on examples held out of the
+    /// training file, by cross-validation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selection: Option<Selection>,
 }
 
 /// Trains an adapter on `train` and writes it to `output`. `stop` is set by Ctrl-C.
@@ -211,8 +228,6 @@ pub fn adapt(
                 .expect("label listed")
         })
         .collect();
-    let (m, cfg, name) = recipe(method, args, &y, labels.len())?;
-    log::info!("training {name} on {} examples", y.len());
     let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
     let mut bar: Option<(&'static str, ProgressBar)> = None;
     // Without a terminal (stderr piped to a file or a program) the bar is hidden: progress goes
@@ -244,6 +259,49 @@ pub fn adapt(
             }
         }
     };
+    let (m, cfg, name, selection) = if method == MethodArg::Default {
+        let candidates = default_candidates(args)?;
+        log::info!(
+            "default recipe: choosing among {} by accuracy on examples held out of {}",
+            candidates
+                .iter()
+                .map(|c| c.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+            train.display()
+        );
+        let sel = petal_adapt::train::select(
+            model,
+            &texts,
+            &y,
+            &labels,
+            &candidates,
+            args.seed,
+            stop,
+            &mut progress,
+        )?;
+        let c = candidates[sel.chosen].clone();
+        if sel.folds == 0 {
+            log::info!("too few examples per class to hold any out: training the head");
+        } else {
+            let est: Vec<String> = sel
+                .estimates
+                .iter()
+                .map(|(n, a)| format!("{n} {a:.3}"))
+                .collect();
+            log::info!(
+                "{}-fold held-out accuracy: {}; chose {}",
+                sel.folds,
+                est.join(", "),
+                c.name
+            );
+        }
+        (c.method, c.cfg, c.name.to_string(), Some(sel))
+    } else {
+        let (m, cfg, name) = recipe(method, args)?;
+        (m, cfg, name, None)
+    };
+    log::info!("training {name} on {} examples", y.len());
     let out = petal_adapt::train::train(model, &texts, &y, &labels, &m, &cfg, stop, &mut progress)?;
     if let Some((_, b)) = bar.take() {
         b.finish_and_clear();
@@ -274,6 +332,7 @@ pub fn adapt(
         train_accuracy: correct as f64 / y.len() as f64,
         stopped_early: out.stopped,
         seconds: start.elapsed().as_secs_f64(),
+        selection,
     })
 }
 

@@ -383,29 +383,55 @@ fn ctrl_c_keeps_the_best_adapter_so_far() {
     assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
 }
 
-/// The default recipe picks SetFit-style (a PEFT LoRA directory) at 8 examples per class.
+/// The default recipe chooses among the head, SetFit-style and Houlsby adapters by 3-fold
+/// cross-validation on the training file, never below the head's held-out accuracy, says what
+/// it measured and chose, and writes the chosen method's adapter.
 #[test]
-fn default_recipe_at_eight_examples_is_setfit() {
+fn default_recipe_chooses_by_held_out_accuracy() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("default");
     let m = minilm();
     let train = fewshot("sms-spam", "train-k8-s0.jsonl");
-    let o = petal(&[
-        os("adapt"),
-        m.as_os_str(),
-        os("--train"),
-        train.as_os_str(),
-        os("--epochs"),
-        os("1"),
-        os("-o"),
-        out_dir.as_os_str(),
-        os("--json"),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(env!("CARGO_BIN_EXE_petal"))
+        .env("RUST_LOG", "info")
+        .args([os("adapt"), m.as_os_str(), os("--train"), train.as_os_str()])
+        .args([
+            os("--epochs"),
+            os("1"),
+            os("-o"),
+            out_dir.as_os_str(),
+            os("--json"),
+        ])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{log}");
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(s["method"], "setfit");
-    // One contrastive pass: 16 examples x 4 pairs in batches of 8.
-    assert_eq!(s["steps"], 8);
+    let sel = &s["selection"];
+    assert_eq!(sel["folds"], 3);
+    let est: Vec<(String, f64)> = sel["estimates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e[0].as_str().unwrap().to_string(), e[1].as_f64().unwrap()))
+        .collect();
+    let names: Vec<&str> = est.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(names, ["head", "setfit", "houlsby"]);
+    let chosen = sel["chosen"].as_u64().unwrap() as usize;
+    let best = est.iter().map(|e| e.1).fold(0.0, f64::max);
+    assert_eq!(est[chosen].1, best, "the best held-out estimate wins");
+    assert!(est[chosen].1 >= est[0].1, "never below the head's estimate");
+    assert_eq!(s["method"], est[chosen].0);
+    assert!(log.contains("3-fold held-out accuracy: head"), "{log}");
+    assert!(log.contains(&format!("chose {}", est[chosen].0)), "{log}");
+    if s["method"] != "setfit" {
+        assert!(
+            out_dir.is_file(),
+            "a petal adapter file for {}",
+            s["method"]
+        );
+        return;
+    }
     let files = read_dir_bytes(&out_dir);
     assert_eq!(
         files.iter().map(|f| f.0.as_str()).collect::<Vec<_>>(),

@@ -12,7 +12,10 @@ use petal_runtime::gguf::{Gguf, GgufWriter, OwnedValue};
 const REFUSAL_MAX_RSS_KB: i64 = 60 * 1024;
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 struct Outcome {
@@ -33,7 +36,12 @@ fn run(args: &[&str]) -> Outcome {
         .spawn()
         .unwrap();
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     let mut status = 0;
     // SAFETY: `rusage` is plain data the kernel fills; `pid` is our own child, not yet waited
     // for (std's `Child` is never waited on after this).
@@ -54,7 +62,12 @@ fn run(args: &[&str]) -> Outcome {
 /// within the memory bound.
 fn refused(what: &str, args: &[&str], file: &Path, want: &str) {
     let o = run(args);
-    eprintln!("{what}: exit {:?}, peak RSS {} kB: {}", o.code, o.max_rss_kb, o.stderr.trim_end());
+    eprintln!(
+        "{what}: exit {:?}, peak RSS {} kB: {}",
+        o.code,
+        o.max_rss_kb,
+        o.stderr.trim_end()
+    );
     assert_eq!((o.code, o.signal), (Some(1), None), "{what}: {}", o.stderr);
     let lines: Vec<&str> = o.stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{what}: one line on stderr: {:?}", o.stderr);
@@ -81,7 +94,14 @@ fn hostile_files_and_lines_are_refused_in_one_line() {
     let d = dir.path();
     let golden = workspace().join("testdata/golden");
     let model = d.join("tiny.gguf");
-    let o = run(&["convert", &s(&golden.join("tiny-bert")), "--dtype", "f32", "-o", &s(&model)]);
+    let o = run(&[
+        "convert",
+        &s(&golden.join("tiny-bert")),
+        "--dtype",
+        "f32",
+        "-o",
+        &s(&model),
+    ]);
     assert_eq!(o.code, Some(0), "{}", o.stderr);
     let text = "a short text";
 
@@ -94,7 +114,11 @@ fn hostile_files_and_lines_are_refused_in_one_line() {
     )
     .unwrap();
     let cfg = std::fs::read_to_string(golden.join("train-lora/adapter_config.json")).unwrap();
-    std::fs::write(lora.join("adapter_config.json"), cfg.replace("\"r\": 4", "\"r\": 1000000000000")).unwrap();
+    std::fs::write(
+        lora.join("adapter_config.json"),
+        cfg.replace("\"r\": 4", "\"r\": 1000000000000"),
+    )
+    .unwrap();
     refused(
         "LoRA rank 10^12",
         &["classify", &s(&model), "--adapter", &s(&lora), text],
@@ -104,10 +128,23 @@ fn hostile_files_and_lines_are_refused_in_one_line() {
 
     // Training data: not JSON, a missing field; a byte-order mark is fine.
     let bad = d.join("bad.jsonl");
-    std::fs::write(&bad, "{\"text\": \"a\", \"label\": \"x\"}\n{\"text\": \"b\"\n").unwrap();
+    std::fs::write(
+        &bad,
+        "{\"text\": \"a\", \"label\": \"x\"}\n{\"text\": \"b\"\n",
+    )
+    .unwrap();
     refused(
         "a broken JSON line",
-        &["adapt", &s(&model), "--train", &s(&bad), "--method", "head", "-o", &s(&d.join("a"))],
+        &[
+            "adapt",
+            &s(&model),
+            "--train",
+            &s(&bad),
+            "--method",
+            "head",
+            "-o",
+            &s(&d.join("a")),
+        ],
         &bad,
         "line 2: invalid JSON",
     );
@@ -117,23 +154,57 @@ fn hostile_files_and_lines_are_refused_in_one_line() {
         "\u{feff}{\"text\": \"good\", \"label\": \"pos\"}\n{\"text\": \"bad\", \"label\": \"neg\"}\n",
     )
     .unwrap();
-    let o = run(&["adapt", &s(&model), "--train", &s(&bom), "--method", "head", "--epochs", "1", "-o", &s(&d.join("bom.safetensors"))]);
-    assert_eq!(o.code, Some(0), "a JSONL file with a byte-order mark: {}", o.stderr);
+    let o = run(&[
+        "adapt",
+        &s(&model),
+        "--train",
+        &s(&bom),
+        "--method",
+        "head",
+        "--epochs",
+        "1",
+        "-o",
+        &s(&d.join("bom.safetensors")),
+    ]);
+    assert_eq!(
+        o.code,
+        Some(0),
+        "a JSONL file with a byte-order mark: {}",
+        o.stderr
+    );
 
     // Model files: truncated, and one whose layer count is far beyond its tensors.
     let bytes = std::fs::read(&model).unwrap();
     let cut = d.join("cut.gguf");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    refused("a truncated model", &["embed", &s(&cut), text], &cut, "runs past the end of the file");
+    refused(
+        "a truncated model",
+        &["embed", &s(&cut), text],
+        &cut,
+        "runs past the end of the file",
+    );
     let g = Gguf::parse(&bytes).unwrap();
     let mut w = GgufWriter::dequantized(&g).unwrap();
     w.set("bert.block_count", OwnedValue::U32(1 << 20));
     let layers = d.join("layers.gguf");
     w.write_atomic(&layers).unwrap();
-    refused("2^20 layers", &["embed", &s(&layers), text], &layers, "blk.2.");
+    refused(
+        "2^20 layers",
+        &["embed", &s(&layers), text],
+        &layers,
+        "blk.2.",
+    );
     let mut w = GgufWriter::dequantized(&g).unwrap();
-    w.set("tokenizer.huggingface.json", "{\"model\": {\"type\": \"WordPiece\", \"vocab\": 7}}");
+    w.set(
+        "tokenizer.huggingface.json",
+        "{\"model\": {\"type\": \"WordPiece\", \"vocab\": 7}}",
+    );
     let tok = d.join("tokenizer.gguf");
     w.write_atomic(&tok).unwrap();
-    refused("a broken embedded tokenizer", &["embed", &s(&tok), text], &tok, "embedded tokenizer: invalid type");
+    refused(
+        "a broken embedded tokenizer",
+        &["embed", &s(&tok), text],
+        &tok,
+        "embedded tokenizer: invalid type",
+    );
 }
