@@ -84,7 +84,8 @@ def main():
                             e = json.loads(ev)
                             rec = {"dataset": ds, "k": k, "seed": seed, "method": m, "accuracy": e["accuracy"],
                                    "macro_f1": e["macro_f1"], "train_seconds": round(wall, 2),
-                                   "train_peak_rss_mb": round(rss, 1), "steps": s["steps"], "trainable": s["trainable"]}
+                                   "train_peak_rss_mb": round(rss, 1), "steps": s["steps"], "trainable": s["trainable"],
+                                   "chosen": s["method"], "selection": s.get("selection")}
                             print(json.dumps(rec), file=sys.stderr, flush=True)
                             f.write(json.dumps(rec) + "\n"); f.flush()
                             records.append(rec)

@@ -150,7 +150,7 @@ pub struct Selection {
 /// The examples of each fold: every class's examples shuffled by `seed` and dealt round-robin,
 /// so each fold has about the same share of each class.
 pub fn stratified_folds(y: &[usize], labels: usize, folds: usize, seed: u64) -> Vec<Vec<usize>> {
-    let mut rng = Rng::new(seed ^ 0x5e1e_c7);
+    let mut rng = Rng::new(seed ^ 0x005e_1ec7);
     let k = folds.max(1);
     let mut out = vec![Vec::new(); k];
     let mut next = 0;

@@ -15,6 +15,17 @@ const FDOT_REL_TOL: f32 = 1e-5;
 /// over the same weights: least cosine of the outputs.
 const LINEAR_ACT_QUANT_MIN_COS: f64 = 0.9995;
 
+/// Random cases a test draws: `n`, or a few under Miri (which runs the scalar references
+/// alone, about a thousand times slower).
+#[allow(non_snake_case)]
+const fn MIRI_OR(n: usize) -> usize {
+    if cfg!(miri) {
+        4
+    } else {
+        n
+    }
+}
+
 /// Every kernel set this CPU runs, after checking that it has each set `PETAL_EXPECT_KERNELS`
 /// names (a comma-separated list; `scripts/test.sh` derives it from the CPU's flags, apart from
 /// petal's own detection): a test that keeps the sets with some kernel must not pass over a set
@@ -102,7 +113,7 @@ fn random_tokens(rng: &mut impl Rng, count: usize, blocks: usize) -> Vec<Vec<qdo
 fn block_dots_match_the_reference() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     for k in variants() {
-        for _ in 0..200 {
+        for _ in 0..MIRI_OR(200) {
             let blocks = rng.gen_range(1..24);
             let (ws, xs) = (rng.gen_range(0.01..4.0), rng.gen_range(0.01..8.0));
             let w = random_vec(&mut rng, blocks * QK, ws);

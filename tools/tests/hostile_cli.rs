@@ -43,10 +43,11 @@ fn run(args: &[&str]) -> Outcome {
         .read_to_string(&mut stderr)
         .unwrap();
     let mut status = 0;
-    // SAFETY: `rusage` is plain data the kernel fills; `pid` is our own child, not yet waited
-    // for (std's `Child` is never waited on after this).
+    // SAFETY: `rusage` is plain integers, for which all zeros is a valid value.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let pid = child.id() as libc::pid_t;
+    // SAFETY: `pid` is our own child, not yet waited for (std's `Child` is never waited on
+    // after this); both pointers are to live locals the kernel fills.
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(r, pid, "wait4");
     std::mem::forget(child);
