@@ -145,6 +145,8 @@ pub struct Selection {
     pub folds: usize,
     /// Each candidate's name and accuracy on the held-out folds (every example held out once).
     pub estimates: Vec<(String, f64)>,
+    /// Each candidate's mean cross-entropy on the held-out examples (breaks accuracy ties).
+    pub cross_entropy: Vec<f64>,
 }
 
 /// The examples of each fold: every class's examples shuffled by `seed` and dealt round-robin,
@@ -173,8 +175,9 @@ pub fn stratified_folds(y: &[usize], labels: usize, folds: usize, seed: u64) -> 
 /// Chooses among `candidates` by their accuracy on data held out from the user's own examples:
 /// `k`-fold cross-validation (stratified, [`SELECTION_FOLDS`] folds, fewer if the rarest class
 /// has fewer examples), each candidate trained on the other folds with its own settings and
-/// scored on the held-out one. The best estimate wins; a tie goes to the earlier candidate, so
-/// with the head first the choice is never below the head's estimate. `progress` sees one
+/// scored on the held-out one. The best accuracy wins; a tie goes to the lower held-out
+/// cross-entropy, then to the earlier candidate, so with the head first the choice is never
+/// below the head's estimate. `progress` sees one
 /// `select` step per training.
 #[allow(clippy::too_many_arguments)]
 pub fn select(
@@ -197,11 +200,14 @@ pub fn select(
             chosen: 0,
             folds: 0,
             estimates: Vec::new(),
+            cross_entropy: Vec::new(),
         });
     }
     let folds = stratified_folds(y, labels.len(), k, seed);
     let steps = (candidates.len() * k) as u64;
     let mut correct = vec![0usize; candidates.len()];
+    // Held-out cross-entropy, which breaks ties of accuracy (a few dozen examples tie often).
+    let mut nll = vec![0f64; candidates.len()];
     let mut done = 0u64;
     for held in &folds {
         let rest: Vec<usize> = (0..y.len())
@@ -217,6 +223,7 @@ pub fn select(
                     chosen: 0,
                     folds: 0,
                     estimates: Vec::new(),
+                    cross_entropy: Vec::new(),
                 });
             }
             let out = train(
@@ -230,11 +237,10 @@ pub fn select(
                 &mut |_| {},
             )?;
             let preds = classify(model, &out.adapter, &ho_texts, cand.cfg.batch_size.max(8))?;
-            correct[c] += preds
-                .iter()
-                .zip(held)
-                .filter(|(p, &i)| p.index == y[i])
-                .count();
+            for (p, &i) in preds.iter().zip(held) {
+                correct[c] += usize::from(p.index == y[i]);
+                nll[c] -= (p.scores[y[i]] as f64).max(1e-12).ln();
+            }
             done += 1;
             progress(&Progress {
                 phase: "select",
@@ -249,9 +255,11 @@ pub fn select(
         .zip(&correct)
         .map(|(c, &n)| (c.name.to_string(), n as f64 / y.len() as f64))
         .collect();
+    // The most accurate; among equally accurate ones the lowest cross-entropy; then the
+    // earlier (simpler) candidate.
     let mut chosen = 0;
-    for (i, e) in estimates.iter().enumerate() {
-        if e.1 > estimates[chosen].1 {
+    for i in 1..candidates.len() {
+        if (correct[i], -nll[i]) > (correct[chosen], -nll[chosen]) {
             chosen = i;
         }
     }
@@ -259,6 +267,7 @@ pub fn select(
         chosen,
         folds: k,
         estimates,
+        cross_entropy: nll.iter().map(|v| v / y.len() as f64).collect(),
     })
 }
 

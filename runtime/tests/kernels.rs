@@ -147,7 +147,7 @@ fn q8_0_tiles_match_the_reference() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(17);
     for k in variants() {
         eprintln!("2x4 tile: {}", k.name);
-        for _ in 0..100 {
+        for _ in 0..MIRI_OR(100) {
             let blocks = rng.gen_range(1..50);
             let rows = random_rows(&mut rng, 2, blocks, TensorType::Q8_0);
             let toks = random_tokens(&mut rng, 4, blocks);

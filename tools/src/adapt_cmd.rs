@@ -287,7 +287,8 @@ pub fn adapt(
             let est: Vec<String> = sel
                 .estimates
                 .iter()
-                .map(|(n, a)| format!("{n} {a:.3}"))
+                .zip(&sel.cross_entropy)
+                .map(|((n, a), ce)| format!("{n} {a:.3} (cross-entropy {ce:.3})"))
                 .collect();
             log::info!(
                 "{}-fold held-out accuracy: {}; chose {}",
