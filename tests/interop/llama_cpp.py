@@ -22,6 +22,8 @@ import tempfile
 LLAMA_MIN_COS = {"f32": 0.9999, "f16": 0.9999, "q8_0": 0.999}
 # petal on llama.cpp's f32 file against the golden (ONNX Runtime f32): as petal's own f32 file.
 LLAMA_FILE_GOLDEN_MIN_COS = 0.99999
+# Largest difference of a class probability, llama.cpp's rank pooling against petal (f32 files).
+CLASSIFIER_PROB_ABS_TOL = 1e-4
 # The separator of prompts given to llama-embedding (the texts have no such string).
 SEP = "<#petal-sep#>"
 # llama-embedding's output is now and then cut short: tries per run.
@@ -50,8 +52,9 @@ def petal_ids(petal, model, texts):
     return [json.loads(line)["ids"] for line in out.splitlines()]
 
 
-def llama_embed(binary, model, texts):
-    """llama-embedding's mean-pooled, L2-normalized embeddings of `texts`, in order."""
+def llama_embed(binary, model, texts, pooling="mean", width=384):
+    """llama-embedding's pooled embeddings of `texts`, in order: mean-pooled and L2-normalized,
+    or with `pooling="rank"` the classifier's `width` raw outputs."""
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as f:
         f.write(SEP.join(texts))
         prompts = f.name
@@ -59,12 +62,13 @@ def llama_embed(binary, model, texts):
         for attempt in range(TRIES):
             r = subprocess.run(
                 [binary, "-m", model, "-f", prompts, "--embd-separator", SEP,
-                 "--embd-output-format", "raw", "--embd-normalize", "2", "--pooling", "mean",
+                 "--embd-output-format", "raw",
+                 "--embd-normalize", "2" if pooling == "mean" else "-1", "--pooling", pooling,
                  "-c", "512", "-b", "512", "-ub", "512", "-t", "2", "--no-repack",
                  "--no-warmup"],
                 capture_output=True, text=True)
             rows = [[float(x) for x in line.split()] for line in r.stdout.splitlines() if line.strip()]
-            if r.returncode == 0 and len(rows) == len(texts) and all(len(x) == 384 for x in rows):
+            if r.returncode == 0 and len(rows) == len(texts) and all(len(x) == width for x in rows):
                 return rows
             print(f"llama-embedding on {os.path.basename(model)}: exit {r.returncode}, "
                   f"{len(rows)} rows for {len(texts)} texts (try {attempt + 1}); stderr tail:\n"
@@ -101,6 +105,26 @@ def main():
         results.append(ok)
         print(f"llama.cpp on petal's {dtype:5s} file vs petal: mean cosine {mean:.6f}, "
               f"least {least:.6f} (bar {bar}) {'ok' if ok else 'FAILED'}")
+
+    # The classifier: llama.cpp's rank pooling (CLS, dense + tanh, output layer) against
+    # `petal classify`, as class probabilities.
+    tiny = os.path.join(models, "tiny-bert-f32.gguf")
+    texts_cls = ["this movie was great", "the bus leaves at noon", "i did not like it at all", "ok"]
+    out = subprocess.run([petal, "-q", "classify", tiny, "--json", "--", *texts_cls],
+                         check=True, capture_output=True, text=True).stdout
+    ours = [json.loads(line)["scores"] for line in out.splitlines()]
+    labels = list(ours[0])
+    logits = llama_embed(binary, tiny, texts_cls, pooling="rank", width=len(labels))
+    worst = 0.0
+    for mine, z in zip(ours, logits):
+        m = max(z)
+        e = [math.exp(v - m) for v in z]
+        probs = [v / sum(e) for v in e]
+        worst = max(worst, max(abs(p - mine[l]) for p, l in zip(probs, labels)))
+    ok = worst <= CLASSIFIER_PROB_ABS_TOL
+    results.append(ok)
+    print(f"llama.cpp's rank pooling on petal's classifier vs petal classify: largest probability "
+          f"difference {worst:.2e} (tolerance {CLASSIFIER_PROB_ABS_TOL}) {'ok' if ok else 'FAILED'}")
 
     theirs = os.path.join(models, "minilm-llama-f32.gguf")
     got_ids = petal_ids(petal, theirs, texts)

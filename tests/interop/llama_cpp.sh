@@ -6,6 +6,8 @@
 # (tests/interop/llama_cpp.py):
 #   - embeds the 66 MiniLM golden texts with petal's F32, F16 and Q8_0 files in both engines and
 #     compares them (cosine at least 0.9999 for F32 and F16, 0.999 for Q8_0);
+#   - runs petal's file of the tiny BERT sequence classifier with llama.cpp's rank pooling and
+#     compares its class probabilities with `petal classify`;
 #   - converts the MiniLM checkpoint with llama.cpp's own convert_hf_to_gguf.py (torch and
 #     transformers from the PEFT environment, tests/interop/peft_load.sh) and checks that petal
 #     opens that file, rebuilds its WordPiece tokenizer from the ggml vocabulary with ids
@@ -64,6 +66,8 @@ for dtype in f32 f16 q8_0; do
   out=$WORK/models/minilm-$dtype.gguf
   "$PETAL" -q convert assets/minilm --dtype "$dtype" -o "$out" >/dev/null
 done
+# A sequence classifier (the tiny BERT golden, 3 labels): llama.cpp's rank pooling applies its head.
+"$PETAL" -q convert testdata/golden/tiny-bert --dtype f32 -o "$WORK/models/tiny-bert-f32.gguf" >/dev/null
 log "llama.cpp's convert_hf_to_gguf.py on assets/minilm"
 "$PEFT_VENV/bin/python" "$SRC/convert_hf_to_gguf.py" assets/minilm --outtype f32 \
   --outfile "$WORK/models/minilm-llama-f32.gguf" >"$WORK/convert.log" 2>&1 \

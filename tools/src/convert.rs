@@ -348,10 +348,11 @@ pub fn write_checkpoint(
     // head, as `petal classify` does.
     w.set(
         &key(names::POOLING_TYPE),
+        // (llama.cpp's BERT head is dense + tanh: DistilBERT's ReLU head stays CLS pooling.)
         match (pooling, &labels) {
             (Pooling::Mean, _) => pooling::MEAN,
-            (Pooling::Cls, Some(_)) => pooling::RANK,
-            (Pooling::Cls, None) => pooling::CLS,
+            (Pooling::Cls, Some(_)) if arch.head_activation().name() == "tanh" => pooling::RANK,
+            (Pooling::Cls, _) => pooling::CLS,
         },
     );
     w.set(names::NORMALIZE, normalize);
