@@ -239,6 +239,14 @@ fn get_bool_or(g: &Gguf<'_>, key: &str, default: bool) -> Result<bool, LoadError
 impl ModelConfig {
     /// Reads the configuration from a parsed file.
     pub fn from_gguf(g: &Gguf<'_>) -> Result<Self, LoadError> {
+        if g.get(names::FORMAT_VERSION).is_some()
+            && get_u32(g, names::FORMAT_VERSION)? != names::FORMAT_VERSION_CURRENT
+        {
+            return Err(LoadError::BadKey {
+                key: names::FORMAT_VERSION.to_string(),
+                expected: "1, the only petal format version this petal reads",
+            });
+        }
         let arch_name = get_str(g, names::ARCHITECTURE)?;
         let arch = Arch::from_name(arch_name)
             .ok_or_else(|| LoadError::UnknownArchitecture(arch_name.to_string()))?;

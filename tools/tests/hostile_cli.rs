@@ -196,6 +196,16 @@ fn hostile_files_and_lines_are_refused_in_one_line() {
         "blk.2.",
     );
     let mut w = GgufWriter::dequantized(&g).unwrap();
+    w.set("petal.format_version", OwnedValue::U32(2));
+    let future = d.join("future.gguf");
+    w.write_atomic(&future).unwrap();
+    refused(
+        "a later format version",
+        &["embed", &s(&future), text],
+        &future,
+        "petal.format_version",
+    );
+    let mut w = GgufWriter::dequantized(&g).unwrap();
     w.set(
         "tokenizer.huggingface.json",
         "{\"model\": {\"type\": \"WordPiece\", \"vocab\": 7}}",

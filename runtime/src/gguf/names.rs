@@ -19,6 +19,11 @@ pub const NORMALIZE: &str = "petal.normalize";
 pub const POSITION_OFFSET: &str = "petal.position_offset";
 /// `petal.pad_token_id`.
 pub const PAD_TOKEN_ID: &str = "petal.pad_token_id";
+/// `petal.format_version`: petal's file format version (absent means 1); a reader refuses
+/// versions it does not know.
+pub const FORMAT_VERSION: &str = "petal.format_version";
+/// The format version this petal reads and writes (absent in the file means this one).
+pub const FORMAT_VERSION_CURRENT: u32 = 1;
 /// `petal.max_seq_length`: the default truncation, sentence-transformers' `max_seq_length`.
 pub const MAX_SEQ_LENGTH: &str = "petal.max_seq_length";
 /// `petal.source.sha256`: SHA-256 of the source weights file.
