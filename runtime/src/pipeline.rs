@@ -364,6 +364,10 @@ pub fn tokenizer_from_json(json: &str) -> Result<Tokenizer, String> {
         id: u32,
         content: String,
     }
+    // The whole text must be JSON first: the tokenizers crate (0.22) panics instead of failing on
+    // a syntax error inside some sections ("decoder"), which a hostile file can hold.
+    serde_json::from_str::<serde::de::IgnoredAny>(json)
+        .map_err(|e| std::format!("invalid JSON: {e}"))?;
     let generic = |json: &str| json.parse::<Tokenizer>().map_err(|e| e.to_string());
     let Ok(top) = serde_json::from_str::<Top<'_>>(json) else {
         return generic(json);
@@ -403,6 +407,23 @@ pub fn tokenizer_from_json(json: &str) -> Result<Tokenizer, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `fuzz/fuzz_targets/model_open.rs`: a syntax error inside the decoder section
+    /// made the tokenizers crate panic ("Helper") instead of returning an error.
+    #[test]
+    fn a_syntax_error_in_a_section_is_an_error_not_a_panic() {
+        let json = r###"{"version": "1.0", "added_tokens": [], "normalizer": null,
+            "pre_tokenizer": null, "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true\
+              "trim_offsets": true},
+            "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+              "max_input_chars_per_word": 100, "vocab": {"[UNK]": 0}}}"###;
+        let e = tokenizer_from_json(json).unwrap_err();
+        assert!(e.starts_with("invalid JSON"), "{e}");
+        let fine = json.replace("true\\\n", "true,\n");
+        let r = tokenizer_from_json(&fine);
+        assert!(r.is_ok(), "{:?}", r.err());
+    }
 
     #[test]
     fn model_is_send_and_sync() {
