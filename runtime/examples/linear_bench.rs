@@ -80,7 +80,7 @@ fn main() {
 /// offset panels, Q4_0 against 16-bit panels), one weight-row pair against one panel of eight
 /// tokens (all in L1), best of many calls.
 fn panels() {
-    use petal_runtime::kernels::qdot;
+    use petal_runtime::kernels::pack;
     let k = kernels::active();
     let cols = 384;
     let bpr = cols / 32;
@@ -99,12 +99,12 @@ fn panels() {
     let (r8, r4) = (w8.split_at(w8.len() / 2), w4.split_at(w4.len() / 2));
     let (r8, r4) = ([r8.0, r8.1], [r4.0, r4.1]);
     let mut blocks = Vec::new();
-    qdot::quantize_activations(&x, &mut blocks);
-    let toks: Vec<&[qdot::ActBlock]> = blocks.chunks_exact(bpr).collect();
+    pack::quantize_activations(&x, &mut blocks);
+    let toks: Vec<&[pack::ActBlock]> = blocks.chunks_exact(bpr).collect();
     let (mut p8, mut p16, mut po) = (Vec::new(), Vec::new(), Vec::new());
-    qdot::pack_panel(&toks, bpr, &mut p8);
-    qdot::pack_panel16(&x, cols, &mut p16);
-    qdot::pack_offset_panel(&x, cols, &mut po);
+    pack::pack_panel(&toks, bpr, &mut p8);
+    pack::pack_panel16(&x, cols, &mut p16);
+    pack::pack_offset_panel(&x, cols, &mut po);
     type Run<'a> = Box<dyn Fn() -> f32 + 'a>;
     let mut kernels: Vec<(&str, Run<'_>)> = Vec::new();
     if let Some(f) = k.dot_q8_0_2x8 {
@@ -151,7 +151,7 @@ fn panels() {
 /// sixteen Q8_0 rows of 384 (K=1536 with `COLS=1536`) against sixteen tokens, all in cache,
 /// best of many calls.
 fn tiles() {
-    use petal_runtime::kernels::qdot;
+    use petal_runtime::kernels::pack;
     let k = kernels::active();
     let Some(f) = k.dot_q8_0_16x16 else {
         return println!("{} has no tile kernel", k.name);
@@ -160,19 +160,19 @@ fn tiles() {
     let (bpr, rows, ntok) = (
         cols / 32,
         16 * kernels::AMX_ROW_GROUPS,
-        std::env::var("N").map_or(qdot::TILE_PANEL_TOKENS, |v| {
+        std::env::var("N").map_or(pack::TILE_PANEL_TOKENS, |v| {
             v.parse().expect("N is a number")
         }),
     );
-    let tiles = ntok.div_ceil(qdot::TILE_PANEL_TOKENS);
+    let tiles = ntok.div_ceil(pack::TILE_PANEL_TOKENS);
     let val = |i: usize| ((i * 104729 % 251) as f32 - 125.0) / 100.0;
     let w: Vec<f32> = (0..rows * cols).map(val).collect();
     let x: Vec<f32> = (0..ntok * cols).map(|i| val(i + 7)).collect();
     let mut bytes = Vec::new();
     quant::quantize(&w, TensorType::Q8_0, &mut bytes).unwrap();
-    let mut tp = vec![qdot::ZERO_TILE_PANEL; bpr * tiles];
+    let mut tp = vec![pack::ZERO_TILE_PANEL; bpr * tiles];
     for (x, tp) in x
-        .chunks(qdot::TILE_PANEL_TOKENS * cols)
+        .chunks(pack::TILE_PANEL_TOKENS * cols)
         .zip(tp.chunks_mut(bpr))
     {
         (k.pack_tile)(x, cols, tp);

@@ -236,7 +236,7 @@ impl Buffers {
 
     /// Keeps the buffers for the next pass on this thread, unless they hold more than
     /// [`KEEP_MAX_BYTES`] (a long input's are let go). A pass's first layer then finds its
-    /// buffers mapped and written already: their zeroing was 1-2 % of a 128-token pass.
+    /// buffers mapped and written already, with no zeroing or page faults.
     fn end_pass(self) {
         #[cfg(feature = "std")]
         {
@@ -697,9 +697,8 @@ impl<B: AsRef<[u8]> + Sync> Encoder<B> {
     /// Plain inference ([`Encoder::forward`] with [`NoHooks`]), a batch of more than
     /// [`PART_TOKENS`] tokens in parts of whole sequences of at most that many tokens (or one
     /// longer sequence), on the thread pool (one part per thread at a time); the states are
-    /// those of one pass over the whole batch. MiniLM q8_0, 8 x 128 tokens on Sapphire Rapids
-    /// (alternating passes, medians): 110 ms against 169 in one pass on 1 thread, 67 against
-    /// 114 on 2.
+    /// those of one pass over the whole batch. Parts keep each sequence's states in L2, which
+    /// one pass over a long batch does not.
     pub fn infer(&self, input: &Input<'_>) -> Result<Hidden, ForwardError> {
         self.check(input, 0)?;
         if input.lens.len() < 2 || input.ids.len() <= PART_TOKENS {

@@ -1,7 +1,7 @@
 //! Every kernel variant this CPU runs against the scalar reference, on random shapes including
 //! ragged row counts and single tokens.
 
-use petal_runtime::kernels::{self, generic, qdot, KernelSet, RowsMut};
+use petal_runtime::kernels::{self, generic, pack, KernelSet, RowsMut};
 use petal_runtime::quant::{self, TensorType, QK};
 use petal_runtime::weights::Matrix;
 use rand::{Rng, SeedableRng};
@@ -97,13 +97,13 @@ fn tile_tokens(rng: &mut impl Rng, ntok: usize, cols: usize) -> Vec<f32> {
 }
 
 /// `count` random tokens of `blocks` activation blocks each, each at its own scale.
-fn random_tokens(rng: &mut impl Rng, count: usize, blocks: usize) -> Vec<Vec<qdot::ActBlock>> {
+fn random_tokens(rng: &mut impl Rng, count: usize, blocks: usize) -> Vec<Vec<pack::ActBlock>> {
     (0..count)
         .map(|_| {
             let xs = rng.gen_range(0.01..8.0);
             let x = random_vec(rng, blocks * QK, xs);
             let mut xq = Vec::new();
-            qdot::quantize_activations(&x, &mut xq);
+            pack::quantize_activations(&x, &mut xq);
             xq
         })
         .collect()
@@ -119,12 +119,12 @@ fn block_dots_match_the_reference() {
             let w = random_vec(&mut rng, blocks * QK, ws);
             let x = random_vec(&mut rng, blocks * QK, xs);
             let mut xq = Vec::new();
-            qdot::quantize_activations(&x, &mut xq);
+            pack::quantize_activations(&x, &mut xq);
             for (ty, dot, reference) in [
                 (
                     TensorType::Q8_0,
                     k.dot_q8_0,
-                    generic::dot_q8_0 as fn(&[u8], &[qdot::ActBlock]) -> f32,
+                    generic::dot_q8_0 as fn(&[u8], &[pack::ActBlock]) -> f32,
                 ),
                 (TensorType::Q4_0, k.dot_q4_0, generic::dot_q4_0),
             ] {
@@ -158,7 +158,7 @@ fn q8_0_tiles_match_the_reference() {
                 let want = generic::dot_q8_0(w[i / 4], x[i % 4]);
                 // The block sums' magnitudes bound the f32 rounding of any summation order.
                 let scale: f32 = rows[i / 4]
-                    .chunks_exact(qdot::Q8_0_BLOCK_BYTES)
+                    .chunks_exact(pack::Q8_0_BLOCK_BYTES)
                     .zip(x[i % 4])
                     .map(|(wb, xb)| {
                         let s: i32 = wb[2..]
@@ -166,7 +166,7 @@ fn q8_0_tiles_match_the_reference() {
                             .zip(&xb.qs)
                             .map(|(&a, &b)| (a as i8 as i32 * b as i32).abs())
                             .sum();
-                        qdot::block_scale(wb).abs() * xb.d * s as f32
+                        pack::block_scale(wb).abs() * xb.d * s as f32
                     })
                     .sum::<f32>()
                     + 1e-6;
@@ -184,16 +184,16 @@ fn q8_0_tiles_match_the_reference() {
 /// by their values and scales): the sum of the absolute scaled products, plus a floor.
 fn panel_abs_products<'a>(
     row: &[u8],
-    panels: impl Iterator<Item = (&'a [[i8; 32]; QK / 4], &'a [f32; qdot::PANEL_TOKENS])>,
+    panels: impl Iterator<Item = (&'a [[i8; 32]; QK / 4], &'a [f32; pack::PANEL_TOKENS])>,
     t: usize,
 ) -> f32 {
-    row.chunks_exact(qdot::Q8_0_BLOCK_BYTES)
+    row.chunks_exact(pack::Q8_0_BLOCK_BYTES)
         .zip(panels)
         .map(|(wb, (qs, d))| {
             let s: i32 = (0..QK)
                 .map(|k| (wb[2 + k] as i8 as i32 * qs[k / 4][4 * t + k % 4] as i32).abs())
                 .sum();
-            qdot::block_scale(wb).abs() * d[t] * s as f32
+            pack::block_scale(wb).abs() * d[t] * s as f32
         })
         .sum::<f32>()
         + 1e-6
@@ -204,17 +204,17 @@ fn q8_0_panels_match_the_reference() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(20);
     for _ in 0..60 {
         let blocks = rng.gen_range(1..50);
-        let ntok = rng.gen_range(1..=qdot::PANEL_TOKENS);
+        let ntok = rng.gen_range(1..=pack::PANEL_TOKENS);
         let rows = random_rows(&mut rng, 2, blocks, TensorType::Q8_0);
         let toks = random_tokens(&mut rng, ntok, blocks);
-        let refs: Vec<&[qdot::ActBlock]> = toks.iter().map(|t| &t[..]).collect();
+        let refs: Vec<&[pack::ActBlock]> = toks.iter().map(|t| &t[..]).collect();
         let mut panel = Vec::new();
-        qdot::pack_panel(&refs, blocks, &mut panel);
+        pack::pack_panel(&refs, blocks, &mut panel);
         let w = [&rows[0][..], &rows[1][..]];
         let want = generic::dot_q8_0_2x8(w, &panel);
         for r in 0..2 {
-            for t in 0..qdot::PANEL_TOKENS {
-                let got = want[r * qdot::PANEL_TOKENS + t];
+            for t in 0..pack::PANEL_TOKENS {
+                let got = want[r * pack::PANEL_TOKENS + t];
                 // The panel reference against the row reference, token by token; padding
                 // tokens are zero.
                 let exact = if t < ntok {
@@ -235,9 +235,9 @@ fn q8_0_panels_match_the_reference() {
             for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                 let panels = panel.iter().map(|pb| (&pb.qs, &pb.d));
                 let scale = panel_abs_products(
-                    &rows[i / qdot::PANEL_TOKENS],
+                    &rows[i / pack::PANEL_TOKENS],
                     panels,
-                    i % qdot::PANEL_TOKENS,
+                    i % pack::PANEL_TOKENS,
                 );
                 assert!(
                     (g - e).abs() <= QDOT_REL_TOL * scale,
@@ -257,7 +257,7 @@ fn q8_0_offset_panels_match_the_reference() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(22);
     for _ in 0..60 {
         let blocks = rng.gen_range(1..50);
-        let ntok = rng.gen_range(1..=qdot::PANEL_TOKENS);
+        let ntok = rng.gen_range(1..=pack::PANEL_TOKENS);
         let cols = blocks * QK;
         let rows = random_rows(&mut rng, 2, blocks, TensorType::Q8_0);
         let mut x = Vec::new();
@@ -266,12 +266,12 @@ fn q8_0_offset_panels_match_the_reference() {
             x.extend(random_vec(&mut rng, cols, xs));
         }
         let mut panel = Vec::new();
-        qdot::pack_offset_panel(&x, cols, &mut panel);
+        pack::pack_offset_panel(&x, cols, &mut panel);
         assert_eq!(panel.len(), blocks);
         let mut toks = Vec::new();
-        qdot::quantize_activations(&x, &mut toks);
+        pack::quantize_activations(&x, &mut toks);
         for (b, p) in panel.iter().enumerate() {
-            for t in 0..qdot::PANEL_TOKENS {
+            for t in 0..pack::PANEL_TOKENS {
                 let (d, qs): (f32, Vec<i8>) = match toks.get(t * blocks + b) {
                     Some(blk) if t < ntok => (blk.d, blk.qs.to_vec()),
                     _ => (0.0, vec![0; QK]),
@@ -285,8 +285,8 @@ fn q8_0_offset_panels_match_the_reference() {
         let w = [&rows[0][..], &rows[1][..]];
         let want = generic::dot_q8_0_2x8_offset(w, &panel);
         for r in 0..2 {
-            for t in 0..qdot::PANEL_TOKENS {
-                let got = want[r * qdot::PANEL_TOKENS + t];
+            for t in 0..pack::PANEL_TOKENS {
+                let got = want[r * pack::PANEL_TOKENS + t];
                 let exact = if t < ntok {
                     generic::dot_q8_0(w[r], &toks[t * blocks..(t + 1) * blocks])
                 } else {
@@ -308,9 +308,9 @@ fn q8_0_offset_panels_match_the_reference() {
             };
             let got = f(w, &panel);
             for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-                let t = i % qdot::PANEL_TOKENS;
+                let t = i % pack::PANEL_TOKENS;
                 let panels = panel.iter().map(|pb| (&pb.qs, &pb.d));
-                let scale = panel_abs_products(&rows[i / qdot::PANEL_TOKENS], panels, t);
+                let scale = panel_abs_products(&rows[i / pack::PANEL_TOKENS], panels, t);
                 assert!(
                     (g - e).abs() <= QDOT_REL_TOL * scale,
                     "{} offset 2x8 [{i}]: {g} vs {e}",
@@ -330,18 +330,18 @@ fn tile_panels_pack_as_the_reference() {
     for _ in 0..30 {
         let blocks = rng.gen_range(1..20);
         let cols = blocks * QK;
-        let ntok = rng.gen_range(0..=qdot::TILE_PANEL_TOKENS);
+        let ntok = rng.gen_range(0..=pack::TILE_PANEL_TOKENS);
         let x = tile_tokens(&mut rng, ntok, cols);
-        let mut want = vec![qdot::ZERO_TILE_PANEL; blocks];
-        qdot::pack_tile_panel(&x, cols, &mut want);
+        let mut want = vec![pack::ZERO_TILE_PANEL; blocks];
+        pack::pack_tile_panel(&x, cols, &mut want);
         assert_eq!(want.len(), blocks);
         let mut offset = Vec::new();
-        for chunk in x.chunks(qdot::PANEL_TOKENS * cols) {
-            qdot::pack_offset_panel(chunk, cols, &mut offset);
+        for chunk in x.chunks(pack::PANEL_TOKENS * cols) {
+            pack::pack_offset_panel(chunk, cols, &mut offset);
         }
         for (b, tile) in want.iter().enumerate() {
-            for t in 0..qdot::TILE_PANEL_TOKENS {
-                let (g, i) = (t / qdot::PANEL_TOKENS, t % qdot::PANEL_TOKENS);
+            for t in 0..pack::TILE_PANEL_TOKENS {
+                let (g, i) = (t / pack::PANEL_TOKENS, t % pack::PANEL_TOKENS);
                 let (d, qs) = match offset.get(g * blocks + b) {
                     Some(p) if t < ntok => (
                         p.d[i],
@@ -377,18 +377,18 @@ fn tile_panels16_pack_as_the_reference() {
     for _ in 0..30 {
         let blocks = rng.gen_range(1..20);
         let cols = blocks * QK;
-        let ntok = rng.gen_range(0..=qdot::TILE_PANEL_TOKENS);
+        let ntok = rng.gen_range(0..=pack::TILE_PANEL_TOKENS);
         let x = tile_tokens(&mut rng, ntok, cols);
-        let mut want = vec![qdot::ZERO_TILE_PANEL; 2 * blocks];
-        qdot::pack_tile_panel16(&x, cols, &mut want);
+        let mut want = vec![pack::ZERO_TILE_PANEL; 2 * blocks];
+        pack::pack_tile_panel16(&x, cols, &mut want);
         let mut sixteen = Vec::new();
-        for chunk in x.chunks(qdot::PANEL_TOKENS * cols) {
-            qdot::pack_panel16(chunk, cols, &mut sixteen);
+        for chunk in x.chunks(pack::PANEL_TOKENS * cols) {
+            pack::pack_panel16(chunk, cols, &mut sixteen);
         }
         for b in 0..blocks {
             let (high, low) = (&want[2 * b], &want[2 * b + 1]);
-            for t in 0..qdot::TILE_PANEL_TOKENS {
-                let (g, i) = (t / qdot::PANEL_TOKENS, t % qdot::PANEL_TOKENS);
+            for t in 0..pack::TILE_PANEL_TOKENS {
+                let (g, i) = (t / pack::PANEL_TOKENS, t % pack::PANEL_TOKENS);
                 let p = sixteen.get(g * blocks + b).filter(|_| t < ntok);
                 let d = p.map_or(0.0, |p| p.d[i]);
                 assert_eq!((high.d[t], low.d[t]), (d, d), "block {b} token {t} scale");
@@ -440,19 +440,19 @@ fn check_tile_product(ty: TensorType) {
         sets.iter().map(|k| k.name).collect::<Vec<_>>()
     );
     let block_bytes = if q4 {
-        qdot::Q4_0_BLOCK_BYTES
+        pack::Q4_0_BLOCK_BYTES
     } else {
-        qdot::Q8_0_BLOCK_BYTES
+        pack::Q8_0_BLOCK_BYTES
     };
     for _ in 0..40 {
         // Now and then the deepest rows the kernel takes.
         let blocks = if rng.gen_bool(0.1) {
-            qdot::TILE_MAX_BLOCKS
+            pack::TILE_MAX_BLOCKS
         } else {
             rng.gen_range(1..50)
         };
         // Up to three tiles of sixteen tokens, the last partly filled.
-        let ntok = rng.gen_range(1..=3 * qdot::TILE_PANEL_TOKENS);
+        let ntok = rng.gen_range(1..=3 * pack::TILE_PANEL_TOKENS);
         let groups = rng.gen_range(1..=kernels::AMX_ROW_GROUPS);
         let cols = blocks * QK;
         // Rows padded by up to three blocks: the kernel reads `row_bytes` apart.
@@ -478,22 +478,22 @@ fn check_tile_product(ty: TensorType) {
         // The tokens as panels of eight (the last partly filled), paired into tiles (the last
         // tile's second panel possibly empty).
         let (mut offset, mut sixteen, mut tiles) = (Vec::new(), Vec::new(), Vec::new());
-        for chunk in x.chunks(qdot::PANEL_TOKENS * cols) {
+        for chunk in x.chunks(pack::PANEL_TOKENS * cols) {
             if q4 {
-                qdot::pack_panel16(chunk, cols, &mut sixteen);
+                pack::pack_panel16(chunk, cols, &mut sixteen);
             } else {
-                qdot::pack_offset_panel(chunk, cols, &mut offset);
+                pack::pack_offset_panel(chunk, cols, &mut offset);
             }
         }
         if q4 {
-            qdot::pack_tile_panels16(&sixteen, blocks, &mut tiles);
+            pack::pack_tile_panels16(&sixteen, blocks, &mut tiles);
         } else {
-            qdot::pack_tile_panels(&offset, blocks, &mut tiles);
+            pack::pack_tile_panels(&offset, blocks, &mut tiles);
         }
         let per = if q4 { 2 } else { 1 };
         assert_eq!(
             tiles.len(),
-            per * blocks * ntok.div_ceil(qdot::TILE_PANEL_TOKENS)
+            per * blocks * ntok.div_ceil(pack::TILE_PANEL_TOKENS)
         );
         // Panel group g's rows r, r + 1 against the reference, and the tolerance's scale (the
         // sum of absolute scaled products) for row r + i and token t.
@@ -551,17 +551,17 @@ fn check_tile_product(ty: TensorType) {
                 );
             }
             let got = |group: usize, t: usize, r: usize| y[t * ld + 16 * group + r];
-            for g in 0..ntok.div_ceil(qdot::PANEL_TOKENS) {
+            for g in 0..ntok.div_ceil(pack::PANEL_TOKENS) {
                 for r in (0..16 * groups).step_by(2) {
                     for (i, e) in reference(g, r).iter().enumerate() {
-                        let (row, t) = (r + i / qdot::PANEL_TOKENS, i % qdot::PANEL_TOKENS);
-                        if g * qdot::PANEL_TOKENS + t >= ntok {
+                        let (row, t) = (r + i / pack::PANEL_TOKENS, i % pack::PANEL_TOKENS);
+                        if g * pack::PANEL_TOKENS + t >= ntok {
                             continue;
                         }
                         let e = e + bias.get(row).copied().unwrap_or(0.0);
                         let scale =
                             abs_products(g, row, t) + bias.get(row).map_or(0.0, |b| b.abs());
-                        let v = got(row / 16, g * qdot::PANEL_TOKENS + t, row % 16);
+                        let v = got(row / 16, g * pack::PANEL_TOKENS + t, row % 16);
                         // GELU's slope is at most 1.13: the products' error carries over.
                         let (e, tol) = if gelu {
                             let mut g = [e];
@@ -578,7 +578,7 @@ fn check_tile_product(ty: TensorType) {
                             "{} {ty} 16x16 row group {} token {} row {}: {v} vs {e}",
                             k.name,
                             row / 16,
-                            g * qdot::PANEL_TOKENS + t,
+                            g * pack::PANEL_TOKENS + t,
                             row % 16
                         );
                     }
@@ -616,21 +616,21 @@ fn bf16_kernels_match_the_reference() {
             let data: Vec<u8> = rows.concat();
             let mut by_row = vec![0u16; nr * cols];
             for (r, o) in rows.iter().zip(by_row.chunks_exact_mut(cols)) {
-                qdot::dequantize_row_bf16(ty, r, o);
+                pack::dequantize_row_bf16(ty, r, o);
             }
             let mut want = vec![0x7fc1u16; 32 * cols];
-            qdot::dequantize_strip_bf16(ty, &data, nr, cols, &mut want);
+            pack::dequantize_strip_bf16(ty, &data, nr, cols, &mut want);
             for r in 0..32 {
                 for i in 0..cols {
                     let v = if r < nr { by_row[r * cols + i] } else { 0 };
                     assert_eq!(
-                        want[qdot::strip_index(r, i, cols)],
+                        want[pack::strip_index(r, i, cols)],
                         v,
                         "reference strip [{r}, {i}]"
                     );
                 }
             }
-            let ntok = rng.gen_range(1..=5 * qdot::BF16_TILE_TOKENS);
+            let ntok = rng.gen_range(1..=5 * pack::BF16_TILE_TOKENS);
             let mut x = Vec::new();
             for _ in 0..ntok {
                 let xs = rng.gen_range(0.01..8.0);
@@ -650,10 +650,10 @@ fn bf16_kernels_match_the_reference() {
                 let at = rng.gen_range(0..x.len());
                 x[at] = if i == 2 { v / 16.0 } else { v };
             }
-            let mut packed = qdot::Bf16Buf::new();
-            qdot::pack_bf16_tiles_with(qdot::pack_bf16_tile, &x, cols, &mut packed);
+            let mut packed = pack::Bf16Buf::new();
+            pack::pack_bf16_tiles_with(pack::pack_bf16_tile, &x, cols, &mut packed);
             let packed = packed.as_slice().to_vec();
-            let nt = ntok.div_ceil(qdot::BF16_TILE_TOKENS);
+            let nt = ntok.div_ceil(pack::BF16_TILE_TOKENS);
             let bias: [f32; 32] = std::array::from_fn(|_| rng.gen_range(-1.0..1.0));
             // Rows and tokens stored: a partial strip and partial last tile at times, into
             // rows of `ld` (others keep the sentinel).
@@ -678,9 +678,9 @@ fn bf16_kernels_match_the_reference() {
                 (bk.dequantize)(ty, &data, nr, cols, &mut got);
                 assert!(got == want, "{} {ty} strip of {nr} rows in bf16", k.name);
                 // Over stale values: the packing writes every value of its tile.
-                let mut got = qdot::Bf16Buf::zeros(5);
+                let mut got = pack::Bf16Buf::zeros(5);
                 got.as_mut_slice().fill(0x7fc1);
-                qdot::pack_bf16_tiles_with(bk.pack, &x, cols, &mut got);
+                pack::pack_bf16_tiles_with(bk.pack, &x, cols, &mut got);
                 assert!(
                     got.as_slice()[5..] == packed[..],
                     "{} activations in bf16",
@@ -692,10 +692,10 @@ fn bf16_kernels_match_the_reference() {
                     k.name
                 );
                 let few = &x[..cols * ntok.min(3)];
-                let mut tile = vec![0x7fc1u16; cols * qdot::BF16_TILE_TOKENS];
+                let mut tile = vec![0x7fc1u16; cols * pack::BF16_TILE_TOKENS];
                 let mut want_tile = vec![0x7fc1u16; tile.len()];
                 (bk.pack)(few, cols, &mut tile);
-                qdot::pack_bf16_tile(few, cols, &mut want_tile);
+                pack::pack_bf16_tile(few, cols, &mut want_tile);
                 assert!(
                     tile == want_tile,
                     "{} a short tile over stale values",
@@ -707,14 +707,14 @@ fn bf16_kernels_match_the_reference() {
                 let (mut tile, mut want_tile) =
                     (vec![0x7fc1u16; odd * 16], vec![0x7fc1u16; odd * 16]);
                 (bk.pack)(few, odd, &mut tile);
-                qdot::pack_bf16_tile(few, odd, &mut want_tile);
+                pack::pack_bf16_tile(few, odd, &mut want_tile);
                 assert!(tile == want_tile, "{} a tile of rows of {odd}", k.name);
                 // f32 rows as a strip (attention's keys and values), from 1 to 32 rows.
                 let few = &x[..cols * ntok.min(32)];
                 let mut strip = vec![0x7fc1u16; 32 * cols];
                 let mut strip_ref = vec![0x7fc1u16; 32 * cols];
                 (bk.strip)(few, cols, &mut strip);
-                qdot::pack_bf16_strip(few, cols, &mut strip_ref);
+                pack::pack_bf16_strip(few, cols, &mut strip_ref);
                 assert!(strip == strip_ref, "{} f32 rows as a bf16 strip", k.name);
                 // 32 columns of rows of `ld`, fewer rows than the depth at times.
                 let (row_len, depth) = (32 + cols % 7, ntok.next_multiple_of(32));
@@ -722,7 +722,7 @@ fn bf16_kernels_match_the_reference() {
                 let (mut got_c, mut want_c) =
                     (vec![0x7fc1u16; 32 * depth], vec![0x7fc1u16; 32 * depth]);
                 (bk.columns)(&x, row_len, rows_n, depth, &mut got_c);
-                qdot::pack_bf16_columns(&x, row_len, rows_n, depth, &mut want_c);
+                pack::pack_bf16_columns(&x, row_len, rows_n, depth, &mut want_c);
                 assert!(
                     got_c == want_c,
                     "{} {rows_n} rows' columns as a bf16 strip",
@@ -788,8 +788,8 @@ fn bf16_kernels_match_the_reference() {
                         let scale: f32 = (0..cols)
                             .map(|i| {
                                 let (wv, xv) =
-                                    (want[qdot::strip_index(r, i, cols)], packed[t * cols + i]);
-                                (qdot::bf16_value(wv) * qdot::bf16_value(xv)).abs()
+                                    (want[pack::strip_index(r, i, cols)], packed[t * cols + i]);
+                                (pack::bf16_value(wv) * pack::bf16_value(xv)).abs()
                             })
                             .sum::<f32>()
                             + bias[r].abs();
@@ -922,9 +922,9 @@ fn bf16_rounding_is_to_nearest_even() {
         (f32::MIN_POSITIVE, 0x0080),
     ];
     for (x, want) in cases {
-        assert_eq!(qdot::bf16_bits(x), want, "{x:e}");
+        assert_eq!(pack::bf16_bits(x), want, "{x:e}");
     }
-    assert!(qdot::bf16_value(qdot::bf16_bits(f32::NAN)).is_nan());
+    assert!(pack::bf16_value(pack::bf16_bits(f32::NAN)).is_nan());
 }
 
 /// Softmax with a polynomial `exp`, relative to each probability (plus a floor for the tiny
@@ -1019,7 +1019,7 @@ fn softmax_gelu_and_quantization_match_the_reference() {
             }
             let (mut got, mut want) = (Vec::new(), Vec::new());
             (k.quantize)(&x, &mut got);
-            qdot::quantize_activations(&x, &mut want);
+            pack::quantize_activations(&x, &mut want);
             assert_eq!(got, want, "{} quantize {blocks} blocks", k.name);
             // 16-bit panels of one to eight tokens of these blocks.
             let cols = QK * blocks.min(4);
@@ -1027,7 +1027,7 @@ fn softmax_gelu_and_quantization_match_the_reference() {
                 let xs = &x[..(ntok * cols).min(x.len()) / cols * cols];
                 let (mut got, mut want) = (Vec::new(), Vec::new());
                 (k.pack_panel16)(xs, cols, &mut got);
-                qdot::pack_panel16(xs, cols, &mut want);
+                pack::pack_panel16(xs, cols, &mut want);
                 assert_eq!(got, want, "{} 16-bit panels of {ntok} x {cols}", k.name);
             }
         }
@@ -1091,11 +1091,11 @@ fn quantized_linear_matches_block_dots_at_every_position() {
                 && n >= kernels::bf16_min_tokens(&kernels::active(), ty);
             let bf16_dot = |o: usize, t: usize| {
                 let mut wr = vec![0u16; cols];
-                qdot::dequantize_row_bf16(ty, m.row(o), &mut wr);
+                pack::dequantize_row_bf16(ty, m.row(o), &mut wr);
                 let xs = &x[t * cols..(t + 1) * cols];
                 wr.iter()
                     .zip(xs)
-                    .map(|(&w, &v)| qdot::bf16_value(w) * qdot::bf16_value(qdot::bf16_bits(v)))
+                    .map(|(&w, &v)| pack::bf16_value(w) * pack::bf16_value(pack::bf16_bits(v)))
                     .sum::<f32>()
             };
             let (mut xq, mut xr, mut x16) = (Vec::new(), Vec::new(), Vec::new());
@@ -1103,13 +1103,13 @@ fn quantized_linear_matches_block_dots_at_every_position() {
             let active = kernels::active();
             let q4_16 = active.dot_q4_0_2x8.is_some() || active.dot_q4_0_2x8_split.is_some();
             if ty == TensorType::Q8_0 {
-                qdot::quantize_activations(&x, &mut xq);
+                pack::quantize_activations(&x, &mut xq);
             } else if q4_16 {
-                for group in x.chunks(qdot::PANEL_TOKENS * cols) {
-                    qdot::pack_panel16(group, cols, &mut x16);
+                for group in x.chunks(pack::PANEL_TOKENS * cols) {
+                    pack::pack_panel16(group, cols, &mut x16);
                 }
             } else {
-                qdot::quantize_activations_two_level(&x, &mut xq, &mut xr);
+                pack::quantize_activations_two_level(&x, &mut xq, &mut xr);
             }
             let bpr = cols / QK;
             for t in 0..n {
@@ -1121,9 +1121,9 @@ fn quantized_linear_matches_block_dots_at_every_position() {
                         } else if ty == TensorType::Q8_0 {
                             generic::dot_q8_0(m.row(o), &xq[blocks])
                         } else if q4_16 {
-                            let g = t / qdot::PANEL_TOKENS;
+                            let g = t / pack::PANEL_TOKENS;
                             let panels = &x16[g * bpr..(g + 1) * bpr];
-                            generic::dot_q4_0_2x8([m.row(o); 2], panels)[t % qdot::PANEL_TOKENS]
+                            generic::dot_q4_0_2x8([m.row(o); 2], panels)[t % pack::PANEL_TOKENS]
                         } else {
                             generic::dot_q4_0(m.row(o), &xq[blocks.clone()])
                                 + generic::dot_q4_0(m.row(o), &xr[blocks])
@@ -1187,7 +1187,7 @@ fn q4_0_panels_match_the_reference() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(21);
     for _ in 0..40 {
         let blocks = rng.gen_range(1..50);
-        let ntok = rng.gen_range(1..=qdot::PANEL_TOKENS);
+        let ntok = rng.gen_range(1..=pack::PANEL_TOKENS);
         let rows = random_rows(&mut rng, 2, blocks, TensorType::Q4_0);
         let cols = blocks * QK;
         let mut x = Vec::new();
@@ -1196,11 +1196,11 @@ fn q4_0_panels_match_the_reference() {
             x.extend(random_vec(&mut rng, cols, xs));
         }
         let mut panel = Vec::new();
-        qdot::pack_panel16(&x, cols, &mut panel);
+        pack::pack_panel16(&x, cols, &mut panel);
         assert_eq!(panel.len(), blocks);
         // The panels hold the inputs to within half a quantization step; padding is zero.
         for (b, p) in panel.iter().enumerate() {
-            for t in 0..qdot::PANEL_TOKENS {
+            for t in 0..pack::PANEL_TOKENS {
                 for j in 0..QK {
                     let q = p.qs[j / 2][2 * t + j % 2];
                     if t >= ntok {
@@ -1217,9 +1217,9 @@ fn q4_0_panels_match_the_reference() {
             }
         }
         // The split panels hold the same values, and their reference gives the same sums.
-        let split: Vec<qdot::Panel8> = panel.iter().flat_map(qdot::split_panel16).collect();
+        let split: Vec<pack::Panel8> = panel.iter().flat_map(pack::split_panel16).collect();
         for (p, halves) in panel.iter().zip(split.chunks_exact(2)) {
-            for t in 0..qdot::PANEL_TOKENS {
+            for t in 0..pack::PANEL_TOKENS {
                 for j in 0..QK {
                     let (hi, lo) = (
                         halves[0].qs[j / 4][4 * t + j % 4],
@@ -1250,8 +1250,8 @@ fn q4_0_panels_match_the_reference() {
         for r in 0..2 {
             let mut dq = Vec::new();
             quant::dequantize(w[r], TensorType::Q4_0, cols, &mut dq).unwrap();
-            for t in 0..qdot::PANEL_TOKENS {
-                let got = want[r * qdot::PANEL_TOKENS + t];
+            for t in 0..pack::PANEL_TOKENS {
+                let got = want[r * pack::PANEL_TOKENS + t];
                 // The panel reference against the dequantized weights and activations in f64.
                 let (mut exact, mut scale) = (0f64, 1e-6f64);
                 for b in 0..blocks {
@@ -1267,7 +1267,7 @@ fn q4_0_panels_match_the_reference() {
                     "q4 panel reference [{r}, {t}]: {got} vs {exact}"
                 );
                 for (name, kind, out) in &outputs {
-                    let g = out[r * qdot::PANEL_TOKENS + t];
+                    let g = out[r * pack::PANEL_TOKENS + t];
                     assert!(
                         (g - got).abs() as f64 <= QDOT_REL_TOL as f64 * scale,
                         "{name} q4 {kind} [{r}, {t}]: {g} vs {got}"
@@ -1308,6 +1308,8 @@ fn quantized_linear_matches_f32_reference() {
         // tiles) for more.
         (48, 512, 3),
         (48, 256, 20),
+        // Enough tokens for the bf16 strips, ragged rows.
+        (40, 96, kernels::BF16_MIN_TOKENS + 3),
     ] {
         let w = random_vec(&mut rng, rows * cols, 0.5);
         let x = random_vec(&mut rng, n * cols, 2.0);
@@ -1324,20 +1326,62 @@ fn quantized_linear_matches_f32_reference() {
             let (mut got, mut want) = (vec![f32::NAN; n * rows], vec![0f32; n * rows]);
             kernels::linear(&x, n, &m, &bias, &mut got);
             generic::linear(&x, n, &m, &bias, &mut want);
-            let dot: f64 = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| *a as f64 * *b as f64)
-                .sum();
-            let na: f64 = got.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
-            let nb: f64 = want.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
-            let cos = dot / (na * nb);
+            let cos = cosine(&got, &want);
             assert!(
                 cos >= LINEAR_ACT_QUANT_MIN_COS,
                 "{ty} {rows}x{cols} n={n}: cosine {cos}"
             );
+            // Every path, on every set this CPU runs and on sets of the references that take
+            // each path, whichever set is active.
+            for k in variants().into_iter().chain(reference_path_sets()) {
+                let path = kernels::LinearPath::choose(&k, ty, cols, n).name();
+                let mut got = vec![f32::NAN; n * rows];
+                let mut act = kernels::Activations::new(&x, n);
+                kernels::linear_with_set(k, &mut act, &m, &bias, &mut got);
+                let cos = cosine(&got, &want);
+                assert!(
+                    cos >= LINEAR_ACT_QUANT_MIN_COS,
+                    "{ty} {rows}x{cols} n={n} on {} ({path}): cosine {cos}",
+                    k.name
+                );
+            }
         }
     }
+}
+
+/// Cosine of two outputs, in f64.
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(a, b)| *a as f64 * *b as f64).sum();
+    let na: f64 = a.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// Sets of the scalar references that each take one linear path ([`kernels::LinearPath`]):
+/// 8-bit, offset, split and 16-bit panels, and the bf16 strips.
+fn reference_path_sets() -> Vec<KernelSet> {
+    let g = kernels::GENERIC;
+    vec![
+        KernelSet {
+            name: "reference panels",
+            dot_q8_0_2x8: Some(generic::dot_q8_0_2x8),
+            dot_q4_0_2x8: Some(generic::dot_q4_0_2x8),
+            ..g
+        },
+        KernelSet {
+            name: "reference offset and split panels",
+            dot_q8_0_2x8_offset: Some(generic::dot_q8_0_2x8_offset),
+            dot_q4_0_2x8_split: Some(generic::dot_q4_0_2x8_split),
+            ..g
+        },
+        KernelSet {
+            name: "reference bf16",
+            dot_q8_0_2x8_offset: Some(generic::dot_q8_0_2x8_offset),
+            dot_q4_0_2x8: Some(generic::dot_q4_0_2x8),
+            bf16: Some(kernels::BF16_REFERENCE),
+            ..g
+        },
+    ]
 }
 
 /// The f32 GEMM (matrixmultiply's SIMD micro-kernels) against a float64 scalar product, relative
@@ -1470,7 +1514,7 @@ fn kernel_sets_are_named_and_the_best_is_active() {
 /// zeros where it grows, and appends after a shrink.
 #[test]
 fn bf16_buffers_are_aligned_and_keep_their_values() {
-    let mut b = qdot::Bf16Buf::new();
+    let mut b = pack::Bf16Buf::new();
     let mut want: Vec<u16> = Vec::new();
     for (i, len) in [5usize, 3, 700, 40_000, 12, 90_001].into_iter().enumerate() {
         b.resize(len);

@@ -2,7 +2,7 @@
 
 use alloc::vec;
 
-use crate::kernels::qdot::{
+use crate::kernels::pack::{
     block_scale, ActBlock, OffsetPanel, Panel16, Panel8, PANEL_TOKENS, Q4_0_BLOCK_BYTES,
     Q8_0_BLOCK_BYTES,
 };
@@ -206,7 +206,7 @@ pub fn dot_q4_0_2x8(w: [&[u8]; 2], p: &[Panel16]) -> [f32; 16] {
 }
 
 /// Scalar reference of two Q4_0 weight rows against split 16-bit panels of eight tokens
-/// (`2 * nb` panels, each block's `[high, low]` as [`qdot::split_panel16`] makes them):
+/// (`2 * nb` panels, each block's `[high, low]` as [`pack::split_panel16`] makes them):
 /// `[row 0 x tokens 0..8, row 1 x tokens 0..8]`, the block sums
 /// `256 * (w . high) + (w . low) + 128 * sum(w)` exact in i32 (the 16-bit panel reference's)
 /// and scaled in f32.
@@ -231,8 +231,8 @@ pub fn dot_q4_0_2x8_split(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
 }
 
 /// Scalar reference of the bf16 strip product: thirty-two weight rows decoded to bf16 (`a`, a
-/// strip in [`qdot::strip_index`]'s layout, rows of `k` values) against `nt` tiles of sixteen
-/// tokens (`b`, rows of `k` bf16 values, as [`qdot::pack_bf16_tile`] packs them): column `r` of
+/// strip in [`pack::strip_index`]'s layout, rows of `k` values) against `nt` tiles of sixteen
+/// tokens (`b`, rows of `k` bf16 values, as [`pack::pack_bf16_tile`] packs them): column `r` of
 /// `out`'s row `t` = `bias[r] + sum_i a[r][i] * x_t[i]` for the first `ntok` tokens and `nr`
 /// rows, products and sums in f32 over value pairs in order; with `gelu`, each output goes
 /// through [`gelu`]. `_next` is a cache hint for the SIMD kernels.
@@ -249,7 +249,7 @@ pub fn gemm_bf16_32xn(
     gelu: bool,
     _next: &[u8],
 ) {
-    use crate::kernels::qdot::{bf16_value, strip_index, BF16_TILE_TOKENS as T};
+    use crate::kernels::pack::{bf16_value, strip_index, BF16_TILE_TOKENS as T};
     for t in 0..ntok.min(nt * T) {
         let x = &b[t * k..(t + 1) * k];
         for r in 0..nr {

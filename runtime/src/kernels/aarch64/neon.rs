@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use core::arch::aarch64::*;
 
 use crate::kernels::generic::{ERFC_P, ERFC_POLY, EXP_POLY, LN2_HI, LN2_LO};
-use crate::kernels::qdot::{
+use crate::kernels::pack::{
     block_scale, ActBlock, Panel16, Panel8, PANEL_TOKENS, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES,
 };
 use crate::quant::QK;
@@ -494,7 +494,7 @@ unsafe fn join_split(high: int32x4_t, low: int32x4_t, wsum: int32x4_t) -> int32x
 }
 
 /// Two Q4_0 weight rows against split 16-bit panels of eight tokens (`[high, low]` byte
-/// panels per block, as [`crate::kernels::qdot::split_panel16`] makes them) with SDOT: each
+/// panels per block, as [`crate::kernels::pack::split_panel16`] makes them) with SDOT: each
 /// block is unpacked once to signed bytes, which [`sdot_block`] multiplies with the high and
 /// the low panel (16 products an instruction, where `smlal` makes 4), and the halves are
 /// joined exactly as the 16-bit sums. Returns `[row 0 x tokens 0..8, row 1 x tokens 0..8]`.
@@ -815,7 +815,7 @@ unsafe fn quantize_lanes(c: *const f32, max: f32) -> (f32, [int32x4_t; 8]) {
     }
 }
 
-/// [`crate::kernels::qdot::quantize_activations`] with the same float operations in four
+/// [`crate::kernels::pack::quantize_activations`] with the same float operations in four
 /// lanes, so the blocks are bit-identical to the reference's.
 ///
 /// # Safety
@@ -843,7 +843,7 @@ pub unsafe fn quantize_activations(x: &[f32], out: &mut Vec<ActBlock>) {
     }
 }
 
-/// [`crate::kernels::qdot::quantize_block16`] with the same float operations in four lanes, so
+/// [`crate::kernels::pack::quantize_block16`] with the same float operations in four lanes, so
 /// the values are bit-identical to the reference's.
 ///
 /// # Safety

@@ -9,7 +9,7 @@
 //! tests' named tolerances.
 
 use crate::kernels::generic::{ERFC_P, ERFC_POLY, EXP_POLY, LN2_HI, LN2_LO};
-use crate::kernels::qdot::{
+use crate::kernels::pack::{
     block_scale, ActBlock, Panel16, PANEL_TOKENS, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES,
 };
 use crate::quant::QK;

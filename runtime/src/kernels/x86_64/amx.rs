@@ -11,7 +11,7 @@
 use core::arch::asm;
 use core::arch::x86_64::*;
 
-use crate::kernels::qdot::{
+use crate::kernels::pack::{
     TilePanel, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, TILE_MAX_BLOCKS, TILE_PANEL_TOKENS,
 };
 
@@ -204,7 +204,7 @@ macro_rules! q8_store {
 /// first token tile, and each block takes two products, of the tokens' high bytes (`tdpbssd`)
 /// and low bytes (`tdpbsud`, unsigned), joined as `256 * high + low` in i32: the exact sums of
 /// the 16-bit panel kernels. `p`: tile `j`'s `2 * nb` panels at `p[2 * j * nb..]`, as
-/// [`crate::kernels::qdot::pack_tile_panel16`] packs them.
+/// [`crate::kernels::pack::pack_tile_panel16`] packs them.
 ///
 /// # Safety
 /// [`available`] returned true; the CPU supports AVX2, AVX-512F and F16C; `0 < nb <=`
@@ -427,7 +427,7 @@ const RING: usize = LAG + 1;
 const CONFIG_BF16: TileConfig = tile_config(&[(64, 16); 8]);
 
 /// A strip of thirty-two weight rows in bf16 (`a`, laid out as
-/// [`crate::kernels::qdot::strip_index`] says, rows of `k` values, `k` a multiple of 32) against
+/// [`crate::kernels::pack::strip_index`] says, rows of `k` values, `k` a multiple of 32) against
 /// `nt` tiles of sixteen tokens (`b`, rows of `k` bf16 values):
 /// `*out.add(t * ld + r) = bias[r] + sum a[r][i] * x_t[i]` for the first `ntok` tokens and `nr` rows,
 /// accumulated in f32 by `tdpbf16ps` from the biases. The tiles of sums are tokens by rows, the
@@ -663,7 +663,7 @@ unsafe fn fill_strip(nr: usize, k: usize, out: &mut [u16], row: impl Fn(usize, u
 }
 
 /// One Q8_0 (`q4 == false`) or Q4_0 block at `p` decoded to 32 bf16 values, bit for bit as
-/// [`crate::kernels::qdot::dequantize_row_bf16`]: 16 + 16 values widened, scaled, and
+/// [`crate::kernels::pack::dequantize_row_bf16`]: 16 + 16 values widened, scaled, and
 /// converted to bf16 in one instruction.
 ///
 /// # Safety
@@ -701,7 +701,7 @@ unsafe fn decode_block(q4: bool, p: *const u8) -> __m512i {
 
 /// Up to 32 Q8_0 (`q4 == false`) or Q4_0 weight rows (`nr` rows of `k` values from the start
 /// of `data`) decoded to a bf16 strip, bit for bit as
-/// [`crate::kernels::qdot::dequantize_strip_bf16`]: per step of 32 values, sixteen rows' blocks
+/// [`crate::kernels::pack::dequantize_strip_bf16`]: per step of 32 values, sixteen rows' blocks
 /// decoded one per vector and transposed into the tile of value pairs.
 ///
 /// # Safety
@@ -709,7 +709,7 @@ unsafe fn decode_block(q4: bool, p: *const u8) -> __m512i {
 /// `nr` rows of `k / 32` blocks, `out.len() >= 32 * k`.
 #[target_feature(enable = "avx2,f16c,avx512f,avx512bf16")]
 pub unsafe fn dequantize_strip_bf16(q4: bool, data: &[u8], nr: usize, k: usize, out: &mut [u16]) {
-    use crate::kernels::qdot::{Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
+    use crate::kernels::pack::{Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
     let bytes = if q4 {
         Q4_0_BLOCK_BYTES
     } else {
@@ -725,7 +725,7 @@ pub unsafe fn dequantize_strip_bf16(q4: bool, data: &[u8], nr: usize, k: usize, 
     }
 }
 
-/// [`crate::kernels::qdot::pack_bf16_strip`] with AVX-512 BF16's conversion, bit for bit: up to
+/// [`crate::kernels::pack::pack_bf16_strip`] with AVX-512 BF16's conversion, bit for bit: up to
 /// 32 f32 rows of `k` (`x.len() / k` of them) as a bf16 strip.
 ///
 /// # Safety
@@ -747,7 +747,7 @@ pub unsafe fn pack_bf16_strip(x: &[f32], k: usize, out: &mut [u16]) {
     }
 }
 
-/// [`crate::kernels::qdot::pack_bf16_columns`] with AVX-512 BF16's conversion, bit for bit:
+/// [`crate::kernels::pack::pack_bf16_columns`] with AVX-512 BF16's conversion, bit for bit:
 /// each tile row (a pair of rows of `x`, sixteen columns) is one conversion of the two rows'
 /// sixteen values and one permutation that interleaves them.
 ///
@@ -788,14 +788,14 @@ pub unsafe fn pack_bf16_columns(x: &[f32], ld: usize, n: usize, k: usize, out: &
     }
 }
 
-/// [`crate::kernels::qdot::pack_bf16_tile`] with AVX-512 BF16's conversion, bit for bit: up to
+/// [`crate::kernels::pack::pack_bf16_tile`] with AVX-512 BF16's conversion, bit for bit: up to
 /// sixteen tokens' rows converted, the missing ones zeros.
 ///
 /// # Safety
 /// The CPU supports AVX-512F, BW and BF16; `out.len() >= cols * 16`.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 pub unsafe fn pack_bf16_tile(x: &[f32], cols: usize, out: &mut [u16]) {
-    use crate::kernels::qdot::BF16_TILE_TOKENS as T;
+    use crate::kernels::pack::BF16_TILE_TOKENS as T;
     let tile = &mut out[..cols * T];
     let n = x.len().min(tile.len()) / cols * cols;
     // SAFETY: `n <= x.len()` and `n <= tile.len()`.
@@ -803,7 +803,7 @@ pub unsafe fn pack_bf16_tile(x: &[f32], cols: usize, out: &mut [u16]) {
     tile[n..].fill(0);
 }
 
-/// f32 values rounded to bf16 as [`crate::kernels::qdot::bf16_bits`] does, bit for bit: 32
+/// f32 values rounded to bf16 as [`crate::kernels::pack::bf16_bits`] does, bit for bit: 32
 /// values per conversion, the tail masked.
 ///
 /// # Safety

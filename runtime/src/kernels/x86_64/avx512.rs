@@ -280,7 +280,7 @@ unsafe fn max_lanes16(m: [__m512; 16]) -> __m512 {
     }
 }
 
-/// [`crate::kernels::qdot::pack_tile_panel`] with each token's block quantized on two 512-bit
+/// [`crate::kernels::pack::pack_tile_panel`] with each token's block quantized on two 512-bit
 /// vectors (the AVX2 `quantize_lanes`' arithmetic, so bit for bit the reference's values) and
 /// narrowed to bytes with saturation; the sixteen tokens' largest magnitudes are reduced
 /// together ([`max_lanes16`]) and their scales divided on one vector, not one token at a time;
@@ -291,12 +291,12 @@ unsafe fn max_lanes16(m: [__m512; 16]) -> __m512 {
 /// The CPU must support AVX2 and AVX-512F; `x` holds at most sixteen tokens of `cols` values,
 /// a multiple of 32; `out` holds `cols / 32` panels.
 #[target_feature(enable = "avx2,avx512f")]
-pub unsafe fn pack_tile_panel(x: &[f32], cols: usize, out: &mut [crate::kernels::qdot::TilePanel]) {
+pub unsafe fn pack_tile_panel(x: &[f32], cols: usize, out: &mut [crate::kernels::pack::TilePanel]) {
     // SAFETY: the caller's contract, which is `pack_tiles`' for 8 bits.
     unsafe { pack_tiles::<false>(x, cols, out) }
 }
 
-/// [`crate::kernels::qdot::pack_tile_panel16`] as [`pack_tile_panel`] does it, to 16 bits (scale
+/// [`crate::kernels::pack::pack_tile_panel16`] as [`pack_tile_panel`] does it, to 16 bits (scale
 /// `amax / 32767`) whose high bytes (`q >> 8`) and low bytes (`q & 0xff`) go to the block's
 /// two panels.
 ///
@@ -306,7 +306,7 @@ pub unsafe fn pack_tile_panel(x: &[f32], cols: usize, out: &mut [crate::kernels:
 pub unsafe fn pack_tile_panel16(
     x: &[f32],
     cols: usize,
-    out: &mut [crate::kernels::qdot::TilePanel],
+    out: &mut [crate::kernels::pack::TilePanel],
 ) {
     // SAFETY: the caller's contract, which is `pack_tiles`' for 16 bits.
     unsafe { pack_tiles::<true>(x, cols, out) }
@@ -319,9 +319,9 @@ pub unsafe fn pack_tile_panel16(
 unsafe fn pack_tiles<const Q16: bool>(
     x: &[f32],
     cols: usize,
-    out: &mut [crate::kernels::qdot::TilePanel],
+    out: &mut [crate::kernels::pack::TilePanel],
 ) {
-    use crate::kernels::qdot::{PANEL_TOKENS, TILE_PANEL_TOKENS};
+    use crate::kernels::pack::{PANEL_TOKENS, TILE_PANEL_TOKENS};
     use crate::quant::QK;
     let ntok = x.len() / cols;
     let per = if Q16 { 2 } else { 1 };
