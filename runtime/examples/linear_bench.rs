@@ -183,17 +183,17 @@ fn tiles() {
     for _ in 0..20 {
         let t = Instant::now();
         for _ in 0..reps {
-            f(
-                &bytes,
-                bytes.len() / rows,
-                bpr,
-                std::hint::black_box(&tp),
-                &[],
-                &mut kernels::RowsMut::new(&mut out, rows),
-                kernels::AMX_ROW_GROUPS,
+            let op = kernels::TileOperands {
+                w: &bytes,
+                row_bytes: bytes.len() / rows,
+                nb: bpr,
+                panels: std::hint::black_box(&tp),
+                bias: &[],
+                groups: kernels::AMX_ROW_GROUPS,
                 ntok,
-                false,
-            );
+                gelu: false,
+            };
+            f(&op, &mut kernels::RowsMut::new(&mut out, rows));
         }
         best = best.min(t.elapsed().as_secs_f64());
     }
@@ -227,18 +227,18 @@ fn bf16() {
     for _ in 0..20 {
         let t = Instant::now();
         for _ in 0..reps {
-            (bk.gemm)(
-                std::hint::black_box(&a),
-                cols,
-                &b,
+            let strip = kernels::Bf16Strip {
+                a: std::hint::black_box(&a),
+                k: cols,
+                b: &b,
                 nt,
-                &bias,
-                &mut kernels::RowsMut::new(&mut out, 32),
-                32,
-                n,
-                false,
-                &[],
-            );
+                bias: &bias,
+                nr: 32,
+                ntok: n,
+                gelu: false,
+                next: &[],
+            };
+            (bk.gemm)(&strip, &mut kernels::RowsMut::new(&mut out, 32));
         }
         best = best.min(t.elapsed().as_secs_f64());
     }

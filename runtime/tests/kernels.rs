@@ -531,15 +531,17 @@ fn check_tile_product(ty: TensorType) {
             let f = product(k).unwrap();
             let mut rows_mut = kernels::RowsMut::new(&mut y, ld);
             f(
-                &w,
-                row_bytes,
-                blocks,
-                &tiles,
-                &bias,
+                &kernels::TileOperands {
+                    w: &w,
+                    row_bytes,
+                    nb: blocks,
+                    panels: &tiles,
+                    bias: &bias,
+                    groups,
+                    ntok,
+                    gelu,
+                },
                 &mut rows_mut,
-                groups,
-                ntok,
-                gelu,
             );
             for (i, v) in y.iter().enumerate() {
                 let written = i / ld < ntok && i % ld < 16 * groups;
@@ -661,16 +663,18 @@ fn bf16_kernels_match_the_reference() {
             const SENTINEL: f32 = -7.0e30;
             let mut reference = vec![SENTINEL; ntok * ld];
             generic::gemm_bf16_32xn(
-                &want,
-                cols,
-                &packed,
-                nt,
-                &bias,
+                &kernels::Bf16Strip {
+                    a: &want,
+                    k: cols,
+                    b: &packed,
+                    nt,
+                    bias: &bias,
+                    nr,
+                    ntok,
+                    gelu: false,
+                    next: &[],
+                },
                 &mut RowsMut::new(&mut reference, ld).window(0, 0, nr),
-                nr,
-                ntok,
-                false,
-                &[],
             );
             for k in &sets {
                 let bk = k.bf16.unwrap();
@@ -730,43 +734,49 @@ fn bf16_kernels_match_the_reference() {
                 );
                 let mut out = vec![SENTINEL; ntok * ld];
                 (bk.gemm)(
-                    &want,
-                    cols,
-                    &packed,
-                    nt,
-                    &bias,
+                    &kernels::Bf16Strip {
+                        a: &want,
+                        k: cols,
+                        b: &packed,
+                        nt,
+                        bias: &bias,
+                        nr,
+                        ntok,
+                        gelu: false,
+                        next: &data,
+                    },
                     &mut RowsMut::new(&mut out, ld).window(0, 0, nr),
-                    nr,
-                    ntok,
-                    false,
-                    &data,
                 );
                 // With GELU as the outputs are stored.
                 let mut out_gelu = vec![SENTINEL; ntok * ld];
                 (bk.gemm)(
-                    &want,
-                    cols,
-                    &packed,
-                    nt,
-                    &bias,
+                    &kernels::Bf16Strip {
+                        a: &want,
+                        k: cols,
+                        b: &packed,
+                        nt,
+                        bias: &bias,
+                        nr,
+                        ntok,
+                        gelu: true,
+                        next: &[],
+                    },
                     &mut RowsMut::new(&mut out_gelu, ld).window(0, 0, nr),
-                    nr,
-                    ntok,
-                    true,
-                    &[],
                 );
                 let mut reference_gelu = vec![SENTINEL; ntok * ld];
                 generic::gemm_bf16_32xn(
-                    &want,
-                    cols,
-                    &packed,
-                    nt,
-                    &bias,
+                    &kernels::Bf16Strip {
+                        a: &want,
+                        k: cols,
+                        b: &packed,
+                        nt,
+                        bias: &bias,
+                        nr,
+                        ntok,
+                        gelu: true,
+                        next: &[],
+                    },
                     &mut RowsMut::new(&mut reference_gelu, ld).window(0, 0, nr),
-                    nr,
-                    ntok,
-                    true,
-                    &[],
                 );
                 let untouched = |v: &Vec<f32>| {
                     (0..ntok * ld)

@@ -6,7 +6,7 @@ use super::pack;
 use super::pack::BF16_STRIP_ROWS as BF16_ROWS;
 use super::pack::BF16_TILE_TOKENS;
 use super::rows::RowsMut;
-use super::set::{active, Bf16Kernels};
+use super::set::{active, Bf16Kernels, Bf16Strip};
 
 /// Fewest tokens for which attention takes the bf16 kernels.
 pub const BF16_ATTENTION_MIN_TOKENS: usize = 32;
@@ -107,18 +107,18 @@ pub fn attention_bf16_with(
     for j0 in (0..n).step_by(BF16_ROWS) {
         let nr = (n - j0).min(BF16_ROWS);
         let mut s = RowsMut::new(scores, m);
-        (bk.gemm)(
-            &kr[j0 * dh..],
-            dh,
-            qt,
+        let strip = Bf16Strip {
+            a: &kr[j0 * dh..],
+            k: dh,
+            b: qt,
             nt,
-            &zero,
-            &mut s.window(0, j0, nr),
+            bias: &zero,
             nr,
-            n,
-            false,
-            &[],
-        );
+            ntok: n,
+            gelu: false,
+            next: &[],
+        };
+        (bk.gemm)(&strip, &mut s.window(0, j0, nr));
     }
     // Softmax's exponentials; each query's sum divides its output row at the end.
     sums.clear();
@@ -143,18 +143,18 @@ pub fn attention_bf16_with(
     let mut out = alloc::vec![0f32; n * dh];
     let mut o = RowsMut::new(&mut out, dh);
     for d0 in (0..dh).step_by(BF16_ROWS) {
-        (bk.gemm)(
-            &vt[d0 * m..],
-            m,
-            pt,
+        let strip = Bf16Strip {
+            a: &vt[d0 * m..],
+            k: m,
+            b: pt,
             nt,
-            &zero,
-            &mut o.window(0, d0, BF16_ROWS),
-            BF16_ROWS,
-            n,
-            false,
-            &[],
-        );
+            bias: &zero,
+            nr: BF16_ROWS,
+            ntok: n,
+            gelu: false,
+            next: &[],
+        };
+        (bk.gemm)(&strip, &mut o.window(0, d0, BF16_ROWS));
     }
     for (row, s) in out.chunks_exact_mut(dh).zip(sums.iter()) {
         let inv = 1.0 / s;

@@ -235,21 +235,20 @@ pub fn dot_q4_0_2x8_split(w: [&[u8]; 2], p: &[Panel8]) -> [f32; 16] {
 /// tokens (`b`, rows of `k` bf16 values, as [`pack::pack_bf16_tile`] packs them): column `r` of
 /// `out`'s row `t` = `bias[r] + sum_i a[r][i] * x_t[i]` for the first `ntok` tokens and `nr`
 /// rows, products and sums in f32 over value pairs in order; with `gelu`, each output goes
-/// through [`gelu`]. `_next` is a cache hint for the SIMD kernels.
-#[allow(clippy::too_many_arguments)]
-pub fn gemm_bf16_32xn(
-    a: &[u16],
-    k: usize,
-    b: &[u16],
-    nt: usize,
-    bias: &[f32; 32],
-    out: &mut crate::kernels::RowsMut<'_>,
-    nr: usize,
-    ntok: usize,
-    gelu: bool,
-    _next: &[u8],
-) {
+/// through [`gelu`]. `next` is a cache hint for the SIMD kernels.
+pub fn gemm_bf16_32xn(s: &crate::kernels::Bf16Strip<'_>, out: &mut crate::kernels::RowsMut<'_>) {
     use crate::kernels::pack::{bf16_value, strip_index, BF16_TILE_TOKENS as T};
+    let crate::kernels::Bf16Strip {
+        a,
+        k,
+        b,
+        nt,
+        bias,
+        nr,
+        ntok,
+        gelu,
+        next: _,
+    } = *s;
     for t in 0..ntok.min(nt * T) {
         let x = &b[t * k..(t + 1) * k];
         for r in 0..nr {

@@ -53,8 +53,8 @@ pub use rows::RowsMut;
 #[cfg(feature = "std")]
 pub use set::available;
 pub use set::{
-    active, Bf16Gemm, Bf16Kernels, KernelSet, PanelProduct, TileProduct, TileProduct2x4,
-    AMX_ROW_GROUPS, BF16_REFERENCE, GENERIC,
+    active, Bf16Gemm, Bf16Kernels, Bf16Strip, KernelSet, PanelProduct, TileOperands, TileProduct,
+    TileProduct2x4, AMX_ROW_GROUPS, BF16_REFERENCE, GENERIC,
 };
 pub use threads::{par_chunks_mut, par_map, par_map_init};
 #[cfg(feature = "std")]

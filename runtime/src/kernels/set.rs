@@ -26,12 +26,9 @@ pub struct KernelSet {
     /// weights to unsigned bytes), `[row 0 x 8, row 1 x 8]`; when present, linear layers pack
     /// their activations so and use it before the other Q8_0 kernels.
     pub dot_q8_0_2x8_offset: Option<PanelProduct<OffsetPanel>>,
-    /// `groups` (at most [`AMX_ROW_GROUPS`]) groups of sixteen Q8_0 weight rows (from the
-    /// start of `w`, `row_bytes` apart, `nb` blocks of which at most [`pack::TILE_MAX_BLOCKS`])
-    /// · `ntok` tokens in tiles of sixteen (each `nb` [`pack::TilePanel`]s, one after another)
-    /// into `y[token][16 * group + row]`, from the rows' biases (`bias`, empty for none), with
-    /// `gelu` GELU of them (AMX); when present, linear layers use it for whole chunks of
-    /// sixteen rows: `(w, row_bytes, nb, panels, bias, y, groups, ntok, gelu)`.
+    /// Groups of sixteen Q8_0 weight rows · tokens in tiles of sixteen ([`TileOperands`]), into
+    /// `y[token][16 * group + row]`, from the rows' biases (AMX); when present, linear layers
+    /// use it for whole chunks of sixteen rows.
     pub dot_q8_0_16x16: Option<TileProduct>,
     /// [`KernelSet::dot_q8_0_16x16`] for Q4_0 weight rows against activations in 16 bits, each
     /// token tile `2 * nb` panels as [`KernelSet::pack_tile16`] packs them (AMX); when present,
@@ -89,10 +86,8 @@ pub struct Bf16Kernels {
     pub strip: fn(&[f32], usize, &mut [u16]),
     /// 32 f32 columns as a bf16 strip, as [`pack::pack_bf16_columns`]: `(x, ld, n, k, out)`.
     pub columns: fn(&[f32], usize, usize, usize, &mut [u16]),
-    /// A strip of thirty-two bf16 weight rows against `nt` token tiles, as
-    /// [`generic::gemm_bf16_32xn`]: `(a, k, b, nt, bias, out, nr, ntok, gelu, next)`,
-    /// `out`'s column `row` of row `token`; `next` (the next strip's weights) is brought into the cache
-    /// while the product runs.
+    /// A strip of thirty-two bf16 weight rows against token tiles ([`Bf16Strip`]), as
+    /// [`generic::gemm_bf16_32xn`], into `out`'s column `row` of row `token`.
     pub gemm: Bf16Gemm,
     /// Softmax's exponentials without the division, as [`generic::exp_sum`]: `x` becomes
     /// `e^(x - max x)` in place, and their sum is returned (the attention divides its
@@ -122,14 +117,58 @@ pub type TileProduct2x4 = fn([&[u8]; 2], [&[ActBlock]; 4]) -> [f32; 8];
 /// `[row 0 x 8, row 1 x 8]`.
 pub type PanelProduct<P> = fn([&[u8]; 2], &[P]) -> [f32; 16];
 
-/// The sixteen-row tile products' signature: `(w, row_bytes, nb, panels, bias, y, groups, ntok,
-/// gelu)`, see [`KernelSet::dot_q8_0_16x16`].
-pub type TileProduct =
-    fn(&[u8], usize, usize, &[pack::TilePanel], &[f32], &mut RowsMut<'_>, usize, usize, bool);
+/// The operands of a sixteen-row tile product ([`KernelSet::dot_q8_0_16x16`],
+/// [`KernelSet::dot_q4_0_16x16`]).
+#[derive(Clone, Copy, Debug)]
+pub struct TileOperands<'a> {
+    /// `groups` groups of sixteen weight rows from the start, `row_bytes` apart.
+    pub w: &'a [u8],
+    /// Bytes from one weight row to the next.
+    pub row_bytes: usize,
+    /// Blocks a row, at most [`pack::TILE_MAX_BLOCKS`].
+    pub nb: usize,
+    /// Each token tile's panels (`nb` for Q8_0, `2 * nb` for Q4_0), one tile after another.
+    pub panels: &'a [pack::TilePanel],
+    /// The rows' biases, or empty for none.
+    pub bias: &'a [f32],
+    /// Groups of sixteen rows, at most [`AMX_ROW_GROUPS`].
+    pub groups: usize,
+    /// Tokens.
+    pub ntok: usize,
+    /// Whether GELU is applied to the outputs as they are stored.
+    pub gelu: bool,
+}
 
-/// The bf16 strip product's signature: `(a, k, b, nt, bias, out, nr, ntok, gelu, next)`.
-pub type Bf16Gemm =
-    fn(&[u16], usize, &[u16], usize, &[f32; 32], &mut RowsMut<'_>, usize, usize, bool, &[u8]);
+/// The sixteen-row tile products' signature: the operands, and the rows `y[token][16 * group
+/// + row]` the products go into.
+pub type TileProduct = fn(&TileOperands<'_>, &mut RowsMut<'_>);
+
+/// The operands of the bf16 strip product ([`Bf16Kernels::gemm`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Bf16Strip<'a> {
+    /// Thirty-two bf16 weight rows of `k` values as one strip ([`pack::strip_index`]).
+    pub a: &'a [u16],
+    /// Values a row (a multiple of 32).
+    pub k: usize,
+    /// `nt` tiles of sixteen tokens, rows of `k` bf16 values.
+    pub b: &'a [u16],
+    /// Token tiles.
+    pub nt: usize,
+    /// The rows' biases (zeros past `nr`).
+    pub bias: &'a [f32; 32],
+    /// Rows of the strip that are stored (at most 32).
+    pub nr: usize,
+    /// Tokens that are stored (at most `16 * nt`).
+    pub ntok: usize,
+    /// Whether GELU is applied to the outputs as they are stored.
+    pub gelu: bool,
+    /// The next strip's weights, brought into the cache while the product runs.
+    pub next: &'a [u8],
+}
+
+/// The bf16 strip product's signature: the operands, and the rows `out[token][row]` the sums
+/// go into.
+pub type Bf16Gemm = fn(&Bf16Strip<'_>, &mut RowsMut<'_>);
 
 /// The scalar references.
 pub const GENERIC: KernelSet = KernelSet {

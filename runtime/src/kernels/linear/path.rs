@@ -131,20 +131,10 @@ pub type TilePack = fn(&[f32], usize, &mut [pack::TilePanel]);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::{generic, RowsMut, BF16_REFERENCE, GENERIC};
+    use crate::kernels::{generic, RowsMut, TileOperands, BF16_REFERENCE, GENERIC};
 
     /// A tile product that is only chosen, never run.
-    fn tiles(
-        _: &[u8],
-        _: usize,
-        _: usize,
-        _: &[pack::TilePanel],
-        _: &[f32],
-        _: &mut RowsMut<'_>,
-        _: usize,
-        _: usize,
-        _: bool,
-    ) {
+    fn tiles(_: &TileOperands<'_>, _: &mut RowsMut<'_>) {
         unreachable!("chosen, not run")
     }
 

@@ -7,7 +7,9 @@ use super::path::{tile_panels_per_block, LinearPath, PanelPath};
 use super::{BF16_ROWS, OUT_TILE, TOKEN_TILE};
 use crate::kernels::pack::{self, BF16_TILE_TOKENS, PANEL_TOKENS};
 use crate::kernels::rows::RowsMut;
-use crate::kernels::set::{Bf16Kernels, KernelSet, TileProduct, AMX_ROW_GROUPS};
+use crate::kernels::set::{
+    Bf16Kernels, Bf16Strip, KernelSet, TileOperands, TileProduct, AMX_ROW_GROUPS,
+};
 use crate::quant::QK;
 use crate::weights::Matrix;
 
@@ -254,15 +256,24 @@ impl LinearJob<'_> {
         for c0 in rows.clone().step_by(width) {
             let n = ((rows.end - c0) / OUT_TILE).min(AMX_ROW_GROUPS);
             let bias = self.bias.get(c0..c0 + n * OUT_TILE).unwrap_or(&[]);
-            let w = &w.data[c0 * rb..];
+            let op = TileOperands {
+                w: &w.data[c0 * rb..],
+                row_bytes: rb,
+                nb: bpr,
+                panels: p,
+                bias,
+                groups: n,
+                ntok,
+                gelu: self.gelu,
+            };
             if direct {
                 let (t, r) = (tokens.start - out.t0, c0 - out.r0);
                 let mut y = out.rows();
                 let mut y = y.window(t, r, n * OUT_TILE);
-                f(w, rb, bpr, p, bias, &mut y, n, ntok, self.gelu);
+                f(&op, &mut y);
             } else {
                 let mut y = RowsMut::new(&mut r, width);
-                f(w, rb, bpr, p, bias, &mut y, n, ntok, self.gelu);
+                f(&op, &mut y);
                 for (t, r) in tokens.clone().zip(r.chunks_exact(width)) {
                     out.put_rows(t, c0, &r[..n * OUT_TILE]);
                 }
@@ -301,24 +312,24 @@ impl LinearJob<'_> {
             // The next strip's weights, fetched while this one's product runs.
             let next = &w.data[c1 * rb..((c1 + BF16_ROWS).min(rows.end) * rb).max(c1 * rb)];
             let bias: [f32; BF16_ROWS] = core::array::from_fn(|i| self.bias_of(c0 + i));
-            let (t0, r0, nr, n) = (tokens.start - out.t0, c0 - out.r0, c1 - c0, tokens.len());
+            let (t0, r0, nr) = (tokens.start - out.t0, c0 - out.r0, c1 - c0);
+            let s = Bf16Strip {
+                a: strip,
+                k: cols,
+                b,
+                nt,
+                bias: &bias,
+                nr,
+                ntok: tokens.len(),
+                gelu: self.gelu,
+                next,
+            };
             if direct {
                 let mut y = out.rows();
-                (bk.gemm)(
-                    strip,
-                    cols,
-                    b,
-                    nt,
-                    &bias,
-                    &mut y.window(t0, r0, nr),
-                    nr,
-                    n,
-                    self.gelu,
-                    next,
-                );
+                (bk.gemm)(&s, &mut y.window(t0, r0, nr));
             } else {
                 let mut y = RowsMut::new(&mut r, BF16_ROWS);
-                (bk.gemm)(strip, cols, b, nt, &bias, &mut y, nr, n, self.gelu, next);
+                (bk.gemm)(&s, &mut y);
                 for (t, r) in tokens.clone().zip(r.chunks_exact(BF16_ROWS)) {
                     out.put_rows(t, c0, &r[..c1 - c0]);
                 }

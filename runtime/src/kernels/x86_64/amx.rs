@@ -11,8 +11,10 @@
 use core::arch::asm;
 use core::arch::x86_64::*;
 
+use crate::kernels::set::{Bf16Strip, TileOperands};
+
 use crate::kernels::pack::{
-    TilePanel, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, TILE_MAX_BLOCKS, TILE_PANEL_TOKENS,
+    Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, TILE_MAX_BLOCKS, TILE_PANEL_TOKENS,
 };
 
 /// Weight rows per tile product.
@@ -187,7 +189,7 @@ macro_rules! q8_store {
 
 /// `groups` groups of sixteen Q8_0 weight rows (`Q4` false; group `i`'s row `r` at
 /// `w[(16 * i + r) * row_bytes..]`) against `ntok` tokens in tiles of sixteen (`p`: tile `j`'s
-/// `nb` [`TilePanel`]s at `p[j * nb..]`; AMX multiplies signed by signed, so no offset is
+/// `nb` [`TilePanel`](crate::kernels::pack::TilePanel)s at `p[j * nb..]`; AMX multiplies signed by signed, so no offset is
 /// involved): `*y.add(t * ld + 16 * i + r)` = the bias `bias[16 * i + r]` (zero when `bias` is
 /// empty) plus each block's exact i32 sum scaled in f32, blocks summed in order (with `gelu`,
 /// GELU of that, on 512-bit vectors as they are stored). Per block, one weight tile meets
@@ -212,20 +214,18 @@ macro_rules! q8_store {
 /// empty or holds `16 * groups` values; `w` holds `(16 * groups - 1) * row_bytes + nb * 34`
 /// bytes (Q4_0: `nb * 18`; or `groups` is 0); the values `y + t * ld + c` for `t < ntok`,
 /// `c < 16 * groups` are writable and written by no one else meanwhile.
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx2,f16c")]
-pub unsafe fn dot_16x16<const Q4: bool>(
-    w: &[u8],
-    row_bytes: usize,
-    nb: usize,
-    p: &[TilePanel],
-    bias: &[f32],
-    y: *mut f32,
-    ld: usize,
-    groups: usize,
-    ntok: usize,
-    gelu: bool,
-) {
+pub unsafe fn dot_16x16<const Q4: bool>(op: &TileOperands<'_>, y: *mut f32, ld: usize) {
+    let TileOperands {
+        w,
+        row_bytes,
+        nb,
+        panels: p,
+        bias,
+        groups,
+        ntok,
+        gelu,
+    } = *op;
     let tiles = ntok.div_ceil(TILE_PANEL_TOKENS);
     // Panels and bytes per block.
     let (per, block_bytes) = if Q4 {
@@ -440,21 +440,19 @@ const CONFIG_BF16: TileConfig = tile_config(&[(64, 16); 8]);
 /// [`available_bf16`] returned true; the CPU supports AVX-512F; `a.len() >= 32 * k`,
 /// `b.len() >= nt * 16 * k`, `k % 32 == 0`, `nr <= 32`, `ntok <= 16 * nt`, and the values
 /// `out + t * ld + r` for `t < ntok`, `r < nr` are writable and written by no one else meanwhile.
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
-pub unsafe fn gemm_bf16_32xn(
-    a: &[u16],
-    k: usize,
-    b: &[u16],
-    nt: usize,
-    bias: &[f32; 32],
-    out: *mut f32,
-    ld: usize,
-    nr: usize,
-    ntok: usize,
-    gelu: bool,
-    next: &[u8],
-) {
+pub unsafe fn gemm_bf16_32xn(s: &Bf16Strip<'_>, out: *mut f32, ld: usize) {
+    let Bf16Strip {
+        a,
+        k,
+        b,
+        nt,
+        bias,
+        nr,
+        ntok,
+        gelu,
+        next,
+    } = *s;
     debug_assert!(k.is_multiple_of(32) && nr <= 32 && ntok <= 16 * nt);
     debug_assert!(a.len() >= 32 * k && b.len() >= nt * 16 * k);
     let nb = k / 32;

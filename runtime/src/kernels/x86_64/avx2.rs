@@ -4,8 +4,8 @@
 use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
-pub(crate) use super::avx2_math::{hmax_ps, sqrt_vex};
 pub use super::avx2_math::{gelu, layer_norm, softmax};
+pub(crate) use super::avx2_math::{hmax_ps, sqrt_vex};
 use crate::kernels::pack::{
     ActBlock, OffsetPanel, Panel16, Panel8, TilePanel, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES,
 };

@@ -17,8 +17,8 @@ use super::pack::{self, ActBlock, OffsetPanel, Panel16, Panel8, PANEL_TOKENS};
 use super::rows::RowsMut;
 #[cfg(feature = "std")]
 use super::set::{
-    check_panel_rows, check_tile, check_tile_pack, Bf16Kernels, KernelSet, PanelProduct,
-    AMX_ROW_GROUPS,
+    check_panel_rows, check_tile, check_tile_pack, Bf16Kernels, Bf16Strip, KernelSet, PanelProduct,
+    TileOperands, AMX_ROW_GROUPS,
 };
 #[cfg(feature = "std")]
 use crate::quant::{TensorType, QK};
@@ -193,19 +193,18 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
     /// bounds it relies on: the shapes of [`KernelSet::dot_q8_0_16x16`], the rows within `w`
     /// and `y`.
     #[allow(unsafe_code)]
-    #[allow(clippy::too_many_arguments)]
-    fn amx_16x16<const Q4: bool>(
-        w: &[u8],
-        row_bytes: usize,
-        nb: usize,
-        p: &[pack::TilePanel],
-        bias: &[f32],
-        y: &mut RowsMut<'_>,
-        groups: usize,
-        ntok: usize,
-        gelu: bool,
-    ) {
+    fn amx_16x16<const Q4: bool>(op: &TileOperands<'_>, y: &mut RowsMut<'_>) {
         use amx::AMX_ROWS;
+        let TileOperands {
+            w,
+            row_bytes,
+            nb,
+            panels: p,
+            bias,
+            groups,
+            ntok,
+            ..
+        } = *op;
         let ty = if Q4 {
             TensorType::Q4_0
         } else {
@@ -226,7 +225,7 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
         // SAFETY: only handed out after `amx::available()` and detecting AVX2, AVX-512F and
         // F16C; lengths asserted; the kernel writes `ptr[t * ld + c]` for `t < ntok`,
         // `c < 16 * groups`, within the holder's columns and buffer (asserted).
-        unsafe { amx::dot_16x16::<Q4>(w, row_bytes, nb, p, bias, ptr, ld, groups, ntok, gelu) }
+        unsafe { amx::dot_16x16::<Q4>(op, ptr, ld) }
     }
     #[allow(unsafe_code)]
     fn pack_tile512(x: &[f32], cols: usize, out: &mut [pack::TilePanel]) {
@@ -299,19 +298,16 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
         unsafe { amx::pack_bf16_tile(x, cols, out) }
     }
     #[allow(unsafe_code)]
-    #[allow(clippy::too_many_arguments)]
-    fn gemm_bf16(
-        a: &[u16],
-        k: usize,
-        b: &[u16],
-        nt: usize,
-        bias: &[f32; 32],
-        out: &mut RowsMut<'_>,
-        nr: usize,
-        ntok: usize,
-        gelu: bool,
-        next: &[u8],
-    ) {
+    fn gemm_bf16(s: &Bf16Strip<'_>, out: &mut RowsMut<'_>) {
+        let Bf16Strip {
+            a,
+            k,
+            b,
+            nt,
+            nr,
+            ntok,
+            ..
+        } = *s;
         let t = pack::BF16_TILE_TOKENS;
         assert!(k.is_multiple_of(32) && a.len() >= 32 * k && b.len() >= nt * t * k);
         assert!(nr <= 32 && nr <= out.width() && ntok <= nt * t);
@@ -320,7 +316,7 @@ pub fn avx2_vnni_variants() -> Vec<KernelSet> {
         // SAFETY: only handed out after `amx::available_bf16()` and detecting AVX-512F;
         // lengths asserted; the kernel writes columns below `nr` (within the holder's) of rows
         // below `ntok` (within the buffer).
-        unsafe { amx::gemm_bf16_32xn(a, k, b, nt, bias, y, ld, nr, ntok, gelu, next) }
+        unsafe { amx::gemm_bf16_32xn(s, y, ld) }
     }
     #[allow(unsafe_code)]
     fn softmax512(x: &mut [f32]) {
