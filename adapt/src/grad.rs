@@ -19,7 +19,7 @@ use petal_runtime::bert::{AttentionRows, Encoder, Hidden, Hooks, Input, NormSite
 use petal_runtime::config::{HeadActivation, Pooling};
 use petal_runtime::gguf::names::tensor::Block;
 use petal_runtime::kernels;
-use petal_runtime::kernels::gemm::{gemm, Strides};
+use petal_runtime::kernels::gemm::{gemm, Strides, View, ViewMut};
 
 /// One trainable tensor, with its gradient.
 #[derive(Clone, Debug, PartialEq)]
@@ -302,13 +302,10 @@ fn small_linear(x: &[f32], n: usize, w: &[f32], b: Option<&[f32]>, out: usize, y
         n,
         inp,
         out,
-        x,
-        Strides::rows(inp),
-        w,
-        Strides::transposed(inp),
+        View::new(x, Strides::rows(inp)),
+        View::new(w, Strides::transposed(inp)),
         1.0,
-        y,
-        Strides::rows(out),
+        ViewMut::new(y, Strides::rows(out)),
     );
     if let Some(b) = b {
         for row in y.chunks_exact_mut(out) {
@@ -334,13 +331,10 @@ fn small_linear_back(
         out,
         n,
         inp,
-        dy,
-        Strides::transposed(out),
-        x,
-        Strides::rows(inp),
+        View::new(dy, Strides::transposed(out)),
+        View::new(x, Strides::rows(inp)),
         1.0,
-        dw,
-        Strides::rows(inp),
+        ViewMut::new(dw, Strides::rows(inp)),
     );
     if let Some(db) = db {
         for row in dy.chunks_exact(out) {
@@ -352,13 +346,10 @@ fn small_linear_back(
             n,
             out,
             inp,
-            dy,
-            Strides::rows(out),
-            w,
-            Strides::rows(inp),
+            View::new(dy, Strides::rows(out)),
+            View::new(w, Strides::rows(inp)),
             1.0,
-            dx,
-            Strides::rows(inp),
+            ViewMut::new(dx, Strides::rows(inp)),
         );
     }
 }
@@ -806,13 +797,10 @@ impl FullGrads {
             out,
             n,
             inp,
-            dy,
-            Strides::transposed(out),
-            x,
-            Strides::rows(inp),
+            View::new(dy, Strides::transposed(out)),
+            View::new(x, Strides::rows(inp)),
             1.0,
-            dw,
-            Strides::rows(inp),
+            ViewMut::new(dw, Strides::rows(inp)),
         );
         let db = self.add(format!("{name}.bias"), out);
         for row in dy.chunks_exact(out) {

@@ -470,23 +470,23 @@ impl<B: AsRef<[u8]>> Encoder<B> {
             lens.len() * heads,
             kernels::AttentionScratch::default,
             |scratch, task| {
-                use kernels::gemm::{gemm, Strides};
+                use kernels::gemm::{gemm, Strides, View, ViewMut};
                 let (s, head) = (task / heads, task % heads);
                 let (start, n, col) = (starts[s], lens[s], head * dh);
                 let (pk, pv) = prefix.unwrap_or((&[], &[]));
                 let np = pk.len() / h;
                 if np == 0 && quantized {
                     let (at, ld) = (start * h + col, h);
-                    let attended = kernels::attention_bf16(
-                        &q[at..],
-                        &k[at..],
-                        &v[at..],
+                    let head = kernels::Head {
+                        q: &q[at..],
+                        k: &k[at..],
+                        v: &v[at..],
                         ld,
                         n,
                         dh,
                         scale,
-                        scratch,
-                    );
+                    };
+                    let attended = kernels::attention_bf16(&head, scratch);
                     if let Some(out) = attended {
                         return out;
                     }
@@ -502,13 +502,10 @@ impl<B: AsRef<[u8]>> Encoder<B> {
                         n,
                         dh,
                         np,
-                        qh,
-                        rows,
-                        &pk[col..],
-                        kt,
+                        View::new(qh, rows),
+                        View::new(&pk[col..], kt),
                         0.0,
-                        &mut scores,
-                        Strides::rows(m),
+                        ViewMut::new(&mut scores, Strides::rows(m)),
                     );
                 }
                 let kh = &k[start * h + col..];
@@ -517,13 +514,10 @@ impl<B: AsRef<[u8]>> Encoder<B> {
                     n,
                     dh,
                     n,
-                    qh,
-                    rows,
-                    kh,
-                    Strides::transposed(h),
+                    View::new(qh, rows),
+                    View::new(kh, Strides::transposed(h)),
                     0.0,
-                    &mut scores[np..],
-                    own,
+                    ViewMut::new(&mut scores[np..], own),
                 );
                 for row in scores.chunks_exact_mut(m) {
                     row.iter_mut().for_each(|v| *v *= scale);
@@ -535,13 +529,10 @@ impl<B: AsRef<[u8]>> Encoder<B> {
                         n,
                         np,
                         dh,
-                        &scores,
-                        own,
-                        &pv[col..],
-                        rows,
+                        View::new(&scores, own),
+                        View::new(&pv[col..], rows),
                         0.0,
-                        &mut out,
-                        Strides::rows(dh),
+                        ViewMut::new(&mut out, Strides::rows(dh)),
                     );
                 }
                 let vh = &v[start * h + col..];
@@ -550,13 +541,10 @@ impl<B: AsRef<[u8]>> Encoder<B> {
                     n,
                     n,
                     dh,
-                    &scores[np..],
-                    own,
-                    vh,
-                    rows,
+                    View::new(&scores[np..], own),
+                    View::new(vh, rows),
                     beta,
-                    &mut out,
-                    Strides::rows(dh),
+                    ViewMut::new(&mut out, Strides::rows(dh)),
                 );
                 out
             },

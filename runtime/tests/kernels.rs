@@ -877,13 +877,15 @@ fn bf16_attention_matches_the_reference() {
         }
         let reference = kernels::attention_bf16_with(
             kernels::BF16_REFERENCE,
-            &q[col..],
-            &k[col..],
-            &v[col..],
-            ld,
-            n,
-            dh,
-            scale,
+            &kernels::Head {
+                q: &q[col..],
+                k: &k[col..],
+                v: &v[col..],
+                ld,
+                n,
+                dh,
+                scale,
+            },
             &mut scratch[0],
         );
         let big = exact.iter().fold(0f64, |m, v| m.max(v.abs()));
@@ -896,13 +898,15 @@ fn bf16_attention_matches_the_reference() {
         for (set, scratch) in sets.iter().zip(&mut scratch[1..]) {
             let got = kernels::attention_bf16_with(
                 set.bf16.unwrap(),
-                &q[col..],
-                &k[col..],
-                &v[col..],
-                ld,
-                n,
-                dh,
-                scale,
+                &kernels::Head {
+                    q: &q[col..],
+                    k: &k[col..],
+                    v: &v[col..],
+                    ld,
+                    n,
+                    dh,
+                    scale,
+                },
                 scratch,
             );
             for (i, (g, r)) in got.iter().zip(&reference).enumerate() {
@@ -1400,7 +1404,7 @@ const GEMM_REL_TOL: f32 = 1e-5;
 
 #[test]
 fn gemm_matches_the_reference_on_ragged_and_strided_shapes() {
-    use kernels::gemm::{gemm, gemm_reference, Strides};
+    use kernels::gemm::{gemm, gemm_reference, Strides, View, ViewMut};
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     for _ in 0..60 {
         let (m, k, n) = (
@@ -1424,8 +1428,24 @@ fn gemm_matches_the_reference_on_ragged_and_strided_shapes() {
             Strides::transposed(k)
         };
         let (mut got, mut want) = (c0.clone(), c0.clone());
-        gemm(m, k, n, &a, sa, &b, sb, beta, &mut got, Strides::rows(n));
-        gemm_reference(m, k, n, &a, sa, &b, sb, beta, &mut want, Strides::rows(n));
+        gemm(
+            m,
+            k,
+            n,
+            View::new(&a, sa),
+            View::new(&b, sb),
+            beta,
+            ViewMut::new(&mut got, Strides::rows(n)),
+        );
+        gemm_reference(
+            m,
+            k,
+            n,
+            View::new(&a, sa),
+            View::new(&b, sb),
+            beta,
+            ViewMut::new(&mut want, Strides::rows(n)),
+        );
         for i in 0..m {
             for j in 0..n {
                 let scale: f32 = (0..k)

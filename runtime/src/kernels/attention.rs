@@ -19,22 +19,32 @@ pub const BF16_ATTENTION_MIN_TOKENS: usize = 32;
 /// f32. Keys are the strips' rows (padded to a multiple of 32 with zeros), queries the token
 /// tiles; then the values' columns are the rows against the probabilities as tokens. `scratch`
 /// is working memory kept from head to head.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_bf16(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    ld: usize,
-    n: usize,
-    dh: usize,
-    scale: f32,
-    scratch: &mut AttentionScratch,
-) -> Option<Vec<f32>> {
+pub fn attention_bf16(head: &Head<'_>, scratch: &mut AttentionScratch) -> Option<Vec<f32>> {
     let bk = active().bf16?;
-    if n < BF16_ATTENTION_MIN_TOKENS || !dh.is_multiple_of(BF16_ROWS) {
+    if head.n < BF16_ATTENTION_MIN_TOKENS || !head.dh.is_multiple_of(BF16_ROWS) {
         return None;
     }
-    Some(attention_bf16_with(bk, q, k, v, ld, n, dh, scale, scratch))
+    Some(attention_bf16_with(bk, head, scratch))
+}
+
+/// One attention head's operands: `n` tokens whose head values are `q[i * ld..][..dh]`,
+/// likewise `k` and `v`, and the scores' scale.
+#[derive(Clone, Copy, Debug)]
+pub struct Head<'a> {
+    /// Queries.
+    pub q: &'a [f32],
+    /// Keys.
+    pub k: &'a [f32],
+    /// Values.
+    pub v: &'a [f32],
+    /// Distance from one token's values to the next's.
+    pub ld: usize,
+    /// Tokens.
+    pub n: usize,
+    /// Values a head.
+    pub dh: usize,
+    /// The scores' scale (`1 / sqrt(dh)`).
+    pub scale: f32,
 }
 
 /// Working memory of [`attention_bf16`], kept from head to head (a task's heads reuse it
@@ -53,18 +63,20 @@ pub struct AttentionScratch {
 }
 
 /// [`attention_bf16`] on the given kernels (tests compare each set with the references).
-#[allow(clippy::too_many_arguments)]
 pub fn attention_bf16_with(
     bk: Bf16Kernels,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    ld: usize,
-    n: usize,
-    dh: usize,
-    scale: f32,
+    operands: &Head<'_>,
     scratch: &mut AttentionScratch,
 ) -> Vec<f32> {
+    let Head {
+        q,
+        k,
+        v,
+        ld,
+        n,
+        dh,
+        scale,
+    } = *operands;
     let m = n.next_multiple_of(BF16_ROWS);
     fn head(x: &[f32], i: usize, ld: usize, dh: usize) -> &[f32] {
         &x[i * ld..i * ld + dh]

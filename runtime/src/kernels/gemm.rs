@@ -47,25 +47,59 @@ impl Strides {
     }
 }
 
+/// A matrix operand: values and the strides that place element `(i, j)` among them.
+#[derive(Clone, Copy, Debug)]
+pub struct View<'a> {
+    /// The values.
+    pub data: &'a [f32],
+    /// Where each element is.
+    pub strides: Strides,
+}
+
+impl<'a> View<'a> {
+    /// `data` viewed with `strides`.
+    pub fn new(data: &'a [f32], strides: Strides) -> Self {
+        View { data, strides }
+    }
+}
+
+/// The output operand: values written in place, and their strides.
+#[derive(Debug)]
+pub struct ViewMut<'a> {
+    /// The values.
+    pub data: &'a mut [f32],
+    /// Where each element is.
+    pub strides: Strides,
+}
+
+impl<'a> ViewMut<'a> {
+    /// `data` viewed with `strides`.
+    pub fn new(data: &'a mut [f32], strides: Strides) -> Self {
+        ViewMut { data, strides }
+    }
+}
+
 /// `c = beta * c + a * b` with `a` `m` x `k`, `b` `k` x `n`, `c` `m` x `n`, each with its
 /// strides.
 ///
 /// # Panics
 /// When a view reaches past its slice (or its extent overflows), or when `c`'s strides make
 /// two of its elements one.
-#[allow(clippy::too_many_arguments)]
-pub fn gemm(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[f32],
-    sa: Strides,
-    b: &[f32],
-    sb: Strides,
-    beta: f32,
-    c: &mut [f32],
-    sc: Strides,
-) {
+pub fn gemm(m: usize, k: usize, n: usize, a: View<'_>, b: View<'_>, beta: f32, c: ViewMut<'_>) {
+    let (
+        View {
+            data: a,
+            strides: sa,
+        },
+        View {
+            data: b,
+            strides: sb,
+        },
+    ) = (a, b);
+    let ViewMut {
+        data: c,
+        strides: sc,
+    } = c;
     let within =
         |s: Strides, r: usize, cols: usize, len: usize| s.extent(r, cols).is_some_and(|e| e <= len);
     assert!(
@@ -109,19 +143,29 @@ pub fn gemm(
 }
 
 /// Scalar reference of [`gemm`], for the tests.
-#[allow(clippy::too_many_arguments)]
 pub fn gemm_reference(
     m: usize,
     k: usize,
     n: usize,
-    a: &[f32],
-    sa: Strides,
-    b: &[f32],
-    sb: Strides,
+    a: View<'_>,
+    b: View<'_>,
     beta: f32,
-    c: &mut [f32],
-    sc: Strides,
+    c: ViewMut<'_>,
 ) {
+    let (
+        View {
+            data: a,
+            strides: sa,
+        },
+        View {
+            data: b,
+            strides: sb,
+        },
+    ) = (a, b);
+    let ViewMut {
+        data: c,
+        strides: sc,
+    } = c;
     for i in 0..m {
         for j in 0..n {
             let mut s = 0f64;
@@ -152,13 +196,10 @@ mod tests {
                 3,
                 1,
                 1,
-                &a,
-                huge,
-                &b,
-                Strides::rows(1),
+                View::new(&a, huge),
+                View::new(&b, Strides::rows(1)),
                 0.0,
-                &mut c,
-                Strides::rows(1),
+                ViewMut::new(&mut c, Strides::rows(1)),
             )
         });
         assert!(r.is_err());
@@ -180,13 +221,10 @@ mod tests {
                 2,
                 3,
                 3,
-                &a,
-                Strides::rows(3),
-                &b,
-                Strides::rows(3),
+                View::new(&a, Strides::rows(3)),
+                View::new(&b, Strides::rows(3)),
                 0.0,
-                &mut c,
-                alias,
+                ViewMut::new(&mut c, alias),
             );
         });
         assert!(r.is_err());

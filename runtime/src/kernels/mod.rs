@@ -41,7 +41,7 @@ pub use activation::{dot, gelu, softmax};
 #[cfg(all(feature = "std", target_arch = "arm"))]
 pub use arm::arm_neon;
 pub use attention::{
-    attention_bf16, attention_bf16_with, AttentionScratch, BF16_ATTENTION_MIN_TOKENS,
+    attention_bf16, attention_bf16_with, AttentionScratch, Head, BF16_ATTENTION_MIN_TOKENS,
 };
 pub use linear::{
     bf16_min_tokens, linear, linear_backward_input, linear_gelu_with, linear_with, linear_with_set,

@@ -238,7 +238,7 @@ fn linear_job(
 /// for `n` tokens (`dy` is `[n, W.rows]`, `dx` is `[n, W.cols]`). Quantized weights are decoded
 /// once per call into a temporary f32 copy; chunks of tokens run on the pool.
 pub fn linear_backward_input(dy: &[f32], n: usize, w: &Matrix<'_>, dx: &mut [f32]) {
-    use gemm::{gemm, Strides};
+    use gemm::{gemm, Strides, View, ViewMut};
     let (rows, cols) = (w.rows, w.cols);
     debug_assert_eq!(dy.len(), n * rows);
     debug_assert_eq!(dx.len(), n * cols);
@@ -263,13 +263,10 @@ pub fn linear_backward_input(dy: &[f32], n: usize, w: &Matrix<'_>, dx: &mut [f32
             nt,
             rows,
             cols,
-            &dy[t0 * rows..(t0 + nt) * rows],
-            Strides::rows(rows),
-            wf,
-            Strides::rows(cols),
+            View::new(&dy[t0 * rows..(t0 + nt) * rows], Strides::rows(rows)),
+            View::new(wf, Strides::rows(cols)),
             1.0,
-            dx,
-            Strides::rows(cols),
+            ViewMut::new(dx, Strides::rows(cols)),
         );
     };
     #[cfg(feature = "std")]
