@@ -14,20 +14,21 @@ use crate::kernels::pack::{
 };
 use crate::quant::QK;
 
-/// Whether the CPU has NEON: `HWCAP_NEON` in the `AT_HWCAP` entry of `/proc/self/auxv`.
-#[cfg(feature = "std")]
+/// Whether the CPU has NEON: `HWCAP_NEON` in the kernel's `AT_HWCAP` (`getauxval`).
+#[cfg(all(feature = "std", target_os = "linux"))]
 pub fn detected() -> bool {
-    const AT_HWCAP: u32 = 16;
-    const HWCAP_NEON: u32 = 1 << 12;
-    let Ok(auxv) = std::fs::read("/proc/self/auxv") else {
-        return false;
-    };
-    auxv.chunks_exact(8)
-        .find_map(|e| {
-            let key = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
-            (key == AT_HWCAP).then(|| u32::from_le_bytes([e[4], e[5], e[6], e[7]]))
-        })
-        .is_some_and(|caps| caps & HWCAP_NEON != 0)
+    // Linux's arm `HWCAP_NEON` (arch/arm/include/uapi/asm/hwcap.h).
+    const HWCAP_NEON: libc::c_ulong = 1 << 12;
+    // SAFETY: `getauxval` only reads the process's auxiliary vector; it returns 0 for an
+    // absent entry.
+    let caps = unsafe { libc::getauxval(libc::AT_HWCAP) };
+    caps & HWCAP_NEON != 0
+}
+
+/// Without Linux's auxiliary vector, NEON is not assumed.
+#[cfg(all(feature = "std", not(target_os = "linux")))]
+pub fn detected() -> bool {
+    false
 }
 
 /// Exact sums of 32 products of weight blocks `w[r]` (32 i8 each) with activation blocks

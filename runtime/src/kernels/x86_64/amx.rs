@@ -71,23 +71,17 @@ unsafe fn xgetbv0() -> u64 {
 /// `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`: true when granted.
 #[cfg(target_os = "linux")]
 fn request_tile_data() -> bool {
-    const SYS_ARCH_PRCTL: usize = 158;
-    const ARCH_REQ_XCOMP_PERM: usize = 0x1023;
-    const XFEATURE_XTILEDATA: usize = 18;
-    let ret: isize;
-    // SAFETY: a raw Linux x86_64 system call with two integer arguments; `syscall` clobbers
-    // rcx and r11 (declared) and touches no memory of ours.
-    unsafe {
-        asm!(
-            "syscall",
-            inlateout("rax") SYS_ARCH_PRCTL as isize => ret,
-            in("rdi") ARCH_REQ_XCOMP_PERM,
-            in("rsi") XFEATURE_XTILEDATA,
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack),
-        );
-    }
+    // Linux's asm/prctl.h and the XTILEDATA state component.
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: arch_prctl with two integer arguments touches no memory of ours.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        )
+    };
     ret == 0
 }
 
