@@ -660,6 +660,7 @@ pub fn classify(
                 index,
                 score: scores[index],
                 scores,
+                logits: row.to_vec(),
             });
         }
     }

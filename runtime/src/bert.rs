@@ -642,6 +642,11 @@ impl<B: AsRef<[u8]>> Encoder<B> {
 
     /// Sentence embeddings: pooled as the file says (mean or CLS), L2-normalized if it says so.
     pub fn pool(&self, hidden: &Hidden) -> Vec<Vec<f32>> {
+        self.pool_with(hidden, self.config.normalize)
+    }
+
+    /// [`Encoder::pool`], L2-normalized when `normalize` says so instead of the file.
+    pub fn pool_with(&self, hidden: &Hidden, normalize: bool) -> Vec<Vec<f32>> {
         let h = hidden.hidden;
         (0..hidden.lens.len())
             .map(|s| {
@@ -650,7 +655,7 @@ impl<B: AsRef<[u8]>> Encoder<B> {
                     Pooling::Cls => seq[..h].to_vec(),
                     Pooling::Mean => mean_rows(seq, h),
                 };
-                if self.config.normalize {
+                if normalize {
                     l2_normalize(&mut e);
                 }
                 e

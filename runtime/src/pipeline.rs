@@ -94,6 +94,8 @@ pub struct Prediction {
     pub score: f32,
     /// Every label's probability, in label order.
     pub scores: Vec<f32>,
+    /// Every label's logit (the scores before softmax), in label order.
+    pub logits: Vec<f32>,
 }
 
 /// A model file ready for text: `Send + Sync`, so one model serves many threads.
@@ -295,6 +297,16 @@ impl Model {
         self.run(texts, None, |h| self.encoder.pool(h))
     }
 
+    /// Sentence embeddings of `texts`, pooled as the file says, L2-normalized or not as
+    /// `normalize` says (whatever the file says).
+    pub fn embed_normalized(
+        &self,
+        texts: &[&str],
+        normalize: bool,
+    ) -> Result<Vec<Vec<f32>>, Error> {
+        self.run(texts, None, |h| self.encoder.pool_with(h, normalize))
+    }
+
     /// [`Model::embed`] with hooks in the forward pass (adapters).
     pub fn embed_with(
         &self,
@@ -338,6 +350,7 @@ fn predictions(logits: &[Vec<f32>], labels: &[String]) -> Vec<Prediction> {
                 index,
                 score: scores[index],
                 scores,
+                logits: l.clone(),
             }
         })
         .collect()

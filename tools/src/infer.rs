@@ -46,10 +46,39 @@ pub enum Engine {
 }
 
 /// Longest sequence the tract engine feeds (BERT's position table).
+#[cfg(feature = "convert")]
 const TRACT_MAX_LENGTH: usize = 512;
 
+/// The tract engine's encoder.
+#[cfg(feature = "convert")]
+pub type TractEncoder = crate::tract_engine::TractEncoder;
+
+/// Without the `convert` feature (the device build) there is no tract engine: no value of
+/// this type exists.
+#[cfg(not(feature = "convert"))]
+#[derive(Debug)]
+pub enum TractEncoder {}
+
+#[cfg(not(feature = "convert"))]
+impl TractEncoder {
+    /// Never called: no encoder exists.
+    pub fn embed(&self, _: &[&str], _: bool) -> Result<Vec<Vec<f32>>> {
+        match *self {}
+    }
+}
+
+/// Opens `path` with the tract engine; an error in a build without it.
+#[cfg(not(feature = "convert"))]
+pub fn open_tract(path: &Path, _: &RunArgs) -> Result<TractEncoder> {
+    bail!(
+        "{}: this build of petal has no tract engine (the device build); the host build runs ONNX files",
+        path.display()
+    )
+}
+
 /// Opens `path` with the tract engine.
-pub fn open_tract(path: &Path, args: &RunArgs) -> Result<crate::tract_engine::TractEncoder> {
+#[cfg(feature = "convert")]
+pub fn open_tract(path: &Path, args: &RunArgs) -> Result<TractEncoder> {
     let tok = args.tokenizer.as_ref().with_context(|| {
         format!(
             "{}: --engine tract needs --tokenizer tokenizer.json",

@@ -1,9 +1,11 @@
-//! `petal`: convert checkpoints to GGUF, run them (embed, classify, tokenize), adapt them from a
-//! few examples, evaluate, benchmark and inspect them.
+//! `petal`: convert checkpoints to GGUF (the host build), run them (embed, classify, tokenize),
+//! adapt them from a few examples, evaluate, benchmark, inspect and serve them.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "convert")]
+use petal_tools::convert;
 use petal_tools::infer::{self, RunArgs};
-use petal_tools::{adapt_cmd, convert, inspect};
+use petal_tools::{adapt_cmd, inspect, serve};
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -12,6 +14,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+#[cfg(feature = "convert")]
 use petal_runtime::quant::TensorType;
 
 /// Run pre-trained language models on small devices.
@@ -31,6 +34,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Convert a Hugging Face model folder to one GGUF file.
+    #[cfg(feature = "convert")]
     Convert {
         /// The model folder (config.json, model.safetensors, tokenizer.json, and
         /// 1_Pooling/config.json for a sentence-transformers model), or an ONNX file.
@@ -137,6 +141,44 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the model over HTTP with text-embeddings-inference's API (and OpenAI's
+    /// /v1/embeddings), with adapters trained on the device through it.
+    Serve {
+        /// The model file.
+        model: PathBuf,
+        /// Address to listen on (port 0: any free port, printed at start).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        bind: String,
+        /// Directory for adapters and their examples (trained through the API; kept across
+        /// restarts). Without it, only the --adapter ones, and no training.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// An adapter to serve, NAME=PATH (a file or PEFT directory from `petal adapt`);
+        /// repeatable.
+        #[arg(long = "adapter", value_parser = parse_named)]
+        adapters: Vec<(String, PathBuf)>,
+        /// The adapter that answers /predict and / when a request names none (the service
+        /// is then a classifier).
+        #[arg(long)]
+        default_adapter: Option<String>,
+        /// Most tokens in one encoder pass.
+        #[arg(long, default_value_t = 16384)]
+        max_batch_tokens: usize,
+        /// Most texts in one request.
+        #[arg(long, default_value_t = 32)]
+        max_client_batch_size: usize,
+        /// Most requests waiting for or inside the encoder; more get 429.
+        #[arg(long, default_value_t = 512)]
+        max_concurrent_requests: usize,
+        /// Largest request body, in bytes.
+        #[arg(long, default_value_t = 2_000_000)]
+        payload_limit: usize,
+        /// The model's name in /info and OpenAI's answers (default: the file's name).
+        #[arg(long)]
+        model_id: Option<String>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
     /// Print a GGUF file's keys and tensors, after checking alignment and bounds.
     Inspect {
         /// The GGUF file.
@@ -150,6 +192,7 @@ enum Command {
     },
 }
 
+#[cfg(feature = "convert")]
 fn parse_dtype(s: &str) -> Result<TensorType, String> {
     TensorType::from_name(s).ok_or_else(|| format!("unknown dtype {s:?} (f32, f16, q8_0, q4_0)"))
 }
@@ -166,6 +209,14 @@ fn progress_bar(quiet: bool) -> ProgressBar {
     pb
 }
 
+fn parse_named(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((n, p)) if !n.is_empty() && !p.is_empty() => Ok((n.to_string(), PathBuf::from(p))),
+        _ => Err(format!("{s:?}: expected NAME=PATH")),
+    }
+}
+
+#[cfg(feature = "convert")]
 fn convert_summary(r: &convert::ConvertReport) -> String {
     use std::fmt::Write;
     let mut o = String::new();
@@ -226,6 +277,7 @@ fn emit(text: &str) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        #[cfg(feature = "convert")]
         Command::Convert {
             src,
             output,
@@ -415,6 +467,40 @@ fn run(cli: Cli) -> Result<()> {
             json,
             full_arrays,
         } => emit(&inspect::inspect(&file, json, full_arrays)?)?,
+        Command::Serve {
+            model,
+            bind,
+            data,
+            adapters,
+            default_adapter,
+            max_batch_tokens,
+            max_client_batch_size,
+            max_concurrent_requests,
+            payload_limit,
+            model_id,
+            run,
+        } => {
+            let m = infer::open(&model, &run)?;
+            let model_id = model_id.unwrap_or_else(|| {
+                model
+                    .file_stem()
+                    .map_or("petal".into(), |s| s.to_string_lossy().into_owned())
+            });
+            serve::serve(
+                m,
+                serve::ServeOptions {
+                    bind,
+                    data,
+                    adapters,
+                    default_adapter,
+                    max_batch_tokens: max_batch_tokens.max(1),
+                    max_client_batch_size: max_client_batch_size.max(1),
+                    max_concurrent_requests,
+                    payload_limit,
+                    model_id,
+                },
+            )?;
+        }
     }
     Ok(())
 }
