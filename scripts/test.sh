@@ -88,6 +88,17 @@ log "kernel sets this CPU must run: $PETAL_EXPECT_KERNELS"
 stage "cargo test --workspace" cargo test --workspace --no-fail-fast
 disk
 
+# The device binaries for ARM Linux boards (the runtime, adaptation and `petal serve`; no
+# converters, no tract), then TEI's and OpenAI's Python clients against `petal serve`: the host
+# build, and the aarch64 device build under qemu-aarch64 answering the host's client.
+device_builds() {
+  local a
+  for a in aarch64 armv7; do bash scripts/build-device.sh "$a"; done
+}
+stage "device builds for aarch64 and armv7" device_builds
+stage "TEI's and OpenAI's clients against petal serve (host; aarch64 device build under qemu)" \
+  bash tests/interop/serve_clients.sh target/debug/petal target/aarch64-unknown-linux-gnu/device/petal
+
 # PEFT itself loads the adapter directories petal writes (installs torch, transformers, peft).
 stage "PEFT loads petal's adapters" bash tests/interop/peft_load.sh target/debug/petal
 

@@ -19,7 +19,7 @@ use petal_runtime::quant::TensorType;
 
 /// Run pre-trained language models on small devices.
 #[derive(Parser)]
-#[command(name = "petal", version, about)]
+#[command(name = "petal", version)]
 struct Cli {
     /// Print only errors on stderr (no progress bar, no log).
     #[arg(long, short, global = true)]

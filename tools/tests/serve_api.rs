@@ -483,7 +483,12 @@ fn a_full_queue_answers_429() {
     let model = minilm();
     let s = Server::start(
         &model,
-        &["--max-concurrent-requests", "1", "--max-client-batch-size", "256"],
+        &[
+            "--max-concurrent-requests",
+            "1",
+            "--max-client-batch-size",
+            "256",
+        ],
     );
     // One long request (seconds of encoder time) holds the only slot while a second one comes.
     let long: Vec<String> = (0..256)

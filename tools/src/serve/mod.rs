@@ -180,7 +180,9 @@ fn dtype_of(model: &Model) -> String {
         .weights()
         .layers
         .first()
-        .map_or("unknown".to_string(), |l| l.q.weight.ty.to_string().to_lowercase())
+        .map_or("unknown".to_string(), |l| {
+            l.q.weight.ty.to_string().to_lowercase()
+        })
 }
 
 /// An error answer in TEI's shape (`{"error", "error_type"}`) or OpenAI's.
