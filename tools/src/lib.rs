@@ -11,6 +11,7 @@ pub mod convert;
 pub mod hf;
 pub mod infer;
 pub mod inspect;
+pub mod listen;
 #[cfg(feature = "convert")]
 pub mod onnx;
 pub mod serve;

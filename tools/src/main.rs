@@ -5,7 +5,7 @@
 #[cfg(feature = "convert")]
 use petal_tools::convert;
 use petal_tools::infer::{self, RunArgs};
-use petal_tools::{adapt_cmd, inspect, serve};
+use petal_tools::{adapt_cmd, inspect, listen, serve};
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -176,6 +176,29 @@ enum Command {
         /// The model's name in /info and OpenAI's answers (default: the file's name).
         #[arg(long)]
         model_id: Option<String>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Classify text lines from a serial port: one `label<TAB>score` line back for each (or
+    /// `error<TAB>message`), and the label's GPIO line raised.
+    Listen {
+        /// The model file (with a classification head, or with --adapter).
+        model: PathBuf,
+        /// An adapter trained by `petal adapt` for this model.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// The serial device (a UART such as /dev/ttyAMA0, a USB adapter, a pseudo-terminal).
+        #[arg(long)]
+        serial: PathBuf,
+        /// Its speed.
+        #[arg(long, default_value_t = 115_200)]
+        baud: u32,
+        /// The GPIO chip's character device (/dev/gpiochip0) for --lines.
+        #[arg(long, requires = "lines")]
+        gpio_chip: Option<PathBuf>,
+        /// GPIO line offsets, one per label in label order: the predicted label's goes high.
+        #[arg(long, value_delimiter = ',', requires = "gpio_chip")]
+        lines: Vec<u32>,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -467,6 +490,32 @@ fn run(cli: Cli) -> Result<()> {
             json,
             full_arrays,
         } => emit(&inspect::inspect(&file, json, full_arrays)?)?,
+        Command::Listen {
+            model,
+            adapter,
+            serial,
+            baud,
+            gpio_chip,
+            lines,
+            run,
+        } => {
+            let m = infer::open(&model, &run)?;
+            let head = adapter
+                .as_deref()
+                .map(|a| adapt_cmd::load_adapter(&m, a))
+                .transpose()?;
+            let labels = match &head {
+                Some(h) => h.labels.clone(),
+                None => m.encoder().config().labels.clone().ok_or_else(|| {
+                    anyhow!("{}: this model has no classification head (pass --adapter from `petal adapt`)", model.display())
+                })?,
+            };
+            let gpio = gpio_chip.as_deref().map(|chip| listen::Gpio {
+                chip,
+                lines: &lines,
+            });
+            listen::listen(&m, head.as_ref(), &labels, &serial, baud, gpio)?;
+        }
         Command::Serve {
             model,
             bind,
