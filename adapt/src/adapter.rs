@@ -168,7 +168,12 @@ fn safetensors_bytes(
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, synced, renamed.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AdapterError> {
-    let io = |e| AdapterError::Io(path.into(), e);
+    write_file_atomic(path, bytes).map_err(|e| AdapterError::Io(path.into(), e))
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory (synced, mode 0644
+/// on Unix) and a rename, so that a reader finds the old file or the whole new one.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -176,18 +181,16 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AdapterError> {
     let mut tmp = tempfile::Builder::new()
         .prefix(".petal-")
         .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io)?;
-    tmp.write_all(bytes).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(io)?;
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
     }
-    tmp.persist(path).map_err(|e| io(e.error))?;
+    tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
 

@@ -293,6 +293,33 @@ fn convert_summary(r: &convert::ConvertReport) -> String {
     o
 }
 
+/// The model, the adapter when given, and the labels predictions name (the adapter's, else
+/// the file's head's; an error when there is neither).
+fn open_classifier(
+    model: &std::path::Path,
+    adapter: Option<&std::path::Path>,
+    run: &RunArgs,
+) -> Result<(
+    petal_runtime::pipeline::Model,
+    Option<petal_adapt::adapter::Adapter>,
+    Vec<String>,
+)> {
+    let m = infer::open(model, run)?;
+    let head = adapter
+        .map(|a| adapt_cmd::load_adapter(&m, a))
+        .transpose()?;
+    let labels = match &head {
+        Some(h) => h.labels.clone(),
+        None => m.encoder().config().labels.clone().ok_or_else(|| {
+            anyhow!(
+                "{}: this model has no classification head (pass --adapter from `petal adapt`)",
+                model.display()
+            )
+        })?,
+    };
+    Ok((m, head, labels))
+}
+
 /// Writes a result to stdout; a closed pipe (`petal inspect m.gguf | head`) is not an error.
 fn emit(text: &str) -> Result<()> {
     infer::write_out(text).map(|_| ())
@@ -386,17 +413,7 @@ fn run(cli: Cli) -> Result<()> {
             if run.engine == infer::Engine::Tract {
                 bail!("{}: the tract engine only embeds (classification needs a GGUF file with a head)", model.display());
             }
-            let m = infer::open(&model, &run)?;
-            let head = adapter
-                .as_deref()
-                .map(|a| adapt_cmd::load_adapter(&m, a))
-                .transpose()?;
-            let labels = match &head {
-                Some(h) => h.labels.clone(),
-                None => m.encoder().config().labels.clone().ok_or_else(|| {
-                    anyhow!("{}: this model has no classification head (pass --adapter from `petal adapt`)", model.display())
-                })?,
-            };
+            let (m, head, labels) = open_classifier(&model, adapter.as_deref(), &run)?;
             let mut open = true;
             infer::for_each_batch(&texts, run.batch_size, |batch| {
                 let preds = adapt_cmd::predict(&m, head.as_ref(), batch)?;
@@ -499,17 +516,7 @@ fn run(cli: Cli) -> Result<()> {
             lines,
             run,
         } => {
-            let m = infer::open(&model, &run)?;
-            let head = adapter
-                .as_deref()
-                .map(|a| adapt_cmd::load_adapter(&m, a))
-                .transpose()?;
-            let labels = match &head {
-                Some(h) => h.labels.clone(),
-                None => m.encoder().config().labels.clone().ok_or_else(|| {
-                    anyhow!("{}: this model has no classification head (pass --adapter from `petal adapt`)", model.display())
-                })?,
-            };
+            let (m, head, labels) = open_classifier(&model, adapter.as_deref(), &run)?;
             let gpio = gpio_chip.as_deref().map(|chip| listen::Gpio {
                 chip,
                 lines: &lines,

@@ -44,15 +44,7 @@ impl<P: OutputPin, const N: usize> LabelLines<P, N> {
     /// Shows label `index`: its line high, the others low (lowered first, so two lines are never
     /// high together).
     pub fn show(&mut self, index: usize) -> Result<(), ShowError<P::Error>> {
-        if index >= N {
-            return Err(ShowError::NoLine { index, lines: N });
-        }
-        for (i, p) in self.pins.iter_mut().enumerate() {
-            if i != index {
-                p.set_low().map_err(ShowError::Pin)?;
-            }
-        }
-        self.pins[index].set_high().map_err(ShowError::Pin)
+        PinLines(&mut self.pins).show(index)
     }
 
     /// Gives the pins back.

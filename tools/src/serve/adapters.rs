@@ -7,14 +7,13 @@
 //! so that a crash leaves the old adapter or the new one.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget};
-use petal_adapt::adapter::Adapter;
+use petal_adapt::adapter::{write_file_atomic as write_atomic, Adapter};
 use petal_adapt::data::{self, Example};
 use petal_runtime::pipeline::Model;
 use serde_json::{json, Value};
@@ -367,18 +366,6 @@ fn train_job(model: &Model, entry: &Arc<Entry>, dir: &Path) -> Result<Value> {
         }
     }
     Ok(serde_json::to_value(&summary)?)
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".petal-tmp-")
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
 
 /// Why an adapter operation was refused.

@@ -97,12 +97,11 @@ fn run_batch(model: &Model, jobs: Vec<Job>) {
             }
         };
         match result {
-            Ok(out) => {
-                let mut out = Some(out);
+            Ok(mut out) => {
                 let mut at = 0;
                 for j in group {
                     let n = j.texts.len();
-                    let part = match out.as_mut().expect("one output a group") {
+                    let part = match &mut out {
                         Output::Embeddings(v) => Output::Embeddings(
                             v[at..at + n].iter_mut().map(std::mem::take).collect(),
                         ),
@@ -112,7 +111,6 @@ fn run_batch(model: &Model, jobs: Vec<Job>) {
                     // A client that left does not wait for its answer.
                     let _ = j.reply.send(Ok(part));
                 }
-                drop(out.take());
             }
             Err(e) => {
                 for j in group {

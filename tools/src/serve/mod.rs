@@ -357,28 +357,7 @@ struct OpenAiRequest {
 /// Checks the batch and counts its tokens: 400 empty, 413 too many texts, 422 a text over the
 /// model's length with `truncate` false.
 fn validate(s: &Service, texts: &[String], truncate: bool) -> Result<usize, ApiError> {
-    if texts.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "Empty",
-            "`inputs` is empty",
-        ));
-    }
-    if texts.len() > s.opts.max_client_batch_size {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "Validation",
-            format!(
-                "batch size {} > maximum allowed batch size {}",
-                texts.len(),
-                s.opts.max_client_batch_size
-            ),
-        ));
-    }
-    let tok = s
-        .model
-        .tokenizer()
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Backend", e.to_string()))?;
+    let tok = checked_batch(s, texts)?;
     let mut tokens = 0;
     for (i, t) in texts.iter().enumerate() {
         let enc = tok.encode(t.as_str(), true).map_err(|e| {
@@ -403,6 +382,35 @@ fn validate(s: &Service, texts: &[String], truncate: bool) -> Result<usize, ApiE
         tokens += enc.len();
     }
     Ok(tokens)
+}
+
+/// Checks the number of texts (400 none, 413 more than `max_client_batch_size`) and returns the
+/// model's tokenizer.
+fn checked_batch<'a>(
+    s: &'a Service,
+    texts: &[String],
+) -> Result<&'a tokenizers::Tokenizer, ApiError> {
+    if texts.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "Empty",
+            "`inputs` is empty",
+        ));
+    }
+    if texts.len() > s.opts.max_client_batch_size {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Validation",
+            format!(
+                "batch size {} > maximum allowed batch size {}",
+                texts.len(),
+                s.opts.max_client_batch_size
+            ),
+        ));
+    }
+    s.model
+        .tokenizer()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Backend", e.to_string()))
 }
 
 /// A slot in the queue, given back when dropped.
@@ -569,27 +577,7 @@ async fn tokenize(State(s): State<Shared>, body: Result<Bytes, BytesRejection>) 
     timed(&s2, "tokenize", async move {
         let r: TokenizeRequest = body_json(body)?;
         let (texts, _) = r.inputs.into_vec();
-        if texts.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "Empty",
-                "`inputs` is empty",
-            ));
-        }
-        if texts.len() > s.opts.max_client_batch_size {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "Validation",
-                format!(
-                    "batch size {} > maximum allowed batch size {}",
-                    texts.len(),
-                    s.opts.max_client_batch_size
-                ),
-            ));
-        }
-        let tok = s.model.tokenizer().map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Backend", e.to_string())
-        })?;
+        let tok = checked_batch(&s, &texts)?;
         let mut out = Vec::with_capacity(texts.len());
         for (i, t) in texts.iter().enumerate() {
             let enc = tok.encode(t.as_str(), r.add_special_tokens).map_err(|e| {
