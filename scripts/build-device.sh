@@ -15,7 +15,7 @@ esac
 rustup target list --installed | grep -qx "$target" || rustup target add "$target" >&2
 start=$(date +%s)
 cargo build --profile device -p petal-tools --no-default-features --target "$target" >&2
-bin="target/$target/device/petal"
+bin="${CARGO_TARGET_DIR:-target}/$target/device/petal"
 bytes=$(stat -c %s "$bin")
 awk -v t="$target" -v b="$bytes" -v s="$(( $(date +%s) - start ))" \
   'BEGIN { printf "[device] %s: %d bytes (%.1f MB, stripped), built in %d s\n", t, b, b / 1e6, s }' >&2
